@@ -1,0 +1,56 @@
+//! Rough timings for the bulk paths: a CRL with 10,000 entries, 2,000 EC client certificates, and 2,000
+//! tls-crypt-v2 client keys. Run with `cargo run -p cas-pki --release --example bench_crl`.
+//!
+//! Prints `name=value` lines so scripts can pick the numbers up.
+
+use std::time::Instant;
+
+use cas_pki::{
+    Ca, ClientMetadata, KeyType, RevocationReason, Revoked, Serial, TlsCryptV2ServerKey, Validity,
+};
+use time::{Duration, OffsetDateTime};
+
+fn main() {
+    let ca = Ca::generate("bench-ca", KeyType::EcP256, Validity::days_from_now(3650))
+        .expect("generate CA");
+    let now = OffsetDateTime::now_utc();
+
+    let revoked: Vec<Revoked> = (0..10_000)
+        .map(|_| Revoked {
+            serial: Serial::random(),
+            revoked_at: now - Duration::days(1),
+            reason: RevocationReason::Superseded,
+        })
+        .collect();
+    let start = Instant::now();
+    let crl = ca
+        .crl(
+            &revoked,
+            1,
+            now - Duration::minutes(5),
+            now + Duration::days(7),
+        )
+        .expect("CRL");
+    println!("crl_10000_entries_ms={}", start.elapsed().as_millis());
+    println!("crl_10000_entries_bytes={}", crl.len());
+
+    let start = Instant::now();
+    for i in 0..2000 {
+        ca.issue_client(
+            &format!("atm-{i:04}"),
+            KeyType::EcP256,
+            Validity::days_from_now(825),
+        )
+        .expect("issue client");
+    }
+    println!("issue_client_ec_2000_ms={}", start.elapsed().as_millis());
+
+    let server = TlsCryptV2ServerKey::generate();
+    let start = Instant::now();
+    for _ in 0..2000 {
+        server
+            .wrap_client_key(&ClientMetadata::timestamp_now())
+            .expect("wrap");
+    }
+    println!("tls_crypt_v2_wrap_2000_ms={}", start.elapsed().as_millis());
+}

@@ -1,0 +1,467 @@
+//! Certificate revocation lists.
+//!
+//! OpenVPN re-reads the CRL file at every TLS session and renegotiation; an expired CRL (nextUpdate
+//! passed) or one whose thisUpdate lies in the future rejects everybody. So both dates are the caller's
+//! explicit choice (the caller backdates thisUpdate), and we only refuse windows that are plainly wrong.
+//! rcgen writes the CRL number and an authority key identifier, which we set to the CA's subject key
+//! identifier so that the CRL matches the CA however that CA was made.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rcgen::{
+    CertificateRevocationListParams, Issuer, KeyIdMethod, RevokedCertParams, SerialNumber,
+};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use crate::key::PrivateKey;
+use crate::serial::Serial;
+use crate::validity::{representable, truncate_to_second};
+
+/// Errors while building a CRL or reading a revocation reason.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CrlError {
+    #[error(
+        "unknown revocation reason {0:?}; expected unspecified, key-compromise, superseded or cessation-of-operation"
+    )]
+    UnknownReason(String),
+    #[error("invalid CRL dates: {0}")]
+    InvalidDates(String),
+    #[error("CRL signing failed: {0}")]
+    Sign(String),
+}
+
+/// Why a certificate was revoked (the RFC 5280 reason codes cas-vpn uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationReason {
+    /// No reason given. RFC 5280 says to omit the reason code then, so the CRL entry has none.
+    Unspecified,
+    KeyCompromise,
+    Superseded,
+    CessationOfOperation,
+}
+
+impl RevocationReason {
+    /// Every reason.
+    pub const ALL: [RevocationReason; 4] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+    ];
+
+    /// The configuration spelling, e.g. `key-compromise`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "key-compromise",
+            RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessation-of-operation",
+        }
+    }
+
+    fn to_rcgen(self) -> rcgen::RevocationReason {
+        match self {
+            RevocationReason::Unspecified => rcgen::RevocationReason::Unspecified,
+            RevocationReason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+            RevocationReason::Superseded => rcgen::RevocationReason::Superseded,
+            RevocationReason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
+        }
+    }
+}
+
+impl fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RevocationReason {
+    type Err = CrlError;
+
+    fn from_str(s: &str) -> Result<RevocationReason, CrlError> {
+        RevocationReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| CrlError::UnknownReason(s.chars().take(40).collect()))
+    }
+}
+
+/// One revoked certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revoked {
+    pub serial: Serial,
+    pub revoked_at: OffsetDateTime,
+    pub reason: RevocationReason,
+}
+
+/// Builds and signs a PEM CRL. `key_id` is the CA's subject key identifier.
+pub(crate) fn build(
+    issuer: &Issuer<'_, PrivateKey>,
+    key_id: &[u8],
+    revoked: &[Revoked],
+    crl_number: u64,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> Result<String, CrlError> {
+    let this_update = truncate_to_second(this_update);
+    let next_update = truncate_to_second(next_update);
+    if !representable(this_update) || !representable(next_update) {
+        return Err(CrlError::InvalidDates(
+            "dates must fall in years 1950 to 9999".into(),
+        ));
+    }
+    if next_update <= this_update {
+        return Err(CrlError::InvalidDates(
+            "nextUpdate must be later than thisUpdate".into(),
+        ));
+    }
+    let mut revoked_certs = Vec::with_capacity(revoked.len());
+    for r in revoked {
+        let revoked_at = truncate_to_second(r.revoked_at);
+        if !representable(revoked_at) {
+            return Err(CrlError::InvalidDates(format!(
+                "revocation time of serial {} is out of range",
+                r.serial
+            )));
+        }
+        revoked_certs.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(r.serial.as_bytes()),
+            revocation_time: revoked_at,
+            reason_code: Some(r.reason.to_rcgen()),
+            invalidity_date: None,
+        });
+    }
+    let params = CertificateRevocationListParams {
+        this_update,
+        next_update,
+        crl_number: SerialNumber::from_slice(&crl_number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::PreSpecified(key_id.to_vec()),
+    };
+    params
+        .signed_by(issuer)
+        .and_then(|crl| crl.pem())
+        .map_err(|e| CrlError::Sign(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::testutil::{Scratch, openssl};
+    use crate::{Ca, KeyType, Validity};
+    use time::Duration;
+    use time::macros::format_description;
+
+    fn now() -> OffsetDateTime {
+        truncate_to_second(OffsetDateTime::now_utc())
+    }
+
+    /// OpenSSL's way of printing a time: `Nov  1 10:32:00 2026 GMT`.
+    fn openssl_time(t: OffsetDateTime) -> String {
+        let f = format_description!(
+            "[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT"
+        );
+        t.format(&f).unwrap()
+    }
+
+    /// `openssl crl -text` output split into (serial as upper-case hex without leading zeros, reason line).
+    fn entries(text: &str) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<(String, Option<String>)> = Vec::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            let line = line.trim();
+            if let Some(serial) = line.strip_prefix("Serial Number: ") {
+                out.push((serial.trim_start_matches('0').to_string(), None));
+            } else if line == "X509v3 CRL Reason Code:" {
+                let reason = lines.next().unwrap().trim().to_string();
+                out.last_mut().unwrap().1 = Some(reason);
+            }
+        }
+        out
+    }
+
+    fn openssl_hex(serial: &Serial) -> String {
+        serial
+            .to_hex()
+            .to_uppercase()
+            .trim_start_matches('0')
+            .to_string()
+    }
+
+    #[test]
+    fn crl_lists_serials_and_reasons_and_verifies() {
+        let ca = Ca::generate("fleet-ca", KeyType::EcP256, Validity::days_from_now(365)).unwrap();
+        let revoked_at = now() - Duration::hours(1);
+        let revoked: Vec<Revoked> = RevocationReason::ALL
+            .into_iter()
+            .map(|reason| Revoked {
+                serial: Serial::random(),
+                revoked_at,
+                reason,
+            })
+            .collect();
+        let this_update = now() - Duration::minutes(5);
+        let next_update = this_update + Duration::days(7);
+        let crl = ca.crl(&revoked, 42, this_update, next_update).unwrap();
+        assert!(crl.starts_with("-----BEGIN X509 CRL-----"));
+
+        let s = Scratch::new();
+        let crl_path = s.write("crl.pem", &crl);
+        let ca_path = s.write("ca.pem", ca.cert_pem());
+        let r = openssl(&["crl", "-in", crl_path.to_str().unwrap(), "-text", "-noout"]);
+        assert!(r.ok, "{}", r.text);
+        let text = r.text;
+        assert!(
+            text.contains(&format!("Last Update: {}", openssl_time(this_update))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("Next Update: {}", openssl_time(next_update))),
+            "{text}"
+        );
+        assert!(
+            text.contains("X509v3 CRL Number: \n                42"),
+            "{text}"
+        );
+        assert!(text.contains("Issuer: CN = fleet-ca"), "{text}");
+        assert!(
+            text.contains(&format!("Revocation Date: {}", openssl_time(revoked_at))),
+            "{text}"
+        );
+
+        let listed = entries(&text);
+        let expected: Vec<(String, Option<String>)> = revoked
+            .iter()
+            .map(|r| {
+                let reason = match r.reason {
+                    // RFC 5280: the reason code is left out rather than written as unspecified.
+                    RevocationReason::Unspecified => None,
+                    RevocationReason::KeyCompromise => Some("Key Compromise"),
+                    RevocationReason::Superseded => Some("Superseded"),
+                    RevocationReason::CessationOfOperation => Some("Cessation Of Operation"),
+                };
+                (openssl_hex(&r.serial), reason.map(str::to_string))
+            })
+            .collect();
+        assert_eq!(listed, expected, "{text}");
+
+        // Signature check against the right CA, and failure against another with the same name.
+        let r = openssl(&[
+            "crl",
+            "-in",
+            crl_path.to_str().unwrap(),
+            "-CAfile",
+            ca_path.to_str().unwrap(),
+            "-noout",
+        ]);
+        assert!(r.ok && r.text.contains("verify OK"), "{}", r.text);
+        let other =
+            Ca::generate("fleet-ca", KeyType::EcP256, Validity::days_from_now(365)).unwrap();
+        let other_path = s.write("other.pem", other.cert_pem());
+        let r = openssl(&[
+            "crl",
+            "-in",
+            crl_path.to_str().unwrap(),
+            "-CAfile",
+            other_path.to_str().unwrap(),
+            "-noout",
+        ]);
+        assert!(!r.text.contains("verify OK"), "{}", r.text);
+    }
+
+    #[test]
+    fn openssl_rejects_revoked_certificates_with_the_crl() {
+        // What OpenVPN does with `crl-verify`: a chain check with CRL checking on.
+        for kt in [KeyType::EcP256, KeyType::Rsa2048] {
+            let ca = Ca::generate("fleet-ca", kt, Validity::days_from_now(365)).unwrap();
+            let good = ca
+                .issue_client("atm-good", KeyType::EcP256, Validity::days_from_now(30))
+                .unwrap();
+            let bad = ca
+                .issue_client("atm-bad", KeyType::EcP256, Validity::days_from_now(30))
+                .unwrap();
+            let revoked = [Revoked {
+                serial: bad.serial,
+                revoked_at: now() - Duration::minutes(1),
+                reason: RevocationReason::KeyCompromise,
+            }];
+            let crl = ca
+                .crl(
+                    &revoked,
+                    1,
+                    now() - Duration::minutes(5),
+                    now() + Duration::days(1),
+                )
+                .unwrap();
+            let s = Scratch::new();
+            let ca_path = s.write("ca.pem", ca.cert_pem());
+            let crl_path = s.write("crl.pem", &crl);
+            let verify = |cert: &str| {
+                let c = s.write("c.pem", cert);
+                openssl(&[
+                    "verify",
+                    "-crl_check",
+                    "-CAfile",
+                    ca_path.to_str().unwrap(),
+                    "-CRLfile",
+                    crl_path.to_str().unwrap(),
+                    c.to_str().unwrap(),
+                ])
+            };
+            let r = verify(&good.cert_pem);
+            assert!(r.ok, "{kt}: {}", r.text);
+            let r = verify(&bad.cert_pem);
+            assert!(
+                !r.ok && r.text.contains("certificate revoked"),
+                "{kt}: {}",
+                r.text
+            );
+        }
+    }
+
+    #[test]
+    fn crl_from_a_loaded_openssl_ca_matches_its_key_identifier() {
+        // openssl's SKI is a SHA-1 hash, not rcgen's; the CRL must name the CA's actual key identifier.
+        let s = Scratch::new();
+        let dir = s.path().to_str().unwrap();
+        let r = openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{dir}/ca.key"),
+            "-out",
+            &format!("{dir}/ca.pem"),
+            "-subj",
+            "/CN=Legacy CA",
+            "-days",
+            "30",
+            "-set_serial",
+            "0x0123456789abcdef",
+        ]);
+        assert!(r.ok, "{}", r.text);
+        let cert = std::fs::read_to_string(format!("{dir}/ca.pem")).unwrap();
+        let key = std::fs::read_to_string(format!("{dir}/ca.key")).unwrap();
+        let ca = Ca::load(&cert, &key, None).unwrap();
+        let crl = ca
+            .crl(
+                &[],
+                7,
+                now() - Duration::minutes(5),
+                now() + Duration::days(1),
+            )
+            .unwrap();
+        let crl_path = s.write("crl.pem", &crl);
+        let ski = {
+            let r = openssl(&[
+                "x509",
+                "-in",
+                &format!("{dir}/ca.pem"),
+                "-noout",
+                "-ext",
+                "subjectKeyIdentifier",
+            ]);
+            r.text.lines().nth(1).unwrap().trim().to_string()
+        };
+        let r = openssl(&["crl", "-in", crl_path.to_str().unwrap(), "-noout", "-text"]);
+        assert!(r.text.contains(&ski), "SKI {ski} not in CRL:\n{}", r.text);
+        assert!(r.text.contains("No Revoked Certificates"), "{}", r.text);
+        let c = ca
+            .issue_client("atm-1", KeyType::EcP256, Validity::days_from_now(10))
+            .unwrap();
+        let c_path = s.write("c.pem", &c.cert_pem);
+        let r = openssl(&[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            &format!("{dir}/ca.pem"),
+            "-CRLfile",
+            crl_path.to_str().unwrap(),
+            c_path.to_str().unwrap(),
+        ]);
+        assert!(r.ok, "{}", r.text);
+    }
+
+    #[test]
+    fn ten_thousand_entries() {
+        let ca = Ca::generate("fleet-ca", KeyType::EcP256, Validity::days_from_now(365)).unwrap();
+        let revoked: Vec<Revoked> = (0..10_000)
+            .map(|_| Revoked {
+                serial: Serial::random(),
+                revoked_at: now() - Duration::days(1),
+                reason: RevocationReason::Superseded,
+            })
+            .collect();
+        let crl = ca
+            .crl(
+                &revoked,
+                u64::MAX,
+                now() - Duration::minutes(5),
+                now() + Duration::days(7),
+            )
+            .unwrap();
+        let s = Scratch::new();
+        let crl_path = s.write("crl.pem", &crl);
+        let ca_path = s.write("ca.pem", ca.cert_pem());
+        let r = openssl(&[
+            "crl",
+            "-in",
+            crl_path.to_str().unwrap(),
+            "-CAfile",
+            ca_path.to_str().unwrap(),
+            "-text",
+            "-noout",
+        ]);
+        assert!(
+            r.ok && r.text.contains("verify OK"),
+            "{}",
+            &r.text[..r.text.len().min(2000)]
+        );
+        let listed = entries(&r.text);
+        assert_eq!(listed.len(), 10_000);
+        let want: std::collections::HashSet<String> =
+            revoked.iter().map(|r| openssl_hex(&r.serial)).collect();
+        let got: std::collections::HashSet<String> = listed.into_iter().map(|(s, _)| s).collect();
+        assert_eq!(got, want);
+        // u64::MAX as the CRL number comes out unsigned.
+        assert!(
+            r.text.contains(&format!("{}", u64::MAX)) || r.text.contains("0xFFFFFFFFFFFFFFFF"),
+            "CRL number"
+        );
+    }
+
+    #[test]
+    fn dates_are_checked() {
+        let ca = Ca::generate("fleet-ca", KeyType::EcP256, Validity::days_from_now(365)).unwrap();
+        let t = now();
+        assert!(matches!(
+            ca.crl(&[], 1, t, t),
+            Err(crate::CaError::Crl(CrlError::InvalidDates(_)))
+        ));
+        assert!(matches!(
+            ca.crl(&[], 1, t, t - Duration::seconds(1)),
+            Err(crate::CaError::Crl(CrlError::InvalidDates(_)))
+        ));
+    }
+
+    #[test]
+    fn reason_strings() {
+        for r in RevocationReason::ALL {
+            assert_eq!(r.to_string().parse::<RevocationReason>().unwrap(), r);
+        }
+        assert_eq!(
+            "key-compromise".parse::<RevocationReason>().unwrap(),
+            RevocationReason::KeyCompromise
+        );
+        assert!(matches!(
+            "keyCompromise".parse::<RevocationReason>(),
+            Err(CrlError::UnknownReason(_))
+        ));
+    }
+}

@@ -1,0 +1,110 @@
+//! Helpers for tests that check our output with the real `openssl` and `openvpn` command-line tools.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A scratch directory holding PEM files for the CLI tools.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `content` to `name` and returns the full path.
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).expect("write scratch file");
+        p
+    }
+}
+
+/// Output of a finished command: success flag and stdout+stderr as text.
+pub struct Run {
+    pub ok: bool,
+    pub text: String,
+}
+
+fn run(program: &str, args: &[&str]) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let mut text = String::from_utf8_lossy(&stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&stderr));
+    Run {
+        ok: status.success(),
+        text,
+    }
+}
+
+/// Runs `openssl ARGS...`. The openssl CLI is a hard requirement of the test suite.
+pub fn openssl(args: &[&str]) -> Run {
+    run("openssl", args)
+}
+
+/// Runs `openvpn ARGS...`.
+pub fn openvpn(args: &[&str]) -> Run {
+    run("openvpn", args)
+}
+
+/// `openssl verify -CAfile CA [extra...] CERT`.
+pub fn openssl_verify(ca_pem: &str, cert_pem: &str, extra: &[&str]) -> Run {
+    let s = Scratch::new();
+    let ca = s.write("ca.pem", ca_pem);
+    let cert = s.write("cert.pem", cert_pem);
+    let mut args = vec!["verify", "-CAfile", ca.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(cert.to_str().unwrap());
+    openssl(&args)
+}
+
+/// `openssl x509 -text -noout` of a certificate.
+pub fn x509_text(cert_pem: &str) -> String {
+    let s = Scratch::new();
+    let cert = s.write("cert.pem", cert_pem);
+    let r = openssl(&["x509", "-in", cert.to_str().unwrap(), "-text", "-noout"]);
+    assert!(r.ok, "openssl x509 failed: {}", r.text);
+    r.text
+}
+
+/// Whether `program` is an executable file in one of the `PATH` directories.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// True when the openvpn binary can be used. When it is missing the test is skipped with a message,
+/// except in CI (`CI=true`), where a missing binary fails the test.
+pub fn openvpn_available(test: &str) -> bool {
+    if on_path("openvpn") {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: `openvpn` is not on PATH, and CI=true requires this test to run");
+    }
+    // Written to the stderr handle directly: libtest captures `eprintln!`, and a skip should be seen.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: `openvpn` is not on PATH (install openvpn 2.6 to run it)"
+    );
+    false
+}

@@ -1,0 +1,389 @@
+//! The command line (DESIGN.md section 6). The only module that prints: every command calls an `ops` function
+//! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use cas_pki::{KeyType, RevocationReason};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::domain::{Dur, Name};
+use crate::ops::{self, Ctx};
+
+#[derive(Debug, Parser)]
+#[command(name = "cas-vpn", version, about = "OpenVPN orchestrator for Bitcoin ATM fleets (CAS-compatible)")]
+pub struct Cli {
+    /// Installation root (config/, pki/, vpn/, db/).
+    #[arg(long, global = true, env = "CAS_VPN_ROOT", default_value = "/batm")]
+    pub root: PathBuf,
+    /// PostgreSQL URL (postgres://…); the default is SQLite in <root>/db/.
+    #[arg(long, global = true, env = "CAS_VPN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Args)]
+pub struct Json {
+    /// Print a stable JSON shape instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create config files, PKI and store where missing (idempotent).
+    Init {
+        #[arg(long)]
+        public_ip: Option<Ipv4Addr>,
+        #[arg(long)]
+        key_type: Option<KeyType>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// What is configured, stored and about to expire.
+    Status {
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Terminals (ATMs).
+    #[command(subcommand)]
+    Terminal(TerminalCmd),
+    /// Administration VPN credentials.
+    #[command(subcommand, name = "admin-vpn")]
+    AdminVpn(AdminCmd),
+    /// End a terminal or admin credential (and its live session).
+    Revoke {
+        name: Name,
+        #[arg(long, default_value = "unspecified")]
+        reason: RevocationReason,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Make fresh CRLs now and print them (or write them to --out).
+    Crl {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TerminalCmd {
+    /// Create a terminal and print its one-time pairing token.
+    Add {
+        name: Name,
+        /// Token lifetime (default: token_ttl from config/vpn, 24h).
+        #[arg(long)]
+        expires: Option<Dur>,
+        /// Make the key and the whole .ovpn on the server (delivered once by the gate).
+        #[arg(long)]
+        server_keygen: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Create many terminals from a CSV file (one name per line), all or none.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        server_keygen: bool,
+        /// Write tokens.csv (and .ovpn files with --server-keygen) here, 0600.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        json: Json,
+    },
+    List {
+        /// Include revoked terminals.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    Show {
+        name: Name,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Issue an admin credential; writes the .ovpn (0600) and prints its port.
+    Issue {
+        user: Name,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        json: Json,
+    },
+    List {
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+/// Exit codes (DESIGN.md section 6).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+/// Parses argv; usage errors are reduced to one line on stderr and exit 2.
+pub fn parse() -> Result<Cli, i32> {
+    match Cli::try_parse() {
+        Ok(c) => Ok(c),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            Err(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("cas-vpn: {}", usage_error_line(&e));
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+/// One line for a usage error. A bad value is described by our own validation error (which shows the value
+/// escaped and cut short), never by echoing the raw argument: it may hold a newline or a secret.
+fn usage_error_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ErrorKind};
+    if e.kind() == ErrorKind::ValueValidation {
+        let arg = e.get(ContextKind::InvalidArg).map(|a| a.to_string()).unwrap_or_default();
+        let why = std::error::Error::source(e).map_or_else(|| "invalid value".to_owned(), |s| s.to_string());
+        return format!("{arg}: {why}");
+    }
+    let text = e.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("bad usage");
+    first.trim_start_matches("error: ").chars().flat_map(char::escape_debug).collect::<String>().replace("\\'", "'")
+}
+
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Runs one command; errors come back for `main` to print on one line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = cli.root.clone();
+    let db = cli.database_url.as_deref();
+    match cli.cmd {
+        Cmd::Init { public_ip, key_type, json } => {
+            let r = ops::init::init(&root, db, ops::init::InitOptions { public_ip, key_type }).await?;
+            if json.json {
+                return print_json(&r);
+            }
+            for s in &r.steps {
+                println!("{:<8} {}", format!("{:?}", s.action).to_lowercase(), s.what);
+            }
+            if r.changed {
+                println!("cas-vpn is initialised in {}", r.root);
+            } else {
+                println!("nothing to do: {} was already initialised", r.root);
+            }
+        }
+        Cmd::Status { json } => {
+            let ctx = Ctx::open(&root, db).await?;
+            let s = ops::status::status(&ctx).await?;
+            if json.json {
+                return print_json(&s);
+            }
+            print_status(&s);
+        }
+        Cmd::Terminal(t) => terminal(Ctx::open(&root, db).await?, t).await?,
+        Cmd::AdminVpn(a) => {
+            let ctx = Ctx::open(&root, db).await?;
+            match a {
+                AdminCmd::Issue { user, out, json } => {
+                    let r = ops::admin::issue(&ctx, &user, out.as_deref()).await?;
+                    if json.json {
+                        return print_json(&r);
+                    }
+                    println!(
+                        "{}: port {}, tunnel address {}, profile written to {}",
+                        r.name, r.port, r.tunnel_ip, r.profile
+                    );
+                    println!("valid until {}", r.not_after);
+                }
+                AdminCmd::List { all, json } => {
+                    let rows = ops::admin::list(&ctx, all).await?;
+                    if json.json {
+                        return print_json(&rows);
+                    }
+                    println!("{:<24} {:>6} {:<8} CREATED", "NAME", "PORT", "STATE");
+                    for r in rows {
+                        let port = r.port.map_or("-".into(), |p| p.to_string());
+                        println!("{:<24} {:>6} {:<8} {}", r.name, port, r.state, r.created_at);
+                    }
+                }
+            }
+        }
+        Cmd::Revoke { name, reason, json } => {
+            let ctx = Ctx::open(&root, db).await?;
+            let r = ops::revoke::revoke(&ctx, &name, &reason.to_string()).await?;
+            if json.json {
+                return print_json(&r);
+            }
+            if r.already_revoked {
+                println!(
+                    "{} {} is already revoked (since {}); CRL #{} republished",
+                    r.kind, r.name, r.revoked_at, r.crl_number
+                );
+            } else {
+                println!(
+                    "revoked {} {} ({} certificate(s)); CRL #{} published",
+                    r.kind,
+                    r.name,
+                    r.serials.len(),
+                    r.crl_number
+                );
+                if let Some(p) = r.freed_port {
+                    println!("admin port {p} is free again");
+                }
+            }
+        }
+        Cmd::Crl { out } => {
+            let ctx = Ctx::open(&root, db).await?;
+            let mut pem = String::new();
+            for kind in [crate::domain::Kind::Terminal, crate::domain::Kind::Admin] {
+                let r = ops::crl::refresh(&ctx, kind).await?;
+                eprintln!("{} CRL #{}: {} revoked, next update {}", r.ca, r.crl_number, r.revoked, r.next_update);
+                pem.push_str(&r.pem);
+            }
+            match out {
+                Some(path) => crate::sys::fs::write_atomic(&path, pem.as_bytes(), 0o644)?,
+                None => print!("{pem}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn terminal(ctx: Ctx, cmd: TerminalCmd) -> anyhow::Result<()> {
+    match cmd {
+        TerminalCmd::Add { name, expires, server_keygen, json } => {
+            let opts = ops::terminal::AddOptions { expires, server_keygen };
+            let t = ops::terminal::add(&ctx, name, &opts).await?;
+            if json.json {
+                return print_json(&t);
+            }
+            println!("{}", t.token);
+            eprintln!(
+                "terminal {} created{}; pairing token above (valid until {}, shown only once)",
+                t.name,
+                t.tunnel_ip.as_ref().map_or(String::new(), |ip| format!(" with tunnel address {ip}")),
+                t.token_expires_at
+            );
+        }
+        TerminalCmd::Import { file, server_keygen, out, json } => {
+            let names = ops::terminal::read_names(&file)?;
+            let bar = indicatif::ProgressBar::new(names.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} terminals {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let opts = ops::terminal::AddOptions { expires: None, server_keygen };
+            let r = ops::terminal::import(&ctx, &file, &opts, out.as_deref(), &Bar(bar.clone())).await;
+            bar.finish_and_clear();
+            let r = r?;
+            if json.json {
+                return print_json(&r);
+            }
+            match &r.out_dir {
+                Some(d) => eprintln!("{} terminals created; tokens in {d}/tokens.csv", r.created),
+                None => {
+                    println!("name,token,expires_at");
+                    for t in &r.terminals {
+                        println!("{},{},{}", t.name, t.token, t.token_expires_at);
+                    }
+                    eprintln!("{} terminals created", r.created);
+                }
+            }
+        }
+        TerminalCmd::List { all, json } => {
+            let rows = ops::terminal::list(&ctx, all).await?;
+            if json.json {
+                return print_json(&rows);
+            }
+            println!("{:<24} {:<8} {:<16} {:<10} LAST SEEN", "NAME", "STATE", "TUNNEL IP", "VERSION");
+            for r in rows {
+                println!(
+                    "{:<24} {:<8} {:<16} {:<10} {}",
+                    r.name,
+                    r.state,
+                    r.tunnel_ip.as_deref().unwrap_or("-"),
+                    r.version.as_deref().unwrap_or("-"),
+                    r.last_seen.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        TerminalCmd::Show { name, json } => {
+            let d = ops::terminal::show(&ctx, &name).await?;
+            if json.json {
+                return print_json(&d);
+            }
+            println!("name:        {}", d.row.name);
+            println!("state:       {}", d.row.state);
+            println!("tunnel ip:   {}", d.row.tunnel_ip.as_deref().unwrap_or("-"));
+            println!("instance:    {}", d.row.home_instance.map_or("-".into(), |i| format!("terminal-{i}")));
+            println!("created:     {}", d.row.created_at);
+            println!("paired:      {}", d.row.paired_at.as_deref().unwrap_or("-"));
+            println!("last seen:   {}", d.row.last_seen.as_deref().unwrap_or("-"));
+            if let Some(r) = &d.row.revoked_at {
+                println!("revoked:     {r} ({})", d.revoke_reason.as_deref().unwrap_or("unspecified"));
+            }
+            for c in &d.certificates {
+                let state = c.revoked_at.as_ref().map_or("valid".to_owned(), |r| format!("revoked {r}"));
+                println!("certificate: {} until {} ({state})", c.serial, c.not_after);
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl ops::terminal::Progress for Bar {
+    fn step(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+fn print_status(s: &ops::status::Status) {
+    println!("root:      {}", s.root);
+    println!("scenario:  {}", if s.scenario == "A" { "A (cas-vpn runs the VPN)" } else { "B (no VPN)" });
+    println!("database:  {}", s.database);
+    println!("public ip: {}", s.public_ip.as_deref().unwrap_or("(not set)"));
+    println!("master {}  gate {}  admin {}", s.master_bind_ip, s.gate_bind_ip, s.admin_bind_ip);
+    let c = &s.counts;
+    println!(
+        "terminals: {} ({} paired)  admins: {}  revoked: {}  live sessions: {}",
+        c.terminals, c.terminals_paired, c.admins, c.revoked, c.sessions
+    );
+    for i in &s.instances {
+        println!("instance {:<12} port {:>5} {} {}", i.name, i.port, i.dev, i.subnet);
+    }
+    for e in &s.expiry {
+        println!("{:<40} {}", e.what, e.not_after.as_deref().unwrap_or("missing"));
+    }
+    for w in &s.warnings {
+        println!("WARNING: {w}");
+    }
+}
+
+/// One line for any error: the chain joined with ": ", no backtrace.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
+    }
+    line.replace('\n', " ")
+}

@@ -1,0 +1,247 @@
+//! The store: the only module that speaks SQL. The DB is the source of truth; files on disk are derived from it.
+//!
+//! Two backends behind one enum: SQLite (embedded default, `<root>/db/cas-vpn.sqlite`) and PostgreSQL. `sqlx::Any`
+//! mis-decodes our types, so each query is written once with `$1` placeholders (SQLite accepts them) and run on
+//! whichever concrete pool is there through the `on_pool!` / `in_tx!` macros below, which expand the same body
+//! once per backend.
+//!
+//! Rules every function here keeps:
+//! - a change that touches more than one row is one transaction: a failure leaves nothing behind;
+//! - uniqueness (names, tunnel addresses, admin ports, serials) is enforced by the database's (partial) unique
+//!   indexes; the reads before a write only produce friendlier errors;
+//! - timestamps are `i64` unix seconds, supplied by the caller (`now`), so tests control time;
+//! - nothing secret reaches an error or a log line (token secrets are never even seen here, only their hashes).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::domain::{Kind, Name};
+
+/// Runs `$body` with `$pool` bound to the concrete pool, once per backend (the body is compiled twice).
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::db::Store::Sqlite($pool) => $body,
+            $crate::db::Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs the async block `$body` (which yields `Result<T, DbError>`) inside one write transaction with `$tx`
+/// bound to it, commits on `Ok` and rolls back on `Err`. Write transactions are serialized on both backends:
+/// SQLite by `BEGIN IMMEDIATE` (takes the write lock up front, so a read-then-write can neither fail with
+/// SQLITE_BUSY_SNAPSHOT nor deadlock), PostgreSQL by a transaction-scoped advisory lock (so that allocating the
+/// lowest free port or address sees every earlier allocation). Writes are rare here; simple reasoning wins.
+macro_rules! in_tx {
+    ($store:expr, $tx:ident => $body:expr) => {
+        match $store {
+            $crate::db::Store::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let out: Result<_, $crate::db::DbError> = $body.await;
+                $crate::db::finish($tx, out).await
+            }
+            $crate::db::Store::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind($crate::db::PG_WRITE_LOCK)
+                    .execute(&mut *$tx)
+                    .await?;
+                let out: Result<_, $crate::db::DbError> = $body.await;
+                $crate::db::finish($tx, out).await
+            }
+        }
+    };
+}
+
+mod audit;
+mod certificates;
+mod credentials;
+mod pairing;
+mod sessions;
+mod tokens;
+
+pub use audit::AuditRow;
+pub use certificates::{CertRow, NewCert};
+pub use credentials::{Credential, NewTerminal, TerminalLayout};
+pub use sessions::{NewSession, SessionRow};
+pub use tokens::{NewToken, Redeemed, TokenRow, token_reason};
+
+/// Errors of the store, each one a message an operator can act on. None carries a secret or a database URL.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{name} is already revoked")]
+    AlreadyRevoked { name: Name },
+    #[error("the name {name} is already in use by an active credential")]
+    NameTaken { name: Name },
+    #[error("every admin VPN port in {range} is in use: revoke an admin credential or widen admin_ports")]
+    PortsExhausted { range: String },
+    #[error("every terminal tunnel address is in use: revoke terminals or widen terminal_subnet/terminal_ports")]
+    AddressesExhausted,
+    #[error("certificate serial {serial} was already used")]
+    SerialTaken { serial: String },
+    #[error("{name} is a {actual} credential, not {expected}")]
+    WrongKind { name: Name, actual: Kind, expected: Kind },
+    /// `reason` is one of the [`token_reason`] constants.
+    #[error("pairing token unusable: {reason}")]
+    TokenUnusable { reason: &'static str },
+    #[error("unsupported database URL (expected sqlite:PATH or postgres://…)")]
+    UnsupportedUrl,
+    #[error("the database holds a value this version cannot read: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The store handle. Cheap to clone (the pools are reference-counted).
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl std::fmt::Debug for Store {
+    // Never print the pools' options: a PostgreSQL URL carries a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.backend())
+    }
+}
+
+/// Key of the advisory lock that serializes write transactions on PostgreSQL ("casvpn" in ASCII).
+pub(crate) const PG_WRITE_LOCK: i64 = 0x63_61_73_76_70_6e;
+
+/// How long a SQLite connection waits for another writer before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the embedded store lives under the installation root (DESIGN §3).
+pub const SQLITE_FILE: &str = "db/cas-vpn.sqlite";
+
+impl Store {
+    /// `<root>/db/cas-vpn.sqlite`: the default store's path.
+    pub fn sqlite_path(root: &Path) -> PathBuf {
+        root.join(SQLITE_FILE)
+    }
+
+    /// Opens (creating it if missing) and migrates the store at `url`: `sqlite://PATH`, `sqlite:PATH`,
+    /// `postgres://…` or `postgresql://…`.
+    pub async fn open(url: &str) -> Result<Store, DbError> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?;
+            Self::open_sqlite_with(opts).await
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            Ok(Store::Postgres(pool))
+        } else {
+            Err(DbError::UnsupportedUrl)
+        }
+    }
+
+    /// Opens (creating the file if missing, not its directory) and migrates the SQLite store at `path`.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, DbError> {
+        Self::open_sqlite_with(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    async fn open_sqlite_with(opts: SqliteConnectOptions) -> Result<Store, DbError> {
+        // WAL lets readers (status, the UI) run beside the one writer; NORMAL is durable across application
+        // crashes in WAL mode (only a power cut may lose the last commits, never consistency).
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Store::Sqlite(pool))
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes every pooled connection (waits for those in use to come back).
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Ends a transaction opened by `in_tx!`: commit on success, roll back on error (the error wins over a failed
+/// rollback, which the server undoes anyway when the connection drops).
+pub(crate) async fn finish<DB: sqlx::Database, T>(
+    tx: sqlx::Transaction<'_, DB>,
+    out: Result<T, DbError>,
+) -> Result<T, DbError> {
+    match out {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rollback failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Which unique index a failed insert or update ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Clash {
+    Name,
+    Address,
+    AdminPort,
+    Serial,
+}
+
+/// Recognizes a unique-index violation by index name (PostgreSQL) or by the columns SQLite names in its message.
+pub(crate) fn clash(e: &sqlx::Error) -> Option<Clash> {
+    let sqlx::Error::Database(db) = e else { return None };
+    if db.kind() != sqlx::error::ErrorKind::UniqueViolation {
+        return None;
+    }
+    let hint = db.constraint().map(str::to_owned).unwrap_or_else(|| db.message().to_owned());
+    let has = |needle: &str| hint.contains(needle);
+    if has("credentials_active_name") || has("credentials.name") {
+        Some(Clash::Name)
+    } else if has("credentials_active_address") || has("credentials.home_instance") {
+        Some(Clash::Address)
+    } else if has("credentials_active_admin_port") || has("credentials.admin_port") {
+        Some(Clash::AdminPort)
+    } else if has("certificates_pkey") || has("certificates.serial") {
+        Some(Clash::Serial)
+    } else {
+        None
+    }
+}
+
+/// Reads a `kind`/`ca` column.
+pub(crate) fn parse_kind(raw: &str) -> Result<Kind, DbError> {
+    raw.parse().map_err(|e: crate::domain::DomainError| DbError::Corrupt(e.to_string()))
+}
+
+/// Narrows an integer column to the type the domain uses.
+pub(crate) fn narrow<T: TryFrom<i64>>(column: &str, value: Option<i64>) -> Result<Option<T>, DbError> {
+    value.map(|v| T::try_from(v).map_err(|_| DbError::Corrupt(format!("{column} = {v} is out of range")))).transpose()
+}

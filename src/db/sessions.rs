@@ -1,0 +1,129 @@
+//! Live VPN sessions, as reported by the OpenVPN management sockets. The supervisor keeps these rows in step
+//! with what the instances say; master looks a request's source address up here (DESIGN invariant 2).
+
+use super::{DbError, Store};
+
+/// A session that just connected. `client_id` is OpenVPN's CID, unique within one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub instance: String,
+    pub credential_id: i64,
+    pub common_name: String,
+    pub tunnel_ip: String,
+    pub real_addr: String,
+    pub since: i64,
+    pub client_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct SessionRow {
+    pub id: i64,
+    pub instance: String,
+    pub credential_id: i64,
+    pub common_name: String,
+    pub tunnel_ip: String,
+    pub real_addr: String,
+    pub since: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub client_id: i64,
+}
+
+macro_rules! session_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, instance, credential_id, common_name, tunnel_ip, real_addr, since, bytes_in, bytes_out, \
+             client_id FROM sessions ",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    /// Records a session; a row with the same (instance, client_id) is replaced (an instance restarted and
+    /// reused the CID), its byte counters reset.
+    pub async fn upsert_session(&self, s: &NewSession) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO sessions (instance, credential_id, common_name, tunnel_ip, real_addr, since, client_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (instance, client_id) DO UPDATE SET credential_id = excluded.credential_id, \
+                 common_name = excluded.common_name, tunnel_ip = excluded.tunnel_ip, \
+                 real_addr = excluded.real_addr, since = excluded.since, bytes_in = 0, bytes_out = 0",
+            )
+            .bind(s.instance.as_str())
+            .bind(s.credential_id)
+            .bind(s.common_name.as_str())
+            .bind(s.tunnel_ip.as_str())
+            .bind(s.real_addr.as_str())
+            .bind(s.since)
+            .bind(s.client_id)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Updates a session's byte counters. A session that is gone already is not an error (counters race
+    /// disconnects).
+    pub async fn update_session_bytes(
+        &self,
+        instance: &str,
+        client_id: i64,
+        bytes_in: i64,
+        bytes_out: i64,
+    ) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE sessions SET bytes_in = $1, bytes_out = $2 WHERE instance = $3 AND client_id = $4")
+                .bind(bytes_in)
+                .bind(bytes_out)
+                .bind(instance)
+                .bind(client_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Forgets a session (disconnect). Forgetting one that is gone already is not an error.
+    pub async fn remove_session(&self, instance: &str, client_id: i64) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query("DELETE FROM sessions WHERE instance = $1 AND client_id = $2")
+                .bind(instance)
+                .bind(client_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Forgets every session of `instance` (it stopped or restarted), or of all instances. Returns how many.
+    pub async fn clear_sessions(&self, instance: Option<&str>) -> Result<u64, DbError> {
+        let n = on_pool!(self, pool => {
+            sqlx::query("DELETE FROM sessions WHERE $1 IS NULL OR instance = $1")
+                .bind(instance)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Every session, by instance then CID.
+    pub async fn list_sessions(&self) -> Result<Vec<SessionRow>, DbError> {
+        const SQL: &str = session_select!("ORDER BY instance, client_id");
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?))
+    }
+
+    /// The sessions of one credential, oldest first.
+    pub async fn sessions_of(&self, credential_id: i64) -> Result<Vec<SessionRow>, DbError> {
+        const SQL: &str = session_select!("WHERE credential_id = $1 ORDER BY since, id");
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL).bind(credential_id).fetch_all(pool).await?))
+    }
+
+    /// The session holding tunnel address `ip` (the newest, should a stale row linger beside it).
+    pub async fn session_by_tunnel_ip(&self, ip: &str) -> Result<Option<SessionRow>, DbError> {
+        const SQL: &str = session_select!("WHERE tunnel_ip = $1 ORDER BY since DESC, id DESC LIMIT 1");
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL).bind(ip).fetch_optional(pool).await?))
+    }
+}

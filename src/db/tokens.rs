@@ -1,0 +1,214 @@
+//! One-time pairing tokens (DESIGN §4, invariant 8).
+//!
+//! A token is a public lookup `id` plus a secret that the store never sees: only its SHA-256 (`secret_hash`) is
+//! stored, and the caller compares hashes (in constant time) before calling [`Store::redeem_token`]. Redemption
+//! is a conditional UPDATE (`used_at IS NULL AND locked_at IS NULL AND expires_at > now`) in the same transaction
+//! as the certificate insert, so of any number of concurrent attempts exactly one pairs.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::certificates::{NewCert, cert_err, insert_cert};
+use super::credentials::{CRED_BY_ID, CredRow};
+use super::{DbError, Store};
+use crate::domain::Kind;
+
+/// Why a token was refused: the `reason` of [`DbError::TokenUnusable`]. Stable strings, safe to show.
+pub mod token_reason {
+    /// No token has that id.
+    pub const UNKNOWN: &str = "unknown";
+    /// Past its `expires_at`, never used.
+    pub const EXPIRED: &str = "expired";
+    /// Already used (by another attempt that won the race).
+    pub const USED: &str = "used";
+    /// Used with another public key: the token is now locked (the caller answers 409).
+    pub const KEY_MISMATCH: &str = "key_mismatch";
+    /// Locked earlier (a key mismatch, or its credential was revoked): refused for good.
+    pub const LOCKED: &str = "locked";
+    /// Its credential was revoked.
+    pub const REVOKED: &str = "revoked";
+}
+
+/// A token to store with a terminal: its lookup id, the hex SHA-256 of its secret, and its expiry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewToken {
+    pub id: String,
+    pub secret_hash: String,
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken").field("id", &self.id).field("expires_at", &self.expires_at).finish_non_exhaustive()
+    }
+}
+
+/// A stored token.
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TokenRow {
+    pub id: String,
+    pub credential_id: i64,
+    /// Hex SHA-256 of the secret.
+    pub secret_hash: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    /// Hex SHA-256 of the public key it was redeemed with.
+    pub pubkey_sha256: Option<String>,
+    /// The certificate issued when it was redeemed.
+    pub cert_serial: Option<String>,
+    pub locked_at: Option<i64>,
+}
+
+impl std::fmt::Debug for TokenRow {
+    // The hash is not the secret, but it is the one thing that checks it: keep it out of logs all the same.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRow")
+            .field("id", &self.id)
+            .field("credential_id", &self.credential_id)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("used_at", &self.used_at)
+            .field("pubkey_sha256", &self.pubkey_sha256)
+            .field("cert_serial", &self.cert_serial)
+            .field("locked_at", &self.locked_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a successful [`Store::redeem_token`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// This call used the token: the certificate was recorded and the terminal marked paired.
+    Fresh { credential_id: i64, cert_serial: String },
+    /// The token was already used with this same public key (a retry after a lost response): nothing changed;
+    /// answer with the certificate recorded then.
+    AlreadySameKey { credential_id: i64, cert_serial: String },
+}
+
+const TOKEN_BY_ID: &str = "SELECT id, credential_id, secret_hash, created_at, expires_at, used_at, pubkey_sha256, \
+                           cert_serial, locked_at FROM pairing_tokens WHERE id = $1";
+
+impl Store {
+    pub async fn token(&self, id: &str) -> Result<Option<TokenRow>, DbError> {
+        Ok(on_pool!(self, pool => sqlx::query_as(TOKEN_BY_ID).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Stores another token for an active terminal (its `created_at` is the system clock: the struct carries
+    /// only what the caller decides).
+    pub async fn new_token(&self, credential_id: i64, token: &NewToken) -> Result<(), DbError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        in_tx!(self, tx => async {
+            let row: Option<CredRow> = sqlx::query_as(CRED_BY_ID).bind(credential_id).fetch_optional(&mut *tx).await?;
+            let Some(credential) = row.map(CredRow::into_credential).transpose()? else {
+                return Err(DbError::NotFound { what: format!("credential #{credential_id}") });
+            };
+            if credential.is_revoked() {
+                return Err(DbError::AlreadyRevoked { name: credential.name });
+            }
+            if credential.kind != Kind::Terminal {
+                let (name, actual) = (credential.name, credential.kind);
+                return Err(DbError::WrongKind { name, actual, expected: Kind::Terminal });
+            }
+            sqlx::query(
+                "INSERT INTO pairing_tokens (id, credential_id, secret_hash, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(token.id.as_str())
+            .bind(credential_id)
+            .bind(token.secret_hash.as_str())
+            .bind(now)
+            .bind(token.expires_at)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Redeems token `id` for the public key whose SHA-256 is `pubkey_sha256`: in ONE transaction, marks it used
+    /// (conditional UPDATE), records `cert` for its terminal (CA `terminal`) and sets the terminal's `paired_at`.
+    /// The caller must already have checked the secret against [`TokenRow::secret_hash`].
+    ///
+    /// Refusals are `DbError::TokenUnusable` with a [`token_reason`]; a different key on a used token also locks
+    /// the token (that change is committed although the call fails).
+    pub async fn redeem_token(
+        &self,
+        id: &str,
+        pubkey_sha256: &str,
+        cert: &NewCert,
+        now: i64,
+    ) -> Result<Redeemed, DbError> {
+        // The inner Result carries refusals, so that the transaction still commits the lock of a mismatch.
+        let outcome: Result<Redeemed, &'static str> = in_tx!(self, tx => async {
+            let token: Option<TokenRow> = sqlx::query_as(TOKEN_BY_ID).bind(id).fetch_optional(&mut *tx).await?;
+            let Some(token) = token else { return Ok(Err(token_reason::UNKNOWN)) };
+            if token.locked_at.is_some() {
+                return Ok(Err(token_reason::LOCKED));
+            }
+            if token.used_at.is_some() {
+                if token.pubkey_sha256.as_deref() == Some(pubkey_sha256) {
+                    return Ok(Ok(Redeemed::AlreadySameKey {
+                        credential_id: token.credential_id,
+                        cert_serial: token.cert_serial.unwrap_or_default(),
+                    }));
+                }
+                sqlx::query("UPDATE pairing_tokens SET locked_at = $1 WHERE id = $2 AND locked_at IS NULL")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                return Ok(Err(token_reason::KEY_MISMATCH));
+            }
+            if token.expires_at <= now {
+                return Ok(Err(token_reason::EXPIRED));
+            }
+            let active: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM credentials WHERE id = $1 AND kind = 'terminal' AND revoked_at IS NULL",
+            )
+            .bind(token.credential_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if active.is_none() {
+                return Ok(Err(token_reason::REVOKED));
+            }
+            // The guard that matters: whatever was read above, only one UPDATE can find the token unused.
+            let took = sqlx::query(
+                "UPDATE pairing_tokens SET used_at = $1, pubkey_sha256 = $2, cert_serial = $3 \
+                 WHERE id = $4 AND used_at IS NULL AND locked_at IS NULL AND expires_at > $1",
+            )
+            .bind(now)
+            .bind(pubkey_sha256)
+            .bind(cert.serial.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if took != 1 {
+                return Ok(Err(token_reason::USED));
+            }
+            insert_cert(Kind::Terminal, Some(token.credential_id), cert, now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| cert_err(e, cert))?;
+            sqlx::query("UPDATE credentials SET paired_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(token.credential_id)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Ok(Redeemed::Fresh { credential_id: token.credential_id, cert_serial: cert.serial.clone() }))
+        })?;
+        outcome.map_err(|reason| DbError::TokenUnusable { reason })
+    }
+
+    /// Locks token `id` for good. Returns whether it was unlocked before.
+    pub async fn lock_token(&self, id: &str, now: i64) -> Result<bool, DbError> {
+        let n = on_pool!(self, pool => {
+            sqlx::query("UPDATE pairing_tokens SET locked_at = $1 WHERE id = $2 AND locked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,49 @@
+//! Validated newtypes for every value that can reach an OpenVPN config, a file name or a log line.
+//!
+//! DESIGN.md invariant 7: no whitespace, quote, newline or path separator can reach a template. The types here
+//! are the only way to get such a value, so a template that takes them cannot be handed hostile text.
+
+mod duration;
+mod kind;
+mod name;
+mod net;
+mod path;
+mod token;
+
+pub use duration::Dur;
+pub use kind::Kind;
+pub use name::Name;
+pub use net::{Host, PortRange, Subnet};
+pub use path::ConfPath;
+pub use token::PairingToken;
+
+/// Why a value was refused. The message says what is wrong with the value, never echoing more of it than is safe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("invalid name {shown}: {why}")]
+    Name { shown: String, why: &'static str },
+    #[error("invalid host {shown}: {why}")]
+    Host { shown: String, why: &'static str },
+    #[error("invalid subnet {shown}: {why}")]
+    Subnet { shown: String, why: String },
+    #[error("invalid port range {shown}: {why}")]
+    PortRange { shown: String, why: &'static str },
+    #[error("invalid path {shown}: {why}")]
+    Path { shown: String, why: &'static str },
+    #[error("invalid duration {shown}: {why}")]
+    Duration { shown: String, why: String },
+    #[error("invalid pairing token: {why}")]
+    Token { why: &'static str },
+    #[error("invalid credential kind {shown}: expected terminal or admin")]
+    Kind { shown: String },
+}
+
+/// Renders untrusted input for an error message: escaped (so a newline cannot forge a log line) and cut short.
+pub(crate) fn shown(raw: &str) -> String {
+    const MAX: usize = 40;
+    let mut out: String = raw.chars().take(MAX).flat_map(char::escape_debug).collect();
+    if raw.chars().count() > MAX {
+        out.push('…');
+    }
+    format!("\"{out}\"")
+}

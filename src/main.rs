@@ -1,0 +1,27 @@
+//! `cas-vpn`: main → run → exit code. Everything else lives in the library.
+
+fn main() {
+    let cli = match cas_vpn::cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => std::process::exit(code),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cas-vpn: cannot start the async runtime: {e}");
+            std::process::exit(cas_vpn::cli::EXIT_FAILED);
+        }
+    };
+    let code = match rt.block_on(cas_vpn::cli::run(cli)) {
+        Ok(()) => cas_vpn::cli::EXIT_OK,
+        Err(e) => {
+            eprintln!("cas-vpn: {}", cas_vpn::cli::error_line(&e));
+            cas_vpn::cli::EXIT_FAILED
+        }
+    };
+    std::process::exit(code);
+}

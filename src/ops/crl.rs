@@ -1,0 +1,83 @@
+//! CRLs: made from the store (the source of truth), checked, and swapped in atomically. An expired CRL locks out
+//! every client, so `is_fresh` says when one must be remade long before its nextUpdate.
+
+use cas_pki::{RevocationReason, Revoked, Serial};
+use serde::Serialize;
+use time::Duration;
+
+use super::{Ctx, OpsError, to_datetime};
+use crate::domain::Kind;
+
+/// thisUpdate is backdated: a CRL "from the future" (clock skew between hosts) is rejected by OpenVPN.
+const BACKDATE: Duration = Duration::minutes(5);
+
+#[derive(Debug, Serialize)]
+pub struct CrlReport {
+    pub ca: Kind,
+    pub crl_number: u64,
+    pub revoked: usize,
+    pub next_update: String,
+    #[serde(skip)]
+    pub pem: String,
+}
+
+/// How long a new CRL is valid (nextUpdate − now): `crl_days` from config/vpn.
+pub fn validity(ctx: &Ctx) -> Duration {
+    let days = ctx.cfg.vpn.as_ref().map_or(crate::config::VpnConfig::default().crl_days, |v| v.crl_days);
+    Duration::days(i64::from(days))
+}
+
+/// How often `serve` checks the CRLs: a tenth of their validity, at most every minute, so a CRL is renewed when
+/// half its life is left and can never expire while `serve` runs.
+pub fn check_period(ctx: &Ctx) -> std::time::Duration {
+    let tenth = validity(ctx).whole_milliseconds() / 10;
+    std::time::Duration::from_millis(u64::try_from(tenth).unwrap_or(60_000).clamp(200, 60_000))
+}
+
+/// Makes a new CRL for `kind` from the store and publishes it.
+pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, OpsError> {
+    let ca = ctx.pki.load_ca(kind)?;
+    let rows = ctx.store.revoked_certificates(kind).await?;
+    let revoked = rows
+        .iter()
+        .map(|(serial, at, reason)| {
+            Ok(Revoked {
+                serial: serial.parse::<Serial>().map_err(|e| OpsError::Ca(format!("stored serial {serial}: {e}")))?,
+                revoked_at: to_datetime(*at),
+                reason: reason.parse::<RevocationReason>().unwrap_or(RevocationReason::Unspecified),
+            })
+        })
+        .collect::<Result<Vec<_>, OpsError>>()?;
+    let now = time::OffsetDateTime::now_utc();
+    let this_update = now - BACKDATE;
+    let next_update = now + validity(ctx);
+    let number = ctx.store.next_crl_number(kind, this_update.unix_timestamp(), next_update.unix_timestamp()).await?;
+    let pem = ctx.pki.publish_crl(&ca, kind, &revoked, number, this_update, next_update)?;
+    Ok(CrlReport {
+        ca: kind,
+        crl_number: number,
+        revoked: revoked.len(),
+        next_update: super::rfc3339(next_update.unix_timestamp()),
+        pem,
+    })
+}
+
+/// True when the CRL on disk exists, matches the store's last CRL, and has more than half its lifetime left.
+pub fn is_fresh(ctx: &Ctx, kind: Kind) -> Result<bool, OpsError> {
+    let Some(pem) = ctx.pki.read_crl(kind)? else { return Ok(false) };
+    let Ok(crl) = openssl::x509::X509Crl::from_pem(pem.as_bytes()) else { return Ok(false) };
+    let Some(next) = crl.next_update() else { return Ok(false) };
+    let half = validity(ctx).whole_seconds() / 2;
+    let Ok(limit) = openssl::asn1::Asn1Time::from_unix(super::now() + half) else { return Ok(false) };
+    Ok(next > limit.as_ref())
+}
+
+/// Seconds until the CRL on disk expires (negative when it has), for status and doctor.
+pub fn seconds_left(ctx: &Ctx, kind: Kind) -> Result<Option<i64>, OpsError> {
+    let Some(pem) = ctx.pki.read_crl(kind)? else { return Ok(None) };
+    let crl = openssl::x509::X509Crl::from_pem(pem.as_bytes()).map_err(|e| OpsError::Ca(e.to_string()))?;
+    let Some(next) = crl.next_update() else { return Ok(None) };
+    let now = openssl::asn1::Asn1Time::days_from_now(0).map_err(|e| OpsError::Ca(e.to_string()))?;
+    let diff = now.diff(next).map_err(|e| OpsError::Ca(e.to_string()))?;
+    Ok(Some(i64::from(diff.days) * 86400 + i64::from(diff.secs)))
+}

@@ -1,0 +1,149 @@
+//! `cas-vpn init`: creates whatever is missing (config files, PKI, store, first CRLs) and keeps whatever exists.
+//! Idempotent: a second run changes nothing and says so.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use cas_pki::KeyType;
+use serde::Serialize;
+
+use super::{Ctx, OpsError, crl};
+use crate::config::{GateConfig, NetworkConfig, VpnConfig};
+use crate::db::NewCert;
+use crate::domain::Kind;
+use crate::pkifiles::{PkiDir, ServerRole};
+use crate::sys::fs::ensure_dir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Updated,
+    Kept,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub what: String,
+    pub action: Action,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InitReport {
+    pub root: String,
+    pub steps: Vec<Step>,
+    /// False when the run changed nothing.
+    pub changed: bool,
+}
+
+pub struct InitOptions {
+    pub public_ip: Option<Ipv4Addr>,
+    pub key_type: Option<KeyType>,
+}
+
+pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) -> Result<InitReport, OpsError> {
+    let mut steps = Vec::new();
+    let mut step = |what: &str, action| steps.push(Step { what: what.to_owned(), action });
+    ensure_dir(&root.join("config"), 0o755)?;
+
+    // Config files: create when missing; only an explicit, different --public-ip changes an existing one.
+    let network_path = root.join("config").join("network");
+    if network_path.exists() {
+        let (mut net, _) = NetworkConfig::load(root)?;
+        match opts.public_ip {
+            Some(ip) if net.public_ip != Some(ip) => {
+                net.public_ip = Some(ip);
+                net.write(root)?;
+                step("config/network (public_ip)", Action::Updated);
+            }
+            _ => step("config/network", Action::Kept),
+        }
+    } else {
+        let net = NetworkConfig { public_ip: opts.public_ip, ..NetworkConfig::default() };
+        net.write(root)?;
+        step("config/network", Action::Created);
+    }
+    if root.join("config").join("gate.properties").exists() {
+        step("config/gate.properties", Action::Kept);
+    } else {
+        GateConfig::default_for(root).write(root)?;
+        step("config/gate.properties", Action::Created);
+    }
+    if root.join("config").join("vpn").exists() {
+        step("config/vpn", Action::Kept);
+    } else {
+        let vpn = VpnConfig { key_type: opts.key_type.unwrap_or_default(), ..VpnConfig::default() };
+        vpn.write(root)?;
+        step("config/vpn", Action::Created);
+    }
+
+    let store_is_new = database_url.is_none() && !root.join("db").join("cas-vpn.sqlite").exists();
+    let ctx = Ctx::open(root, database_url).await?;
+    let defaults = VpnConfig::default();
+    let vpn = ctx.cfg.vpn.as_ref().unwrap_or(&defaults);
+    let key_type = vpn.key_type;
+    let pki: &PkiDir = &ctx.pki;
+    pki.ensure_dirs()?;
+    crate::sys::fs::sweep_temps(pki.dir());
+    crate::sys::fs::sweep_temps(&pki.pending_dir());
+
+    for kind in [Kind::Terminal, Kind::Admin] {
+        let ca = if pki.has_ca(kind) {
+            step(&format!("pki/{kind}-ca"), Action::Kept);
+            pki.load_ca(kind)?
+        } else {
+            let ca = pki.create_ca(kind, key_type, vpn.ca_days)?;
+            step(&format!("pki/{kind}-ca"), Action::Created);
+            ca
+        };
+        let roles: &[ServerRole] = match kind {
+            Kind::Terminal => &[ServerRole::TerminalVpn, ServerRole::Gate],
+            Kind::Admin => &[ServerRole::AdminVpn],
+        };
+        for &role in roles {
+            // A server cert from an older CA (the CA was remade after a crash) is remade too.
+            let current = pki.has_server(role)
+                && pki
+                    .read_server_cert(role)
+                    .ok()
+                    .and_then(|pem| openssl::x509::X509::from_pem(pem.as_bytes()).ok())
+                    .zip(openssl::x509::X509::from_pem(ca.cert_pem().as_bytes()).ok())
+                    .is_some_and(|(cert, ca)| ca.issued(&cert) == openssl::x509::X509VerifyResult::OK);
+            if current {
+                step(&format!("pki/{}", role.common_name()), Action::Kept);
+                continue;
+            }
+            let issued = pki.create_server(&ca, role, key_type, vpn.server_cert_days)?;
+            ctx.store.record_server_cert(kind, &new_cert(&issued.cert_pem, issued.serial)?, super::now()).await?;
+            step(&format!("pki/{}", role.common_name()), Action::Created);
+        }
+        if pki.has_tls_crypt_v2(kind) {
+            step(&format!("pki/tls-crypt-v2-{kind}"), Action::Kept);
+        } else {
+            pki.create_tls_crypt_v2(kind)?;
+            step(&format!("pki/tls-crypt-v2-{kind}"), Action::Created);
+        }
+        if crl::is_fresh(&ctx, kind)? {
+            step(&format!("pki/crl-{kind}"), Action::Kept);
+        } else {
+            crl::refresh(&ctx, kind).await?;
+            step(&format!("pki/crl-{kind}"), Action::Created);
+        }
+    }
+    step(&format!("store ({})", ctx.store.backend()), if store_is_new { Action::Created } else { Action::Kept });
+
+    let changed = steps.iter().any(|s| s.action != Action::Kept);
+    Ok(InitReport { root: root.display().to_string(), steps, changed })
+}
+
+/// The store row for a certificate we just made.
+pub fn new_cert(cert_pem: &str, serial: cas_pki::Serial) -> Result<NewCert, OpsError> {
+    let info = cas_pki::cert_info(cert_pem).map_err(|e| OpsError::Ca(e.to_string()))?;
+    Ok(NewCert {
+        serial: serial.to_hex(),
+        common_name: info.common_name,
+        not_before: info.not_before.unix_timestamp(),
+        not_after: info.not_after.unix_timestamp(),
+        cert_pem: cert_pem.to_owned(),
+    })
+}

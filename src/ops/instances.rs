@@ -1,0 +1,202 @@
+//! The instance plan: which openvpn instances exist, on which port, tun device and address slice. Derived from the
+//! config (terminal instances) and the store (one admin instance per live admin credential), never stored.
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use super::{Ctx, OpsError};
+use crate::config::VpnConfig;
+use crate::domain::{Kind, Name, Subnet};
+
+/// The address slices of the terminal subnet, one per terminal instance (index = position).
+pub fn terminal_slices(vpn: &VpnConfig) -> Result<Vec<Subnet>, OpsError> {
+    Ok(vpn.terminal_subnet.slices(vpn.terminal_ports.len())?)
+}
+
+/// The slice of the admin subnet for the admin instance on `port`.
+pub fn admin_slice(vpn: &VpnConfig, port: u16) -> Result<Subnet, OpsError> {
+    let slices = vpn.admin_subnet.slices(vpn.admin_ports.len())?;
+    let i = usize::from(port.saturating_sub(vpn.admin_ports.start()));
+    slices.get(i).copied().ok_or_else(|| OpsError::Other(format!("admin port {port} is outside admin_ports")))
+}
+
+/// Client addresses per slice: everything but the network address, the server (`.1`) and broadcast.
+pub fn hosts_per_slice(slice: &Subnet) -> u32 {
+    (1u32 << (32 - u32::from(slice.prefix_len()))).saturating_sub(3)
+}
+
+/// The first client address index in a slice (`.0` is the network, `.1` the server).
+pub const FIRST_HOST_INDEX: u32 = 2;
+
+pub fn host_ip(slice: &Subnet, host_index: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(slice.network()) + host_index)
+}
+
+/// The server's own address in a slice: what `server NET MASK` gives the tun device.
+pub fn server_ip(slice: &Subnet) -> Ipv4Addr {
+    host_ip(slice, 1)
+}
+
+/// A terminal's tunnel address, from its allocation.
+pub fn terminal_ip(slices: &[Subnet], home: u32, host_index: u32) -> Option<Ipv4Addr> {
+    slices.get(home as usize).map(|s| host_ip(s, host_index))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    /// `terminal-0`…, `admin-12000`…: also the directory name under `<root>/vpn/`.
+    pub name: Name,
+    pub kind: Kind,
+    pub port: u16,
+    /// tun device: `cvt0`…, `cva0`….
+    pub dev: Name,
+    pub subnet: Subnet,
+    /// The admin credential an admin instance serves.
+    pub credential: Option<Name>,
+    /// Terminal instance index (home_instance in the store).
+    pub index: Option<u32>,
+}
+
+fn name(s: String) -> Result<Name, OpsError> {
+    Ok(s.parse()?)
+}
+
+pub fn terminal_instances(vpn: &VpnConfig) -> Result<Vec<Instance>, OpsError> {
+    let slices = terminal_slices(vpn)?;
+    vpn.terminal_ports
+        .iter()
+        .zip(slices)
+        .enumerate()
+        .map(|(i, (port, subnet))| {
+            Ok(Instance {
+                name: name(format!("terminal-{i}"))?,
+                kind: Kind::Terminal,
+                port,
+                dev: name(format!("cvt{i}"))?,
+                subnet,
+                credential: None,
+                index: Some(i as u32),
+            })
+        })
+        .collect()
+}
+
+pub fn admin_instance(vpn: &VpnConfig, credential: &Name, port: u16) -> Result<Instance, OpsError> {
+    Ok(Instance {
+        name: name(format!("admin-{port}"))?,
+        kind: Kind::Admin,
+        port,
+        dev: name(format!("cva{}", port - vpn.admin_ports.start()))?,
+        subnet: admin_slice(vpn, port)?,
+        credential: Some(credential.clone()),
+        index: None,
+    })
+}
+
+/// Every instance that should run now: all terminal instances, and one per live admin credential.
+pub async fn plan(ctx: &Ctx) -> Result<Vec<Instance>, OpsError> {
+    let vpn = ctx.vpn("the VPN instances")?;
+    let mut all = terminal_instances(vpn)?;
+    for c in ctx.store.list_credentials(Some(Kind::Admin), false).await? {
+        if let Some(port) = c.admin_port {
+            all.push(admin_instance(vpn, &c.name, port)?);
+        }
+    }
+    Ok(all)
+}
+
+/// Writes every planned instance's `server.conf` (only when its text changed) and returns what the supervisor
+/// needs to run them, each with a fingerprint of its config so that a change restarts only that instance.
+pub async fn render_all(ctx: &Ctx) -> Result<Vec<(crate::supervisor::instance::InstanceSpec, [u8; 32])>, OpsError> {
+    use sha2::{Digest, Sha256};
+
+    use crate::domain::ConfPath;
+    use crate::ovpn::{self, AdminServer, TerminalServer};
+    use crate::pkifiles::ServerRole;
+    use crate::supervisor::auth::InstanceRole;
+    use crate::supervisor::instance::InstanceSpec;
+
+    let vpn = ctx.vpn("the VPN instances")?;
+    let pki = &ctx.pki;
+    let cp = |p: std::path::PathBuf| -> Result<ConfPath, OpsError> { Ok(ConfPath::new(p)?) };
+    let mut out = Vec::new();
+    for inst in plan(ctx).await? {
+        let dir = ctx.cfg.root.join("vpn").join(inst.name.as_str());
+        crate::sys::fs::ensure_dir(&dir, 0o700)?;
+        let management = cp(dir.join("management.sock"))?;
+        let (role, kind) = match inst.kind {
+            Kind::Terminal => (ServerRole::TerminalVpn, Kind::Terminal),
+            Kind::Admin => (ServerRole::AdminVpn, Kind::Admin),
+        };
+        let ca = cp(pki.ca_cert_path(kind))?;
+        let cert = cp(pki.server_cert_path(role))?;
+        let key = cp(pki.server_key_path(role))?;
+        let crl = cp(pki.crl_path(kind))?;
+        let tls = cp(pki.tls_crypt_v2_path(kind))?;
+        let text = match (&inst.credential, inst.index) {
+            (None, Some(index)) => ovpn::render(&TerminalServer {
+                instance: &inst.name,
+                index,
+                proto: vpn.proto,
+                listen_ip: vpn.instance_listen_ip,
+                port: inst.port,
+                dev: &inst.dev,
+                network: inst.subnet.network(),
+                netmask: inst.subnet.netmask(),
+                master_ip: ctx.cfg.network.master_bind_ip,
+                max_clients: hosts_per_slice(&inst.subnet),
+                ca: &ca,
+                cert: &cert,
+                key: &key,
+                crl: &crl,
+                tls_crypt_v2: &tls,
+                management: &management,
+            })?,
+            (Some(credential), _) => ovpn::render(&AdminServer {
+                instance: &inst.name,
+                credential,
+                proto: vpn.proto,
+                port: inst.port,
+                dev: &inst.dev,
+                network: inst.subnet.network(),
+                netmask: inst.subnet.netmask(),
+                admin_ip: ctx.cfg.network.admin_bind_ip,
+                ca: &ca,
+                cert: &cert,
+                key: &key,
+                crl: &crl,
+                tls_crypt_v2: &tls,
+                management: &management,
+            })?,
+            (None, None) => return Err(OpsError::Other(format!("instance {} has no role", inst.name))),
+        };
+        let config = dir.join("server.conf");
+        if crate::sys::fs::read_optional(&config)?.as_deref() != Some(text.as_str()) {
+            crate::sys::fs::write_atomic(&config, text.as_bytes(), 0o600)?;
+        }
+        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let spec = InstanceSpec {
+            role: InstanceRole {
+                kind: inst.kind,
+                index: inst.index,
+                credential: inst.credential.clone(),
+                subnet: inst.subnet,
+            },
+            port: inst.port,
+            config,
+            management: management.as_path().to_owned(),
+            pidfile: dir.join("openvpn.pid"),
+            name: inst.name,
+        };
+        out.push((spec, hash));
+    }
+    Ok(out)
+}
+
+/// Kills openvpn processes recorded in `<root>/vpn/*/openvpn.pid` by a previous cas-vpn (the second lock behind
+/// the parent-death signal). Returns how many were killed.
+pub fn kill_orphans(root: &std::path::Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(root.join("vpn")) else { return 0 };
+    dirs.flatten().filter(|d| crate::sys::process::kill_orphan(&d.path().join("openvpn.pid"), "openvpn")).count()
+}

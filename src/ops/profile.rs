@@ -1,0 +1,114 @@
+//! Client profiles (`.ovpn`): the CA, the client's certificate, its key when the server made it, and a
+//! tls-crypt-v2 client key wrapped natively (no openvpn process per client) with metadata naming the credential.
+
+use cas_pki::{ClientMetadata, PrivateKey, TlsCryptV2ServerKey};
+
+use super::{Ctx, OpsError};
+use crate::domain::{ConfPath, Host, Kind, Name};
+use crate::ovpn::{self, ClientProfile, Pem, Proto};
+use crate::pkifiles::ServerRole;
+
+/// What the tls-crypt-v2 metadata of a client key says: `cv1:t:<name>` or `cv1:a:<name>`. The terminal front reads
+/// it (after checking the key's HMAC) to send a terminal to its home instance.
+pub fn metadata_for(kind: Kind, name: &Name) -> ClientMetadata {
+    let k = match kind {
+        Kind::Terminal => 't',
+        Kind::Admin => 'a',
+    };
+    ClientMetadata::User(format!("cv1:{k}:{name}").into_bytes())
+}
+
+/// Parses metadata written by `metadata_for`; anything else is `None`.
+pub fn parse_metadata(m: &ClientMetadata) -> Option<(Kind, Name)> {
+    let ClientMetadata::User(bytes) = m else { return None };
+    let text = std::str::from_utf8(bytes).ok()?;
+    let rest = text.strip_prefix("cv1:")?;
+    let (k, name) = rest.split_once(':')?;
+    let kind = match k {
+        "t" => Kind::Terminal,
+        "a" => Kind::Admin,
+        _ => return None,
+    };
+    Some((kind, name.parse().ok()?))
+}
+
+/// Loaded once, then renders any number of profiles of one kind (bulk import renders thousands).
+pub struct ProfileMaker {
+    kind: Kind,
+    ca: Pem,
+    host: Host,
+    proto: Proto,
+    front_port: u16,
+    server_name: Name,
+    tls: TlsCryptV2ServerKey,
+}
+
+impl ProfileMaker {
+    pub fn new(ctx: &Ctx, kind: Kind) -> Result<ProfileMaker, OpsError> {
+        let vpn = ctx.vpn("a client profile")?;
+        let host = match (&vpn.public_hostname, ctx.cfg.network.public_ip) {
+            (Some(h), _) => h.clone(),
+            (None, Some(ip)) => Host::from(ip),
+            (None, None) => return Err(OpsError::NoPublicAddress { path: ctx.cfg.network_path() }),
+        };
+        let role = match kind {
+            Kind::Terminal => ServerRole::TerminalVpn,
+            Kind::Admin => ServerRole::AdminVpn,
+        };
+        Ok(ProfileMaker {
+            kind,
+            ca: Pem::new(&ctx.pki.read_ca_cert(kind)?)?,
+            host,
+            proto: vpn.proto,
+            front_port: vpn.terminal_front_port,
+            server_name: role.common_name().parse()?,
+            tls: ctx.pki.load_tls_crypt_v2(kind)?,
+        })
+    }
+
+    /// Renders one profile. `port`: the admin credential's own port; terminals always use the front port.
+    pub fn render(
+        &self,
+        name: &Name,
+        cert_pem: &str,
+        key: Option<&PrivateKey>,
+        key_file: Option<&ConfPath>,
+        port: Option<u16>,
+    ) -> Result<String, OpsError> {
+        let wrapped =
+            self.tls.wrap_client_key(&metadata_for(self.kind, name)).map_err(|e| OpsError::Ca(e.to_string()))?;
+        let tls = Pem::new(&wrapped.to_pem())?;
+        let cert = Pem::new(cert_pem)?;
+        let key_pem = key.map(|k| Pem::new(&k.to_pem())).transpose()?;
+        Ok(ovpn::render(&ClientProfile {
+            kind: self.kind,
+            name,
+            proto: self.proto,
+            host: &self.host,
+            port: port.unwrap_or(self.front_port),
+            server_name: &self.server_name,
+            retry_auth: self.kind == Kind::Terminal,
+            ca: &self.ca,
+            cert: &cert,
+            key: key_pem.as_ref(),
+            key_file,
+            tls_crypt_v2: &tls,
+        })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trip_and_refusals() {
+        let n: Name = "atm-7".parse().unwrap();
+        assert_eq!(parse_metadata(&metadata_for(Kind::Terminal, &n)), Some((Kind::Terminal, n.clone())));
+        assert_eq!(parse_metadata(&metadata_for(Kind::Admin, &n)), Some((Kind::Admin, n)));
+        for bad in ["", "cv1:x:atm", "cv2:t:atm", "cv1:t:../x", "cv1:t:"] {
+            assert_eq!(parse_metadata(&ClientMetadata::User(bad.as_bytes().to_vec())), None, "{bad}");
+        }
+        assert_eq!(parse_metadata(&ClientMetadata::Timestamp(5)), None);
+    }
+}

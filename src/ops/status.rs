@@ -1,0 +1,109 @@
+//! `cas-vpn status`: what is configured, what the store holds, and when each CRL and certificate expires (with
+//! warnings well before any of them can lock terminals out).
+
+use serde::Serialize;
+
+use super::instances::{Instance, plan};
+use super::{Ctx, OpsError, crl, rfc3339};
+use crate::domain::Kind;
+use crate::pkifiles::ServerRole;
+
+/// Warn this long before a CRL's nextUpdate (openvpn rejects everyone once it passes).
+const CRL_WARN_SECS: i64 = 3 * 86400;
+/// Warn this long before a CA or server certificate expires.
+const CERT_WARN_SECS: i64 = 60 * 86400;
+
+#[derive(Debug, Serialize)]
+pub struct Expiry {
+    pub what: String,
+    pub not_after: Option<String>,
+    pub seconds_left: Option<i64>,
+    pub warning: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counts {
+    pub terminals: usize,
+    pub terminals_paired: usize,
+    pub admins: usize,
+    pub revoked: usize,
+    pub sessions: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub root: String,
+    pub scenario: &'static str,
+    pub database: &'static str,
+    pub public_ip: Option<String>,
+    pub master_bind_ip: String,
+    pub gate_bind_ip: String,
+    pub admin_bind_ip: String,
+    pub instances: Vec<Instance>,
+    pub counts: Counts,
+    pub expiry: Vec<Expiry>,
+    pub warnings: Vec<String>,
+}
+
+fn expiry(what: String, not_after: Option<i64>, now: i64, warn: i64) -> Expiry {
+    let left = not_after.map(|t| t - now);
+    let warning = match left {
+        None => Some(format!("{what}: missing")),
+        Some(s) if s <= 0 => Some(format!("{what}: EXPIRED")),
+        Some(s) if s < warn => {
+            Some(format!("{what}: expires in {}", humantime::format_duration(std::time::Duration::from_secs(s as u64))))
+        }
+        _ => None,
+    };
+    Expiry { what, not_after: not_after.map(rfc3339), seconds_left: left, warning }
+}
+
+fn cert_not_after(pem: Result<String, crate::pkifiles::PkiFilesError>) -> Option<i64> {
+    pem.ok().and_then(|p| cas_pki::cert_info(&p).ok()).map(|i| i.not_after.unix_timestamp())
+}
+
+pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
+    let now = super::now();
+    let scenario = if ctx.vpn("status").is_ok() { "A" } else { "B" };
+    let instances = if scenario == "A" { plan(ctx).await? } else { Vec::new() };
+    let all = ctx.store.list_credentials(None, true).await?;
+    let counts = Counts {
+        terminals: all.iter().filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none()).count(),
+        terminals_paired: all
+            .iter()
+            .filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none() && c.paired_at.is_some())
+            .count(),
+        admins: all.iter().filter(|c| c.kind == Kind::Admin && c.revoked_at.is_none()).count(),
+        revoked: all.iter().filter(|c| c.revoked_at.is_some()).count(),
+        sessions: ctx.store.list_sessions().await?.len(),
+    };
+    let mut exp = Vec::new();
+    for kind in [Kind::Terminal, Kind::Admin] {
+        let left = crl::seconds_left(ctx, kind).unwrap_or(None);
+        exp.push(expiry(format!("{kind} CRL"), left.map(|l| now + l), now, CRL_WARN_SECS));
+        exp.push(expiry(format!("{kind} CA"), cert_not_after(ctx.pki.read_ca_cert(kind)), now, CERT_WARN_SECS));
+    }
+    for role in [ServerRole::TerminalVpn, ServerRole::AdminVpn, ServerRole::Gate] {
+        exp.push(expiry(
+            format!("{} certificate", role.common_name()),
+            cert_not_after(ctx.pki.read_server_cert(role)),
+            now,
+            CERT_WARN_SECS,
+        ));
+    }
+    let warnings = exp.iter().filter_map(|e| e.warning.clone()).collect();
+    let net = &ctx.cfg.network;
+    Ok(Status {
+        root: ctx.cfg.root.display().to_string(),
+        scenario,
+        database: ctx.store.backend(),
+        public_ip: net.public_ip.map(|ip| ip.to_string()),
+        master_bind_ip: net.master_bind_ip.to_string(),
+        gate_bind_ip: net.gate_bind_ip.to_string(),
+        admin_bind_ip: net.admin_bind_ip.to_string(),
+        instances,
+        counts,
+        expiry: exp,
+        warnings,
+    })
+}

@@ -1,0 +1,337 @@
+//! Terminals: `terminal add`, `terminal import` (bulk, all or nothing), `terminal list`, `terminal show`.
+//!
+//! Everything for a batch (keys, certificates, tokens, profiles) is made in memory, the files are staged under
+//! temp names, the store commits the batch in one transaction, and only then do the files appear. A failure at
+//! any step leaves no row and no file.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use cas_pki::{Issued, KeyType, Validity};
+use serde::Serialize;
+
+use super::instances::{hosts_per_slice, terminal_ip, terminal_slices};
+use super::profile::ProfileMaker;
+use super::{Ctx, OpsError, init::new_cert, now, rfc3339};
+use crate::db::{Credential, NewTerminal, NewToken, TerminalLayout};
+use crate::domain::{Dur, Kind, Name, PairingToken};
+use crate::pkifiles::ServerRole;
+use crate::sys::fs::Staged;
+
+/// Default lifetime of a pairing token when neither `--expires` nor `token_ttl` says otherwise.
+const DEFAULT_TOKEN_TTL: u64 = 24 * 3600;
+
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    pub expires: Option<Dur>,
+    pub server_keygen: bool,
+}
+
+/// One terminal as created. `token` is the secret pairing token: shown once, stored only hashed.
+#[derive(Debug, Serialize)]
+pub struct Added {
+    pub name: Name,
+    pub token: String,
+    pub token_expires_at: String,
+    pub home_instance: Option<u32>,
+    pub tunnel_ip: Option<String>,
+    pub server_keygen: bool,
+    /// Where the server-made profile waits (for delivery by the gate, or in `--out`).
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImportReport {
+    pub created: usize,
+    pub out_dir: Option<String>,
+    pub terminals: Vec<Added>,
+}
+
+/// What a caller wants to see while a batch is made (the CLI draws a progress bar).
+pub trait Progress: Sync {
+    fn step(&self, n: u64);
+}
+
+impl Progress for () {
+    fn step(&self, _: u64) {}
+}
+
+pub async fn add(ctx: &Ctx, name: Name, opts: &AddOptions) -> Result<Added, OpsError> {
+    let mut added = create_batch(ctx, vec![name], opts, None, &()).await?;
+    Ok(added.pop().expect("a batch of one yields one"))
+}
+
+/// Reads names from a CSV file (first column; one per line; an optional `name` header; blank lines skipped) and
+/// creates them all or none. Every bad line is reported with its line number before anything is made.
+pub async fn import(
+    ctx: &Ctx,
+    csv_path: &Path,
+    opts: &AddOptions,
+    out: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<ImportReport, OpsError> {
+    let names = read_names(csv_path)?;
+    if let Some(dir) = out {
+        crate::sys::fs::ensure_dir(dir, 0o700)?;
+    }
+    let terminals = create_batch(ctx, names, opts, out, progress).await?;
+    if let Some(dir) = out {
+        let mut csv = String::from("name,token,expires_at\n");
+        for t in &terminals {
+            csv.push_str(&format!("{},{},{}\n", t.name, t.token, t.token_expires_at));
+        }
+        crate::sys::fs::write_atomic(&dir.join("tokens.csv"), csv.as_bytes(), 0o600)?;
+    }
+    Ok(ImportReport { created: terminals.len(), out_dir: out.map(|d| d.display().to_string()), terminals })
+}
+
+pub fn read_names(csv_path: &Path) -> Result<Vec<Name>, OpsError> {
+    let err = |line: usize, why: String| OpsError::Input { path: csv_path.to_owned(), line, why };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .comment(Some(b'#'))
+        .from_path(csv_path)
+        .map_err(|e| err(0, e.to_string()))?;
+    let mut names = Vec::new();
+    let mut seen: HashMap<Name, usize> = HashMap::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| err(e.position().map_or(i + 1, |p| p.line() as usize), e.to_string()))?;
+        let line = record.position().map_or(i + 1, |p| p.line() as usize);
+        let Some(first) = record.get(0).filter(|f| !f.is_empty()) else { continue };
+        if names.is_empty() && seen.is_empty() && first.eq_ignore_ascii_case("name") {
+            continue;
+        }
+        let name: Name = first.parse().map_err(|e: crate::domain::DomainError| err(line, e.to_string()))?;
+        if let Some(prev) = seen.insert(name.clone(), line) {
+            return Err(err(line, format!("{name} already appears on line {prev}")));
+        }
+        names.push(name);
+    }
+    if names.is_empty() {
+        return Err(err(1, "no terminal names in the file".into()));
+    }
+    Ok(names)
+}
+
+struct Made {
+    name: Name,
+    token: PairingToken,
+    issued: Option<Issued>,
+    profile: Option<String>,
+}
+
+async fn create_batch(
+    ctx: &Ctx,
+    names: Vec<Name>,
+    opts: &AddOptions,
+    out: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<Vec<Added>, OpsError> {
+    let vpn = match (ctx.vpn("--server-keygen"), opts.server_keygen) {
+        (Ok(v), _) => Some(v),
+        (Err(e), true) => return Err(e),
+        (Err(_), false) => None,
+    };
+    let pin = gate_pin(ctx)?;
+    let ttl = opts.expires.map(|d| d.as_secs()).or(vpn.map(|v| v.token_ttl.as_secs())).unwrap_or(DEFAULT_TOKEN_TTL);
+    let now = now();
+    let expires_at = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+
+    // Keys and certificates: CPU-bound, so made on every core before the store is touched.
+    let keygen = match (opts.server_keygen, vpn) {
+        (true, Some(v)) => Some((ctx.pki.load_ca(Kind::Terminal)?, ProfileMaker::new(ctx, Kind::Terminal)?, v)),
+        _ => None,
+    };
+    let made = make_all(
+        &names,
+        pin,
+        keygen.as_ref().map(|(ca, maker, v)| (ca, maker, v.key_type, v.terminal_cert_days)),
+        progress,
+    )?;
+
+    let mut staged = Staged::default();
+    let mut profile_paths = Vec::with_capacity(made.len());
+    for m in &made {
+        let path = m.profile.as_ref().map(|text| {
+            let path = out.map_or_else(
+                || ctx.pki.pending_dir().join(format!("{}.ovpn", m.name)),
+                |d| d.join(format!("{}.ovpn", m.name)),
+            );
+            staged.stage(&path, text.as_bytes(), 0o600).map(|()| path)
+        });
+        profile_paths.push(path.transpose()?);
+    }
+
+    let new: Vec<NewTerminal> = made
+        .iter()
+        .map(|m| {
+            Ok(NewTerminal {
+                name: m.name.clone(),
+                cert: m.issued.as_ref().map(|i| new_cert(&i.cert_pem, i.serial)).transpose()?,
+                token: Some(NewToken { id: m.token.id().to_owned(), secret_hash: m.token.secret_hash(), expires_at }),
+            })
+        })
+        .collect::<Result<_, OpsError>>()?;
+    let slices = vpn.map(terminal_slices).transpose()?;
+    let layout = match &slices {
+        Some(s) => TerminalLayout { instances: s.len() as u32, hosts_per_instance: hosts_per_slice(&s[0]) },
+        // Scenario B: no tunnel addresses are handed out; one roomy pseudo-instance keeps the store's rules simple.
+        None => TerminalLayout { instances: 1, hosts_per_instance: 1 << 24 },
+    };
+    let created = ctx.store.create_terminals(&new, layout, now).await?;
+    staged.publish()?;
+    let action = if names.len() == 1 { "terminal.add" } else { "terminal.import" };
+    let subject = if names.len() == 1 { names[0].to_string() } else { format!("{} terminals", names.len()) };
+    ctx.store.audit("cli", action, &subject, if opts.server_keygen { "server-keygen" } else { "token" }, now).await?;
+
+    let by_name: HashMap<&Name, &Credential> = created.iter().map(|c| (&c.name, c)).collect();
+    Ok(made
+        .into_iter()
+        .zip(profile_paths)
+        .map(|(m, path)| {
+            let c = by_name.get(&m.name);
+            let ip = match (&slices, c.and_then(|c| c.home_instance.zip(c.host_index))) {
+                (Some(s), Some((home, host))) => terminal_ip(s, home, host).map(|ip| ip.to_string()),
+                _ => None,
+            };
+            Added {
+                token: m.token.expose(),
+                token_expires_at: rfc3339(expires_at),
+                home_instance: slices.as_ref().and(c.and_then(|c| c.home_instance)),
+                tunnel_ip: ip,
+                server_keygen: m.issued.is_some(),
+                profile: path.map(|p: PathBuf| p.display().to_string()),
+                name: m.name,
+            }
+        })
+        .collect())
+}
+
+fn make_all(
+    names: &[Name],
+    pin: [u8; 32],
+    keygen: Option<(&cas_pki::Ca, &ProfileMaker, KeyType, u32)>,
+    progress: &dyn Progress,
+) -> Result<Vec<Made>, OpsError> {
+    let make = |name: &Name| -> Result<Made, OpsError> {
+        let token = PairingToken::generate(pin);
+        let (issued, profile) = match keygen {
+            Some((ca, maker, kt, days)) => {
+                let issued = ca
+                    .issue_client(name.as_str(), kt, Validity::days_from_now(days))
+                    .map_err(|e| OpsError::Ca(e.to_string()))?;
+                let profile = maker.render(name, &issued.cert_pem, Some(&issued.key), None, None)?;
+                (Some(issued), Some(profile))
+            }
+            None => (None, None),
+        };
+        progress.step(1);
+        Ok(Made { name: name.clone(), token, issued, profile })
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let chunk = names.len().div_ceil(workers).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> =
+            names.chunks(chunk).map(|part| s.spawn(move || part.iter().map(make).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("key generation worker panicked")).collect()
+    })
+}
+
+/// The SHA-256 pin of the gate's TLS public key, carried in every token.
+pub fn gate_pin(ctx: &Ctx) -> Result<[u8; 32], OpsError> {
+    let pem = ctx.pki.read_server_cert(ServerRole::Gate)?;
+    let pin = cas_pki::spki_sha256_pin(&pem).map_err(|e| OpsError::Ca(e.to_string()))?;
+    let bytes = hex::decode(pin.trim_start_matches("sha256:")).map_err(|e| OpsError::Ca(e.to_string()))?;
+    bytes.try_into().map_err(|_| OpsError::Ca("gate pin is not 32 bytes".into()))
+}
+
+#[derive(Debug, Serialize)]
+pub struct TerminalRow {
+    pub name: Name,
+    /// `pending` (not yet paired), `paired`, `online` (a live VPN session), or `revoked`.
+    pub state: &'static str,
+    pub home_instance: Option<u32>,
+    pub tunnel_ip: Option<String>,
+    pub created_at: String,
+    pub paired_at: Option<String>,
+    pub last_seen: Option<String>,
+    pub version: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+pub async fn list(ctx: &Ctx, include_revoked: bool) -> Result<Vec<TerminalRow>, OpsError> {
+    let slices = ctx.cfg.vpn.as_ref().and_then(|v| terminal_slices(v).ok());
+    let online: HashSet<i64> = ctx.store.list_sessions().await?.iter().map(|s| s.credential_id).collect();
+    let rows = ctx.store.list_credentials(Some(Kind::Terminal), include_revoked).await?;
+    Ok(rows.iter().map(|c| row(c, slices.as_deref(), online.contains(&c.id))).collect())
+}
+
+fn row(c: &Credential, slices: Option<&[crate::domain::Subnet]>, online: bool) -> TerminalRow {
+    let state = if c.revoked_at.is_some() {
+        "revoked"
+    } else if online {
+        "online"
+    } else if c.paired_at.is_some() {
+        "paired"
+    } else {
+        "pending"
+    };
+    TerminalRow {
+        name: c.name.clone(),
+        state,
+        home_instance: slices.and(c.home_instance),
+        tunnel_ip: slices
+            .zip(c.home_instance.zip(c.host_index))
+            .and_then(|(s, (h, i))| terminal_ip(s, h, i))
+            .map(|ip| ip.to_string()),
+        created_at: rfc3339(c.created_at),
+        paired_at: c.paired_at.map(rfc3339),
+        last_seen: c.last_seen.map(rfc3339),
+        version: c.version.clone(),
+        revoked_at: c.revoked_at.map(rfc3339),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CertSummary {
+    pub serial: String,
+    pub not_after: String,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TerminalDetail {
+    #[serde(flatten)]
+    pub row: TerminalRow,
+    pub hw_serial: Option<String>,
+    pub revoke_reason: Option<String>,
+    pub certificates: Vec<CertSummary>,
+}
+
+pub async fn show(ctx: &Ctx, name: &Name) -> Result<TerminalDetail, OpsError> {
+    let c = match ctx.store.credential_by_name(name).await? {
+        Some(c) if c.kind == Kind::Terminal => c,
+        _ => return Err(crate::db::DbError::NotFound { what: format!("terminal {name}") }.into()),
+    };
+    let slices = ctx.cfg.vpn.as_ref().and_then(|v| terminal_slices(v).ok());
+    let online = !ctx.store.sessions_of(c.id).await?.is_empty();
+    let certificates = ctx
+        .store
+        .certificates_of(c.id)
+        .await?
+        .into_iter()
+        .map(|r| CertSummary {
+            serial: r.serial,
+            not_after: rfc3339(r.not_after),
+            revoked_at: r.revoked_at.map(rfc3339),
+        })
+        .collect();
+    Ok(TerminalDetail {
+        row: row(&c, slices.as_deref(), online),
+        hw_serial: c.hw_serial.clone(),
+        revoke_reason: c.revoke_reason.clone(),
+        certificates,
+    })
+}

@@ -1,0 +1,257 @@
+//! The PKI on disk under `<root>/pki` (0700, keys 0600): the two root CAs, the VPN server certificates, the gate's
+//! TLS certificate, the tls-crypt-v2 server keys and the CRLs.
+//!
+//! CA keys are read here and nowhere else; they never leave `pki/` (DESIGN.md invariant 6).
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use cas_pki::{Ca, KeyType, PrivateKey, Revoked, TlsCryptV2ServerKey, Validity};
+use time::OffsetDateTime;
+
+use crate::domain::{ConfPath, Kind};
+use crate::sys::fs::{FsError, ensure_dir, read_optional, write_atomic};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiFilesError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{path}: {why}")]
+    Invalid { path: PathBuf, why: String },
+    #[error("PKI not initialised: {path} is missing (run `cas-vpn init`)")]
+    Missing { path: PathBuf },
+    #[error("{0}")]
+    Pki(String),
+    #[error("new CRL for the {kind} CA failed its pre-flight check: {why}")]
+    CrlCheck { kind: Kind, why: String },
+    #[error("path cannot be written into an OpenVPN config: {0}")]
+    Path(#[from] crate::domain::DomainError),
+}
+
+fn pki_err(e: impl std::fmt::Display) -> PkiFilesError {
+    PkiFilesError::Pki(e.to_string())
+}
+
+/// Which server identity: the terminal VPN, the admin VPN or the gate (the gate's cert hangs off the terminal CA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerRole {
+    TerminalVpn,
+    AdminVpn,
+    Gate,
+}
+
+impl ServerRole {
+    fn file_stem(self) -> &'static str {
+        match self {
+            ServerRole::TerminalVpn => "terminal-server",
+            ServerRole::AdminVpn => "admin-server",
+            ServerRole::Gate => "gate",
+        }
+    }
+    /// The certificate CN; clients check it with `verify-x509-name … name`.
+    pub fn common_name(self) -> &'static str {
+        match self {
+            ServerRole::TerminalVpn => "cas-vpn-terminal-server",
+            ServerRole::AdminVpn => "cas-vpn-admin-server",
+            ServerRole::Gate => "cas-vpn-gate",
+        }
+    }
+    pub fn ca(self) -> Kind {
+        match self {
+            ServerRole::AdminVpn => Kind::Admin,
+            ServerRole::TerminalVpn | ServerRole::Gate => Kind::Terminal,
+        }
+    }
+}
+
+/// Paths of everything in `pki/`.
+#[derive(Debug, Clone)]
+pub struct PkiDir {
+    dir: PathBuf,
+    vpn_dir: PathBuf,
+    passphrase: Option<String>,
+}
+
+impl PkiDir {
+    /// `passphrase`: when set, CA keys are stored as encrypted PKCS#8 and need it to be loaded.
+    pub fn new(root: &Path, passphrase: Option<String>) -> PkiDir {
+        PkiDir { dir: root.join("pki"), vpn_dir: root.join("vpn"), passphrase }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn ca_cert_path(&self, kind: Kind) -> PathBuf {
+        self.dir.join(format!("{kind}-ca.crt"))
+    }
+    fn ca_key_path(&self, kind: Kind) -> PathBuf {
+        self.dir.join(format!("{kind}-ca.key"))
+    }
+    pub fn server_cert_path(&self, role: ServerRole) -> PathBuf {
+        self.dir.join(format!("{}.crt", role.file_stem()))
+    }
+    pub fn server_key_path(&self, role: ServerRole) -> PathBuf {
+        self.dir.join(format!("{}.key", role.file_stem()))
+    }
+    pub fn tls_crypt_v2_path(&self, kind: Kind) -> PathBuf {
+        self.dir.join(format!("tls-crypt-v2-{kind}.key"))
+    }
+    pub fn crl_path(&self, kind: Kind) -> PathBuf {
+        self.dir.join(format!("crl-{kind}.pem"))
+    }
+    /// Server-keygen profiles waiting for delivery through the gate (they hold a private key).
+    pub fn pending_dir(&self) -> PathBuf {
+        self.dir.join("pending")
+    }
+
+    pub fn conf_path(p: &Path) -> Result<ConfPath, PkiFilesError> {
+        Ok(ConfPath::new(p)?)
+    }
+
+    pub fn ensure_dirs(&self) -> Result<(), PkiFilesError> {
+        ensure_dir(&self.dir, 0o700)?;
+        ensure_dir(&self.pending_dir(), 0o700)?;
+        ensure_dir(&self.vpn_dir, 0o755)?;
+        Ok(())
+    }
+
+    pub fn has_ca(&self, kind: Kind) -> bool {
+        self.ca_cert_path(kind).is_file() && self.ca_key_path(kind).is_file()
+    }
+
+    pub fn load_ca(&self, kind: Kind) -> Result<Ca, PkiFilesError> {
+        let cert_path = self.ca_cert_path(kind);
+        let key_path = self.ca_key_path(kind);
+        let cert = read_optional(&cert_path)?.ok_or(PkiFilesError::Missing { path: cert_path.clone() })?;
+        let key = read_optional(&key_path)?.ok_or(PkiFilesError::Missing { path: key_path.clone() })?;
+        Ca::load(&cert, &key, self.passphrase.as_deref())
+            .map_err(|e| PkiFilesError::Invalid { path: key_path, why: e.to_string() })
+    }
+
+    /// Makes a new root CA and writes it, key first (0600): a crash between the two writes leaves a key without a
+    /// certificate, which `has_ca` treats as absent, so the next `init` starts that CA over.
+    pub fn create_ca(&self, kind: Kind, key_type: KeyType, days: u32) -> Result<Ca, PkiFilesError> {
+        let cn = match kind {
+            Kind::Terminal => "cas-vpn-terminal-root-ca",
+            Kind::Admin => "cas-vpn-admin-root-ca",
+        };
+        let ca = Ca::generate(cn, key_type, Validity::days_from_now(days)).map_err(pki_err)?;
+        let key = ca.key_pem(self.passphrase.as_deref()).map_err(pki_err)?;
+        write_atomic(&self.ca_key_path(kind), key.as_bytes(), 0o600)?;
+        write_atomic(&self.ca_cert_path(kind), ca.cert_pem().as_bytes(), 0o644)?;
+        Ok(ca)
+    }
+
+    pub fn has_server(&self, role: ServerRole) -> bool {
+        self.server_cert_path(role).is_file() && self.server_key_path(role).is_file()
+    }
+
+    /// Issues and writes a server certificate; returns it so the caller can record its serial in the store.
+    pub fn create_server(
+        &self,
+        ca: &Ca,
+        role: ServerRole,
+        key_type: KeyType,
+        days: u32,
+    ) -> Result<cas_pki::Issued, PkiFilesError> {
+        let issued = ca.issue_server(role.common_name(), key_type, Validity::days_from_now(days)).map_err(pki_err)?;
+        write_atomic(&self.server_key_path(role), issued.key.to_pem().as_bytes(), 0o600)?;
+        write_atomic(&self.server_cert_path(role), issued.cert_pem.as_bytes(), 0o644)?;
+        Ok(issued)
+    }
+
+    pub fn read_server_cert(&self, role: ServerRole) -> Result<String, PkiFilesError> {
+        let p = self.server_cert_path(role);
+        read_optional(&p)?.ok_or(PkiFilesError::Missing { path: p })
+    }
+
+    pub fn read_server_key(&self, role: ServerRole) -> Result<PrivateKey, PkiFilesError> {
+        let p = self.server_key_path(role);
+        let pem = read_optional(&p)?.ok_or(PkiFilesError::Missing { path: p.clone() })?;
+        PrivateKey::from_pem(&pem).map_err(|e| PkiFilesError::Invalid { path: p, why: e.to_string() })
+    }
+
+    pub fn has_tls_crypt_v2(&self, kind: Kind) -> bool {
+        self.tls_crypt_v2_path(kind).is_file()
+    }
+
+    pub fn create_tls_crypt_v2(&self, kind: Kind) -> Result<(), PkiFilesError> {
+        let key = TlsCryptV2ServerKey::generate();
+        write_atomic(&self.tls_crypt_v2_path(kind), key.to_pem().as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    pub fn load_tls_crypt_v2(&self, kind: Kind) -> Result<TlsCryptV2ServerKey, PkiFilesError> {
+        let p = self.tls_crypt_v2_path(kind);
+        let pem = read_optional(&p)?.ok_or(PkiFilesError::Missing { path: p.clone() })?;
+        TlsCryptV2ServerKey::from_pem(&pem).map_err(|e| PkiFilesError::Invalid { path: p, why: e.to_string() })
+    }
+
+    pub fn read_ca_cert(&self, kind: Kind) -> Result<String, PkiFilesError> {
+        let p = self.ca_cert_path(kind);
+        read_optional(&p)?.ok_or(PkiFilesError::Missing { path: p })
+    }
+
+    /// Signs a CRL, checks it the way OpenVPN will (signature, issuer, dates), then swaps it in atomically in
+    /// `pki/`. An unparseable or expired CRL locks out every client, so a CRL that fails
+    /// the check is never written.
+    pub fn publish_crl(
+        &self,
+        ca: &Ca,
+        kind: Kind,
+        revoked: &[Revoked],
+        crl_number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiFilesError> {
+        let pem = ca.crl(revoked, crl_number, this_update, next_update).map_err(pki_err)?;
+        preflight_crl(ca.cert_pem(), &pem).map_err(|why| PkiFilesError::CrlCheck { kind, why })?;
+        write_changed(&self.crl_path(kind), pem.as_bytes(), 0o600)?;
+        Ok(pem)
+    }
+
+    pub fn read_crl(&self, kind: Kind) -> Result<Option<String>, PkiFilesError> {
+        Ok(read_optional(&self.crl_path(kind))?)
+    }
+}
+
+/// Writes atomically and makes sure OpenVPN notices: it re-reads a CRL only when its size or mtime (1 s
+/// resolution) changed, so a same-size file written within the same second gets its mtime pushed forward.
+fn write_changed(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiFilesError> {
+    let before = fs::metadata(path).ok().map(|m| (m.size(), m.mtime()));
+    write_atomic(path, data, mode)?;
+    if let (Some((size, mtime)), Ok(after)) = (before, fs::metadata(path))
+        && after.size() == size
+        && after.mtime() <= mtime
+    {
+        let t = nix::sys::time::TimeSpec::new(mtime + 1, 0);
+        nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, path, &t, &t, nix::sys::stat::UtimensatFlags::FollowSymlink)
+            .map_err(|e| FsError::Write { path: path.to_owned(), source: e.into() })?;
+    }
+    Ok(())
+}
+
+/// What OpenVPN will do with the CRL, done first: parse, signature by the CA, thisUpdate not in the future,
+/// nextUpdate in the future.
+pub fn preflight_crl(ca_cert_pem: &str, crl_pem: &str) -> Result<(), String> {
+    use openssl::asn1::Asn1Time;
+    let ca = openssl::x509::X509::from_pem(ca_cert_pem.as_bytes()).map_err(|e| format!("CA: {e}"))?;
+    let crl = openssl::x509::X509Crl::from_pem(crl_pem.as_bytes()).map_err(|e| format!("parse: {e}"))?;
+    let key = ca.public_key().map_err(|e| e.to_string())?;
+    if !crl.verify(&key).map_err(|e| e.to_string())? {
+        return Err("signature does not verify with the CA key".into());
+    }
+    if crl.issuer_name().to_der().ok() != ca.subject_name().to_der().ok() {
+        return Err("issuer is not the CA".into());
+    }
+    let now = Asn1Time::days_from_now(0).map_err(|e| e.to_string())?;
+    if crl.last_update() > now {
+        return Err("thisUpdate is in the future".into());
+    }
+    match crl.next_update() {
+        Some(next) if next > now => Ok(()),
+        Some(_) => Err("nextUpdate has passed".into()),
+        None => Err("no nextUpdate".into()),
+    }
+}

@@ -1,0 +1,383 @@
+//! The tokio driver of one openvpn instance: carries out what its `Machine` decides (spawn, signal, wake), owns
+//! the instance's management connection, answers every CONNECT/REAUTH from the store, and keeps the instance's
+//! live sessions in the store and in memory (for kills by name).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant as TokioInstant;
+
+use super::auth::{Claim, Decision, InstanceRole, decide, normalise_serial};
+use super::machine::{Action, Event, Machine, State};
+use super::mgmt::{ClientEvent, Env, Mgmt};
+use crate::db::{NewSession, Store};
+use crate::domain::{Kind, Name};
+use crate::sys::process::{signal_group, spawn_guarded};
+
+/// Real client addresses of connections the terminal front relayed, by the local port of the relay's connection
+/// to the instance (what openvpn reports as `untrusted_port`).
+pub type RealAddrs = Arc<Mutex<HashMap<u16, SocketAddr>>>;
+
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub name: Name,
+    pub role: InstanceRole,
+    pub port: u16,
+    pub config: PathBuf,
+    pub management: PathBuf,
+    pub pidfile: PathBuf,
+}
+
+pub enum Control {
+    Stop,
+    /// Kill every live session of this credential; answers how many were killed.
+    Kill {
+        name: Name,
+        reply: oneshot::Sender<usize>,
+    },
+    Status {
+        reply: oneshot::Sender<InstanceStatus>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct InstanceStatus {
+    pub name: Name,
+    pub kind: Kind,
+    pub port: u16,
+    #[serde(flatten)]
+    pub state: State,
+    /// Process running and its management interface connected: connections can be answered.
+    pub ready: bool,
+    pub restarts: u64,
+    pub crash_loop: bool,
+    pub sessions: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    credential_id: i64,
+    name: Name,
+    tunnel_ip: Ipv4Addr,
+    real_addr: String,
+}
+
+/// Retry period for (re)connecting the management socket while openvpn runs.
+const MGMT_RETRY: Duration = Duration::from_millis(25);
+
+pub struct Instance {
+    spec: InstanceSpec,
+    store: Store,
+    real_addrs: RealAddrs,
+    origin: TokioInstant,
+    machine: Machine,
+    child: Option<Child>,
+    mgmt: Option<(Mgmt, mpsc::UnboundedReceiver<ClientEvent>)>,
+    mgmt_try_at: Option<TokioInstant>,
+    wake: Option<TokioInstant>,
+    sessions: HashMap<u64, Session>,
+    ready: watch::Sender<bool>,
+}
+
+impl Instance {
+    pub fn new(spec: InstanceSpec, store: Store, real_addrs: RealAddrs, ready: watch::Sender<bool>) -> Instance {
+        Instance {
+            spec,
+            store,
+            real_addrs,
+            origin: TokioInstant::now(),
+            machine: Machine::default(),
+            child: None,
+            mgmt: None,
+            mgmt_try_at: None,
+            wake: None,
+            sessions: HashMap::new(),
+            ready,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    pub async fn run(mut self, mut control: mpsc::Receiver<Control>) {
+        let _ = self.store.clear_sessions(Some(self.spec.name.as_str())).await;
+        self.event(Event::Start).await;
+        loop {
+            tokio::select! {
+                ctl = control.recv() => match ctl {
+                    None | Some(Control::Stop) => self.event(Event::Stop).await,
+                    Some(Control::Kill { name, reply }) => {
+                        let n = self.kill_sessions_of(&name).await;
+                        let _ = reply.send(n);
+                    }
+                    Some(Control::Status { reply }) => {
+                        let _ = reply.send(self.status());
+                    }
+                },
+                status = wait_child(&mut self.child) => {
+                    tracing::warn!(instance = %self.spec.name, ?status, "openvpn exited");
+                    self.child = None;
+                    self.lost_process().await;
+                    self.event(Event::Exited).await;
+                }
+                () = sleep_until(self.wake) => {
+                    self.wake = None;
+                    self.event(Event::Tick).await;
+                }
+                () = sleep_until(self.mgmt_try_at) => self.try_connect_mgmt().await,
+                ev = next_event(&mut self.mgmt) => match ev {
+                    Some(ev) => self.client_event(ev).await,
+                    None => {
+                        // The management connection fell over while openvpn runs: reconnect. Until then openvpn
+                        // gets no answers and denies new clients (fails closed).
+                        tracing::warn!(instance = %self.spec.name, "management connection lost; reconnecting");
+                        self.mgmt = None;
+                        let _ = self.ready.send(false);
+                        if self.child.is_some() {
+                            self.mgmt_try_at = Some(TokioInstant::now() + MGMT_RETRY);
+                        }
+                    }
+                },
+            }
+            if self.machine.is_finished() {
+                break;
+            }
+        }
+        let _ = std::fs::remove_file(&self.spec.pidfile);
+        let _ = self.store.clear_sessions(Some(self.spec.name.as_str())).await;
+    }
+
+    fn status(&self) -> InstanceStatus {
+        InstanceStatus {
+            name: self.spec.name.clone(),
+            kind: self.spec.role.kind,
+            port: self.spec.port,
+            state: self.machine.state().clone(),
+            ready: self.mgmt.is_some() && self.child.is_some(),
+            restarts: self.machine.restarts(),
+            crash_loop: self.machine.is_crash_loop(),
+            sessions: self.sessions.len(),
+        }
+    }
+
+    async fn event(&mut self, ev: Event) {
+        let mut queue = self.machine.handle(ev, self.now());
+        while let Some(action) = (!queue.is_empty()).then(|| queue.remove(0)) {
+            match action {
+                Action::Spawn => {
+                    let next = match self.spawn() {
+                        Ok(pid) => Event::Spawned { pid },
+                        Err(e) => {
+                            tracing::error!(instance = %self.spec.name, error = %e, "cannot start openvpn");
+                            Event::SpawnFailed
+                        }
+                    };
+                    queue.extend(self.machine.handle(next, self.now()));
+                }
+                Action::Terminate { pid } => signal_group(pid, Signal::SIGTERM),
+                Action::Kill { pid } => signal_group(pid, Signal::SIGKILL),
+                Action::WakeAt(at) => self.wake = Some(self.origin + at),
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> std::io::Result<u32> {
+        let _ = std::fs::remove_file(&self.spec.management);
+        let args = vec!["--config".to_owned(), self.spec.config.display().to_string()];
+        let mut child = spawn_guarded("openvpn", &args)?;
+        let pid = child.id().ok_or_else(|| std::io::Error::other("openvpn exited at once"))?;
+        crate::sys::fs::write_atomic(&self.spec.pidfile, format!("{pid}\n").as_bytes(), 0o644)
+            .map_err(std::io::Error::other)?;
+        type Out = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+        let outputs: [Option<Out>; 2] =
+            [child.stdout.take().map(|o| Box::new(o) as Out), child.stderr.take().map(|e| Box::new(e) as Out)];
+        for out in outputs.into_iter().flatten() {
+            let name = self.spec.name.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::info!(target: "openvpn", instance = %name, "{line}");
+                }
+            });
+        }
+        self.child = Some(child);
+        self.mgmt_try_at = Some(TokioInstant::now() + MGMT_RETRY);
+        tracing::info!(instance = %self.spec.name, pid, port = self.spec.port, "openvpn started");
+        Ok(pid)
+    }
+
+    async fn try_connect_mgmt(&mut self) {
+        self.mgmt_try_at = None;
+        if self.child.is_none() || self.mgmt.is_some() {
+            return;
+        }
+        match Mgmt::connect(&self.spec.management).await {
+            Ok(m) => {
+                tracing::debug!(instance = %self.spec.name, "management connected");
+                self.mgmt = Some(m);
+                let _ = self.ready.send(true);
+            }
+            Err(_) => self.mgmt_try_at = Some(TokioInstant::now() + MGMT_RETRY),
+        }
+    }
+
+    /// The process is gone: so are its sessions.
+    async fn lost_process(&mut self) {
+        self.mgmt = None;
+        self.mgmt_try_at = None;
+        let _ = self.ready.send(false);
+        self.sessions.clear();
+        let _ = self.store.clear_sessions(Some(self.spec.name.as_str())).await;
+        let _ = std::fs::remove_file(&self.spec.pidfile);
+    }
+
+    fn mgmt(&self) -> Option<Mgmt> {
+        self.mgmt.as_ref().map(|(m, _)| m.clone())
+    }
+
+    async fn client_event(&mut self, ev: ClientEvent) {
+        let Some(mgmt) = self.mgmt() else { return };
+        let result = match ev {
+            ClientEvent::Connect { cid, kid, env } => match self.authorize(&env).await {
+                Decision::Allow { credential_id, name, tunnel_ip, netmask } => {
+                    if self.spec.role.kind == Kind::Admin {
+                        // One live session per admin credential: the newest wins (see README), the older is killed
+                        // before the new one is let in, so there are never two.
+                        let old: Vec<u64> = self.sessions.keys().copied().collect();
+                        for old_cid in old {
+                            let _ = mgmt.client_kill(old_cid).await;
+                            self.forget(old_cid).await;
+                            tracing::warn!(instance = %self.spec.name, credential = %name, "older admin session replaced");
+                        }
+                    }
+                    let real_addr = self.real_addr(&env);
+                    self.sessions.insert(cid, Session { credential_id, name: name.clone(), tunnel_ip, real_addr });
+                    tracing::info!(instance = %self.spec.name, credential = %name, %tunnel_ip, "client allowed");
+                    mgmt.client_auth(cid, kid, &[format!("ifconfig-push {tunnel_ip} {netmask}")]).await
+                }
+                Decision::Deny(reason) => {
+                    tracing::warn!(instance = %self.spec.name, cn = ?env.get("common_name"), reason, "client denied");
+                    mgmt.client_deny(cid, kid, reason).await
+                }
+            },
+            ClientEvent::Reauth { cid, kid, env } => match self.authorize(&env).await {
+                Decision::Allow { .. } => mgmt.client_auth_nt(cid, kid).await,
+                Decision::Deny(reason) => {
+                    self.forget(cid).await;
+                    mgmt.client_deny(cid, kid, reason).await
+                }
+            },
+            ClientEvent::Established { cid, .. } => {
+                if let Some(s) = self.sessions.get(&cid) {
+                    let row = NewSession {
+                        instance: self.spec.name.to_string(),
+                        credential_id: s.credential_id,
+                        common_name: s.name.to_string(),
+                        tunnel_ip: s.tunnel_ip.to_string(),
+                        real_addr: s.real_addr.clone(),
+                        since: crate::ops::now(),
+                        client_id: cid as i64,
+                    };
+                    if let Err(e) = self.store.upsert_session(&row).await {
+                        tracing::error!(instance = %self.spec.name, error = %e, "cannot record session");
+                    }
+                }
+                Ok(())
+            }
+            ClientEvent::Disconnect { cid, .. } => {
+                self.forget(cid).await;
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(instance = %self.spec.name, error = %e, "management command failed");
+        }
+    }
+
+    async fn forget(&mut self, cid: u64) {
+        if self.sessions.remove(&cid).is_some() {
+            let _ = self.store.remove_session(self.spec.name.as_str(), cid as i64).await;
+        }
+    }
+
+    fn real_addr(&self, env: &Env) -> String {
+        let ip = env.get("untrusted_ip").unwrap_or("");
+        let port = env.get("untrusted_port").unwrap_or("");
+        if ip.starts_with("127.")
+            && let Ok(p) = port.parse::<u16>()
+            && let Some(real) = self.real_addrs.lock().ok().and_then(|m| m.get(&p).copied())
+        {
+            return real.to_string();
+        }
+        format!("{ip}:{port}")
+    }
+
+    async fn authorize(&self, env: &Env) -> Decision {
+        let (Some(cn), Some(serial)) = (env.get("common_name"), env.get("tls_serial_hex_0")) else {
+            return Decision::Deny("no client certificate");
+        };
+        let Ok(name) = cn.parse::<Name>() else { return Decision::Deny("unknown credential") };
+        let Some(serial) = normalise_serial(serial) else { return Decision::Deny("unknown certificate") };
+        // Store errors deny: never let a client in on a guess.
+        let cred = match self.store.credential_by_name(&name).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable; denying");
+                return Decision::Deny("temporarily unavailable");
+            }
+        };
+        let cert = match self.store.certificate_by_serial(&serial).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable; denying");
+                return Decision::Deny("temporarily unavailable");
+            }
+        };
+        let claim = Claim { common_name: cn.to_owned(), serial_hex: serial };
+        decide(&self.spec.role, &claim, cred.as_ref(), cert.as_ref())
+    }
+
+    async fn kill_sessions_of(&mut self, name: &Name) -> usize {
+        let cids: Vec<u64> = self.sessions.iter().filter(|(_, s)| &s.name == name).map(|(c, _)| *c).collect();
+        let Some(mgmt) = self.mgmt() else { return 0 };
+        let mut killed = 0;
+        for cid in cids {
+            match mgmt.client_kill(cid).await {
+                Ok(()) => killed += 1,
+                Err(e) => tracing::warn!(instance = %self.spec.name, error = %e, "client-kill failed"),
+            }
+            self.forget(cid).await;
+        }
+        killed
+    }
+}
+
+async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<TokioInstant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_event(mgmt: &mut Option<(Mgmt, mpsc::UnboundedReceiver<ClientEvent>)>) -> Option<ClientEvent> {
+    match mgmt {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

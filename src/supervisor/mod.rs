@@ -1,0 +1,133 @@
+//! `serve vpn`: supervises one openvpn process per terminal instance and per live admin credential.
+//!
+//! - `machine`: the pure life cycle of one process (backoff, crash loop, stop).
+//! - `instance`: the tokio driver of one instance (process, management socket, CONNECT answers, sessions).
+//! - `auth`: the pure answer to a CONNECT from store rows.
+//! - `mgmt`: the management protocol and client.
+//! - `front`: the terminal front port (7742), relaying each terminal to its home instance.
+//! - `control`: the root-only unix socket other cas-vpn processes use (`revoke` kills through it).
+//! - `service`: wires it all together with the CRL timer and graceful shutdown.
+
+pub mod auth;
+pub mod control;
+pub mod front;
+pub mod instance;
+pub mod machine;
+pub mod mgmt;
+pub mod service;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::db::Store;
+use crate::domain::Name;
+use instance::{Control, Instance, InstanceSpec, InstanceStatus, RealAddrs};
+
+/// How long to wait for one instance to be ready before starting the next (they start one after another, so
+/// 2000 terminals do not all hit a just-started server at once).
+const READY_WAIT: Duration = Duration::from_secs(2);
+
+struct Handle {
+    /// Fingerprint of the rendered config: a change restarts only this instance.
+    config_hash: [u8; 32],
+    ctl: mpsc::Sender<Control>,
+    join: JoinHandle<()>,
+}
+
+pub struct Supervisor {
+    store: Store,
+    real_addrs: RealAddrs,
+    instances: HashMap<Name, Handle>,
+}
+
+impl Supervisor {
+    pub fn new(store: Store, real_addrs: RealAddrs) -> Supervisor {
+        Supervisor { store, real_addrs, instances: HashMap::new() }
+    }
+
+    /// Makes the running set match `wanted` (spec + config hash): stops instances no longer wanted, restarts
+    /// those whose config changed, starts new ones one after another. Untouched instances keep running.
+    pub async fn apply(&mut self, wanted: Vec<(InstanceSpec, [u8; 32])>) {
+        let keep: std::collections::HashSet<&Name> = wanted.iter().map(|(s, _)| &s.name).collect();
+        let gone: Vec<Name> = self.instances.keys().filter(|n| !keep.contains(n)).cloned().collect();
+        for name in gone {
+            self.stop(&name).await;
+        }
+        for (spec, hash) in wanted {
+            match self.instances.get(&spec.name) {
+                Some(h) if h.config_hash == hash => continue,
+                Some(_) => {
+                    tracing::info!(instance = %spec.name, "config changed; restarting this instance");
+                    self.stop(&spec.name).await;
+                }
+                None => {}
+            }
+            self.start(spec, hash).await;
+        }
+    }
+
+    async fn start(&mut self, spec: InstanceSpec, config_hash: [u8; 32]) {
+        let (ctl, rx) = mpsc::channel(16);
+        let (ready_tx, mut ready) = watch::channel(false);
+        let name = spec.name.clone();
+        let inst = Instance::new(spec, self.store.clone(), self.real_addrs.clone(), ready_tx);
+        let join = tokio::spawn(inst.run(rx));
+        if tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r)).await.is_err() {
+            tracing::warn!(instance = %name, "not ready within {READY_WAIT:?}; starting the next one anyway");
+        }
+        self.instances.insert(name, Handle { config_hash, ctl, join });
+    }
+
+    async fn stop(&mut self, name: &Name) {
+        if let Some(h) = self.instances.remove(name) {
+            let _ = h.ctl.send(Control::Stop).await;
+            let _ = h.join.await;
+        }
+    }
+
+    /// Kills every live session of `name` on every instance; returns how many.
+    pub async fn kill(&self, name: &Name) -> usize {
+        let mut waits = Vec::new();
+        for h in self.instances.values() {
+            let (reply, rx) = oneshot::channel();
+            if h.ctl.send(Control::Kill { name: name.clone(), reply }).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        let mut total = 0;
+        for w in waits {
+            total += w.await.unwrap_or(0);
+        }
+        total
+    }
+
+    pub async fn status(&self) -> Vec<InstanceStatus> {
+        let mut out = Vec::new();
+        for h in self.instances.values() {
+            let (reply, rx) = oneshot::channel();
+            if h.ctl.send(Control::Status { reply }).await.is_ok()
+                && let Ok(s) = rx.await
+            {
+                out.push(s);
+            }
+        }
+        out.sort_by_key(|s| (s.kind as u8, s.port));
+        out
+    }
+
+    /// Stops everything: SIGTERM, then SIGKILL after the grace period; returns when all processes are gone.
+    pub async fn shutdown(&mut self) {
+        let names: Vec<Name> = self.instances.keys().cloned().collect();
+        for h in self.instances.values() {
+            let _ = h.ctl.send(Control::Stop).await;
+        }
+        for n in names {
+            if let Some(h) = self.instances.remove(&n) {
+                let _ = h.join.await;
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `serve vpn`: the dummy interface and isolation rules, orphan cleanup, the instances, the terminal front, the
+//! control socket, and the CRL timer, joined in one `select!` with graceful shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+
+use super::Supervisor;
+use super::front::Front;
+use crate::domain::Kind;
+use crate::ops::{Ctx, OpsError, crl, instances};
+
+/// Re-plan from the store this often even without a reload request (a missed request heals itself).
+const REPLAN_EVERY: Duration = Duration::from_secs(30);
+
+pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Result<(), OpsError> {
+    let vpn = ctx.vpn("serve vpn")?.clone();
+    let net = &ctx.cfg.network;
+    crate::sys::net::ensure_dummy(vpn.interface.as_str(), &[net.master_bind_ip, net.admin_bind_ip, net.gate_bind_ip])
+        .map_err(|e| OpsError::Other(format!("service interface {}: {e}", vpn.interface.as_str())))?;
+    crate::sys::net::apply_isolation(net.master_bind_ip, net.admin_bind_ip)
+        .map_err(|e| OpsError::Other(format!("tunnel isolation rules: {e}")))?;
+    let orphans = instances::kill_orphans(&ctx.cfg.root);
+    if orphans > 0 {
+        tracing::warn!(orphans, "removed openvpn processes left by a previous cas-vpn");
+    }
+    ctx.store.clear_sessions(None).await?;
+    for kind in [Kind::Terminal, Kind::Admin] {
+        if !crl::is_fresh(&ctx, kind)? {
+            crl::refresh(&ctx, kind).await?;
+        }
+    }
+
+    let real_addrs = Arc::new(StdMutex::new(HashMap::new()));
+    let supervisor = Arc::new(Mutex::new(Supervisor::new(ctx.store.clone(), real_addrs.clone())));
+    let start = std::time::Instant::now();
+    supervisor.lock().await.apply(instances::render_all(&ctx).await?).await;
+    tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "VPN instances started");
+
+    let front = Arc::new(Front {
+        key: Arc::new(ctx.pki.load_tls_crypt_v2(Kind::Terminal)?),
+        store: ctx.store.clone(),
+        instance_ports: vpn.terminal_ports.iter().collect(),
+        instance_ip: vpn.instance_listen_ip,
+        real_addrs,
+    });
+    let front_addr = std::net::SocketAddr::from(([0, 0, 0, 0], vpn.terminal_front_port));
+    let listener = tokio::net::TcpListener::bind(front_addr)
+        .await
+        .map_err(|e| OpsError::Other(format!("terminal front port {front_addr}: {e}")))?;
+    let front_task = tokio::spawn(front.run(listener));
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
+    let control = tokio::spawn(super::control::serve(ctx.cfg.root.clone(), supervisor.clone(), reload_tx));
+
+    let crl_check = crl::check_period(&ctx);
+    let mut crl_timer = tokio::time::interval(crl_check);
+    let mut replan = tokio::time::interval(REPLAN_EVERY);
+    tracing::info!(port = vpn.terminal_front_port, "VPN serving");
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(done) = reload_rx.recv() => {
+                replan_now(&ctx, &supervisor).await;
+                let _ = done.send(());
+            }
+            _ = replan.tick() => replan_now(&ctx, &supervisor).await,
+            _ = crl_timer.tick() => {
+                for kind in [Kind::Terminal, Kind::Admin] {
+                    match crl::is_fresh(&ctx, kind) {
+                        Ok(true) => {}
+                        _ => match crl::refresh(&ctx, kind).await {
+                            Ok(r) => tracing::info!(ca = %kind, number = r.crl_number, next_update = %r.next_update, "CRL renewed"),
+                            Err(e) => tracing::error!(ca = %kind, error = %e, "CRL renewal failed"),
+                        },
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("stopping VPN instances");
+    front_task.abort();
+    control.abort();
+    supervisor.lock().await.shutdown().await;
+    let _ = std::fs::remove_file(super::control::socket_path(&ctx.cfg.root));
+    Ok(())
+}
+
+async fn replan_now(ctx: &Ctx, supervisor: &Mutex<Supervisor>) {
+    match instances::render_all(ctx).await {
+        Ok(wanted) => supervisor.lock().await.apply(wanted).await,
+        Err(e) => tracing::error!(error = %e, "cannot plan instances"),
+    }
+}

@@ -1,0 +1,200 @@
+//! Atomic, mode-correct file writes (DESIGN.md section 3: temp file, fsync, rename, right mode from creation).
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot create directory {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// Writes `data` to `path` atomically: a temp file in the same directory, created with `mode` (so a secret is never
+/// readable by others, not even for a moment), fsynced, renamed over the target, and the directory fsynced so the
+/// rename survives a power cut. A reader sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), FsError> {
+    let err = |source| FsError::Write { path: path.to_owned(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = temp_name(path).map_err(err)?;
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        // The umask may have narrowed the mode; set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+/// Files written by `stage`, not yet visible under their final names. Dropping it unpublished removes them, so a
+/// failed bulk operation leaves nothing behind.
+#[derive(Debug, Default)]
+pub struct Staged {
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Staged {
+    /// Writes `data` to a hidden temp file beside `path`, created with `mode`. Not fsynced: `publish` syncs the
+    /// whole file system once, which is what makes writing thousands of profiles fast.
+    pub fn stage(&mut self, path: &Path, data: &[u8], mode: u32) -> Result<(), FsError> {
+        let tmp = temp_name(path).map_err(|source| FsError::Write { path: path.to_owned(), source })?;
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            f.write_all(data)
+        })();
+        if let Err(source) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(FsError::Write { path: path.to_owned(), source });
+        }
+        self.files.push((tmp, path.to_owned()));
+        Ok(())
+    }
+
+    /// Makes every staged file durable with one `syncfs`, renames them into place, and syncs their directories.
+    pub fn publish(mut self) -> Result<(), FsError> {
+        let files = std::mem::take(&mut self.files);
+        let Some((first, _)) = files.first() else { return Ok(()) };
+        let err = |path: &Path, source| FsError::Write { path: path.to_owned(), source };
+        let f = fs::File::open(first).map_err(|e| err(first, e))?;
+        nix::unistd::syncfs(&f).map_err(|e| err(first, e.into()))?;
+        let mut dirs = std::collections::BTreeSet::new();
+        for (tmp, path) in &files {
+            fs::rename(tmp, path).map_err(|e| err(path, e))?;
+            dirs.insert(path.parent().unwrap_or(Path::new(".")).to_owned());
+        }
+        for d in dirs {
+            fs::File::open(&d).and_then(|f| f.sync_all()).map_err(|e| err(&d, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.files {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+fn temp_name(path: &Path) -> io::Result<PathBuf> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!("{TEMP_MARK}{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    Ok(dir.join(tmp_name))
+}
+
+/// Every temp file cas-vpn writes has this in its name, so leftovers of a crash can be found and swept.
+const TEMP_MARK: &str = ".tmp-";
+
+/// Removes temp files a crash (kill -9) left in `dir`: they were never renamed, so nothing refers to them.
+pub fn sweep_temps(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with('.') && n.contains(TEMP_MARK)
+        })
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// Creates `dir` (and parents) if needed and sets its mode exactly, so that a directory made earlier with a looser
+/// mode is tightened too.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), FsError> {
+    let err = |source| FsError::Dir { path: dir.to_owned(), source };
+    DirBuilder::new().recursive(true).mode(mode).create(dir).map_err(err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(err)
+}
+
+/// Reads a file that may be absent: `Ok(None)` when it does not exist, an error naming the path otherwise.
+pub fn read_optional(path: &Path) -> Result<Option<String>, FsError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FsError::Read { path: path.to_owned(), source }),
+    }
+}
+
+/// Reads a file that must exist, with an error naming the path.
+pub fn read(path: &Path) -> Result<String, FsError> {
+    fs::read_to_string(path).map_err(|source| FsError::Read { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_mode_and_leaves_no_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("secret.pem");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "two");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1, "no temp files left behind");
+    }
+
+    #[test]
+    fn failed_write_leaves_target_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("missing-dir").join("f");
+        assert!(write_atomic(&p, b"x", 0o600).is_err());
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn staged_files_appear_only_on_publish_and_vanish_on_drop() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.ovpn"), d.path().join("b.ovpn"));
+        let mut s = Staged::default();
+        s.stage(&a, b"A", 0o600).unwrap();
+        s.stage(&b, b"B", 0o600).unwrap();
+        assert!(!a.exists() && !b.exists());
+        s.publish().unwrap();
+        assert_eq!(fs::read_to_string(&b).unwrap(), "B");
+        assert_eq!(fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let c = d.path().join("c.ovpn");
+        let mut s = Staged::default();
+        s.stage(&c, b"C", 0o600).unwrap();
+        drop(s);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2, "dropped staging leaves nothing");
+    }
+
+    #[test]
+    fn sweep_removes_only_temps() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(".x.pem.tmp-1-2"), "x").unwrap();
+        fs::write(d.path().join("x.pem"), "x").unwrap();
+        assert_eq!(sweep_temps(d.path()), 1);
+        assert!(d.path().join("x.pem").exists());
+    }
+
+    #[test]
+    fn ensure_dir_tightens_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("pki");
+        fs::create_dir(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_dir(&p, 0o700).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+}

@@ -1,0 +1,55 @@
+//! Child processes that cannot outlive cas-vpn: each runs in its own process group with a parent-death signal
+//! (SIGKILL when cas-vpn dies, even by kill -9), and its pid is kept in a file so that a restarted cas-vpn can
+//! remove anything a previous one left behind.
+//!
+//! Why openvpn is not told to drop privileges (`user`/`group`): the kernel clears the parent-death signal when a
+//! process changes its credentials, so a dropped openvpn would survive a kill -9 of cas-vpn. See ARCHITECTURE.md.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Spawns `program args…` in a new process group with SIGKILL as its parent-death signal, stdout and stderr piped.
+pub fn spawn_guarded(program: &str, args: &[String]) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    cmd.kill_on_drop(true);
+    // SAFETY: pre_exec runs in the forked child before exec; prctl and getppid are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The parent may have died between fork and prctl: then nobody would ever send the signal.
+            if nix::unistd::getppid() == Pid::from_raw(1) {
+                return Err(std::io::Error::other("parent died before exec"));
+            }
+            Ok(())
+        });
+    }
+    tracing::debug!(program, ?args, "spawn");
+    cmd.spawn()
+}
+
+/// Sends `sig` to the whole process group of `pid` (the child is its group's leader).
+pub fn signal_group(pid: u32, sig: Signal) {
+    let _ = killpg(Pid::from_raw(pid as i32), sig);
+}
+
+/// Kills the process recorded in `pidfile` if it is still an `expected` process (checked through
+/// /proc/PID/cmdline, so a recycled pid of an unrelated process is never touched), then removes the file.
+/// Returns whether something was killed.
+pub fn kill_orphan(pidfile: &Path, expected: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(pidfile) else { return false };
+    let _ = std::fs::remove_file(pidfile);
+    let Ok(pid) = text.trim().parse::<i32>() else { return false };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if !cmdline.contains(expected) {
+        return false;
+    }
+    tracing::warn!(pid, pidfile = %pidfile.display(), "killing an orphan left by a previous cas-vpn");
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    true
+}

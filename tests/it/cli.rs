@@ -1,0 +1,223 @@
+//! The CLI contract (DESIGN.md section 6) end to end on SQLite: init, terminals, admin credentials, revocation,
+//! CRLs, status; certificates checked with the real `openssl` CLI.
+
+use std::fs;
+
+use crate::support::{Install, PUBLIC_IP, inline_block, mode, openssl};
+
+#[test]
+fn init_creates_everything_with_tight_modes_and_is_idempotent() {
+    let i = Install::empty();
+    let out = i.ok(&["init", "--public-ip", PUBLIC_IP]);
+    assert!(out.contains("created"), "{out}");
+    for f in ["config/network", "config/gate.properties", "config/vpn", "db/cas-vpn.sqlite"] {
+        assert!(i.path(f).is_file(), "{f}");
+    }
+    assert_eq!(mode(&i.path("pki")), 0o700);
+    for key in [
+        "terminal-ca.key",
+        "admin-ca.key",
+        "terminal-server.key",
+        "admin-server.key",
+        "gate.key",
+        "tls-crypt-v2-terminal.key",
+        "tls-crypt-v2-admin.key",
+    ] {
+        assert_eq!(mode(&i.path(&format!("pki/{key}"))), 0o600, "{key}");
+    }
+    let before = i.snapshot();
+    let again = i.ok(&["init"]);
+    assert!(again.contains("nothing to do"), "{again}");
+    assert_eq!(before, i.snapshot(), "a second init changes no file");
+    let json = i.json(&["init"]);
+    assert_eq!(json["changed"], false);
+}
+
+#[test]
+fn init_updates_public_ip_only_when_asked() {
+    let i = Install::new();
+    let out = i.ok(&["init", "--public-ip", "198.51.100.7"]);
+    assert!(out.contains("updated"), "{out}");
+    assert!(fs::read_to_string(i.path("config/network")).unwrap().contains("198.51.100.7"));
+}
+
+#[test]
+fn ca_keys_never_reach_the_store() {
+    let i = Install::new();
+    i.ok(&["terminal", "add", "atm-1", "--server-keygen"]);
+    i.ok(&["admin-vpn", "issue", "alice", "--out", i.path("alice.ovpn").to_str().unwrap()]);
+    let db = fs::read(i.path("db/cas-vpn.sqlite")).unwrap();
+    let wal = fs::read(i.path("db/cas-vpn.sqlite-wal")).unwrap_or_default();
+    for key in ["terminal-ca.key", "admin-ca.key"] {
+        let pem = fs::read_to_string(i.path(&format!("pki/{key}"))).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let needle = &body.as_bytes()[..40];
+        for blob in [&db, &wal] {
+            assert!(!blob.windows(needle.len()).any(|w| w == needle), "{key} material found in the store");
+        }
+    }
+}
+
+#[test]
+fn terminal_add_prints_a_token_and_refuses_a_taken_name() {
+    let i = Install::new();
+    let token = i.ok(&["terminal", "add", "atm-001"]);
+    assert!(token.trim().starts_with("cv1."), "{token}");
+    let list = i.json(&["terminal", "list"]);
+    assert_eq!(list[0]["name"], "atm-001");
+    assert_eq!(list[0]["state"], "pending");
+    assert!(list[0]["tunnel_ip"].as_str().unwrap().starts_with("10.8."));
+    let before = i.snapshot();
+    let err = i.fails(&["terminal", "add", "atm-001"], 1);
+    assert!(err.contains("atm-001"), "{err}");
+    assert_eq!(before, i.snapshot());
+    assert_eq!(i.json(&["terminal", "list"]).as_array().unwrap().len(), 1);
+    let shown = i.json(&["terminal", "show", "atm-001"]);
+    assert_eq!(shown["state"], "pending");
+}
+
+#[test]
+fn server_keygen_profile_verifies_against_the_terminal_ca_only() {
+    let i = Install::new();
+    let added = i.json(&["terminal", "add", "atm-002", "--server-keygen"]);
+    let profile_path = added["profile"].as_str().unwrap();
+    assert_eq!(mode(std::path::Path::new(profile_path)), 0o600);
+    let profile = fs::read_to_string(profile_path).unwrap();
+    assert!(profile.contains(&format!("remote {PUBLIC_IP} 7742")), "{profile}");
+    assert!(profile.contains("<key>") && profile.contains("<tls-crypt-v2>"));
+    assert!(profile.contains("auth-retry nointeract"), "terminals retry after a denial");
+    let cert = i.path("atm.crt");
+    fs::write(&cert, inline_block(&profile, "cert")).unwrap();
+    let (ok, out) =
+        openssl(&["verify", "-CAfile", i.path("pki/terminal-ca.crt").to_str().unwrap(), cert.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) =
+        openssl(&["verify", "-CAfile", i.path("pki/admin-ca.crt").to_str().unwrap(), cert.to_str().unwrap()]);
+    assert!(!ok, "a terminal cert must not verify against the admin CA: {out}");
+    let (_, text) = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-text"]);
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(text.contains("CN=atm-002") || text.contains("CN = atm-002"), "{text}");
+}
+
+#[test]
+fn admin_credentials_get_the_lowest_free_port_and_the_52nd_is_refused() {
+    let i = Install::new();
+    let out_dir = i.path("out");
+    fs::create_dir(&out_dir).unwrap();
+    for n in 0..51 {
+        let name = format!("admin{n}");
+        let out = out_dir.join(format!("{name}.ovpn"));
+        let r = i.json(&["admin-vpn", "issue", &name, "--out", out.to_str().unwrap()]);
+        assert_eq!(r["port"], 12000 + n);
+    }
+    let out = out_dir.join("late.ovpn");
+    let err = i.fails(&["admin-vpn", "issue", "late", "--out", out.to_str().unwrap()], 1);
+    assert!(err.contains("12000-12050"), "the error names the exhausted range: {err}");
+    assert!(!out.exists(), "no profile for a refused credential");
+
+    // The admin profile verifies against the admin CA only and connects to its own port.
+    let profile = fs::read_to_string(out_dir.join("admin7.ovpn")).unwrap();
+    assert_eq!(mode(&out_dir.join("admin7.ovpn")), 0o600);
+    assert!(profile.contains(&format!("remote {PUBLIC_IP} 12007")));
+    let cert = i.path("admin.crt");
+    fs::write(&cert, inline_block(&profile, "cert")).unwrap();
+    assert!(openssl(&["verify", "-CAfile", i.path("pki/admin-ca.crt").to_str().unwrap(), cert.to_str().unwrap()]).0);
+    assert!(
+        !openssl(&["verify", "-CAfile", i.path("pki/terminal-ca.crt").to_str().unwrap(), cert.to_str().unwrap()]).0
+    );
+
+    // Revoking frees the port; the next credential takes it.
+    let r = i.json(&["revoke", "admin3"]);
+    assert_eq!(r["freed_port"], 12003);
+    let r = i.json(&["admin-vpn", "issue", "late", "--out", out.to_str().unwrap()]);
+    assert_eq!(r["port"], 12003);
+}
+
+#[test]
+fn revoke_publishes_a_crl_with_the_serial_and_allows_a_new_credential() {
+    let i = Install::new();
+    let alice = i.path("alice.ovpn");
+    i.ok(&["admin-vpn", "issue", "alice", "--out", alice.to_str().unwrap()]);
+    let cert = i.path("alice.crt");
+    fs::write(&cert, inline_block(&fs::read_to_string(&alice).unwrap(), "cert")).unwrap();
+    let (_, serial) = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-serial"]);
+    let serial = serial.trim().trim_start_matches("serial=").to_uppercase();
+
+    let r = i.json(&["revoke", "alice", "--reason", "key-compromise"]);
+    assert_eq!(r["already_revoked"], false);
+    let (ok, crl) = openssl(&["crl", "-in", i.path("pki/crl-admin.pem").to_str().unwrap(), "-noout", "-text"]);
+    assert!(ok, "{crl}");
+    assert!(crl.to_uppercase().contains(&serial), "CRL lists {serial}: {crl}");
+    assert!(crl.contains("Key Compromise"), "{crl}");
+    let (ok, out) = openssl(&[
+        "crl",
+        "-in",
+        i.path("pki/crl-admin.pem").to_str().unwrap(),
+        "-noout",
+        "-CAfile",
+        i.path("pki/admin-ca.crt").to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("verify OK"), "the CRL verifies with the admin CA: {out}");
+
+    let again = i.ok(&["revoke", "alice"]);
+    assert!(again.contains("already revoked"), "{again}");
+    let err = i.fails(&["revoke", "nobody-here"], 1);
+    assert!(err.contains("nobody-here"), "{err}");
+
+    let alice2 = i.path("alice2.ovpn");
+    i.ok(&["admin-vpn", "issue", "alice", "--out", alice2.to_str().unwrap()]);
+    fs::write(&cert, inline_block(&fs::read_to_string(&alice2).unwrap(), "cert")).unwrap();
+    let (_, serial2) = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-serial"]);
+    assert_ne!(serial2.trim().trim_start_matches("serial=").to_uppercase(), serial, "a new serial");
+}
+
+#[test]
+fn import_is_all_or_nothing_and_writes_profiles_and_tokens() {
+    let i = Install::new();
+    let csv = i.path("names.csv");
+    let names: Vec<String> = (0..150).map(|n| format!("atm-{n:04}")).collect();
+    fs::write(&csv, format!("name\n{}\n", names.join("\n"))).unwrap();
+    let out = i.path("out");
+    i.ok(&["terminal", "import", csv.to_str().unwrap(), "--server-keygen", "--out", out.to_str().unwrap()]);
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 151, "150 profiles + tokens.csv");
+    let tokens = fs::read_to_string(out.join("tokens.csv")).unwrap();
+    assert_eq!(tokens.lines().count(), 151);
+    assert_eq!(mode(&out.join("atm-0149.ovpn")), 0o600);
+    let list = i.json(&["terminal", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 150);
+    // Spread over the 11 instances, ~14 each.
+    let mut per = std::collections::HashMap::new();
+    for t in list.as_array().unwrap() {
+        *per.entry(t["home_instance"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(per.len(), 11);
+    assert!(per.values().all(|&c| (13..=14).contains(&c)), "{per:?}");
+
+    // A clash with an existing name: nothing of the second batch is created.
+    fs::write(&csv, "atm-new-1\natm-0003\natm-new-2\n").unwrap();
+    let before = i.snapshot();
+    let err = i.fails(&["terminal", "import", csv.to_str().unwrap(), "--server-keygen"], 1);
+    assert!(err.contains("atm-0003"), "{err}");
+    assert_eq!(before, i.snapshot(), "no file written");
+    assert_eq!(i.json(&["terminal", "list"]).as_array().unwrap().len(), 150, "no row written");
+}
+
+#[test]
+fn status_reports_configuration_and_expiry() {
+    let i = Install::new();
+    let s = i.json(&["status"]);
+    assert_eq!(s["scenario"], "A");
+    assert_eq!(s["database"], "sqlite");
+    assert_eq!(s["instances"].as_array().unwrap().len(), 11);
+    assert_eq!(s["instances"][0]["port"], 13000);
+    assert!(s["warnings"].as_array().unwrap().is_empty(), "{s}");
+    let crl = s["expiry"].as_array().unwrap().iter().find(|e| e["what"] == "terminal CRL").unwrap();
+    assert!(crl["seconds_left"].as_i64().unwrap() > 29 * 86400);
+}
+
+#[test]
+fn commands_before_init_fail_with_a_clear_error() {
+    let i = Install::empty();
+    let err = i.fails(&["terminal", "add", "atm-1"], 1);
+    assert!(err.contains("init"), "{err}");
+}

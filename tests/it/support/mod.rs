@@ -1,0 +1,117 @@
+//! Shared test helpers: a throwaway installation root and a CLI runner bound to it.
+
+pub mod pg;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+/// A fresh root (and SQLite store) per test; removed on drop.
+pub struct Install {
+    pub dir: tempfile::TempDir,
+}
+
+/// Public address used in profiles: from the documentation range, never contacted.
+pub const PUBLIC_IP: &str = "198.51.100.1";
+
+impl Install {
+    /// An empty root (not initialised).
+    pub fn empty() -> Install {
+        Install { dir: tempfile::Builder::new().prefix("cv-it-").tempdir().unwrap() }
+    }
+
+    /// An initialised root with a small admin port range where a test needs it.
+    pub fn new() -> Install {
+        let i = Install::empty();
+        i.ok(&["init", "--public-ip", PUBLIC_IP]);
+        i
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("cas-vpn").unwrap();
+        c.env("CAS_VPN_ROOT", self.root()).env_remove("CAS_VPN_DATABASE_URL").env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs and requires exit 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cas-vpn {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and requires exit `code`; returns stderr, which must be one line.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "cas-vpn {args:?}: stderr {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "errors are one line: {stderr:?}");
+        stderr
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Every file under the root with its content (the SQLite files by their row dump would be nicer, but bytes
+    /// catch any write). Used to prove that refused input changed nothing.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if !p.to_string_lossy().contains("cas-vpn.sqlite") {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        let mut m = BTreeMap::new();
+        walk(self.root(), &mut m);
+        m
+    }
+
+    /// Rows per table, to prove the store did not change.
+    pub fn db_counts(&self) -> String {
+        self.ok(&["status", "--json"])
+    }
+}
+
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Runs the `openssl` CLI; returns (success, stdout+stderr).
+pub fn openssl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("openssl").args(args).output().expect("openssl CLI");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Pulls the text between `<tag>` and `</tag>` out of a profile.
+pub fn inline_block(profile: &str, tag: &str) -> String {
+    let start = profile.find(&format!("<{tag}>\n")).unwrap_or_else(|| panic!("no <{tag}>")) + tag.len() + 3;
+    let end = profile.find(&format!("</{tag}>")).unwrap();
+    profile[start..end].to_owned()
+}
