@@ -5,14 +5,11 @@
 
 use std::time::Instant;
 
-use cas_pki::{
-    Ca, ClientMetadata, KeyType, RevocationReason, Revoked, Serial, TlsCryptV2ServerKey, Validity,
-};
+use cas_pki::{Ca, ClientMetadata, KeyType, RevocationReason, Revoked, Serial, TlsCryptV2ServerKey, Validity};
 use time::{Duration, OffsetDateTime};
 
 fn main() {
-    let ca = Ca::generate("bench-ca", KeyType::EcP256, Validity::days_from_now(3650))
-        .expect("generate CA");
+    let ca = Ca::generate("bench-ca", KeyType::EcP256, Validity::days_from_now(3650)).expect("generate CA");
     let now = OffsetDateTime::now_utc();
 
     let revoked: Vec<Revoked> = (0..10_000)
@@ -23,34 +20,20 @@ fn main() {
         })
         .collect();
     let start = Instant::now();
-    let crl = ca
-        .crl(
-            &revoked,
-            1,
-            now - Duration::minutes(5),
-            now + Duration::days(7),
-        )
-        .expect("CRL");
+    let crl = ca.crl(&revoked, 1, now - Duration::minutes(5), now + Duration::days(7)).expect("CRL");
     println!("crl_10000_entries_ms={}", start.elapsed().as_millis());
     println!("crl_10000_entries_bytes={}", crl.len());
 
     let start = Instant::now();
     for i in 0..2000 {
-        ca.issue_client(
-            &format!("atm-{i:04}"),
-            KeyType::EcP256,
-            Validity::days_from_now(825),
-        )
-        .expect("issue client");
+        ca.issue_client(&format!("atm-{i:04}"), KeyType::EcP256, Validity::days_from_now(825)).expect("issue client");
     }
     println!("issue_client_ec_2000_ms={}", start.elapsed().as_millis());
 
     let server = TlsCryptV2ServerKey::generate();
     let start = Instant::now();
     for _ in 0..2000 {
-        server
-            .wrap_client_key(&ClientMetadata::timestamp_now())
-            .expect("wrap");
+        server.wrap_client_key(&ClientMetadata::timestamp_now()).expect("wrap");
     }
     println!("tls_crypt_v2_wrap_2000_ms={}", start.elapsed().as_millis());
 }

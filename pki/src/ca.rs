@@ -9,8 +9,8 @@
 use std::fmt;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyIdMethod, KeyUsagePurpose, PublicKeyData, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
+    KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use thiserror::Error;
@@ -39,10 +39,7 @@ pub enum CaError {
     #[error("invalid validity: {0}")]
     InvalidValidity(String),
     #[error("the certificate would end at {requested}, after its CA ({ca_not_after})")]
-    OutlivesCa {
-        requested: OffsetDateTime,
-        ca_not_after: OffsetDateTime,
-    },
+    OutlivesCa { requested: OffsetDateTime, ca_not_after: OffsetDateTime },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("unusable CA certificate: {0}")]
@@ -103,9 +100,7 @@ impl Ca {
         // rcgen writes the subject key identifier for CA certificates, derived with this method.
         params.key_identifier_method = KeyIdMethod::Sha256;
 
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = params.self_signed(&key).map_err(|e| CaError::Sign(e.to_string()))?;
         let key_id = params.key_identifier(&key);
         Ok(Ca {
             issuer: Issuer::new(params, key),
@@ -129,15 +124,11 @@ impl Ca {
                 cert_pem.len()
             )));
         }
-        let der = pem::decode(cert_pem, &["CERTIFICATE"])
-            .map_err(|e| CaError::BadCaCert(e.to_string()))?
-            .der;
+        let der = pem::decode(cert_pem, &["CERTIFICATE"]).map_err(|e| CaError::BadCaCert(e.to_string()))?.der;
         let (rest, cert) = X509Certificate::from_der(&der)
             .map_err(|e| CaError::BadCaCert(format!("not an X.509 certificate ({e})")))?;
         if !rest.is_empty() {
-            return Err(CaError::BadCaCert(
-                "trailing bytes after the certificate".into(),
-            ));
+            return Err(CaError::BadCaCert("trailing bytes after the certificate".into()));
         }
         check_ca_certificate(&cert)?;
 
@@ -151,13 +142,8 @@ impl Ca {
 
         let serial = Serial::from_der_integer(cert.raw_serial())
             .map_err(|e| CaError::BadCaCert(format!("unsupported serial number: {e}")))?;
-        let common_name = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let common_name =
+            cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default().to_string();
         let key_id = cert
             .iter_extensions()
             .find_map(|ext| match ext.parsed_extension() {
@@ -193,18 +179,22 @@ impl Ca {
         &self.common_name
     }
 
+    /// The CA certificate's serial number.
     pub fn serial(&self) -> Serial {
         self.serial
     }
 
+    /// Start of the CA certificate's validity.
     pub fn not_before(&self) -> OffsetDateTime {
         self.not_before
     }
 
+    /// End of the CA certificate's validity; no certificate it issues may end later.
     pub fn not_after(&self) -> OffsetDateTime {
         self.not_after
     }
 
+    /// The type of the CA's own key (which also fixes the signature algorithm of what it signs).
     pub fn key_type(&self) -> KeyType {
         self.issuer.key().key_type()
     }
@@ -219,22 +209,12 @@ impl Ca {
     }
 
     /// Issues a server certificate with a new key (EKU serverAuth).
-    pub fn issue_server(
-        &self,
-        common_name: &str,
-        kt: KeyType,
-        validity: Validity,
-    ) -> Result<Issued, CaError> {
+    pub fn issue_server(&self, common_name: &str, kt: KeyType, validity: Validity) -> Result<Issued, CaError> {
         self.issue(common_name, kt, validity, Role::Server)
     }
 
     /// Issues a client certificate with a new key (EKU clientAuth), for when the server makes the key.
-    pub fn issue_client(
-        &self,
-        common_name: &str,
-        kt: KeyType,
-        validity: Validity,
-    ) -> Result<Issued, CaError> {
+    pub fn issue_client(&self, common_name: &str, kt: KeyType, validity: Validity) -> Result<Issued, CaError> {
         self.issue(common_name, kt, validity, Role::Client)
     }
 
@@ -249,15 +229,10 @@ impl Ca {
         let rsa = csr.kind() == CsrKeyKind::Rsa;
         let (cert_pem, serial) = self.sign_leaf(csr, rsa, common_name, validity, Role::Client)?;
         // The certificate must carry exactly the key that proved possession in the CSR.
-        let der = pem::decode(&cert_pem, &["CERTIFICATE"])
-            .map_err(|e| CaError::Sign(e.to_string()))?
-            .der;
-        let (_, cert) =
-            X509Certificate::from_der(&der).map_err(|e| CaError::Sign(e.to_string()))?;
+        let der = pem::decode(&cert_pem, &["CERTIFICATE"]).map_err(|e| CaError::Sign(e.to_string()))?.der;
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| CaError::Sign(e.to_string()))?;
         if cert.public_key().raw != csr.public_key_der() {
-            return Err(CaError::Sign(
-                "issued key differs from the requested key".into(),
-            ));
+            return Err(CaError::Sign("issued key differs from the requested key".into()));
         }
         Ok((cert_pem, serial))
     }
@@ -271,34 +246,16 @@ impl Ca {
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
     ) -> Result<String, CaError> {
-        Ok(crl::build(
-            &self.issuer,
-            &self.key_id,
-            revoked,
-            crl_number,
-            this_update,
-            next_update,
-        )?)
+        Ok(crl::build(&self.issuer, &self.key_id, revoked, crl_number, this_update, next_update)?)
     }
 
-    fn issue(
-        &self,
-        common_name: &str,
-        kt: KeyType,
-        validity: Validity,
-        role: Role,
-    ) -> Result<Issued, CaError> {
+    fn issue(&self, common_name: &str, kt: KeyType, validity: Validity, role: Role) -> Result<Issued, CaError> {
         // Check the cheap things before spending time on a key.
         validate_common_name(common_name)?;
         let validity = self.checked_leaf_validity(validity)?;
         let key = PrivateKey::generate(kt)?;
         let (cert_pem, serial) = self.sign_leaf(&key, kt.is_rsa(), common_name, validity, role)?;
-        Ok(Issued {
-            cert_pem,
-            key,
-            serial,
-            not_after: validity.not_after,
-        })
+        Ok(Issued { cert_pem, key, serial, not_after: validity.not_after })
     }
 
     fn sign_leaf(
@@ -323,11 +280,7 @@ impl Ca {
         // OpenVPN <= 2.4.0 checks these exact combinations for `remote-cert-tls`.
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
-            if rsa {
-                KeyUsagePurpose::KeyEncipherment
-            } else {
-                KeyUsagePurpose::KeyAgreement
-            },
+            if rsa { KeyUsagePurpose::KeyEncipherment } else { KeyUsagePurpose::KeyAgreement },
         ];
         params.extended_key_usages = vec![match role {
             Role::Server => ExtendedKeyUsagePurpose::ServerAuth,
@@ -336,40 +289,31 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
 
-        let cert = params
-            .signed_by(public_key, &self.issuer)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
         Ok((cert.pem(), serial))
     }
 
     fn checked_leaf_validity(&self, validity: Validity) -> Result<Validity, CaError> {
         let validity = checked(validity)?;
         if validity.not_after > self.not_after {
-            return Err(CaError::OutlivesCa {
-                requested: validity.not_after,
-                ca_not_after: self.not_after,
-            });
+            return Err(CaError::OutlivesCa { requested: validity.not_after, ca_not_after: self.not_after });
         }
         Ok(validity)
     }
 
     /// rcgen rebuilds the issuer name from its own model of a distinguished name, which cannot hold
     /// every name found in the wild (repeated attribute types, for one). Sign a throwaway certificate and
-    /// make sure its issuer field is byte-for-byte the CA's subject and its signature verifies, so a CA we
-    /// cannot faithfully sign for is refused at load time instead of producing certificates nobody accepts.
+    /// make sure its issuer field is byte-for-byte the CA's subject, so a CA we cannot faithfully sign for
+    /// is refused at load time instead of producing certificates that chain to nothing.
     fn check_issuer_name(&self, ca_subject_der: &[u8]) -> Result<(), CaError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = cn_only("probe");
         params.serial_number = Some(SerialNumber::from_slice(&[1]));
-        let probe = params
-            .signed_by(self.issuer.key(), &self.issuer)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
-        let (_, probe) =
-            X509Certificate::from_der(probe.der()).map_err(|e| CaError::Sign(e.to_string()))?;
+        let probe = params.signed_by(self.issuer.key(), &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        let (_, probe) = X509Certificate::from_der(probe.der()).map_err(|e| CaError::Sign(e.to_string()))?;
         if probe.issuer().as_raw() != ca_subject_der {
             return Err(CaError::BadCaCert(
-                "its subject name cannot be reproduced exactly (repeated or multi-valued attributes?)"
-                    .into(),
+                "its subject name cannot be reproduced exactly (repeated or multi-valued attributes?)".into(),
             ));
         }
         Ok(())
@@ -398,14 +342,10 @@ fn cn_only(common_name: &str) -> DistinguishedName {
 fn checked(validity: Validity) -> Result<Validity, CaError> {
     let v = validity.normalized();
     if !representable(v.not_before) || !representable(v.not_after) {
-        return Err(CaError::InvalidValidity(
-            "dates must fall in years 1950 to 9999".into(),
-        ));
+        return Err(CaError::InvalidValidity("dates must fall in years 1950 to 9999".into()));
     }
     if v.not_after <= v.not_before {
-        return Err(CaError::InvalidValidity(
-            "not_after must be later than not_before".into(),
-        ));
+        return Err(CaError::InvalidValidity("not_after must be later than not_before".into()));
     }
     Ok(v)
 }
@@ -419,23 +359,15 @@ fn check_ca_certificate(cert: &X509Certificate<'_>) -> Result<(), CaError> {
         .map_err(|_| bad("its basicConstraints extension is invalid"))?
         .is_some_and(|bc| bc.value.ca);
     if !is_ca {
-        return Err(bad(
-            "it is not a CA certificate (no basicConstraints CA:TRUE)",
-        ));
+        return Err(bad("it is not a CA certificate (no basicConstraints CA:TRUE)"));
     }
-    let key_usage = cert
-        .key_usage()
-        .map_err(|_| bad("its keyUsage extension is invalid"))?;
+    let key_usage = cert.key_usage().map_err(|_| bad("its keyUsage extension is invalid"))?;
     // No keyUsage extension at all means no restriction.
     if key_usage.is_some_and(|ku| !ku.value.key_cert_sign() || !ku.value.crl_sign()) {
-        return Err(bad(
-            "its keyUsage does not allow both keyCertSign and cRLSign",
-        ));
+        return Err(bad("its keyUsage does not allow both keyCertSign and cRLSign"));
     }
     if cert.subject().as_raw() != cert.issuer().as_raw() || cert.verify_signature(None).is_err() {
-        return Err(bad(
-            "it is not a self-signed root (OpenVPN's `ca` needs roots)",
-        ));
+        return Err(bad("it is not a self-signed root (OpenVPN's `ca` needs roots)"));
     }
     Ok(())
 }
@@ -457,23 +389,16 @@ mod tests {
     }
 
     fn parse(pem: &str) -> Vec<u8> {
-        crate::pem::decode(pem, &["CERTIFICATE"])
-            .unwrap()
-            .der
-            .to_vec()
+        crate::pem::decode(pem, &["CERTIFICATE"]).unwrap().der.to_vec()
     }
 
     /// A client CSR asking for far more than it may get.
     fn greedy_csr() -> String {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["evil.example".to_string(), "10.0.0.1".to_string()])
-                .unwrap();
+        let mut params = CertificateParams::new(vec!["evil.example".to_string(), "10.0.0.1".to_string()]).unwrap();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, "admin");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Evil Org");
+        params.distinguished_name.push(DnType::OrganizationName, "Evil Org");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -494,12 +419,8 @@ mod tests {
         // Same subject name, different key: rejection must come from the signature, not the name.
         let same_name = ca("fleet-ca", KeyType::EcP256);
 
-        let client = ca1
-            .issue_client("atm-001", KeyType::EcP256, days(30))
-            .unwrap();
-        let server = ca1
-            .issue_server("vpn-server", KeyType::EcP256, days(30))
-            .unwrap();
+        let client = ca1.issue_client("atm-001", KeyType::EcP256, days(30)).unwrap();
+        let server = ca1.issue_server("vpn-server", KeyType::EcP256, days(30)).unwrap();
         let csr = VerifiedCsr::from_pem(&greedy_csr()).unwrap();
         let (csr_cert, _) = ca1.sign_csr(&csr, "atm-002", days(30)).unwrap();
 
@@ -530,21 +451,15 @@ mod tests {
         assert!(text.contains("Subject: CN = fleet-ca"), "{text}");
         assert!(text.contains("ecdsa-with-SHA256"), "{text}");
 
-        let client = ca
-            .issue_client("atm-001", KeyType::EcP256, days(30))
-            .unwrap();
+        let client = ca.issue_client("atm-001", KeyType::EcP256, days(30)).unwrap();
         let text = x509_text(&client.cert_pem);
         assert!(text.contains("CA:FALSE"), "{text}");
         assert!(
-            text.contains(
-                "X509v3 Key Usage: critical\n                Digital Signature, Key Agreement\n"
-            ),
+            text.contains("X509v3 Key Usage: critical\n                Digital Signature, Key Agreement\n"),
             "{text}"
         );
         assert!(
-            text.contains(
-                "X509v3 Extended Key Usage: \n                TLS Web Client Authentication\n"
-            ),
+            text.contains("X509v3 Extended Key Usage: \n                TLS Web Client Authentication\n"),
             "{text}"
         );
         assert!(text.contains("X509v3 Authority Key Identifier"), "{text}");
@@ -553,14 +468,9 @@ mod tests {
         assert!(text.contains("Issuer: CN = fleet-ca\n"), "{text}");
         assert!(!text.contains("Alternative Name"), "{text}");
 
-        let server = ca
-            .issue_server("vpn-server", KeyType::Rsa2048, days(30))
-            .unwrap();
+        let server = ca.issue_server("vpn-server", KeyType::Rsa2048, days(30)).unwrap();
         let text = x509_text(&server.cert_pem);
-        assert!(
-            text.contains("Digital Signature, Key Encipherment\n"),
-            "{text}"
-        );
+        assert!(text.contains("Digital Signature, Key Encipherment\n"), "{text}");
         assert!(text.contains("TLS Web Server Authentication\n"), "{text}");
         assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
     }
@@ -589,11 +499,7 @@ mod tests {
         let path = s.write("c.pem", &issued.cert_pem);
         let r = openssl(&["x509", "-in", path.to_str().unwrap(), "-noout", "-serial"]);
         let printed = r.text.trim().strip_prefix("serial=").unwrap().to_string();
-        assert_eq!(
-            printed.parse::<Serial>().unwrap(),
-            issued.serial,
-            "{printed}"
-        );
+        assert_eq!(printed.parse::<Serial>().unwrap(), issued.serial, "{printed}");
     }
 
     #[test]
@@ -601,9 +507,7 @@ mod tests {
         let ca = ca("fleet-ca", KeyType::EcP256);
         let mut seen = HashSet::new();
         for i in 0..1000 {
-            let issued = ca
-                .issue_client(&format!("atm-{i}"), KeyType::EcP256, days(30))
-                .unwrap();
+            let issued = ca.issue_client(&format!("atm-{i}"), KeyType::EcP256, days(30)).unwrap();
             // Read the serial back from the certificate: the DER INTEGER must be positive.
             let der = parse(&issued.cert_pem);
             let (_, cert) = X509Certificate::from_der(&der).unwrap();
@@ -632,10 +536,7 @@ mod tests {
         assert_eq!(cert.subject().to_string(), "CN=atm-7");
         // No CA rights, no SANs, client usages only.
         assert!(!cert.is_ca());
-        assert_eq!(
-            cert.basic_constraints().unwrap().map(|b| b.value.ca),
-            Some(false)
-        );
+        assert_eq!(cert.basic_constraints().unwrap().map(|b| b.value.ca), Some(false));
         assert!(cert.subject_alternative_name().unwrap().is_none());
         let ku = cert.key_usage().unwrap().unwrap().value;
         assert!(ku.digital_signature() && ku.key_agreement());
@@ -643,27 +544,15 @@ mod tests {
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth && !eku.server_auth && !eku.any && eku.other.is_empty());
         for ext in cert.extensions() {
-            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) =
-                ext.parsed_extension()
-            {
+            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
                 let names: Vec<&GeneralName> = san.general_names.iter().collect();
                 panic!("unexpected SANs {names:?}");
             }
         }
 
         let text = x509_text(&pem);
-        for absent in [
-            "Evil",
-            "evil.example",
-            "admin",
-            "CA:TRUE",
-            "Server Authentication",
-            "Certificate Sign",
-        ] {
-            assert!(
-                !text.contains(absent),
-                "{absent} leaked into the certificate:\n{text}"
-            );
+        for absent in ["Evil", "evil.example", "admin", "CA:TRUE", "Server Authentication", "Certificate Sign"] {
+            assert!(!text.contains(absent), "{absent} leaked into the certificate:\n{text}");
         }
         let r = openssl_verify(ca.cert_pem(), &pem, &["-purpose", "sslclient"]);
         assert!(r.ok, "{}", r.text);
@@ -678,35 +567,20 @@ mod tests {
         // A P-256 key in a CSR signed with SHA-384 (rcgen issue 448 produced broken certificates).
         let p256 = PKey::from_ec_key(
             openssl::ec::EcKey::generate(
-                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
-                    .unwrap(),
+                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
             )
             .unwrap(),
         )
         .unwrap();
         let p384 = PKey::from_ec_key(
-            openssl::ec::EcKey::generate(
-                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::SECP384R1).unwrap(),
-            )
-            .unwrap(),
+            openssl::ec::EcKey::generate(&openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::SECP384R1).unwrap())
+                .unwrap(),
         )
         .unwrap();
         for (key, digest, ku) in [
-            (
-                &rsa,
-                MessageDigest::sha256(),
-                "Digital Signature, Key Encipherment\n",
-            ),
-            (
-                &p256,
-                MessageDigest::sha384(),
-                "Digital Signature, Key Agreement\n",
-            ),
-            (
-                &p384,
-                MessageDigest::sha384(),
-                "Digital Signature, Key Agreement\n",
-            ),
+            (&rsa, MessageDigest::sha256(), "Digital Signature, Key Encipherment\n"),
+            (&p256, MessageDigest::sha384(), "Digital Signature, Key Agreement\n"),
+            (&p384, MessageDigest::sha384(), "Digital Signature, Key Agreement\n"),
         ] {
             let mut req = openssl::x509::X509ReqBuilder::new().unwrap();
             req.set_pubkey(key).unwrap();
@@ -720,10 +594,7 @@ mod tests {
             assert!(r.ok, "{}", r.text);
             // The certificate's key is the CSR's key, byte for byte.
             let x = openssl::x509::X509::from_pem(cert.as_bytes()).unwrap();
-            assert_eq!(
-                x.public_key().unwrap().public_key_to_der().unwrap(),
-                key.public_key_to_der().unwrap()
-            );
+            assert_eq!(x.public_key().unwrap().public_key_to_der().unwrap(), key.public_key_to_der().unwrap());
         }
     }
 
@@ -742,9 +613,7 @@ mod tests {
             assert!(r.ok, "{kt}: {}", r.text);
         }
         let ec_ca = ca("ec-ca", KeyType::EcP256);
-        let c = ec_ca
-            .issue_client("atm-1", KeyType::Rsa2048, days(30))
-            .unwrap();
+        let c = ec_ca.issue_client("atm-1", KeyType::Rsa2048, days(30)).unwrap();
         let r = openssl_verify(ec_ca.cert_pem(), &c.cert_pem, &["-purpose", "sslclient"]);
         assert!(r.ok, "{}", r.text);
         let r = openssl_verify(rsa_ca.cert_pem(), &c.cert_pem, &[]);
@@ -779,9 +648,7 @@ mod tests {
         assert_eq!(loaded.not_after(), ca.not_after());
         assert_eq!(loaded.key_type(), KeyType::EcP256);
         // The loaded CA signs certificates the original CA certificate accepts.
-        let c = loaded
-            .issue_client("atm-1", KeyType::EcP256, days(30))
-            .unwrap();
+        let c = loaded.issue_client("atm-1", KeyType::EcP256, days(30)).unwrap();
         let r = openssl_verify(ca.cert_pem(), &c.cert_pem, &["-purpose", "sslclient"]);
         assert!(r.ok, "{}", r.text);
         // Same authority key identifier as certificates from the original.
@@ -793,26 +660,13 @@ mod tests {
         };
         assert_eq!(aki(&c.cert_pem), aki(&c0.cert_pem));
 
-        assert!(matches!(
-            Ca::load(ca.cert_pem(), &enc, Some("wrong")),
-            Err(CaError::Key(KeyError::Decrypt))
-        ));
-        assert!(matches!(
-            Ca::load(ca.cert_pem(), &enc, None),
-            Err(CaError::Key(KeyError::Encrypted))
-        ));
+        assert!(matches!(Ca::load(ca.cert_pem(), &enc, Some("wrong")), Err(CaError::Key(KeyError::Decrypt))));
+        assert!(matches!(Ca::load(ca.cert_pem(), &enc, None), Err(CaError::Key(KeyError::Encrypted))));
 
         // openssl reads the encrypted key with the passphrase.
         let s = Scratch::new();
         let k = s.write("k.pem", &enc);
-        let r = openssl(&[
-            "pkey",
-            "-in",
-            k.to_str().unwrap(),
-            "-passin",
-            "pass:s3cret pass",
-            "-noout",
-        ]);
+        let r = openssl(&["pkey", "-in", k.to_str().unwrap(), "-passin", "pass:s3cret pass", "-noout"]);
         assert!(r.ok, "{}", r.text);
 
         // Unencrypted round trip.
@@ -837,14 +691,8 @@ mod tests {
         let a = ca("ca-a", KeyType::EcP256);
         let leaf = a.issue_server("srv", KeyType::EcP256, days(30)).unwrap();
         let r = Ca::load(&leaf.cert_pem, &leaf.key.to_pem(), None);
-        assert!(
-            matches!(&r, Err(CaError::BadCaCert(m)) if m.contains("not a CA")),
-            "{r:?}"
-        );
-        assert!(matches!(
-            Ca::load("garbage", "garbage", None),
-            Err(CaError::BadCaCert(_))
-        ));
+        assert!(matches!(&r, Err(CaError::BadCaCert(m)) if m.contains("not a CA")), "{r:?}");
+        assert!(matches!(Ca::load("garbage", "garbage", None), Err(CaError::BadCaCert(_))));
     }
 
     #[test]
@@ -883,9 +731,7 @@ mod tests {
         let (cert, key) = make("/C=CH/O=Example Org/CN=Legacy CA", "legacy");
         let loaded = Ca::load(&cert, &key, None).unwrap();
         assert_eq!(loaded.common_name(), "Legacy CA");
-        let c = loaded
-            .issue_client("atm-1", KeyType::EcP256, days(10))
-            .unwrap();
+        let c = loaded.issue_client("atm-1", KeyType::EcP256, days(10)).unwrap();
         let r = openssl_verify(&cert, &c.cert_pem, &["-purpose", "sslclient"]);
         assert!(r.ok, "{}", r.text);
 
@@ -916,68 +762,27 @@ mod tests {
         let cert = std::fs::read_to_string(format!("{dir}/big.pem")).unwrap();
         let key = std::fs::read_to_string(format!("{dir}/big.key")).unwrap();
         let r = Ca::load(&cert, &key, None);
-        assert!(
-            matches!(&r, Err(CaError::BadCaCert(m)) if m.contains("128 bits")),
-            "{r:?}"
-        );
-        assert!(matches!(
-            crate::cert_info(&cert),
-            Err(crate::CertInfoError::Serial(crate::SerialError::TooLong))
-        ));
+        assert!(matches!(&r, Err(CaError::BadCaCert(m)) if m.contains("128 bits")), "{r:?}");
+        assert!(matches!(crate::cert_info(&cert), Err(crate::CertInfoError::Serial(crate::SerialError::TooLong))));
     }
 
     #[test]
     fn inputs_are_validated() {
         let ca = ca("fleet-ca", KeyType::EcP256);
-        for bad in [
-            "",
-            "has space",
-            "a\"b",
-            "new\nline",
-            "-x",
-            "..",
-            &"x".repeat(65),
-        ] {
-            assert!(matches!(
-                ca.issue_client(bad, KeyType::EcP256, days(1)),
-                Err(CaError::InvalidName(_))
-            ));
-            assert!(matches!(
-                Ca::generate(bad, KeyType::EcP256, days(1)),
-                Err(CaError::InvalidName(_))
-            ));
+        for bad in ["", "has space", "a\"b", "new\nline", "-x", "..", &"x".repeat(65)] {
+            assert!(matches!(ca.issue_client(bad, KeyType::EcP256, days(1)), Err(CaError::InvalidName(_))));
+            assert!(matches!(Ca::generate(bad, KeyType::EcP256, days(1)), Err(CaError::InvalidName(_))));
         }
         let csr = VerifiedCsr::from_pem(&greedy_csr()).unwrap();
-        assert!(matches!(
-            ca.sign_csr(&csr, "a b", days(1)),
-            Err(CaError::InvalidName(_))
-        ));
+        assert!(matches!(ca.sign_csr(&csr, "a b", days(1)), Err(CaError::InvalidName(_))));
 
         let v = days(10);
-        let inverted = Validity {
-            not_before: v.not_after,
-            not_after: v.not_before,
-        };
-        assert!(matches!(
-            ca.issue_client("a", KeyType::EcP256, inverted),
-            Err(CaError::InvalidValidity(_))
-        ));
-        assert!(matches!(
-            Ca::generate("a", KeyType::EcP256, inverted),
-            Err(CaError::InvalidValidity(_))
-        ));
-        let far = Validity {
-            not_before: v.not_before,
-            not_after: v.not_before + Duration::days(400),
-        };
-        assert!(matches!(
-            ca.issue_server("a", KeyType::EcP256, far),
-            Err(CaError::OutlivesCa { .. })
-        ));
-        assert!(matches!(
-            ca.sign_csr(&csr, "a", far),
-            Err(CaError::OutlivesCa { .. })
-        ));
+        let inverted = Validity { not_before: v.not_after, not_after: v.not_before };
+        assert!(matches!(ca.issue_client("a", KeyType::EcP256, inverted), Err(CaError::InvalidValidity(_))));
+        assert!(matches!(Ca::generate("a", KeyType::EcP256, inverted), Err(CaError::InvalidValidity(_))));
+        let far = Validity { not_before: v.not_before, not_after: v.not_before + Duration::days(400) };
+        assert!(matches!(ca.issue_server("a", KeyType::EcP256, far), Err(CaError::OutlivesCa { .. })));
+        assert!(matches!(ca.sign_csr(&csr, "a", far), Err(CaError::OutlivesCa { .. })));
     }
 
     #[test]
@@ -988,10 +793,7 @@ mod tests {
         let key_b64: String = key_pem.lines().skip(1).take(2).collect();
         let issued_b64: String = issued.key.to_pem().lines().skip(1).take(2).collect();
         for dbg in [format!("{ca:?}"), format!("{issued:?}")] {
-            assert!(
-                !dbg.contains(&key_b64[..20]) && !dbg.contains(&issued_b64[..20]),
-                "{dbg}"
-            );
+            assert!(!dbg.contains(&key_b64[..20]) && !dbg.contains(&issued_b64[..20]), "{dbg}");
             assert!(!dbg.contains("PRIVATE KEY"), "{dbg}");
         }
         assert!(format!("{ca:?}").contains("fleet-ca"));

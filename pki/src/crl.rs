@@ -9,9 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rcgen::{
-    CertificateRevocationListParams, Issuer, KeyIdMethod, RevokedCertParams, SerialNumber,
-};
+use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, RevokedCertParams, SerialNumber};
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -108,23 +106,16 @@ pub(crate) fn build(
     let this_update = truncate_to_second(this_update);
     let next_update = truncate_to_second(next_update);
     if !representable(this_update) || !representable(next_update) {
-        return Err(CrlError::InvalidDates(
-            "dates must fall in years 1950 to 9999".into(),
-        ));
+        return Err(CrlError::InvalidDates("dates must fall in years 1950 to 9999".into()));
     }
     if next_update <= this_update {
-        return Err(CrlError::InvalidDates(
-            "nextUpdate must be later than thisUpdate".into(),
-        ));
+        return Err(CrlError::InvalidDates("nextUpdate must be later than thisUpdate".into()));
     }
     let mut revoked_certs = Vec::with_capacity(revoked.len());
     for r in revoked {
         let revoked_at = truncate_to_second(r.revoked_at);
         if !representable(revoked_at) {
-            return Err(CrlError::InvalidDates(format!(
-                "revocation time of serial {} is out of range",
-                r.serial
-            )));
+            return Err(CrlError::InvalidDates(format!("revocation time of serial {} is out of range", r.serial)));
         }
         revoked_certs.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(r.serial.as_bytes()),
@@ -141,10 +132,7 @@ pub(crate) fn build(
         revoked_certs,
         key_identifier_method: KeyIdMethod::PreSpecified(key_id.to_vec()),
     };
-    params
-        .signed_by(issuer)
-        .and_then(|crl| crl.pem())
-        .map_err(|e| CrlError::Sign(e.to_string()))
+    params.signed_by(issuer).and_then(|crl| crl.pem()).map_err(|e| CrlError::Sign(e.to_string()))
 }
 
 #[cfg(test)]
@@ -162,9 +150,7 @@ mod tests {
 
     /// OpenSSL's way of printing a time: `Nov  1 10:32:00 2026 GMT`.
     fn openssl_time(t: OffsetDateTime) -> String {
-        let f = format_description!(
-            "[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT"
-        );
+        let f = format_description!("[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT");
         t.format(&f).unwrap()
     }
 
@@ -185,11 +171,7 @@ mod tests {
     }
 
     fn openssl_hex(serial: &Serial) -> String {
-        serial
-            .to_hex()
-            .to_uppercase()
-            .trim_start_matches('0')
-            .to_string()
+        serial.to_hex().to_uppercase().trim_start_matches('0').to_string()
     }
 
     #[test]
@@ -198,11 +180,7 @@ mod tests {
         let revoked_at = now() - Duration::hours(1);
         let revoked: Vec<Revoked> = RevocationReason::ALL
             .into_iter()
-            .map(|reason| Revoked {
-                serial: Serial::random(),
-                revoked_at,
-                reason,
-            })
+            .map(|reason| Revoked { serial: Serial::random(), revoked_at, reason })
             .collect();
         let this_update = now() - Duration::minutes(5);
         let next_update = this_update + Duration::days(7);
@@ -215,23 +193,11 @@ mod tests {
         let r = openssl(&["crl", "-in", crl_path.to_str().unwrap(), "-text", "-noout"]);
         assert!(r.ok, "{}", r.text);
         let text = r.text;
-        assert!(
-            text.contains(&format!("Last Update: {}", openssl_time(this_update))),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!("Next Update: {}", openssl_time(next_update))),
-            "{text}"
-        );
-        assert!(
-            text.contains("X509v3 CRL Number: \n                42"),
-            "{text}"
-        );
+        assert!(text.contains(&format!("Last Update: {}", openssl_time(this_update))), "{text}");
+        assert!(text.contains(&format!("Next Update: {}", openssl_time(next_update))), "{text}");
+        assert!(text.contains("X509v3 CRL Number: \n                42"), "{text}");
         assert!(text.contains("Issuer: CN = fleet-ca"), "{text}");
-        assert!(
-            text.contains(&format!("Revocation Date: {}", openssl_time(revoked_at))),
-            "{text}"
-        );
+        assert!(text.contains(&format!("Revocation Date: {}", openssl_time(revoked_at))), "{text}");
 
         let listed = entries(&text);
         let expected: Vec<(String, Option<String>)> = revoked
@@ -250,26 +216,11 @@ mod tests {
         assert_eq!(listed, expected, "{text}");
 
         // Signature check against the right CA, and failure against another with the same name.
-        let r = openssl(&[
-            "crl",
-            "-in",
-            crl_path.to_str().unwrap(),
-            "-CAfile",
-            ca_path.to_str().unwrap(),
-            "-noout",
-        ]);
+        let r = openssl(&["crl", "-in", crl_path.to_str().unwrap(), "-CAfile", ca_path.to_str().unwrap(), "-noout"]);
         assert!(r.ok && r.text.contains("verify OK"), "{}", r.text);
-        let other =
-            Ca::generate("fleet-ca", KeyType::EcP256, Validity::days_from_now(365)).unwrap();
+        let other = Ca::generate("fleet-ca", KeyType::EcP256, Validity::days_from_now(365)).unwrap();
         let other_path = s.write("other.pem", other.cert_pem());
-        let r = openssl(&[
-            "crl",
-            "-in",
-            crl_path.to_str().unwrap(),
-            "-CAfile",
-            other_path.to_str().unwrap(),
-            "-noout",
-        ]);
+        let r = openssl(&["crl", "-in", crl_path.to_str().unwrap(), "-CAfile", other_path.to_str().unwrap(), "-noout"]);
         assert!(!r.text.contains("verify OK"), "{}", r.text);
     }
 
@@ -278,25 +229,14 @@ mod tests {
         // What OpenVPN does with `crl-verify`: a chain check with CRL checking on.
         for kt in [KeyType::EcP256, KeyType::Rsa2048] {
             let ca = Ca::generate("fleet-ca", kt, Validity::days_from_now(365)).unwrap();
-            let good = ca
-                .issue_client("atm-good", KeyType::EcP256, Validity::days_from_now(30))
-                .unwrap();
-            let bad = ca
-                .issue_client("atm-bad", KeyType::EcP256, Validity::days_from_now(30))
-                .unwrap();
+            let good = ca.issue_client("atm-good", KeyType::EcP256, Validity::days_from_now(30)).unwrap();
+            let bad = ca.issue_client("atm-bad", KeyType::EcP256, Validity::days_from_now(30)).unwrap();
             let revoked = [Revoked {
                 serial: bad.serial,
                 revoked_at: now() - Duration::minutes(1),
                 reason: RevocationReason::KeyCompromise,
             }];
-            let crl = ca
-                .crl(
-                    &revoked,
-                    1,
-                    now() - Duration::minutes(5),
-                    now() + Duration::days(1),
-                )
-                .unwrap();
+            let crl = ca.crl(&revoked, 1, now() - Duration::minutes(5), now() + Duration::days(1)).unwrap();
             let s = Scratch::new();
             let ca_path = s.write("ca.pem", ca.cert_pem());
             let crl_path = s.write("crl.pem", &crl);
@@ -315,11 +255,7 @@ mod tests {
             let r = verify(&good.cert_pem);
             assert!(r.ok, "{kt}: {}", r.text);
             let r = verify(&bad.cert_pem);
-            assert!(
-                !r.ok && r.text.contains("certificate revoked"),
-                "{kt}: {}",
-                r.text
-            );
+            assert!(!r.ok && r.text.contains("certificate revoked"), "{kt}: {}", r.text);
         }
     }
 
@@ -349,32 +285,16 @@ mod tests {
         let cert = std::fs::read_to_string(format!("{dir}/ca.pem")).unwrap();
         let key = std::fs::read_to_string(format!("{dir}/ca.key")).unwrap();
         let ca = Ca::load(&cert, &key, None).unwrap();
-        let crl = ca
-            .crl(
-                &[],
-                7,
-                now() - Duration::minutes(5),
-                now() + Duration::days(1),
-            )
-            .unwrap();
+        let crl = ca.crl(&[], 7, now() - Duration::minutes(5), now() + Duration::days(1)).unwrap();
         let crl_path = s.write("crl.pem", &crl);
         let ski = {
-            let r = openssl(&[
-                "x509",
-                "-in",
-                &format!("{dir}/ca.pem"),
-                "-noout",
-                "-ext",
-                "subjectKeyIdentifier",
-            ]);
+            let r = openssl(&["x509", "-in", &format!("{dir}/ca.pem"), "-noout", "-ext", "subjectKeyIdentifier"]);
             r.text.lines().nth(1).unwrap().trim().to_string()
         };
         let r = openssl(&["crl", "-in", crl_path.to_str().unwrap(), "-noout", "-text"]);
         assert!(r.text.contains(&ski), "SKI {ski} not in CRL:\n{}", r.text);
         assert!(r.text.contains("No Revoked Certificates"), "{}", r.text);
-        let c = ca
-            .issue_client("atm-1", KeyType::EcP256, Validity::days_from_now(10))
-            .unwrap();
+        let c = ca.issue_client("atm-1", KeyType::EcP256, Validity::days_from_now(10)).unwrap();
         let c_path = s.write("c.pem", &c.cert_pem);
         let r = openssl(&[
             "verify",
@@ -398,14 +318,7 @@ mod tests {
                 reason: RevocationReason::Superseded,
             })
             .collect();
-        let crl = ca
-            .crl(
-                &revoked,
-                u64::MAX,
-                now() - Duration::minutes(5),
-                now() + Duration::days(7),
-            )
-            .unwrap();
+        let crl = ca.crl(&revoked, u64::MAX, now() - Duration::minutes(5), now() + Duration::days(7)).unwrap();
         let s = Scratch::new();
         let crl_path = s.write("crl.pem", &crl);
         let ca_path = s.write("ca.pem", ca.cert_pem());
@@ -418,32 +331,21 @@ mod tests {
             "-text",
             "-noout",
         ]);
-        assert!(
-            r.ok && r.text.contains("verify OK"),
-            "{}",
-            &r.text[..r.text.len().min(2000)]
-        );
+        assert!(r.ok && r.text.contains("verify OK"), "{}", &r.text[..r.text.len().min(2000)]);
         let listed = entries(&r.text);
         assert_eq!(listed.len(), 10_000);
-        let want: std::collections::HashSet<String> =
-            revoked.iter().map(|r| openssl_hex(&r.serial)).collect();
+        let want: std::collections::HashSet<String> = revoked.iter().map(|r| openssl_hex(&r.serial)).collect();
         let got: std::collections::HashSet<String> = listed.into_iter().map(|(s, _)| s).collect();
         assert_eq!(got, want);
         // u64::MAX as the CRL number comes out unsigned.
-        assert!(
-            r.text.contains(&format!("{}", u64::MAX)) || r.text.contains("0xFFFFFFFFFFFFFFFF"),
-            "CRL number"
-        );
+        assert!(r.text.contains(&format!("{}", u64::MAX)) || r.text.contains("0xFFFFFFFFFFFFFFFF"), "CRL number");
     }
 
     #[test]
     fn dates_are_checked() {
         let ca = Ca::generate("fleet-ca", KeyType::EcP256, Validity::days_from_now(365)).unwrap();
         let t = now();
-        assert!(matches!(
-            ca.crl(&[], 1, t, t),
-            Err(crate::CaError::Crl(CrlError::InvalidDates(_)))
-        ));
+        assert!(matches!(ca.crl(&[], 1, t, t), Err(crate::CaError::Crl(CrlError::InvalidDates(_)))));
         assert!(matches!(
             ca.crl(&[], 1, t, t - Duration::seconds(1)),
             Err(crate::CaError::Crl(CrlError::InvalidDates(_)))
@@ -455,13 +357,7 @@ mod tests {
         for r in RevocationReason::ALL {
             assert_eq!(r.to_string().parse::<RevocationReason>().unwrap(), r);
         }
-        assert_eq!(
-            "key-compromise".parse::<RevocationReason>().unwrap(),
-            RevocationReason::KeyCompromise
-        );
-        assert!(matches!(
-            "keyCompromise".parse::<RevocationReason>(),
-            Err(CrlError::UnknownReason(_))
-        ));
+        assert_eq!("key-compromise".parse::<RevocationReason>().unwrap(), RevocationReason::KeyCompromise);
+        assert!(matches!("keyCompromise".parse::<RevocationReason>(), Err(CrlError::UnknownReason(_))));
     }
 }

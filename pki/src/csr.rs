@@ -15,8 +15,8 @@ use thiserror::Error;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::error::X509Error;
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA,
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_PKCS1_SHA1WITHRSA,
+    OID_SHA1_WITH_RSA,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -80,26 +80,18 @@ impl VerifiedCsr {
     /// checks its key and verifies its signature.
     pub fn from_pem(pem: &str) -> Result<VerifiedCsr, CsrError> {
         if pem.len() > MAX_CSR_PEM_LEN {
-            return Err(CsrError::Malformed(format!(
-                "{} bytes; at most {MAX_CSR_PEM_LEN} accepted",
-                pem.len()
-            )));
+            return Err(CsrError::Malformed(format!("{} bytes; at most {MAX_CSR_PEM_LEN} accepted", pem.len())));
         }
         let block = pem::decode(pem, &["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"])
             .map_err(|e| CsrError::Malformed(e.to_string()))?;
         let (rest, csr) = X509CertificationRequest::from_der(&block.der)
             .map_err(|e| CsrError::Malformed(format!("not a PKCS#10 request ({e})")))?;
         if !rest.is_empty() {
-            return Err(CsrError::Malformed(
-                "trailing bytes after the request".into(),
-            ));
+            return Err(CsrError::Malformed("trailing bytes after the request".into()));
         }
         let info = &csr.certification_request_info;
         if info.version.0 != 0 {
-            return Err(CsrError::Malformed(format!(
-                "unknown version {}",
-                info.version.0
-            )));
+            return Err(CsrError::Malformed(format!("unknown version {}", info.version.0)));
         }
 
         let spki = &info.subject_pki;
@@ -107,15 +99,13 @@ impl VerifiedCsr {
 
         let sig_oid = &csr.signature_algorithm.algorithm;
         if *sig_oid == OID_PKCS1_SHA1WITHRSA || *sig_oid == OID_SHA1_WITH_RSA {
-            return Err(CsrError::WeakKey(
-                "the CSR is signed with SHA-1; SHA-256 or stronger required".into(),
-            ));
+            return Err(CsrError::WeakKey("the CSR is signed with SHA-1; SHA-256 or stronger required".into()));
         }
         csr.verify_signature().map_err(|e| match e {
             X509Error::SignatureVerificationError => CsrError::BadSignature,
-            X509Error::SignatureUnsupportedAlgorithm => CsrError::UnsupportedKey(format!(
-                "signature algorithm {sig_oid} with this key is not supported"
-            )),
+            X509Error::SignatureUnsupportedAlgorithm => {
+                CsrError::UnsupportedKey(format!("signature algorithm {sig_oid} with this key is not supported"))
+            }
             other => CsrError::Malformed(other.to_string()),
         })?;
 
@@ -129,9 +119,7 @@ impl VerifiedCsr {
         // The certificate will carry the key as rcgen re-encodes it. Insist that this is byte-for-byte the
         // SPKI that was signed, so a non-canonical encoding can never turn into a different key.
         if rcgen::PublicKeyData::subject_public_key_info(&csr) != csr.spki_der {
-            return Err(CsrError::UnsupportedKey(
-                "non-canonical SubjectPublicKeyInfo encoding".into(),
-            ));
+            return Err(CsrError::UnsupportedKey("non-canonical SubjectPublicKeyInfo encoding".into()));
         }
         Ok(csr)
     }
@@ -184,9 +172,7 @@ fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<(CsrKeyKind, usize), 
     let alg = &spki.algorithm.algorithm;
     let bits = &spki.subject_public_key;
     if bits.unused_bits != 0 {
-        return Err(CsrError::Malformed(
-            "public key BIT STRING has unused bits".into(),
-        ));
+        return Err(CsrError::Malformed("public key BIT STRING has unused bits".into()));
     }
     if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
         let curve = spki
@@ -200,23 +186,17 @@ fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<(CsrKeyKind, usize), 
         } else if curve == OID_NIST_EC_P384 {
             (CsrKeyKind::EcP384, 384, 97)
         } else {
-            return Err(CsrError::UnsupportedKey(format!(
-                "EC curve {curve}; P-256 or P-384 required"
-            )));
+            return Err(CsrError::UnsupportedKey(format!("EC curve {curve}; P-256 or P-384 required")));
         };
         // Uncompressed points only: that is what the signature check and OpenSSL peers expect.
         if bits.data.len() != point_len || bits.data[0] != 0x04 {
-            return Err(CsrError::UnsupportedKey(
-                "EC public key is not an uncompressed point".into(),
-            ));
+            return Err(CsrError::UnsupportedKey("EC public key is not an uncompressed point".into()));
         }
         Ok((kind, size))
     } else if *alg == OID_PKCS1_RSAENCRYPTION {
         let n_bits = rsa_modulus_bits(spki)?;
         if n_bits < MIN_RSA_BITS {
-            return Err(CsrError::WeakKey(format!(
-                "RSA key of {n_bits} bits; at least {MIN_RSA_BITS} required"
-            )));
+            return Err(CsrError::WeakKey(format!("RSA key of {n_bits} bits; at least {MIN_RSA_BITS} required")));
         }
         if n_bits > MAX_RSA_BITS {
             return Err(CsrError::UnsupportedKey(format!(
@@ -225,23 +205,18 @@ fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<(CsrKeyKind, usize), 
         }
         Ok((CsrKeyKind::Rsa, n_bits))
     } else {
-        Err(CsrError::UnsupportedKey(format!(
-            "key algorithm {alg}; EC P-256, EC P-384 or RSA required"
-        )))
+        Err(CsrError::UnsupportedKey(format!("key algorithm {alg}; EC P-256, EC P-384 or RSA required")))
     }
 }
 
 /// Size of the RSA modulus in bits. (x509-parser's `key_size` assumes a leading zero byte; count here.)
 fn rsa_modulus_bits(spki: &SubjectPublicKeyInfo<'_>) -> Result<usize, CsrError> {
-    let parsed = spki
-        .parsed()
-        .map_err(|_| CsrError::Malformed("invalid RSA public key".into()))?;
+    let parsed = spki.parsed().map_err(|_| CsrError::Malformed("invalid RSA public key".into()))?;
     let x509_parser::public_key::PublicKey::RSA(rsa) = parsed else {
         return Err(CsrError::Malformed("invalid RSA public key".into()));
     };
-    let exponent = rsa
-        .try_exponent()
-        .map_err(|_| CsrError::UnsupportedKey("RSA public exponent out of range".into()))?;
+    let exponent =
+        rsa.try_exponent().map_err(|_| CsrError::UnsupportedKey("RSA public exponent out of range".into()))?;
     if exponent < 3 || exponent % 2 == 0 {
         return Err(CsrError::WeakKey(format!("RSA public exponent {exponent}")));
     }
@@ -282,8 +257,7 @@ mod tests {
     }
 
     fn ec_key(nid: Nid) -> PKey<Private> {
-        PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(nid).unwrap()).unwrap())
-            .unwrap()
+        PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(nid).unwrap()).unwrap()).unwrap()
     }
 
     fn rcgen_csr() -> (String, rcgen::KeyPair) {
@@ -296,37 +270,18 @@ mod tests {
     fn accepts_good_keys_and_exposes_the_spki() {
         let (pem, key) = rcgen_csr();
         let csr = VerifiedCsr::from_pem(&pem).unwrap();
-        assert_eq!(
-            csr.public_key_der(),
-            rcgen::PublicKeyData::subject_public_key_info(&key)
-        );
+        assert_eq!(csr.public_key_der(), rcgen::PublicKeyData::subject_public_key_info(&key));
         let expected: [u8; 32] = Sha256::digest(csr.public_key_der()).into();
         assert_eq!(csr.public_key_sha256(), expected);
         assert_eq!(csr.key_description(), "EC P-256");
 
         for (key, digest, want) in [
-            (
-                ec_key(Nid::X9_62_PRIME256V1),
-                MessageDigest::sha256(),
-                "EC P-256",
-            ),
+            (ec_key(Nid::X9_62_PRIME256V1), MessageDigest::sha256(), "EC P-256"),
             // P-256 with SHA-384: the combination rcgen once mishandled.
-            (
-                ec_key(Nid::X9_62_PRIME256V1),
-                MessageDigest::sha384(),
-                "EC P-256",
-            ),
+            (ec_key(Nid::X9_62_PRIME256V1), MessageDigest::sha384(), "EC P-256"),
             (ec_key(Nid::SECP384R1), MessageDigest::sha384(), "EC P-384"),
-            (
-                PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(),
-                MessageDigest::sha256(),
-                "RSA 2048",
-            ),
-            (
-                PKey::from_rsa(Rsa::generate(3072).unwrap()).unwrap(),
-                MessageDigest::sha512(),
-                "RSA 3072",
-            ),
+            (PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(), MessageDigest::sha256(), "RSA 2048"),
+            (PKey::from_rsa(Rsa::generate(3072).unwrap()).unwrap(), MessageDigest::sha512(), "RSA 3072"),
         ] {
             let csr = VerifiedCsr::from_pem(&openssl_csr(&key, &key, digest)).unwrap();
             assert_eq!(csr.key_description(), want);
@@ -344,35 +299,25 @@ mod tests {
     #[test]
     fn rejects_tampered_signature() {
         let (pem, _) = rcgen_csr();
-        let der = crate::pem::decode(&pem, &["CERTIFICATE REQUEST"])
-            .unwrap()
-            .der;
+        let der = crate::pem::decode(&pem, &["CERTIFICATE REQUEST"]).unwrap().der;
         // The signature BIT STRING is last; flip a byte in its middle (inside the ECDSA `s` integer).
         let mut tampered = der.to_vec();
         let i = tampered.len() - 10;
         tampered[i] ^= 0x01;
         let tampered_pem = crate::pem::encode("CERTIFICATE REQUEST", &tampered);
-        assert_eq!(
-            VerifiedCsr::from_pem(&tampered_pem),
-            Err(CsrError::BadSignature)
-        );
+        assert_eq!(VerifiedCsr::from_pem(&tampered_pem), Err(CsrError::BadSignature));
     }
 
     #[test]
     fn rejects_tampered_request_body() {
         let (pem, _) = rcgen_csr();
-        let der = crate::pem::decode(&pem, &["CERTIFICATE REQUEST"])
-            .unwrap()
-            .der;
+        let der = crate::pem::decode(&pem, &["CERTIFICATE REQUEST"]).unwrap().der;
         // Change one letter of the SAN "x.example" inside the signed part.
         let mut tampered = der.to_vec();
         let at = tampered.windows(9).position(|w| w == b"x.example").unwrap();
         tampered[at] = b'y';
         let tampered_pem = crate::pem::encode("CERTIFICATE REQUEST", &tampered);
-        assert_eq!(
-            VerifiedCsr::from_pem(&tampered_pem),
-            Err(CsrError::BadSignature)
-        );
+        assert_eq!(VerifiedCsr::from_pem(&tampered_pem), Err(CsrError::BadSignature));
     }
 
     #[test]
@@ -389,9 +334,7 @@ mod tests {
         let pem = openssl_csr(&key, &key, MessageDigest::sha256());
         assert_eq!(
             VerifiedCsr::from_pem(&pem),
-            Err(CsrError::WeakKey(
-                "RSA key of 1024 bits; at least 2048 required".into()
-            ))
+            Err(CsrError::WeakKey("RSA key of 1024 bits; at least 2048 required".into()))
         );
     }
 
@@ -399,9 +342,7 @@ mod tests {
     fn rejects_sha1_signatures() {
         let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
         let pem = openssl_csr(&key, &key, MessageDigest::sha1());
-        assert!(
-            matches!(VerifiedCsr::from_pem(&pem), Err(CsrError::WeakKey(m)) if m.contains("SHA-1"))
-        );
+        assert!(matches!(VerifiedCsr::from_pem(&pem), Err(CsrError::WeakKey(m)) if m.contains("SHA-1")));
     }
 
     #[test]
@@ -416,9 +357,7 @@ mod tests {
         let pem = openssl_csr(&big, &signer, MessageDigest::sha256());
         assert_eq!(
             VerifiedCsr::from_pem(&pem),
-            Err(CsrError::UnsupportedKey(
-                "RSA key of 8200 bits; at most 8192 supported".into()
-            ))
+            Err(CsrError::UnsupportedKey("RSA key of 8200 bits; at most 8192 supported".into()))
         );
     }
 
@@ -426,22 +365,15 @@ mod tests {
     fn rejects_other_curves_and_algorithms() {
         let k = ec_key(Nid::SECP521R1);
         let pem = openssl_csr(&k, &k, MessageDigest::sha512());
-        assert!(
-            matches!(VerifiedCsr::from_pem(&pem), Err(CsrError::UnsupportedKey(m)) if m.contains("EC curve"))
-        );
+        assert!(matches!(VerifiedCsr::from_pem(&pem), Err(CsrError::UnsupportedKey(m)) if m.contains("EC curve")));
 
         let k = ec_key(Nid::SECP256K1);
         let pem = openssl_csr(&k, &k, MessageDigest::sha256());
-        assert!(matches!(
-            VerifiedCsr::from_pem(&pem),
-            Err(CsrError::UnsupportedKey(_))
-        ));
+        assert!(matches!(VerifiedCsr::from_pem(&pem), Err(CsrError::UnsupportedKey(_))));
 
         let k = PKey::generate_ed25519().unwrap();
         let pem = openssl_csr(&k, &k, MessageDigest::null());
-        assert!(
-            matches!(VerifiedCsr::from_pem(&pem), Err(CsrError::UnsupportedKey(m)) if m.contains("key algorithm"))
-        );
+        assert!(matches!(VerifiedCsr::from_pem(&pem), Err(CsrError::UnsupportedKey(m)) if m.contains("key algorithm")));
     }
 
     #[test]
@@ -449,50 +381,31 @@ mod tests {
         for input in [
             "".to_string(),
             "garbage".to_string(),
-            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
-                .to_string(),
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".to_string(),
             crate::pem::encode("CERTIFICATE REQUEST", &[0x30, 0x82, 0xff, 0xff, 0x00]).to_string(),
             "A".repeat(MAX_CSR_PEM_LEN + 1),
         ] {
-            assert!(
-                matches!(VerifiedCsr::from_pem(&input), Err(CsrError::Malformed(_))),
-                "{input:.40}"
-            );
+            assert!(matches!(VerifiedCsr::from_pem(&input), Err(CsrError::Malformed(_))), "{input:.40}");
         }
         // A certificate is not a CSR.
-        let cert = rcgen::CertificateParams::default()
-            .self_signed(&rcgen::KeyPair::generate().unwrap())
-            .unwrap()
-            .pem();
-        assert!(matches!(
-            VerifiedCsr::from_pem(&cert),
-            Err(CsrError::Malformed(_))
-        ));
+        let cert = rcgen::CertificateParams::default().self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem();
+        assert!(matches!(VerifiedCsr::from_pem(&cert), Err(CsrError::Malformed(_))));
     }
 
     #[test]
     fn rejects_trailing_bytes() {
         let (pem, _) = rcgen_csr();
-        let mut der = crate::pem::decode(&pem, &["CERTIFICATE REQUEST"])
-            .unwrap()
-            .der
-            .to_vec();
+        let mut der = crate::pem::decode(&pem, &["CERTIFICATE REQUEST"]).unwrap().der.to_vec();
         der.push(0);
         let pem = crate::pem::encode("CERTIFICATE REQUEST", &der);
-        assert!(matches!(
-            VerifiedCsr::from_pem(&pem),
-            Err(CsrError::Malformed(_))
-        ));
+        assert!(matches!(VerifiedCsr::from_pem(&pem), Err(CsrError::Malformed(_))));
     }
 
     #[test]
     fn random_input_never_panics() {
         use rand::{Rng as _, RngCore as _};
         let (pem, _) = rcgen_csr();
-        let der = crate::pem::decode(&pem, &["CERTIFICATE REQUEST"])
-            .unwrap()
-            .der
-            .to_vec();
+        let der = crate::pem::decode(&pem, &["CERTIFICATE REQUEST"]).unwrap().der.to_vec();
         let mut rng = rand::rng();
         for _ in 0..2000 {
             // Random mutations of a valid request reach deeper into the parser than pure noise.

@@ -35,16 +35,13 @@ pub struct CertInfo {
 /// Reads the first certificate in `cert_pem`.
 pub fn cert_info(cert_pem: &str) -> Result<CertInfo, CertInfoError> {
     let der = decode_certificate(cert_pem).map_err(CertInfoError::Malformed)?;
-    let (_, cert) =
-        X509Certificate::from_der(&der).map_err(|e| CertInfoError::Malformed(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| CertInfoError::Malformed(e.to_string()))?;
     let common_name = cert
         .subject()
         .iter_common_name()
         .next()
         .map(|cn| {
-            cn.as_str()
-                .map(str::to_string)
-                .map_err(|_| CertInfoError::Malformed("common name is not a string".into()))
+            cn.as_str().map(str::to_string).map_err(|_| CertInfoError::Malformed("common name is not a string".into()))
         })
         .transpose()?
         .unwrap_or_default();
@@ -60,10 +57,7 @@ pub fn cert_info(cert_pem: &str) -> Result<CertInfo, CertInfoError> {
 /// PEM to DER for one certificate, with the size cap; the error is a message for the caller's variant.
 pub(crate) fn decode_certificate(cert_pem: &str) -> Result<Vec<u8>, String> {
     if cert_pem.len() > MAX_CERT_PEM_LEN {
-        return Err(format!(
-            "{} bytes of PEM; at most {MAX_CERT_PEM_LEN} accepted",
-            cert_pem.len()
-        ));
+        return Err(format!("{} bytes of PEM; at most {MAX_CERT_PEM_LEN} accepted", cert_pem.len()));
     }
     let block = pem::decode(cert_pem, &["CERTIFICATE"]).map_err(|e| e.to_string())?;
     Ok(block.der.to_vec())

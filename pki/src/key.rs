@@ -124,33 +124,23 @@ impl PrivateKey {
     /// Generates a new key. EC through ring, RSA through OpenSSL.
     pub fn generate(kt: KeyType) -> Result<PrivateKey, KeyError> {
         let inner = match kt.rsa_bits() {
-            None => KeyPair::generate_for(kt.signature_algorithm())
-                .map_err(|e| KeyError::Generate(e.to_string()))?,
+            None => KeyPair::generate_for(kt.signature_algorithm()).map_err(|e| KeyError::Generate(e.to_string()))?,
             Some(bits) => {
                 let rsa = Rsa::generate(bits).map_err(|e| KeyError::Generate(e.to_string()))?;
                 let pkey = PKey::from_rsa(rsa).map_err(|e| KeyError::Generate(e.to_string()))?;
-                let der = Zeroizing::new(
-                    pkey.private_key_to_pkcs8()
-                        .map_err(|e| KeyError::Generate(e.to_string()))?,
-                );
+                let der = Zeroizing::new(pkey.private_key_to_pkcs8().map_err(|e| KeyError::Generate(e.to_string()))?);
                 keypair_from_pkcs8(&der, kt)?
             }
         };
-        Ok(PrivateKey {
-            inner,
-            key_type: kt,
-        })
+        Ok(PrivateKey { inner, key_type: kt })
     }
 
     /// Reads an unencrypted key: PKCS#8 (`PRIVATE KEY`), or the traditional `RSA PRIVATE KEY` and
     /// `EC PRIVATE KEY` forms that older easy-rsa setups left behind.
     pub fn from_pem(pem: &str) -> Result<PrivateKey, KeyError> {
         check_size(pem)?;
-        let block = pem::decode(
-            pem,
-            &[LABEL_PKCS8, LABEL_RSA, LABEL_EC, LABEL_PKCS8_ENCRYPTED],
-        )
-        .map_err(|e| KeyError::Malformed(e.to_string()))?;
+        let block = pem::decode(pem, &[LABEL_PKCS8, LABEL_RSA, LABEL_EC, LABEL_PKCS8_ENCRYPTED])
+            .map_err(|e| KeyError::Malformed(e.to_string()))?;
         match block.label {
             LABEL_PKCS8_ENCRYPTED => Err(KeyError::Encrypted),
             LABEL_PKCS8 => {
@@ -171,8 +161,8 @@ impl PrivateKey {
     pub fn from_encrypted_pem(pem: &str, passphrase: &str) -> Result<PrivateKey, KeyError> {
         check_size(pem)?;
         check_passphrase(passphrase)?;
-        let block = pem::decode(pem, &[LABEL_PKCS8_ENCRYPTED, LABEL_PKCS8])
-            .map_err(|e| KeyError::Malformed(e.to_string()))?;
+        let block =
+            pem::decode(pem, &[LABEL_PKCS8_ENCRYPTED, LABEL_PKCS8]).map_err(|e| KeyError::Malformed(e.to_string()))?;
         if block.label != LABEL_PKCS8_ENCRYPTED {
             return Err(KeyError::Malformed("the key is not encrypted".into()));
         }
@@ -191,8 +181,8 @@ impl PrivateKey {
     /// Encrypted PKCS#8 PEM (PBES2 with AES-256-CBC, OpenSSL's default key derivation).
     pub fn to_encrypted_pem(&self, passphrase: &str) -> Result<String, KeyError> {
         check_passphrase(passphrase)?;
-        let pkey = PKey::private_key_from_pkcs8(self.inner.serialized_der())
-            .map_err(|e| KeyError::Encrypt(e.to_string()))?;
+        let pkey =
+            PKey::private_key_from_pkcs8(self.inner.serialized_der()).map_err(|e| KeyError::Encrypt(e.to_string()))?;
         let pem = pkey
             .private_key_to_pem_pkcs8_passphrase(Cipher::aes_256_cbc(), passphrase.as_bytes())
             .map_err(|e| KeyError::Encrypt(e.to_string()))?;
@@ -213,10 +203,7 @@ impl PrivateKey {
     fn from_openssl(pkey: &PKey<Private>) -> Result<PrivateKey, KeyError> {
         let key_type = classify(pkey)?;
         // Re-encoding through OpenSSL normalises the PKCS#8 (ring wants the public key embedded in EC keys).
-        let der = Zeroizing::new(
-            pkey.private_key_to_pkcs8()
-                .map_err(|e| KeyError::Malformed(e.to_string()))?,
-        );
+        let der = Zeroizing::new(pkey.private_key_to_pkcs8().map_err(|e| KeyError::Malformed(e.to_string()))?);
         let inner = keypair_from_pkcs8(&der, key_type)?;
         Ok(PrivateKey { inner, key_type })
     }
@@ -224,9 +211,7 @@ impl PrivateKey {
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrivateKey")
-            .field("key_type", &self.key_type)
-            .finish_non_exhaustive()
+        f.debug_struct("PrivateKey").field("key_type", &self.key_type).finish_non_exhaustive()
     }
 }
 
@@ -249,10 +234,7 @@ impl rcgen::SigningKey for PrivateKey {
 
 fn check_size(pem: &str) -> Result<(), KeyError> {
     if pem.len() > MAX_KEY_PEM_LEN {
-        return Err(KeyError::Malformed(format!(
-            "input is {} bytes; at most {MAX_KEY_PEM_LEN} accepted",
-            pem.len()
-        )));
+        return Err(KeyError::Malformed(format!("input is {} bytes; at most {MAX_KEY_PEM_LEN} accepted", pem.len())));
     }
     Ok(())
 }
@@ -271,30 +253,22 @@ fn check_passphrase(passphrase: &str) -> Result<(), KeyError> {
 fn classify(pkey: &PKey<Private>) -> Result<KeyType, KeyError> {
     match pkey.id() {
         Id::EC => {
-            let ec = pkey
-                .ec_key()
-                .map_err(|e| KeyError::Malformed(e.to_string()))?;
+            let ec = pkey.ec_key().map_err(|e| KeyError::Malformed(e.to_string()))?;
             match ec.group().curve_name() {
                 Some(Nid::X9_62_PRIME256V1) => Ok(KeyType::EcP256),
                 Some(nid) => Err(KeyError::Unsupported(format!(
                     "EC curve {}; only P-256 is supported",
                     nid.short_name().unwrap_or("(unnamed)")
                 ))),
-                None => Err(KeyError::Unsupported(
-                    "EC key with explicit curve parameters".into(),
-                )),
+                None => Err(KeyError::Unsupported("EC key with explicit curve parameters".into())),
             }
         }
         Id::RSA => match pkey.bits() {
             2048 => Ok(KeyType::Rsa2048),
             3072 => Ok(KeyType::Rsa3072),
-            bits => Err(KeyError::Unsupported(format!(
-                "RSA key of {bits} bits; 2048 or 3072 supported"
-            ))),
+            bits => Err(KeyError::Unsupported(format!("RSA key of {bits} bits; 2048 or 3072 supported"))),
         },
-        _ => Err(KeyError::Unsupported(
-            "key algorithm; only EC P-256 and RSA are supported".into(),
-        )),
+        _ => Err(KeyError::Unsupported("key algorithm; only EC P-256 and RSA are supported".into())),
     }
 }
 
@@ -315,14 +289,8 @@ mod tests {
         }
         assert_eq!(KeyType::default(), KeyType::EcP256);
         assert_eq!("rsa-2048".parse::<KeyType>().unwrap(), KeyType::Rsa2048);
-        assert!(matches!(
-            "RSA-2048".parse::<KeyType>(),
-            Err(KeyError::UnknownKeyType(_))
-        ));
-        assert!(matches!(
-            "ed25519".parse::<KeyType>(),
-            Err(KeyError::UnknownKeyType(_))
-        ));
+        assert!(matches!("RSA-2048".parse::<KeyType>(), Err(KeyError::UnknownKeyType(_))));
+        assert!(matches!("ed25519".parse::<KeyType>(), Err(KeyError::UnknownKeyType(_))));
     }
 
     #[test]
@@ -340,18 +308,9 @@ mod tests {
             assert!(enc.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\n"));
             let back = PrivateKey::from_encrypted_pem(&enc, "correct horse").unwrap();
             assert_eq!(back.public_key_der(), key.public_key_der());
-            assert!(matches!(
-                PrivateKey::from_encrypted_pem(&enc, "wrong horse"),
-                Err(KeyError::Decrypt)
-            ));
-            assert!(matches!(
-                PrivateKey::from_pem(&enc),
-                Err(KeyError::Encrypted)
-            ));
-            assert!(matches!(
-                PrivateKey::from_encrypted_pem(&pem, "correct horse"),
-                Err(KeyError::Malformed(_))
-            ));
+            assert!(matches!(PrivateKey::from_encrypted_pem(&enc, "wrong horse"), Err(KeyError::Decrypt)));
+            assert!(matches!(PrivateKey::from_pem(&enc), Err(KeyError::Encrypted)));
+            assert!(matches!(PrivateKey::from_encrypted_pem(&pem, "correct horse"), Err(KeyError::Malformed(_))));
         }
     }
 
@@ -371,28 +330,17 @@ mod tests {
     #[test]
     fn passphrase_rules() {
         let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        assert!(matches!(
-            key.to_encrypted_pem(""),
-            Err(KeyError::InvalidPassphrase(_))
-        ));
-        assert!(matches!(
-            key.to_encrypted_pem("a\0b"),
-            Err(KeyError::InvalidPassphrase(_))
-        ));
+        assert!(matches!(key.to_encrypted_pem(""), Err(KeyError::InvalidPassphrase(_))));
+        assert!(matches!(key.to_encrypted_pem("a\0b"), Err(KeyError::InvalidPassphrase(_))));
         let enc = key.to_encrypted_pem("ok").unwrap();
-        assert!(matches!(
-            PrivateKey::from_encrypted_pem(&enc, "a\0b"),
-            Err(KeyError::InvalidPassphrase(_))
-        ));
+        assert!(matches!(PrivateKey::from_encrypted_pem(&enc, "a\0b"), Err(KeyError::InvalidPassphrase(_))));
     }
 
     #[test]
     fn reads_openssl_keys_in_every_supported_form() {
         // PKCS#8 and traditional forms written by OpenSSL itself.
-        let ec = openssl::ec::EcKey::generate(
-            &openssl::ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap(),
-        )
-        .unwrap();
+        let ec = openssl::ec::EcKey::generate(&openssl::ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap())
+            .unwrap();
         let ec_trad = String::from_utf8(ec.private_key_to_pem().unwrap()).unwrap();
         assert!(ec_trad.contains("BEGIN EC PRIVATE KEY"));
         let ec_pkey = PKey::from_ec_key(ec).unwrap();
@@ -412,14 +360,9 @@ mod tests {
 
     #[test]
     fn rejects_unsupported_keys() {
-        let p384 = openssl::ec::EcKey::generate(
-            &openssl::ec::EcGroup::from_curve_name(Nid::SECP384R1).unwrap(),
-        )
-        .unwrap();
-        let pem = PKey::from_ec_key(p384)
-            .unwrap()
-            .private_key_to_pem_pkcs8()
-            .unwrap();
+        let p384 =
+            openssl::ec::EcKey::generate(&openssl::ec::EcGroup::from_curve_name(Nid::SECP384R1).unwrap()).unwrap();
+        let pem = PKey::from_ec_key(p384).unwrap().private_key_to_pem_pkcs8().unwrap();
         let err = PrivateKey::from_pem(std::str::from_utf8(&pem).unwrap()).unwrap_err();
         assert!(err.to_string().contains("secp384r1"), "{err}");
 
@@ -430,32 +373,17 @@ mod tests {
 
         let ed = PKey::generate_ed25519().unwrap();
         let pem = ed.private_key_to_pem_pkcs8().unwrap();
-        assert!(matches!(
-            PrivateKey::from_pem(std::str::from_utf8(&pem).unwrap()),
-            Err(KeyError::Unsupported(_))
-        ));
+        assert!(matches!(PrivateKey::from_pem(std::str::from_utf8(&pem).unwrap()), Err(KeyError::Unsupported(_))));
     }
 
     #[test]
     fn rejects_garbage_without_leaking() {
-        assert!(matches!(
-            PrivateKey::from_pem(""),
-            Err(KeyError::Malformed(_))
-        ));
-        assert!(matches!(
-            PrivateKey::from_pem("hello"),
-            Err(KeyError::Malformed(_))
-        ));
+        assert!(matches!(PrivateKey::from_pem(""), Err(KeyError::Malformed(_))));
+        assert!(matches!(PrivateKey::from_pem("hello"), Err(KeyError::Malformed(_))));
         let fake = pem::encode(LABEL_PKCS8, b"not a key at all");
-        assert!(matches!(
-            PrivateKey::from_pem(&fake),
-            Err(KeyError::Malformed(_))
-        ));
+        assert!(matches!(PrivateKey::from_pem(&fake), Err(KeyError::Malformed(_))));
         let big = "A".repeat(MAX_KEY_PEM_LEN + 1);
-        assert!(matches!(
-            PrivateKey::from_pem(&big),
-            Err(KeyError::Malformed(_))
-        ));
+        assert!(matches!(PrivateKey::from_pem(&big), Err(KeyError::Malformed(_))));
     }
 
     #[test]

@@ -35,7 +35,5 @@ pub use key::{KeyError, KeyType, PrivateKey};
 pub use name::{MAX_COMMON_NAME_LEN, NameError, validate_common_name};
 pub use pin::{PinError, spki_sha256_pin};
 pub use serial::{Serial, SerialError};
-pub use tls_crypt_v2::{
-    ClientMetadata, TlsCryptError, TlsCryptV2ClientKey, TlsCryptV2ServerKey, parse_client_key_pem,
-};
+pub use tls_crypt_v2::{ClientMetadata, TlsCryptError, TlsCryptV2ClientKey, TlsCryptV2ServerKey, parse_client_key_pem};
 pub use validity::{CLOCK_SKEW_ALLOWANCE, Validity};

@@ -37,10 +37,7 @@ pub fn validate_common_name(name: &str) -> Result<(), NameError> {
     if len > MAX_COMMON_NAME_LEN {
         return Err(NameError::TooLong(len));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         return Err(NameError::BadCharacter(bad));
     }
     if name.starts_with('-') {
@@ -58,14 +55,7 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for ok in [
-            "a",
-            "atm-001",
-            "admin.alice",
-            "terminal_42",
-            "A.b-C_9",
-            &"x".repeat(64),
-        ] {
+        for ok in ["a", "atm-001", "admin.alice", "terminal_42", "A.b-C_9", &"x".repeat(64)] {
             assert_eq!(validate_common_name(ok), Ok(()), "{ok}");
         }
     }
@@ -73,10 +63,7 @@ mod tests {
     #[test]
     fn rejects_everything_else() {
         assert_eq!(validate_common_name(""), Err(NameError::Empty));
-        assert_eq!(
-            validate_common_name(&"x".repeat(65)),
-            Err(NameError::TooLong(65))
-        );
+        assert_eq!(validate_common_name(&"x".repeat(65)), Err(NameError::TooLong(65)));
         for (bad, c) in [
             ("a b", ' '),
             ("a\"b", '"'),
@@ -89,11 +76,7 @@ mod tests {
             ("a=b", '='),
             ("a\0", '\0'),
         ] {
-            assert_eq!(
-                validate_common_name(bad),
-                Err(NameError::BadCharacter(c)),
-                "{bad:?}"
-            );
+            assert_eq!(validate_common_name(bad), Err(NameError::BadCharacter(c)), "{bad:?}");
         }
         assert_eq!(validate_common_name("-x"), Err(NameError::LeadingDash));
         assert_eq!(validate_common_name("."), Err(NameError::OnlyDots));

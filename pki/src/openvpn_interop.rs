@@ -11,11 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::testutil::{Scratch, openvpn_available};
-use crate::{
-    Ca, ClientMetadata, KeyType, RevocationReason, Revoked, TlsCryptV2ServerKey, Validity,
-    VerifiedCsr,
-};
+use crate::testutil::{Scratch, openvpn_available, openvpn_program};
+use crate::{Ca, ClientMetadata, KeyType, RevocationReason, Revoked, TlsCryptV2ServerKey, Validity, VerifiedCsr};
 
 const DONE: &str = "Initialization Sequence Completed";
 
@@ -30,11 +27,7 @@ impl Drop for Guard {
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Everything one handshake needs, as PEM text.
@@ -109,20 +102,11 @@ fn handshake(m: &Material, stop_when: &str) -> Outcome {
         // OpenVPN hands the script the metadata type and a file with the bytes after the type byte.
         let script = s.write(
             "verify-metadata.sh",
-            &format!(
-                "#!/bin/sh\n[ \"$metadata_type\" = 0 ] && [ \"$(cat \"$metadata_file\")\" = '{expected}' ]\n"
-            ),
+            &format!("#!/bin/sh\n[ \"$metadata_type\" = 0 ] && [ \"$(cat \"$metadata_file\")\" = '{expected}' ]\n"),
         );
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        server_args.extend(
-            [
-                "--script-security",
-                "2",
-                "--tls-crypt-v2-verify",
-                script.to_str().unwrap(),
-            ]
-            .map(String::from),
-        );
+        server_args
+            .extend(["--script-security", "2", "--tls-crypt-v2-verify", script.to_str().unwrap()].map(String::from));
     }
     let client_args = [
         "--dev",
@@ -155,7 +139,7 @@ fn handshake(m: &Material, stop_when: &str) -> Outcome {
         let out = File::create(log).unwrap();
         let err = out.try_clone().unwrap();
         Guard(
-            Command::new("openvpn")
+            Command::new(openvpn_program().expect("openvpn is installed"))
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -175,11 +159,7 @@ fn handshake(m: &Material, stop_when: &str) -> Outcome {
         let client_text = std::fs::read_to_string(&client_log).unwrap_or_default();
         let completed = server_text.contains(DONE) && client_text.contains(DONE);
         if completed || server_text.contains(stop_when) || Instant::now() > deadline {
-            return Outcome {
-                completed,
-                server_log: server_text,
-                client_log: client_text,
-            };
+            return Outcome { completed, server_log: server_text, client_log: client_text };
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -188,16 +168,10 @@ fn handshake(m: &Material, stop_when: &str) -> Outcome {
 /// A complete, valid set of material under one CA; the client key is signed from a CSR.
 fn material(kt: KeyType) -> (Ca, TlsCryptV2ServerKey, Material) {
     let ca = Ca::generate("fleet-ca", kt, Validity::days_from_now(30)).unwrap();
-    let server = ca
-        .issue_server("vpn-server", kt, Validity::days_from_now(10))
-        .unwrap();
-    let client = ca
-        .issue_client("atm-001", kt, Validity::days_from_now(10))
-        .unwrap();
+    let server = ca.issue_server("vpn-server", kt, Validity::days_from_now(10)).unwrap();
+    let client = ca.issue_client("atm-001", kt, Validity::days_from_now(10)).unwrap();
     let tc = TlsCryptV2ServerKey::generate();
-    let tc_client = tc
-        .wrap_client_key(&ClientMetadata::User(b"cas-vpn:atm-001".to_vec()))
-        .unwrap();
+    let tc_client = tc.wrap_client_key(&ClientMetadata::User(b"cas-vpn:atm-001".to_vec())).unwrap();
     let now = time::OffsetDateTime::now_utc();
     // An unrelated revoked serial, so the CRL is not empty.
     let crl = ca
@@ -227,10 +201,7 @@ fn material(kt: KeyType) -> (Ca, TlsCryptV2ServerKey, Material) {
 }
 
 fn explain(o: &Outcome) -> String {
-    format!(
-        "--- server ---\n{}\n--- client ---\n{}",
-        o.server_log, o.client_log
-    )
+    format!("--- server ---\n{}\n--- client ---\n{}", o.server_log, o.client_log)
 }
 
 #[test]
@@ -241,16 +212,8 @@ fn openvpn_accepts_our_ec_material() {
     let (_, _, m) = material(KeyType::EcP256);
     let o = handshake(&m, "TLS CRYPT V2 VERIFY SCRIPT ERROR");
     assert!(o.completed, "{}", explain(&o));
-    assert!(
-        o.server_log.contains("TLS CRYPT V2 VERIFY SCRIPT OK"),
-        "{}",
-        explain(&o)
-    );
-    assert!(
-        o.server_log.contains("VERIFY KU OK") && o.server_log.contains("VERIFY EKU OK"),
-        "{}",
-        explain(&o)
-    );
+    assert!(o.server_log.contains("TLS CRYPT V2 VERIFY SCRIPT OK"), "{}", explain(&o));
+    assert!(o.server_log.contains("VERIFY KU OK") && o.server_log.contains("VERIFY EKU OK"), "{}", explain(&o));
 }
 
 #[test]
@@ -263,13 +226,9 @@ fn openvpn_accepts_our_rsa_material_and_csr_signed_clients() {
     let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
     let mut req = openssl::x509::X509ReqBuilder::new().unwrap();
     req.set_pubkey(&key).unwrap();
-    req.sign(&key, openssl::hash::MessageDigest::sha256())
-        .unwrap();
-    let csr = VerifiedCsr::from_pem(std::str::from_utf8(&req.build().to_pem().unwrap()).unwrap())
-        .unwrap();
-    let (cert, _) = ca
-        .sign_csr(&csr, "atm-002", Validity::days_from_now(10))
-        .unwrap();
+    req.sign(&key, openssl::hash::MessageDigest::sha256()).unwrap();
+    let csr = VerifiedCsr::from_pem(std::str::from_utf8(&req.build().to_pem().unwrap()).unwrap()).unwrap();
+    let (cert, _) = ca.sign_csr(&csr, "atm-002", Validity::days_from_now(10)).unwrap();
     m.client_cert = cert;
     m.client_key = String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap();
     let o = handshake(&m, "TLS CRYPT V2 VERIFY SCRIPT ERROR");
@@ -283,19 +242,11 @@ fn openvpn_rejects_a_key_wrapped_for_another_server() {
     }
     let (_, _, mut m) = material(KeyType::EcP256);
     let other = TlsCryptV2ServerKey::generate();
-    m.tls_crypt_client = other
-        .wrap_client_key(&ClientMetadata::User(b"cas-vpn:atm-001".to_vec()))
-        .unwrap()
-        .to_pem()
-        .to_string();
+    m.tls_crypt_client =
+        other.wrap_client_key(&ClientMetadata::User(b"cas-vpn:atm-001".to_vec())).unwrap().to_pem().to_string();
     let o = handshake(&m, "Can not unwrap tls-crypt-v2 client key");
     assert!(!o.completed, "{}", explain(&o));
-    assert!(
-        o.server_log
-            .contains("Can not unwrap tls-crypt-v2 client key"),
-        "{}",
-        explain(&o)
-    );
+    assert!(o.server_log.contains("Can not unwrap tls-crypt-v2 client key"), "{}", explain(&o));
 }
 
 #[test]
@@ -304,18 +255,11 @@ fn openvpn_sees_our_metadata() {
         return;
     }
     let (_, tc, mut m) = material(KeyType::EcP256);
-    m.tls_crypt_client = tc
-        .wrap_client_key(&ClientMetadata::User(b"cas-vpn:atm-999".to_vec()))
-        .unwrap()
-        .to_pem()
-        .to_string();
+    m.tls_crypt_client =
+        tc.wrap_client_key(&ClientMetadata::User(b"cas-vpn:atm-999".to_vec())).unwrap().to_pem().to_string();
     let o = handshake(&m, "TLS CRYPT V2 VERIFY SCRIPT ERROR");
     assert!(!o.completed, "{}", explain(&o));
-    assert!(
-        o.server_log.contains("TLS CRYPT V2 VERIFY SCRIPT ERROR"),
-        "{}",
-        explain(&o)
-    );
+    assert!(o.server_log.contains("TLS CRYPT V2 VERIFY SCRIPT ERROR"), "{}", explain(&o));
 }
 
 #[test]

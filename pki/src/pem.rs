@@ -46,10 +46,7 @@ pub(crate) fn decode(input: &str, labels: &[&'static str]) -> Result<Block, PemE
             return Err(PemError::NotFound(all));
         };
         let found = labels.iter().find(|label| {
-            line.trim_start()
-                .strip_prefix("-----BEGIN ")
-                .and_then(|rest| rest.strip_suffix("-----"))
-                == Some(**label)
+            line.trim_start().strip_prefix("-----BEGIN ").and_then(|rest| rest.strip_suffix("-----")) == Some(**label)
         });
         if let Some(label) = found {
             break *label;
@@ -78,10 +75,7 @@ pub(crate) fn decode(input: &str, labels: &[&'static str]) -> Result<Block, PemE
     if !terminated {
         return Err(PemError::Unterminated(label.to_string()));
     }
-    let der = STANDARD
-        .decode(b64.as_bytes())
-        .map(Zeroizing::new)
-        .map_err(|_| PemError::Base64(label.to_string()))?;
+    let der = STANDARD.decode(b64.as_bytes()).map(Zeroizing::new).map_err(|_| PemError::Base64(label.to_string()))?;
     if der.is_empty() {
         return Err(PemError::Empty(label.to_string()));
     }
@@ -95,15 +89,11 @@ pub(crate) fn encode(label: &str, data: &[u8]) -> Zeroizing<String> {
     let body_chars = data.len().div_ceil(3) * 4;
     let body_lines = body_chars.div_ceil(LINE_WIDTH);
     // Reserve everything up front: a reallocation would leave an unwiped copy of the old buffer behind.
-    let mut out = Zeroizing::new(String::with_capacity(
-        begin.len() + body_chars + body_lines + end.len(),
-    ));
+    let mut out = Zeroizing::new(String::with_capacity(begin.len() + body_chars + body_lines + end.len()));
     out.push_str(&begin);
     let mut line = [0u8; LINE_WIDTH];
     for chunk in data.chunks(BYTES_PER_LINE) {
-        let n = STANDARD
-            .encode_slice(chunk, &mut line)
-            .expect("a 48-byte chunk always fits a 64-byte line");
+        let n = STANDARD.encode_slice(chunk, &mut line).expect("a 48-byte chunk always fits a 64-byte line");
         // base64 output is ASCII.
         out.push_str(std::str::from_utf8(&line[..n]).expect("base64 is ASCII"));
         out.push('\n');
@@ -138,22 +128,14 @@ mod tests {
         // 100 bytes give 136 base64 characters: two full 64-column lines and one of 8.
         let pem = encode("X", &[0u8; 100]);
         let b64 = STANDARD.encode([0u8; 100]);
-        let want = format!(
-            "-----BEGIN X-----\n{}\n{}\n{}\n-----END X-----\n",
-            &b64[..64],
-            &b64[64..128],
-            &b64[128..]
-        );
+        let want = format!("-----BEGIN X-----\n{}\n{}\n{}\n-----END X-----\n", &b64[..64], &b64[64..128], &b64[128..]);
         assert_eq!(&*pem, &want);
     }
 
     #[test]
     fn tolerates_surrounding_text_and_crlf() {
         let pem = encode("CERTIFICATE", b"hello world");
-        let noisy = format!(
-            "Certificate:\n  junk: here\n{}\r\ntrailing",
-            pem.replace('\n', "\r\n")
-        );
+        let noisy = format!("Certificate:\n  junk: here\n{}\r\ntrailing", pem.replace('\n', "\r\n"));
         let block = decode(&noisy, &["CERTIFICATE"]).unwrap();
         assert_eq!(&block.der[..], b"hello world");
     }
@@ -161,37 +143,16 @@ mod tests {
     #[test]
     fn rejects_broken_blocks() {
         assert!(matches!(decode("", &["A"]), Err(PemError::NotFound(_))));
+        assert!(matches!(decode("garbage", &["A"]), Err(PemError::NotFound(_))));
+        assert!(matches!(decode("-----BEGIN A-----\nAAAA\n", &["A"]), Err(PemError::Unterminated(_))));
+        assert!(matches!(decode("-----BEGIN A-----\nAAAA\n-----END B-----\n", &["A"]), Err(PemError::Unterminated(_))));
         assert!(matches!(
-            decode("garbage", &["A"]),
-            Err(PemError::NotFound(_))
-        ));
-        assert!(matches!(
-            decode("-----BEGIN A-----\nAAAA\n", &["A"]),
-            Err(PemError::Unterminated(_))
-        ));
-        assert!(matches!(
-            decode("-----BEGIN A-----\nAAAA\n-----END B-----\n", &["A"]),
-            Err(PemError::Unterminated(_))
-        ));
-        assert!(matches!(
-            decode(
-                "-----BEGIN A-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END A-----\n",
-                &["A"]
-            ),
+            decode("-----BEGIN A-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END A-----\n", &["A"]),
             Err(PemError::Headers(_))
         ));
-        assert!(matches!(
-            decode("-----BEGIN A-----\nA!AA\n-----END A-----\n", &["A"]),
-            Err(PemError::Base64(_))
-        ));
-        assert!(matches!(
-            decode("-----BEGIN A-----\n-----END A-----\n", &["A"]),
-            Err(PemError::Empty(_))
-        ));
+        assert!(matches!(decode("-----BEGIN A-----\nA!AA\n-----END A-----\n", &["A"]), Err(PemError::Base64(_))));
+        assert!(matches!(decode("-----BEGIN A-----\n-----END A-----\n", &["A"]), Err(PemError::Empty(_))));
         // A label that merely starts with the wanted one is a different label.
-        assert!(matches!(
-            decode("-----BEGIN A B-----\nAAAA\n-----END A B-----\n", &["A"]),
-            Err(PemError::NotFound(_))
-        ));
+        assert!(matches!(decode("-----BEGIN A B-----\nAAAA\n-----END A B-----\n", &["A"]), Err(PemError::NotFound(_))));
     }
 }

@@ -19,10 +19,6 @@ pub enum PinError {
 /// `"sha256:"` followed by the lowercase hex SHA-256 of the certificate's SubjectPublicKeyInfo DER.
 pub fn spki_sha256_pin(cert_pem: &str) -> Result<String, PinError> {
     let der = decode_certificate(cert_pem).map_err(PinError::Malformed)?;
-    let (_, cert) =
-        X509Certificate::from_der(&der).map_err(|e| PinError::Malformed(e.to_string()))?;
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(cert.public_key().raw))
-    ))
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| PinError::Malformed(e.to_string()))?;
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(cert.public_key().raw))))
 }

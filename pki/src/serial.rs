@@ -68,10 +68,7 @@ impl Serial {
         if bytes[0] & 0x80 != 0 {
             return Err(SerialError::Negative);
         }
-        let first_non_zero = bytes
-            .iter()
-            .position(|b| *b != 0)
-            .ok_or(SerialError::Zero)?;
+        let first_non_zero = bytes.iter().position(|b| *b != 0).ok_or(SerialError::Zero)?;
         let significant = &bytes[first_non_zero..];
         if significant.len() > 16 {
             return Err(SerialError::TooLong);
@@ -88,10 +85,7 @@ impl FromStr for Serial {
     /// 1 to 32 hex digits, either case, with an optional `0x` prefix. Shorter values are left-padded,
     /// so `"1f"` and `"0x001F"` are the same serial.
     fn from_str(s: &str) -> Result<Serial, SerialError> {
-        let digits = s
-            .strip_prefix("0x")
-            .or_else(|| s.strip_prefix("0X"))
-            .unwrap_or(s);
+        let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
         if digits.is_empty() {
             return Err(SerialError::Empty);
         }
@@ -151,10 +145,7 @@ mod tests {
         assert_eq!(r.to_hex().len(), 32);
         assert_eq!(r.to_hex(), r.to_hex().to_lowercase());
         assert_eq!(r.to_hex().parse::<Serial>().unwrap(), r);
-        assert_eq!(
-            u128::from_str_radix(&r.to_hex(), 16).unwrap().to_string(),
-            r.to_decimal()
-        );
+        assert_eq!(u128::from_str_radix(&r.to_hex(), 16).unwrap().to_string(), r.to_decimal());
     }
 
     #[test]
@@ -187,19 +178,10 @@ mod tests {
         // 16 significant bytes with the top bit set arrive with a leading zero byte.
         let mut seventeen = vec![0u8];
         seventeen.extend([0xffu8; 16]);
-        assert_eq!(
-            Serial::from_der_integer(&seventeen).unwrap().to_decimal(),
-            u128::MAX.to_string()
-        );
-        assert_eq!(
-            Serial::from_der_integer(&[0x80]),
-            Err(SerialError::Negative)
-        );
+        assert_eq!(Serial::from_der_integer(&seventeen).unwrap().to_decimal(), u128::MAX.to_string());
+        assert_eq!(Serial::from_der_integer(&[0x80]), Err(SerialError::Negative));
         assert_eq!(Serial::from_der_integer(&[0x00]), Err(SerialError::Zero));
         assert_eq!(Serial::from_der_integer(&[]), Err(SerialError::Empty));
-        assert_eq!(
-            Serial::from_der_integer(&[0x01; 17]),
-            Err(SerialError::TooLong)
-        );
+        assert_eq!(Serial::from_der_integer(&[0x01; 17]), Err(SerialError::TooLong));
     }
 }

@@ -10,9 +10,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch {
-            dir: tempfile::tempdir().expect("temporary directory"),
-        }
+        Scratch { dir: tempfile::tempdir().expect("temporary directory") }
     }
 
     pub fn path(&self) -> &Path {
@@ -34,20 +32,11 @@ pub struct Run {
 }
 
 fn run(program: &str, args: &[&str]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let Output { status, stdout, stderr } =
+        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     let mut text = String::from_utf8_lossy(&stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&stderr));
-    Run {
-        ok: status.success(),
-        text,
-    }
+    Run { ok: status.success(), text }
 }
 
 /// Runs `openssl ARGS...`. The openssl CLI is a hard requirement of the test suite.
@@ -55,9 +44,10 @@ pub fn openssl(args: &[&str]) -> Run {
     run("openssl", args)
 }
 
-/// Runs `openvpn ARGS...`.
+/// Runs `openvpn ARGS...`; callers check [`openvpn_available`] first.
 pub fn openvpn(args: &[&str]) -> Run {
-    run("openvpn", args)
+    let program = openvpn_program().expect("openvpn is installed");
+    run(program.to_str().expect("UTF-8 path"), args)
 }
 
 /// `openssl verify -CAfile CA [extra...] CERT`.
@@ -80,31 +70,35 @@ pub fn x509_text(cert_pem: &str) -> String {
     r.text
 }
 
-/// Whether `program` is an executable file in one of the `PATH` directories.
-pub fn on_path(program: &str) -> bool {
+fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| {
-            std::fs::metadata(dir.join(program))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Where the openvpn binary is: the first one on `PATH`, else Debian's `/usr/sbin` (not on a non-root
+/// user's `PATH`).
+pub fn openvpn_program() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("openvpn")).find(|p| is_executable(p)));
+    on_path.or_else(|| {
+        ["/usr/sbin/openvpn", "/usr/local/sbin/openvpn"].iter().map(PathBuf::from).find(|p| is_executable(p))
     })
 }
 
 /// True when the openvpn binary can be used. When it is missing the test is skipped with a message,
 /// except in CI (`CI=true`), where a missing binary fails the test.
 pub fn openvpn_available(test: &str) -> bool {
-    if on_path("openvpn") {
+    if openvpn_program().is_some() {
         return true;
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: `openvpn` is not on PATH, and CI=true requires this test to run");
+        panic!("{test}: `openvpn` is not installed, and CI=true requires this test to run");
     }
     // Written to the stderr handle directly: libtest captures `eprintln!`, and a skip should be seen.
     use std::io::Write as _;
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED {test}: `openvpn` is not on PATH (install openvpn 2.6 to run it)"
+        "SKIPPED {test}: `openvpn` is not installed (not on PATH, not in /usr/sbin); install openvpn 2.6 to run it"
     );
     false
 }

@@ -119,10 +119,7 @@ impl ClientMetadata {
             Some((&METADATA_TYPE_USER, rest)) => Ok(ClientMetadata::User(rest.to_vec())),
             Some((&METADATA_TYPE_TIMESTAMP, rest)) => {
                 let bytes: [u8; 8] = rest.try_into().map_err(|_| {
-                    TlsCryptError::BadMetadata(format!(
-                        "timestamp of {} bytes; 8 expected",
-                        rest.len()
-                    ))
+                    TlsCryptError::BadMetadata(format!("timestamp of {} bytes; 8 expected", rest.len()))
                 })?;
                 Ok(ClientMetadata::Timestamp(u64::from_be_bytes(bytes)))
             }
@@ -164,10 +161,7 @@ impl TlsCryptV2ServerKey {
     }
 
     /// Wraps a new random client key with `metadata`.
-    pub fn wrap_client_key(
-        &self,
-        metadata: &ClientMetadata,
-    ) -> Result<TlsCryptV2ClientKey, TlsCryptError> {
+    pub fn wrap_client_key(&self, metadata: &ClientMetadata) -> Result<TlsCryptV2ClientKey, TlsCryptError> {
         let metadata = metadata.encode()?;
         let mut kc = Zeroizing::new(vec![0u8; CLIENT_KEY_LEN]);
         rand::rng().fill_bytes(&mut kc);
@@ -176,10 +170,7 @@ impl TlsCryptV2ServerKey {
     }
 
     /// Recovers `Kc` and the metadata from a wrapped client key. Safe on untrusted input.
-    pub fn unwrap(
-        &self,
-        wkc: &[u8],
-    ) -> Result<(Zeroizing<Vec<u8>>, ClientMetadata), TlsCryptError> {
+    pub fn unwrap(&self, wkc: &[u8]) -> Result<(Zeroizing<Vec<u8>>, ClientMetadata), TlsCryptError> {
         if !(MIN_WKC_LEN..=MAX_WKC_LEN).contains(&wkc.len()) {
             return Err(TlsCryptError::BadLength(wkc.len()));
         }
@@ -196,8 +187,7 @@ impl TlsCryptV2ServerKey {
         mac.update(len_field);
         mac.update(&plaintext);
         // `verify_slice` compares in constant time.
-        mac.verify_slice(tag)
-            .map_err(|_| TlsCryptError::AuthFailed)?;
+        mac.verify_slice(tag).map_err(|_| TlsCryptError::AuthFailed)?;
 
         let metadata = ClientMetadata::decode(&plaintext[CLIENT_KEY_LEN..])?;
         let kc = Zeroizing::new(plaintext[..CLIENT_KEY_LEN].to_vec());
@@ -207,9 +197,8 @@ impl TlsCryptV2ServerKey {
     /// `T || AES-256-CTR(Ke, T[..16], Kc || metadata) || len`. Lengths were checked by the caller.
     fn wrap(&self, kc: &[u8], metadata: &[u8]) -> Vec<u8> {
         let total = TAG_LEN + kc.len() + metadata.len() + LEN_FIELD;
-        let len_field = u16::try_from(total)
-            .expect("metadata length is capped so WKc fits in 1024 bytes")
-            .to_be_bytes();
+        let len_field =
+            u16::try_from(total).expect("metadata length is capped so WKc fits in 1024 bytes").to_be_bytes();
 
         let mut mac = self.mac();
         mac.update(&len_field);
@@ -227,8 +216,7 @@ impl TlsCryptV2ServerKey {
     }
 
     fn mac(&self) -> HmacSha256 {
-        <HmacSha256 as Mac>::new_from_slice(&self.raw[KA_RANGE])
-            .expect("HMAC accepts keys of any length")
+        <HmacSha256 as Mac>::new_from_slice(&self.raw[KA_RANGE]).expect("HMAC accepts keys of any length")
     }
 
     /// AES-256-CTR keyed with `Ke`, IV = first 16 bytes of the tag (OpenSSL's full 128-bit BE counter).
@@ -254,10 +242,7 @@ impl TlsCryptV2ClientKey {
     /// Reads a client key file (see [`parse_client_key_pem`]).
     pub fn from_pem(pem: &str) -> Result<TlsCryptV2ClientKey, TlsCryptError> {
         let (kc, wkc) = parse_client_key_pem(pem)?;
-        Ok(TlsCryptV2ClientKey {
-            kc: Zeroizing::new(kc),
-            wkc,
-        })
+        Ok(TlsCryptV2ClientKey { kc: Zeroizing::new(kc), wkc })
     }
 
     /// The file a client reads with `tls-crypt-v2 FILE` (or inline in `<tls-crypt-v2>`).
@@ -281,9 +266,7 @@ impl TlsCryptV2ClientKey {
 
 impl fmt::Debug for TlsCryptV2ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsCryptV2ClientKey")
-            .field("wrapped_len", &self.wkc.len())
-            .finish_non_exhaustive()
+        f.debug_struct("TlsCryptV2ClientKey").field("wrapped_len", &self.wkc.len()).finish_non_exhaustive()
     }
 }
 
@@ -308,14 +291,9 @@ pub fn parse_client_key_pem(pem: &str) -> Result<(Vec<u8>, Vec<u8>), TlsCryptErr
 
 fn decode_pem(pem: &str, label: &'static str) -> Result<Zeroizing<Vec<u8>>, TlsCryptError> {
     if pem.len() > MAX_PEM_LEN {
-        return Err(TlsCryptError::MalformedPem(format!(
-            "{} bytes; at most {MAX_PEM_LEN} accepted",
-            pem.len()
-        )));
+        return Err(TlsCryptError::MalformedPem(format!("{} bytes; at most {MAX_PEM_LEN} accepted", pem.len())));
     }
-    pem::decode(pem, &[label])
-        .map(|b| b.der)
-        .map_err(|e| TlsCryptError::MalformedPem(e.to_string()))
+    pem::decode(pem, &[label]).map(|b| b.der).map_err(|e| TlsCryptError::MalformedPem(e.to_string()))
 }
 
 #[cfg(test)]
@@ -335,20 +313,10 @@ mod tests {
     }
 
     /// `openvpn --tls-crypt-v2 SERVER --genkey tls-crypt-v2-client FILE [metadata]`.
-    fn openvpn_client_key(
-        s: &Scratch,
-        server: &str,
-        b64_metadata: Option<&str>,
-    ) -> Result<String, String> {
+    fn openvpn_client_key(s: &Scratch, server: &str, b64_metadata: Option<&str>) -> Result<String, String> {
         let path = s.path().join("client.key").to_str().unwrap().to_string();
         let _ = std::fs::remove_file(&path);
-        let mut args = vec![
-            "--tls-crypt-v2",
-            server,
-            "--genkey",
-            "tls-crypt-v2-client",
-            &path,
-        ];
+        let mut args = vec!["--tls-crypt-v2", server, "--genkey", "tls-crypt-v2-client", &path];
         args.extend(b64_metadata);
         let r = openvpn(&args);
         if !r.ok {
@@ -384,18 +352,9 @@ mod tests {
         let max_user = vec![0xa5u8; MAX_USER_METADATA_LEN];
         let cases: Vec<(Option<String>, Option<ClientMetadata>)> = vec![
             (None, None), // timestamp, checked below
-            (
-                Some("Y2FzLXZwbg==".into()),
-                Some(ClientMetadata::User(b"cas-vpn".to_vec())),
-            ),
-            (
-                Some(b64(&[0, 1, 2, 255])),
-                Some(ClientMetadata::User(vec![0, 1, 2, 255])),
-            ),
-            (
-                Some(b64(&max_user)),
-                Some(ClientMetadata::User(max_user.clone())),
-            ),
+            (Some("Y2FzLXZwbg==".into()), Some(ClientMetadata::User(b"cas-vpn".to_vec()))),
+            (Some(b64(&[0, 1, 2, 255])), Some(ClientMetadata::User(vec![0, 1, 2, 255]))),
+            (Some(b64(&max_user)), Some(ClientMetadata::User(max_user.clone()))),
         ];
         for (arg, want) in cases {
             let pem = openvpn_client_key(&s, &server_path, arg.as_deref()).unwrap();
@@ -434,9 +393,7 @@ mod tests {
         assert!(openvpn_client_key(&s, &server_path, Some(&b64(&too_long))).is_err());
         let server = TlsCryptV2ServerKey::generate();
         assert_eq!(
-            server
-                .wrap_client_key(&ClientMetadata::User(too_long))
-                .unwrap_err(),
+            server.wrap_client_key(&ClientMetadata::User(too_long)).unwrap_err(),
             TlsCryptError::MetadataTooLong(734)
         );
     }
@@ -455,10 +412,7 @@ mod tests {
             let client = server.wrap_client_key(&metadata).unwrap();
             let wkc = client.wrapped_key();
             assert!(wkc.len() <= MAX_WKC_LEN);
-            assert_eq!(
-                usize::from(u16::from_be_bytes([wkc[wkc.len() - 2], wkc[wkc.len() - 1]])),
-                wkc.len()
-            );
+            assert_eq!(usize::from(u16::from_be_bytes([wkc[wkc.len() - 2], wkc[wkc.len() - 1]])), wkc.len());
             let (kc, md) = server.unwrap(wkc).unwrap();
             assert_eq!(&kc[..], client.client_key());
             assert_eq!(md, metadata);
@@ -468,28 +422,19 @@ mod tests {
             assert_eq!(wkc_file, wkc);
         }
         // Fresh Kc every time.
-        let a = server
-            .wrap_client_key(&ClientMetadata::Timestamp(1))
-            .unwrap();
-        let b = server
-            .wrap_client_key(&ClientMetadata::Timestamp(1))
-            .unwrap();
+        let a = server.wrap_client_key(&ClientMetadata::Timestamp(1)).unwrap();
+        let b = server.wrap_client_key(&ClientMetadata::Timestamp(1)).unwrap();
         assert_ne!(a.client_key(), b.client_key());
         assert_ne!(a.wrapped_key(), b.wrapped_key());
         // Server key PEM round trip.
         let again = TlsCryptV2ServerKey::from_pem(&server.to_pem()).unwrap();
-        assert_eq!(
-            again.unwrap(a.wrapped_key()).unwrap().1,
-            ClientMetadata::Timestamp(1)
-        );
+        assert_eq!(again.unwrap(a.wrapped_key()).unwrap().1, ClientMetadata::Timestamp(1));
     }
 
     #[test]
     fn any_flipped_bit_fails() {
         let server = TlsCryptV2ServerKey::generate();
-        let client = server
-            .wrap_client_key(&ClientMetadata::User(b"meta".to_vec()))
-            .unwrap();
+        let client = server.wrap_client_key(&ClientMetadata::User(b"meta".to_vec())).unwrap();
         let wkc = client.wrapped_key();
         for i in 0..wkc.len() {
             for bit in [0x01u8, 0x80] {
@@ -497,13 +442,7 @@ mod tests {
                 bad[i] ^= bit;
                 let err = server.unwrap(&bad).unwrap_err();
                 if i >= wkc.len() - 2 {
-                    assert!(
-                        matches!(
-                            err,
-                            TlsCryptError::LengthMismatch | TlsCryptError::BadLength(_)
-                        ),
-                        "{i}: {err}"
-                    );
+                    assert!(matches!(err, TlsCryptError::LengthMismatch | TlsCryptError::BadLength(_)), "{i}: {err}");
                 } else {
                     assert_eq!(err, TlsCryptError::AuthFailed, "byte {i}");
                 }
@@ -517,16 +456,11 @@ mod tests {
     #[test]
     fn truncated_and_oversized_input_fails_cleanly() {
         let server = TlsCryptV2ServerKey::generate();
-        let client = server
-            .wrap_client_key(&ClientMetadata::timestamp_now())
-            .unwrap();
+        let client = server.wrap_client_key(&ClientMetadata::timestamp_now()).unwrap();
         let wkc = client.wrapped_key();
         for n in 0..wkc.len() {
             assert!(server.unwrap(&wkc[..n]).is_err(), "prefix of {n} bytes");
-            assert!(
-                server.unwrap(&wkc[wkc.len() - n..]).is_err(),
-                "suffix of {n} bytes"
-            );
+            assert!(server.unwrap(&wkc[wkc.len() - n..]).is_err(), "suffix of {n} bytes");
         }
         let mut longer = wkc.to_vec();
         longer.push(0);
@@ -534,22 +468,14 @@ mod tests {
         // Over the 1024-byte limit, even with a matching length field.
         let mut huge = vec![0u8; 2000];
         huge[1998..].copy_from_slice(&2000u16.to_be_bytes());
-        assert_eq!(
-            server.unwrap(&huge).unwrap_err(),
-            TlsCryptError::BadLength(2000)
-        );
-        assert_eq!(
-            server.unwrap(&vec![0u8; 70_000]).unwrap_err(),
-            TlsCryptError::BadLength(70_000)
-        );
+        assert_eq!(server.unwrap(&huge).unwrap_err(), TlsCryptError::BadLength(2000));
+        assert_eq!(server.unwrap(&vec![0u8; 70_000]).unwrap_err(), TlsCryptError::BadLength(70_000));
     }
 
     #[test]
     fn unwrap_never_panics_on_random_bytes() {
         let server = TlsCryptV2ServerKey::generate();
-        let valid = server
-            .wrap_client_key(&ClientMetadata::User(b"x".to_vec()))
-            .unwrap();
+        let valid = server.wrap_client_key(&ClientMetadata::User(b"x".to_vec())).unwrap();
         let mut rng = rand::rng();
         for round in 0..50_000 {
             let len = rng.random_range(0..1100);
@@ -582,10 +508,7 @@ mod tests {
         ] {
             let wkc = server.wrap(&kc, &metadata);
             let err = server.unwrap(&wkc).unwrap_err();
-            assert!(
-                matches!(&err, TlsCryptError::BadMetadata(m) if m.contains(want)),
-                "{err}"
-            );
+            assert!(matches!(&err, TlsCryptError::BadMetadata(m) if m.contains(want)), "{err}");
         }
     }
 
@@ -593,50 +516,27 @@ mod tests {
     fn bad_pem_files_are_rejected() {
         assert!(TlsCryptV2ServerKey::from_pem("").is_err());
         let short = pem::encode(SERVER_PEM_LABEL, &[1u8; 64]);
-        assert!(matches!(
-            TlsCryptV2ServerKey::from_pem(&short),
-            Err(TlsCryptError::MalformedPem(_))
-        ));
+        assert!(matches!(TlsCryptV2ServerKey::from_pem(&short), Err(TlsCryptError::MalformedPem(_))));
         let wrong_label = pem::encode(CLIENT_PEM_LABEL, &[1u8; 128]);
-        assert!(matches!(
-            TlsCryptV2ServerKey::from_pem(&wrong_label),
-            Err(TlsCryptError::MalformedPem(_))
-        ));
-        assert!(matches!(
-            parse_client_key_pem("junk"),
-            Err(TlsCryptError::MalformedPem(_))
-        ));
+        assert!(matches!(TlsCryptV2ServerKey::from_pem(&wrong_label), Err(TlsCryptError::MalformedPem(_))));
+        assert!(matches!(parse_client_key_pem("junk"), Err(TlsCryptError::MalformedPem(_))));
         let too_short = pem::encode(CLIENT_PEM_LABEL, &[1u8; 300]);
-        assert!(matches!(
-            parse_client_key_pem(&too_short),
-            Err(TlsCryptError::MalformedPem(_))
-        ));
+        assert!(matches!(parse_client_key_pem(&too_short), Err(TlsCryptError::MalformedPem(_))));
         let mut bad_len = vec![1u8; CLIENT_KEY_LEN + 300];
         let n = bad_len.len();
         bad_len[n - 2..].copy_from_slice(&299u16.to_be_bytes());
         let bad_len = pem::encode(CLIENT_PEM_LABEL, &bad_len);
-        assert_eq!(
-            parse_client_key_pem(&bad_len),
-            Err(TlsCryptError::LengthMismatch)
-        );
+        assert_eq!(parse_client_key_pem(&bad_len), Err(TlsCryptError::LengthMismatch));
         assert!(TlsCryptV2ServerKey::from_pem(&"A".repeat(MAX_PEM_LEN + 1)).is_err());
     }
 
     #[test]
     fn debug_output_has_no_key_material() {
         let server = TlsCryptV2ServerKey::generate();
-        let client = server
-            .wrap_client_key(&ClientMetadata::Timestamp(5))
-            .unwrap();
+        let client = server.wrap_client_key(&ClientMetadata::Timestamp(5)).unwrap();
         assert_eq!(format!("{server:?}"), "TlsCryptV2ServerKey { .. }");
         let dbg = format!("{client:?}");
-        assert!(
-            !dbg.contains(&hex::encode(&client.client_key()[..8])),
-            "{dbg}"
-        );
-        assert!(
-            !dbg.contains(&format!("{:?}", &client.client_key()[..4])),
-            "{dbg}"
-        );
+        assert!(!dbg.contains(&hex::encode(&client.client_key()[..8])), "{dbg}");
+        assert!(!dbg.contains(&format!("{:?}", &client.client_key()[..4])), "{dbg}");
     }
 }

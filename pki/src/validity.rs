@@ -20,18 +20,12 @@ impl Validity {
     /// From five minutes ago (clock skew) until `days` days from now, both to the second.
     pub fn days_from_now(days: u32) -> Validity {
         let now = truncate_to_second(OffsetDateTime::now_utc());
-        Validity {
-            not_before: now - CLOCK_SKEW_ALLOWANCE,
-            not_after: now + Duration::days(i64::from(days)),
-        }
+        Validity { not_before: now - CLOCK_SKEW_ALLOWANCE, not_after: now + Duration::days(i64::from(days)) }
     }
 
     /// The same window, in UTC and truncated to whole seconds, as it will appear in a certificate.
     pub(crate) fn normalized(&self) -> Validity {
-        Validity {
-            not_before: truncate_to_second(self.not_before),
-            not_after: truncate_to_second(self.not_after),
-        }
+        Validity { not_before: truncate_to_second(self.not_before), not_after: truncate_to_second(self.not_after) }
     }
 }
 
@@ -64,22 +58,14 @@ mod tests {
         assert!(v.not_before >= before - Duration::minutes(5) - Duration::seconds(1));
         assert!(v.not_after <= after + Duration::days(30));
         assert!(v.not_after >= before + Duration::days(30) - Duration::seconds(1));
-        assert_eq!(
-            v.not_after - v.not_before,
-            Duration::days(30) + Duration::minutes(5)
-        );
+        assert_eq!(v.not_after - v.not_before, Duration::days(30) + Duration::minutes(5));
     }
 
     #[test]
     fn normalized_moves_to_utc() {
-        let t = OffsetDateTime::from_unix_timestamp(1_000_000_000).unwrap()
-            + Duration::nanoseconds(123);
+        let t = OffsetDateTime::from_unix_timestamp(1_000_000_000).unwrap() + Duration::nanoseconds(123);
         let shifted = t.to_offset(UtcOffset::from_hms(2, 0, 0).unwrap());
-        let v = Validity {
-            not_before: shifted,
-            not_after: shifted,
-        }
-        .normalized();
+        let v = Validity { not_before: shifted, not_after: shifted }.normalized();
         assert_eq!(v.not_before.offset(), UtcOffset::UTC);
         assert_eq!(v.not_before.unix_timestamp(), 1_000_000_000);
         assert_eq!(v.not_before.nanosecond(), 0);

@@ -49,6 +49,13 @@ pub async fn issue(ctx: &Ctx, name: &Name, out: Option<&Path>) -> Result<Issued,
         return Err(e.into());
     }
     ctx.store.audit("cli", "admin.issue", name.as_str(), &format!("port {port}"), now()).await?;
+    // A running `serve` starts the credential's instance now (it would within 30 s anyway).
+    let _ = crate::supervisor::control::request(
+        &ctx.cfg.root,
+        &crate::supervisor::control::Request::Reload,
+        super::revoke::RELOAD_TIMEOUT,
+    )
+    .await;
     let slice = admin_slice(vpn, port)?;
     Ok(Issued {
         name: name.clone(),

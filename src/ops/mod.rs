@@ -7,6 +7,7 @@ pub mod init;
 pub mod instances;
 pub mod profile;
 pub mod revoke;
+pub mod serve;
 pub mod status;
 pub mod terminal;
 

@@ -4,8 +4,15 @@
 
 use serde::Serialize;
 
+use std::time::Duration;
+
 use super::{Ctx, OpsError, crl, now, rfc3339};
 use crate::db::DbError;
+use crate::supervisor::control::{self, Request, Response};
+
+/// The running `serve` answers a kill in milliseconds; this is only a bound for a stuck one.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 use crate::domain::{Kind, Name};
 
 #[derive(Debug, Serialize)]
@@ -18,6 +25,8 @@ pub struct Revoked {
     pub crl_number: u64,
     /// Admin port given back to the pool.
     pub freed_port: Option<u16>,
+    /// Live sessions the running `serve` ended; `None` when no `serve` runs (then there are none).
+    pub killed_sessions: Option<usize>,
 }
 
 pub async fn revoke(ctx: &Ctx, name: &Name, reason: &str) -> Result<Revoked, OpsError> {
@@ -39,7 +48,23 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: &str) -> Result<Revoked, Ops
         std::fs::remove_file(&pending)
             .map_err(|source| crate::sys::fs::FsError::Write { path: pending.clone(), source })?;
     }
+    // The store already refuses the credential (every CONNECT/REAUTH asks it) and the CRL is in place; now end
+    // what is live. Only then is the revocation complete, so only then does the command return.
+    let killed = match control::request(&ctx.cfg.root, &Request::Kill { name: cred.name.clone() }, KILL_TIMEOUT)
+        .await
+        .map_err(|e| {
+        OpsError::Other(format!("{name} is revoked, but its live session was not confirmed ended: {e}"))
+    })? {
+        Some(Response::Killed { sessions }) => Some(sessions),
+        Some(other) => return Err(OpsError::Other(format!("unexpected answer from the running cas-vpn: {other:?}"))),
+        None => None,
+    };
+    if cred.kind == Kind::Admin {
+        // Its instance stops and its port is free for the next credential.
+        let _ = control::request(&ctx.cfg.root, &Request::Reload, RELOAD_TIMEOUT).await;
+    }
     Ok(Revoked {
+        killed_sessions: killed,
         name: cred.name.clone(),
         kind: cred.kind,
         already_revoked: already,

@@ -40,6 +40,9 @@ pub struct Status {
     pub gate_bind_ip: String,
     pub admin_bind_ip: String,
     pub instances: Vec<Instance>,
+    /// The running instances as `serve` reports them; `None` when no `serve` runs.
+    pub running: Option<Vec<crate::supervisor::instance::InstanceStatus>>,
+    pub sessions: Vec<crate::db::SessionRow>,
     pub counts: Counts,
     pub expiry: Vec<Expiry>,
     pub warnings: Vec<String>,
@@ -91,7 +94,25 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
             CERT_WARN_SECS,
         ));
     }
-    let warnings = exp.iter().filter_map(|e| e.warning.clone()).collect();
+    let mut warnings: Vec<String> = exp.iter().filter_map(|e| e.warning.clone()).collect();
+    let running = match crate::supervisor::control::request(
+        &ctx.cfg.root,
+        &crate::supervisor::control::Request::Status,
+        std::time::Duration::from_secs(3),
+    )
+    .await
+    {
+        Ok(Some(crate::supervisor::control::Response::Status { instances })) => Some(instances),
+        Ok(_) => None,
+        Err(e) => {
+            warnings.push(format!("the running cas-vpn did not answer: {e}"));
+            None
+        }
+    };
+    if let Some(r) = &running {
+        warnings.extend(r.iter().filter(|i| i.crash_loop).map(|i| format!("instance {} is crash-looping", i.name)));
+    }
+    let sessions = ctx.store.list_sessions().await?;
     let net = &ctx.cfg.network;
     Ok(Status {
         root: ctx.cfg.root.display().to_string(),
@@ -102,6 +123,8 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
         gate_bind_ip: net.gate_bind_ip.to_string(),
         admin_bind_ip: net.admin_bind_ip.to_string(),
         instances,
+        running,
+        sessions,
         counts,
         expiry: exp,
         warnings,

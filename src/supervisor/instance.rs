@@ -124,7 +124,11 @@ impl Instance {
                     }
                 },
                 status = wait_child(&mut self.child) => {
-                    tracing::warn!(instance = %self.spec.name, ?status, "openvpn exited");
+                    if matches!(self.machine.state(), State::Stopping { .. }) {
+                        tracing::info!(instance = %self.spec.name, ?status, "openvpn stopped");
+                    } else {
+                        tracing::warn!(instance = %self.spec.name, ?status, "openvpn exited; restarting");
+                    }
                     self.child = None;
                     self.lost_process().await;
                     self.event(Event::Exited).await;
@@ -136,6 +140,9 @@ impl Instance {
                 () = sleep_until(self.mgmt_try_at) => self.try_connect_mgmt().await,
                 ev = next_event(&mut self.mgmt) => match ev {
                     Some(ev) => self.client_event(ev).await,
+                    None if self.child.is_none() || matches!(self.machine.state(), State::Stopping { .. }) => {
+                        self.mgmt = None;
+                    }
                     None => {
                         // The management connection fell over while openvpn runs: reconnect. Until then openvpn
                         // gets no answers and denies new clients (fails closed).

@@ -5,12 +5,16 @@ use std::net::Ipv4Addr;
 
 use super::cmd::{CmdError, run};
 
-/// Creates the dummy interface holding the service addresses (idempotent), adds each address as a /32, and
-/// brings it up. Addresses already there are kept; nothing else is touched.
+/// Creates the interface holding the service addresses (idempotent), adds each address as a /32, and brings it
+/// up. Addresses already there are kept; nothing else is touched.
+///
+/// A `dummy` interface where the kernel has the module; otherwise (some container kernels) a bridge with no ports,
+/// which holds local addresses the same way and forwards nothing.
 pub fn ensure_dummy(name: &str, addrs: &[Ipv4Addr]) -> Result<(), CmdError> {
     let exists = run("ip", ["link", "show", "dev", name]).is_ok();
-    if !exists {
-        run("ip", ["link", "add", name, "type", "dummy"])?;
+    if !exists && let Err(e) = run("ip", ["link", "add", name, "type", "dummy"]) {
+        tracing::warn!(interface = name, error = %e, "no dummy interfaces here; using a port-less bridge");
+        run("ip", ["link", "add", name, "type", "bridge"])?;
     }
     let shown = run("ip", ["-4", "-o", "addr", "show", "dev", name])?;
     for a in addrs {

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md section 6). The only module that prints: every command calls an `ops` function
+//! The command line (DESIGN.md section 6). The only module (with its submodules) that prints: every command calls an `ops` function
 //! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
 
 use std::io::Write;
@@ -43,7 +43,12 @@ pub enum Cmd {
         #[command(flatten)]
         json: Json,
     },
-    /// What is configured, stored and about to expire.
+    /// Run the services (all = every service in one process).
+    Serve {
+        #[arg(value_enum, default_value = "all")]
+        what: ops::serve::Service,
+    },
+    /// What is configured, stored, running and about to expire.
     Status {
         #[command(flatten)]
         json: Json,
@@ -186,6 +191,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("nothing to do: {} was already initialised", r.root);
             }
         }
+        Cmd::Serve { what } => ops::serve::serve(Ctx::open(&root, db).await?, what).await?,
         Cmd::Status { json } => {
             let ctx = Ctx::open(&root, db).await?;
             let s = ops::status::status(&ctx).await?;
@@ -366,6 +372,27 @@ fn print_status(s: &ops::status::Status) {
     );
     for i in &s.instances {
         println!("instance {:<12} port {:>5} {} {}", i.name, i.port, i.dev, i.subnet);
+    }
+    match &s.running {
+        None => println!("serve:     not running"),
+        Some(r) => {
+            for i in r {
+                let state = format!("{:?}", i.state).split_whitespace().next().unwrap_or("").to_lowercase();
+                println!(
+                    "running {:<14} port {:>5} {:<8} ready={} restarts={} sessions={}{}",
+                    i.name,
+                    i.port,
+                    state,
+                    i.ready,
+                    i.restarts,
+                    i.sessions,
+                    if i.crash_loop { " CRASH-LOOP" } else { "" }
+                );
+            }
+        }
+    }
+    for x in &s.sessions {
+        println!("session {:<24} {:<14} {:<16} from {}", x.common_name, x.instance, x.tunnel_ip, x.real_addr);
     }
     for e in &s.expiry {
         println!("{:<40} {}", e.what, e.not_after.as_deref().unwrap_or("missing"));
