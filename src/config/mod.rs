@@ -497,9 +497,9 @@ mod tests {
 
         // Same check for a config built in code, and for admin_subnet against a default address.
         let mut c = Config::default_for(&r);
-        c.vpn.as_mut().unwrap().admin_subnet = "10.3.2.0/24".parse().unwrap();
+        c.vpn.as_mut().unwrap().admin_subnet = "10.3.2.0/23".parse().unwrap();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("keys admin_subnet and master_bind_ip: 10.3.2.0/24 contains 10.3.2.1"), "{e}");
+        assert!(e.contains("keys admin_subnet and master_bind_ip: 10.3.2.0/23 contains 10.3.2.1"), "{e}");
 
         let mut c = Config::default_for(&r);
         c.network.public_ip = Some("10.9.0.7".parse().unwrap());

@@ -16,13 +16,16 @@ use crate::sys::fs::{read_optional, write_atomic};
 use cas_pki::KeyType;
 
 /// Every key of `config/vpn`, in the order `render` writes them, with the comment written above it.
-pub const VPN_KEYS: [(&str, &str); 18] = [
+pub const VPN_KEYS: [(&str, &str); 19] = [
     ("terminal_front_port", "Public port terminals connect to; connections are spread over the terminal instances."),
     ("terminal_ports", "Ports of the terminal OpenVPN instances (one instance per port), on instance_listen_ip."),
     ("terminal_per_instance", "Most terminals one terminal instance serves."),
     ("terminal_subnet", "Tunnel addresses of terminals, sliced evenly between the terminal instances."),
     ("admin_ports", "Public ports of the admin OpenVPN instances: one per admin credential, one session each."),
-    ("admin_subnet", "Tunnel addresses of admins, sliced between the admin instances (a /30 or larger each)."),
+    (
+        "admin_subnet",
+        "Tunnel addresses of admins, sliced between the admin instances (a /29 or larger each: 51 ports need a /23).",
+    ),
     ("proto", "Transport of every instance: tcp or udp."),
     ("key_type", "Type of new keys: ec-p256, rsa-2048 or rsa-3072 (older terminals may need rsa-2048)."),
     ("terminal_cert_days", "Validity of a terminal certificate, in days."),
@@ -32,6 +35,10 @@ pub const VPN_KEYS: [(&str, &str); 18] = [
     (
         "crl_days",
         "Days from a CRL's issue to its nextUpdate (CRLs are reissued long before; an expired one locks out everyone).",
+    ),
+    (
+        "crl_validity",
+        "Overrides crl_days with a finer lifetime (e.g. 6h); empty means crl_days. Renewed when half is left.",
     ),
     (
         "renew_before_days",
@@ -65,6 +72,8 @@ pub struct VpnConfig {
     pub server_cert_days: u32,
     pub ca_days: u32,
     pub crl_days: u32,
+    /// A CRL lifetime finer than days (tests, special policies); `None` means `crl_days`.
+    pub crl_validity: Option<Dur>,
     pub renew_before_days: u32,
     pub public_hostname: Option<Host>,
     pub interface: Interface,
@@ -81,7 +90,7 @@ impl Default for VpnConfig {
             terminal_per_instance: 200,
             terminal_subnet: parse_default("10.8.0.0/16"),
             admin_ports: PortRange::new(12000, 12050).expect("default range is valid"),
-            admin_subnet: parse_default("10.9.0.0/24"),
+            admin_subnet: parse_default("10.9.0.0/23"),
             proto: Proto::Tcp,
             key_type: KeyType::default(),
             terminal_cert_days: 730,
@@ -89,6 +98,7 @@ impl Default for VpnConfig {
             server_cert_days: 1825,
             ca_days: 7300,
             crl_days: 30,
+            crl_validity: None,
             renew_before_days: 60,
             public_hostname: None,
             interface: Interface("batm0".into()),
@@ -133,6 +143,7 @@ impl VpnConfig {
             "server_cert_days" => self.server_cert_days.to_string(),
             "ca_days" => self.ca_days.to_string(),
             "crl_days" => self.crl_days.to_string(),
+            "crl_validity" => self.crl_validity.map(render_dur).unwrap_or_default(),
             "renew_before_days" => self.renew_before_days.to_string(),
             "public_hostname" => self.public_hostname.as_ref().map(Host::to_string).unwrap_or_default(),
             "interface" => self.interface.to_string(),
@@ -163,6 +174,7 @@ impl VpnConfig {
             "server_cert_days" => self.server_cert_days = parse_days(v)?,
             "ca_days" => self.ca_days = parse_days(v)?,
             "crl_days" => self.crl_days = parse_days(v)?,
+            "crl_validity" => self.crl_validity = if v.is_empty() { None } else { Some(v.parse().map_err(domain)?) },
             "renew_before_days" => self.renew_before_days = parse_days(v)?,
             "public_hostname" => {
                 self.public_hostname = if v.is_empty() { None } else { Some(v.parse().map_err(domain)?) }
@@ -511,7 +523,7 @@ mod tests {
     #[test]
     fn every_key_set_round_trips() {
         let text = "terminal_front_port=443\nterminal_ports=20000-20003\nterminal_per_instance=50\n\
-                    terminal_subnet=198.18.0.0/22\nadmin_ports=20100-20101\nadmin_subnet=198.19.0.0/29\nproto=udp\n\
+                    terminal_subnet=198.18.0.0/22\nadmin_ports=20100-20101\nadmin_subnet=198.19.0.0/28\nproto=udp\n\
                     key_type=rsa-3072\nterminal_cert_days=400\nadmin_cert_days=90\nserver_cert_days=800\n\
                     ca_days=3650\ncrl_days=7\nrenew_before_days=30\npublic_hostname=vpn.example.com\n\
                     interface=cv_0\ninstance_listen_ip=192.0.2.1\ntoken_ttl=90m\n";
@@ -529,7 +541,7 @@ mod tests {
         assert_eq!(inst[0], (20000, "198.18.0.0/24".parse().unwrap()));
         assert_eq!(inst[3], (20003, "198.18.3.0/24".parse().unwrap()));
         let admin = c.admin_instances().unwrap();
-        assert_eq!(admin, [(20100, "198.19.0.0/30".parse().unwrap()), (20101, "198.19.0.4/30".parse().unwrap())]);
+        assert_eq!(admin, [(20100, "198.19.0.0/29".parse().unwrap()), (20101, "198.19.0.8/29".parse().unwrap())]);
     }
 
     #[test]
@@ -565,6 +577,7 @@ mod tests {
             ("server_cert_days", "1e3", "invalid number of days \"1e3\""),
             ("ca_days", "99999", "99999 days is out of range"),
             ("crl_days", "", "invalid number of days \"\""),
+            ("crl_validity", "soon", "invalid duration \"soon\""),
             ("renew_before_days", "0", "0 days is out of range"),
             ("public_hostname", "a b", "invalid host \"a b\""),
             ("interface", "../x", "invalid interface name \"../x\": only a-z, 0-9, '_' and '-' are allowed"),
@@ -592,7 +605,7 @@ mod tests {
             parse("\nterminal_port=1\n").unwrap_err(),
             "/batm/config/vpn:2: key terminal_port: unknown key; expected one of terminal_front_port, \
              terminal_ports, terminal_per_instance, terminal_subnet, admin_ports, admin_subnet, proto, key_type, \
-             terminal_cert_days, admin_cert_days, server_cert_days, ca_days, crl_days, renew_before_days, \
+             terminal_cert_days, admin_cert_days, server_cert_days, ca_days, crl_days, crl_validity, renew_before_days, \
              public_hostname, interface, instance_listen_ip, token_ttl"
         );
         assert_eq!(parse("just words\n").unwrap_err(), "/batm/config/vpn:1: expected key=value, found \"just words\"");

@@ -61,12 +61,14 @@ mod audit;
 mod certificates;
 mod credentials;
 mod pairing;
+mod pairing_ext;
 mod sessions;
 mod tokens;
 
 pub use audit::AuditRow;
 pub use certificates::{CertRow, NewCert};
 pub use credentials::{Credential, NewTerminal, TerminalLayout};
+pub use pairing_ext::{PendingPairing, Submitted};
 pub use sessions::{NewSession, SessionRow};
 pub use tokens::{NewToken, Redeemed, TokenRow, token_reason};
 

@@ -87,8 +87,9 @@ impl Subnet {
         let bits = usize::BITS - count.saturating_sub(1).leading_zeros();
         let new_len = u32::from(self.0.prefix_len()) + bits;
         let err = |why: String| DomainError::Subnet { shown: shown(&self.to_string()), why };
-        if new_len > 30 {
-            return Err(err(format!("too small to give {count} instances a /30 or larger each")));
+        // openvpn's `server` directive (topology subnet) needs a /29 or larger.
+        if new_len > 29 {
+            return Err(err(format!("too small to give {count} instances a /29 or larger each")));
         }
         let subnets = self.0.subnets(new_len as u8).map_err(|e| err(e.to_string()))?.take(count).map(Subnet).collect();
         Ok(subnets)

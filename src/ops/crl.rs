@@ -21,10 +21,14 @@ pub struct CrlReport {
     pub pem: String,
 }
 
-/// How long a new CRL is valid (nextUpdate − now): `crl_days` from config/vpn.
+/// How long a new CRL is valid (nextUpdate − now): `crl_validity`, else `crl_days` from config/vpn.
 pub fn validity(ctx: &Ctx) -> Duration {
-    let days = ctx.cfg.vpn.as_ref().map_or(crate::config::VpnConfig::default().crl_days, |v| v.crl_days);
-    Duration::days(i64::from(days))
+    let defaults = crate::config::VpnConfig::default();
+    let vpn = ctx.cfg.vpn.as_ref().unwrap_or(&defaults);
+    match vpn.crl_validity {
+        Some(d) => Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        None => Duration::days(i64::from(vpn.crl_days)),
+    }
 }
 
 /// How often `serve` checks the CRLs: a tenth of their validity, at most every minute, so a CRL is renewed when

@@ -63,7 +63,7 @@ fn admin_server_golden() {
         port: 12000,
         dev: &n("cva0"),
         network: "10.9.0.0".parse().unwrap(),
-        netmask: "255.255.255.252".parse().unwrap(),
+        netmask: "255.255.255.248".parse().unwrap(),
         admin_ip: "10.3.2.2".parse().unwrap(),
         ca: &p("/batm/pki/admin-ca.crt"),
         cert: &p("/batm/pki/admin-server.crt"),

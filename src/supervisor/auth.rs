@@ -142,7 +142,7 @@ mod tests {
             kind: Kind::Admin,
             index: None,
             credential: Some(name.parse().unwrap()),
-            subnet: "198.19.0.0/30".parse().unwrap(),
+            subnet: "198.19.0.0/29".parse().unwrap(),
         }
     }
 

@@ -14,6 +14,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod child;
+pub mod deploy;
 pub mod env;
 pub mod lan;
 pub mod netns;

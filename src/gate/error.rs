@@ -1,0 +1,183 @@
+//! The one error type of the gate (and master): each variant maps to an HTTP status and a stable code of the wire
+//! contract. Messages are for humans and never carry a token, a key or a request body.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::wire::{ErrorBody, UpgradeInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the client was too slow to send its request")]
+    Timeout,
+    #[error("invalid pairing token: {0}")]
+    InvalidToken(&'static str),
+    #[error("the pairing token has expired: ask the operator for a new one")]
+    TokenExpired,
+    #[error("the pairing token was already used{0}")]
+    TokenUsed(&'static str),
+    #[error("the pairing token was already used with another key; it is now locked")]
+    KeyMismatch,
+    #[error("pairing is closed: the operator must open a pairing window (cas-vpn pairing open)")]
+    WindowClosed,
+    #[error("too many failed attempts from this address: try again later")]
+    Banned,
+    #[error("invalid CSR: {0}")]
+    InvalidCsr(String),
+    #[error("weak key: {0}")]
+    WeakKey(String),
+    #[error("the CSR asks for CA rights or key-signing usages; terminals get client certificates only")]
+    CsrCaRequested,
+    #[error("the CSR asks for another name ({0}); the certificate can only be for this terminal")]
+    CsrNameMismatch(String),
+    #[error("terminal version {version} is older than {min}: upgrade first")]
+    UpgradeRequired { version: String, min: u32, upgrade: Option<UpgradeInfo> },
+    #[error("every download slot is busy: retry later")]
+    SlotsFull { retry_after: u64 },
+    #[error("the upgrade package is not available yet: retry later")]
+    UpgradeUnavailable { retry_after: u64 },
+    #[error("the current certificate is not yet in its renewal window (from {0})")]
+    NotInRenewalWindow(String),
+    #[error("the pairing was rejected by an administrator")]
+    Rejected,
+    #[error("the pairing request expired before it was approved: start again")]
+    Expired,
+    #[error("the server-made profile was delivered once and deleted: ask the operator to issue a new one")]
+    AlreadyDelivered,
+    #[error("too many pairings are waiting for approval: retry later")]
+    TooManyPending,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("internal error")]
+    Internal,
+}
+
+impl GateError {
+    pub fn status(&self) -> StatusCode {
+        use GateError::*;
+        match self {
+            InvalidRequest(_) | InvalidCsr(_) | WeakKey(_) | CsrCaRequested | CsrNameMismatch(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Timeout => StatusCode::REQUEST_TIMEOUT,
+            InvalidToken(_) | TokenExpired | WindowClosed | Banned | Rejected | Forbidden => StatusCode::FORBIDDEN,
+            TokenUsed(_) | KeyMismatch | NotInRenewalWindow(_) => StatusCode::CONFLICT,
+            UpgradeRequired { .. } => StatusCode::UPGRADE_REQUIRED,
+            SlotsFull { .. } | UpgradeUnavailable { .. } | TooManyPending => StatusCode::SERVICE_UNAVAILABLE,
+            Expired | AlreadyDelivered => StatusCode::GONE,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code of the wire contract.
+    pub fn code(&self) -> &'static str {
+        use GateError::*;
+        match self {
+            InvalidRequest(_) => "invalid_request",
+            TooLarge(_) => "too_large",
+            Timeout => "timeout",
+            InvalidToken(_) => "invalid_token",
+            TokenExpired => "token_expired",
+            TokenUsed(_) => "token_used",
+            KeyMismatch => "key_mismatch",
+            WindowClosed => "window_closed",
+            Banned => "banned",
+            InvalidCsr(_) => "invalid_csr",
+            WeakKey(_) => "weak_key",
+            CsrCaRequested => "csr_ca_requested",
+            CsrNameMismatch(_) => "csr_name_mismatch",
+            UpgradeRequired { .. } => "upgrade_required",
+            SlotsFull { .. } => "slots_full",
+            UpgradeUnavailable { .. } => "upgrade_unavailable",
+            NotInRenewalWindow(_) => "not_in_renewal_window",
+            Rejected => "rejected",
+            Expired => "expired",
+            AlreadyDelivered => "already_delivered",
+            TooManyPending => "too_many_pending",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Forbidden => "forbidden",
+            Internal => "internal",
+        }
+    }
+
+    /// Whether this refusal counts towards the per-address ban: anything a guessing or fuzzing client causes.
+    /// A closed window, an old version, busy slots or our own faults never do.
+    pub fn counts_as_failure(&self) -> bool {
+        use GateError::*;
+        matches!(
+            self,
+            InvalidRequest(_)
+                | TooLarge(_)
+                | InvalidToken(_)
+                | TokenExpired
+                | TokenUsed(_)
+                | KeyMismatch
+                | InvalidCsr(_)
+                | WeakKey(_)
+                | CsrCaRequested
+                | CsrNameMismatch(_)
+                | NotFound
+        )
+    }
+
+    /// Logs an internal fault (never shown to the client) and hides it behind `Internal`.
+    pub fn internal(e: impl std::fmt::Display) -> GateError {
+        tracing::error!(error = %e, "internal error");
+        GateError::Internal
+    }
+}
+
+impl From<cas_pki::CsrError> for GateError {
+    fn from(e: cas_pki::CsrError) -> GateError {
+        match e {
+            cas_pki::CsrError::WeakKey(m) => GateError::WeakKey(m),
+            other => GateError::InvalidCsr(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for GateError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let retry_after = match &self {
+            GateError::SlotsFull { retry_after } | GateError::UpgradeUnavailable { retry_after } => Some(*retry_after),
+            GateError::TooManyPending => Some(60),
+            _ => None,
+        };
+        let upgrade = match &self {
+            GateError::UpgradeRequired { upgrade, .. } => upgrade.clone(),
+            _ => None,
+        };
+        let body = ErrorBody { error: self.code().to_owned(), message: self.to_string(), upgrade };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+impl From<crate::db::DbError> for GateError {
+    fn from(e: crate::db::DbError) -> GateError {
+        GateError::internal(e)
+    }
+}
+
+impl From<crate::ops::OpsError> for GateError {
+    fn from(e: crate::ops::OpsError) -> GateError {
+        GateError::internal(e)
+    }
+}

@@ -1,0 +1,381 @@
+//! `POST /v1/pair` (token and approval flows) and `GET /v1/pair/{id}` (approval polling).
+//!
+//! Order of checks, cheapest and least revealing first: ban → window → body → version → token (parse, lookup,
+//! constant-time secret check, pin) → CSR. Only then is anything written: one store transaction that uses the token
+//! and records the certificate. Refusals caused by the client count towards a ban of its address.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cas_pki::Validity;
+
+use super::csr::{self, CheckedCsr};
+use super::error::GateError;
+use super::wire::{
+    MIN_TERMINAL_VERSION, PairRequest, PairResponse, PendingResponse, UpgradeInfo, pairing_code, version_date,
+};
+use super::{GateState, MAX_FAILURES, BAN_SECS, read_json, server::peer_ip};
+use crate::db::{Credential, DbError, PendingPairing, Redeemed, Submitted, token_reason};
+use crate::domain::{Kind, Name, PairingToken};
+use crate::ops::init::new_cert;
+use crate::ops::now;
+
+/// An approval-flow pairing waits this long for an admin.
+pub const PENDING_TTL_SECS: i64 = 3600;
+/// At most this many approval-flow pairings wait at once (a flood of CSRs cannot fill the store).
+pub const MAX_PENDING: u32 = 500;
+/// Marks the token of a server-keygen delivery (the requester's key identifies a retry, or `none`).
+const KEYGEN_PREFIX: &str = "keygen:";
+
+/// What a successful pairing request gets.
+pub enum Outcome {
+    Paired(PairResponse),
+    Pending(PendingResponse),
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        let mut r = match self {
+            Outcome::Paired(p) => (StatusCode::OK, Json(p)).into_response(),
+            Outcome::Pending(p) => (StatusCode::ACCEPTED, Json(p)).into_response(),
+        };
+        r.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+        r
+    }
+}
+
+pub async fn pair(
+    State(st): State<GateState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Outcome, GateError> {
+    let ip = peer_ip(&peer).to_string();
+    let now = now();
+    guarded(&st, &ip, now, "pair", async {
+        if !window_open(&st, now).await? {
+            return Err(GateError::WindowClosed);
+        }
+        let req: PairRequest = read_json(&headers, body).await?;
+        check_terminal_info(&st, &req)?;
+        match req.token.as_deref() {
+            Some(token) => token_flow(&st, &req, token, now).await,
+            None => approval_flow(&st, &req, &ip, now).await,
+        }
+    })
+    .await
+}
+
+pub async fn poll(
+    State(st): State<GateState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Result<Outcome, GateError> {
+    let ip = peer_ip(&peer).to_string();
+    let now = now();
+    guarded(&st, &ip, now, "poll", async {
+        if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(GateError::NotFound);
+        }
+        let p = st.ctx().store.pending_pairing(&id).await?.ok_or(GateError::NotFound)?;
+        pending_answer(&st, p, now).await
+    })
+    .await
+}
+
+/// Refuses banned addresses up front, counts the client's failures, logs the outcome (never the body).
+pub(crate) async fn guarded<T>(
+    st: &GateState,
+    ip: &str,
+    now: i64,
+    what: &'static str,
+    work: impl Future<Output = Result<T, GateError>>,
+) -> Result<T, GateError> {
+    let store = &st.ctx().store;
+    if store.is_banned(ip, now).await? {
+        tracing::info!(ip, what, outcome = "banned");
+        return Err(GateError::Banned);
+    }
+    let result = work.await;
+    match &result {
+        Ok(_) => tracing::info!(ip, what, outcome = "ok"),
+        Err(e) => {
+            let mut banned = false;
+            if e.counts_as_failure() {
+                banned = store.record_failure(ip, now, MAX_FAILURES, BAN_SECS).await?;
+            }
+            tracing::info!(ip, what, outcome = e.code(), banned_now = banned);
+        }
+    }
+    result
+}
+
+async fn window_open(st: &GateState, now: i64) -> Result<bool, GateError> {
+    Ok(st.ctx().store.pairing_window().await?.is_some_and(|until| until > now))
+}
+
+fn check_terminal_info(st: &GateState, req: &PairRequest) -> Result<(), GateError> {
+    let v = &req.terminal.version;
+    let Some(date) = version_date(v) else {
+        return Err(GateError::InvalidRequest("terminal.version must start with YYYYMMDD, e.g. 20240115".into()));
+    };
+    if let Some(serial) = &req.terminal.serial
+        && (serial.is_empty() || serial.len() > 64 || !serial.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(GateError::InvalidRequest(
+            "terminal.serial must be 1 to 64 printable ASCII characters without spaces".into(),
+        ));
+    }
+    let min = st.0.upgrades.min_version().unwrap_or(MIN_TERMINAL_VERSION);
+    if date < min {
+        let upgrade: Option<UpgradeInfo> = st.0.upgrades.info();
+        return Err(GateError::UpgradeRequired { version: v.clone(), min, upgrade });
+    }
+    Ok(())
+}
+
+/// The token flow (zero-touch).
+async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> Result<Outcome, GateError> {
+    let store = &st.ctx().store;
+    let token: PairingToken = text.parse().map_err(|_| GateError::InvalidToken("malformed"))?;
+    let row = store.token(token.id()).await?;
+    // An unknown id and a wrong secret look the same from outside.
+    let Some(row) = row.filter(|r| token.matches_hash(&r.secret_hash)) else {
+        return Err(GateError::InvalidToken("unknown token"));
+    };
+    tracing::info!(token_id = token.id(), "pairing token presented");
+    if token.pin() != &st.0.pin {
+        return Err(GateError::InvalidToken("made for another gate key"));
+    }
+    let cred = store
+        .credential_by_id(row.credential_id)
+        .await?
+        .ok_or_else(|| GateError::internal("token of a missing credential"))?;
+    if cred.kind != Kind::Terminal {
+        return Err(GateError::internal("token of a non-terminal credential"));
+    }
+    if cred.is_revoked() {
+        return Err(GateError::InvalidToken("its terminal was revoked"));
+    }
+    if row.locked_at.is_some() {
+        return Err(GateError::TokenUsed(" and is locked"));
+    }
+    let checked = req.csr.as_deref().map(|p| csr::check(p, Some(cred.name.as_str()))).transpose()?;
+    let hw = req.terminal.serial.as_deref();
+
+    let pending = pending_profile(st, &cred.name);
+    let keygen_used = row.pubkey_sha256.as_deref().is_some_and(|k| k.starts_with(KEYGEN_PREFIX));
+    if keygen_used || (row.used_at.is_none() && pending.is_file()) {
+        return keygen_flow(st, &token, &row, &cred, checked.as_ref(), hw, now).await;
+    }
+
+    let checked = checked.ok_or_else(|| GateError::InvalidRequest("missing field `csr`".into()))?;
+    let pk = checked.public_key_sha256_hex();
+    if row.used_at.is_some() {
+        if row.pubkey_sha256.as_deref() == Some(pk.as_str()) {
+            let serial = row.cert_serial.as_deref().unwrap_or_default();
+            return answer_for_serial(st, &cred, serial).await;
+        }
+        store.lock_token(token.id(), now).await?;
+        return Err(GateError::KeyMismatch);
+    }
+    if row.expires_at <= now {
+        return Err(GateError::TokenExpired);
+    }
+
+    let (cert_pem, serial) = st
+        .0
+        .ca
+        .sign_csr(&checked.csr, cred.name.as_str(), Validity::days_from_now(st.0.cert_days))
+        .map_err(GateError::internal)?;
+    let new = new_cert(&cert_pem, serial)?;
+    // Rendered before the store changes, so a failure here writes nothing.
+    let answer = answer(st, &cred.name, &new.cert_pem, &new.serial)?;
+    match store.redeem_token(token.id(), &pk, &new, now).await {
+        Ok(Redeemed::Fresh { credential_id, .. }) => {
+            if hw.is_some() {
+                store.mark_paired(credential_id, hw, now).await?;
+            }
+            tracing::info!(token_id = token.id(), terminal = %cred.name, serial = %new.serial, "terminal paired");
+            Ok(answer)
+        }
+        Ok(Redeemed::AlreadySameKey { cert_serial, .. }) => answer_for_serial(st, &cred, &cert_serial).await,
+        Err(DbError::TokenUnusable { reason }) => Err(refusal(reason)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Server-keygen delivery: the profile (private key included) was made at `terminal add` and waits in
+/// `pki/pending/<name>.ovpn`. It is handed out once, then deleted: the store records the delivery (token used by
+/// this requester's key, terminal paired), the file is removed, and only then is the answer sent. A retry by the
+/// same requester gets the same profile as long as the file still exists (a crash between the two steps), else
+/// `already_delivered` (410): a private key the server no longer holds cannot be sent again.
+async fn keygen_flow(
+    st: &GateState,
+    token: &PairingToken,
+    row: &crate::db::TokenRow,
+    cred: &Credential,
+    checked: Option<&CheckedCsr>,
+    hw: Option<&str>,
+    now: i64,
+) -> Result<Outcome, GateError> {
+    let store = &st.ctx().store;
+    let identity = format!("{KEYGEN_PREFIX}{}", checked.map_or_else(|| "none".to_owned(), |c| c.public_key_sha256_hex()));
+    if row.used_at.is_some() && row.pubkey_sha256.as_deref() != Some(identity.as_str()) {
+        store.lock_token(token.id(), now).await?;
+        return Err(GateError::KeyMismatch);
+    }
+    if row.used_at.is_none() && row.expires_at <= now {
+        return Err(GateError::TokenExpired);
+    }
+    let path = pending_profile(st, &cred.name);
+    let Some(text) = crate::sys::fs::read_optional(&path).map_err(GateError::internal)? else {
+        return Err(if row.used_at.is_some() { GateError::AlreadyDelivered } else { GateError::internal("profile missing") });
+    };
+    let serial = store
+        .certificates_of(cred.id)
+        .await?
+        .into_iter()
+        .filter(|c| c.revoked_at.is_none())
+        .max_by_key(|c| c.not_after)
+        .map(|c| c.serial)
+        .ok_or_else(|| GateError::internal("server-keygen terminal without a certificate"))?;
+    match store.redeem_token_keygen(token.id(), &identity, &serial, hw, now).await {
+        Ok(_) => {}
+        Err(DbError::TokenUnusable { reason }) => return Err(refusal(reason)),
+        Err(e) => return Err(e.into()),
+    }
+    remove_delivered(&path)?;
+    tracing::info!(token_id = token.id(), terminal = %cred.name, "server-made profile delivered and deleted");
+    let ovpn = st.0.delivery.as_ref().map(|_| text);
+    Ok(Outcome::Paired(PairResponse { terminal: cred.name.to_string(), ovpn, master: st.0.master.clone() }))
+}
+
+/// The approval flow: record (or find) the pairing of this key and answer with its state.
+async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) -> Result<Outcome, GateError> {
+    let pem = req.csr.as_deref().ok_or_else(|| GateError::InvalidRequest("missing field `csr`".into()))?;
+    let checked = csr::check(pem, None)?;
+    if let Some(cn) = &checked.common_name
+        && cn.parse::<Name>().is_err()
+    {
+        return Err(GateError::CsrNameMismatch(format!("CN {} is not a valid terminal name", crate::domain::shown(cn))));
+    }
+    let new = PendingPairing {
+        id: hex::encode(rand::random::<[u8; 16]>()),
+        pubkey_sha256: checked.public_key_sha256_hex(),
+        csr_pem: pem.to_owned(),
+        code: pairing_code(&checked.csr.public_key_sha256()),
+        common_name: checked.common_name.clone(),
+        hw_serial: req.terminal.serial.clone(),
+        version: Some(req.terminal.version.clone()),
+        source_ip: ip.to_owned(),
+        created_at: now,
+        expires_at: now + PENDING_TTL_SECS,
+        state: "pending".into(),
+        decided_at: None,
+        credential_id: None,
+        cert_serial: None,
+    };
+    match st.ctx().store.submit_pending_pairing(&new, MAX_PENDING, now).await? {
+        Submitted::Created(p) => {
+            tracing::info!(pairing_id = %p.id, code = %p.code, ip, "pairing waits for approval");
+            pending_answer(st, p, now).await
+        }
+        Submitted::Existing(p) => pending_answer(st, p, now).await,
+        Submitted::TooMany => Err(GateError::TooManyPending),
+    }
+}
+
+async fn pending_answer(st: &GateState, p: PendingPairing, now: i64) -> Result<Outcome, GateError> {
+    match p.state.as_str() {
+        "pending" if p.expires_at > now => Ok(Outcome::Pending(PendingResponse { pairing_id: p.id, code: p.code })),
+        "pending" => Err(GateError::Expired),
+        "rejected" => Err(GateError::Rejected),
+        "approved" => {
+            let (Some(id), Some(serial)) = (p.credential_id, p.cert_serial.as_deref()) else {
+                return Err(GateError::internal("approved pairing without a certificate"));
+            };
+            let cred = st.ctx().store.credential_by_id(id).await?.ok_or_else(|| GateError::internal("no terminal"))?;
+            if cred.is_revoked() {
+                return Err(GateError::Rejected);
+            }
+            answer_for_serial(st, &cred, serial).await
+        }
+        other => Err(GateError::internal(format!("unknown pairing state {other}"))),
+    }
+}
+
+/// The answer for a certificate recorded earlier (retries, polls): re-rendered, byte-identical.
+async fn answer_for_serial(st: &GateState, cred: &Credential, serial: &str) -> Result<Outcome, GateError> {
+    let cert = st
+        .ctx()
+        .store
+        .certificate_by_serial(serial)
+        .await?
+        .filter(|c| c.credential_id == Some(cred.id))
+        .ok_or_else(|| GateError::internal("the recorded certificate is missing"))?;
+    if cert.revoked_at.is_some() {
+        return Err(GateError::InvalidToken("its certificate was revoked"));
+    }
+    answer(st, &cred.name, &cert.cert_pem, &cert.serial)
+}
+
+fn answer(st: &GateState, name: &Name, cert_pem: &str, serial: &str) -> Result<Outcome, GateError> {
+    let ovpn = st.0.delivery.as_ref().map(|d| d.render(name, cert_pem, serial)).transpose()?;
+    Ok(Outcome::Paired(PairResponse { terminal: name.to_string(), ovpn, master: st.0.master.clone() }))
+}
+
+fn refusal(reason: &'static str) -> GateError {
+    match reason {
+        token_reason::EXPIRED => GateError::TokenExpired,
+        token_reason::USED => GateError::TokenUsed(""),
+        token_reason::KEY_MISMATCH => GateError::KeyMismatch,
+        token_reason::LOCKED => GateError::TokenUsed(" and is locked"),
+        token_reason::REVOKED => GateError::InvalidToken("its terminal was revoked"),
+        _ => GateError::InvalidToken("unknown token"),
+    }
+}
+
+fn pending_profile(st: &GateState, name: &Name) -> std::path::PathBuf {
+    st.ctx().pki.pending_dir().join(format!("{name}.ovpn"))
+}
+
+/// Deletes a delivered profile and makes the deletion durable.
+fn remove_delivered(path: &std::path::Path) -> Result<(), GateError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(GateError::internal(format!("cannot delete {}: {e}", path.display()))),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(GateError::internal)?;
+    }
+    Ok(())
+}
+
+/// Removes server-made profiles whose delivery the store already recorded (a crash between the store commit and
+/// the delete). Run when the gate starts.
+pub async fn sweep_delivered(st: &GateState) -> Result<usize, crate::ops::OpsError> {
+    let dir = st.ctx().pki.pending_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".ovpn")).and_then(|n| n.parse::<Name>().ok())
+        else {
+            continue;
+        };
+        let delivered = match st.ctx().store.credential_by_name(&name).await? {
+            Some(c) => c.paired_at.is_some() || c.is_revoked(),
+            None => false,
+        };
+        if delivered && remove_delivered(&e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

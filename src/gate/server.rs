@@ -1,0 +1,139 @@
+//! The HTTP(S) accept loop shared by the gate (TLS) and master (plain HTTP inside the tunnel).
+//!
+//! What a hostile or broken client can hold is bounded: a capped number of connections, a TLS handshake timeout,
+//! a header timeout (hyper), a body timeout and size cap (the handlers), no keep-alive (a terminal makes a handful
+//! of requests; an idle connection is nothing but a held slot), and a ceiling on any connection's lifetime. The
+//! peer address of the TCP connection goes into every request as `ConnectInfo<SocketAddr>`: bans and master's
+//! identification use it, never a header.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use openssl::ssl::{Ssl, SslAcceptor, SslMethod, SslVersion};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_openssl::SslStream;
+use tower::ServiceExt;
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    /// No connection lives longer than this (a download on a very slow link included).
+    pub max_connection_time: Duration,
+    /// How long a graceful shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_connection_time: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A TLS 1.2+ acceptor for a certificate and its key (PEM).
+pub fn tls_acceptor(cert_pem: &str, key_pem: &str) -> Result<SslAcceptor, openssl::error::ErrorStack> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_certificate(&openssl::x509::X509::from_pem(cert_pem.as_bytes())?)?;
+    b.set_private_key(&openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes())?)?;
+    b.check_private_key()?;
+    Ok(b.build())
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then stops accepting and lets requests in flight finish
+/// (at most `drain_timeout`).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<SslAcceptor>,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let tls = tls.map(Arc::new);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: wait a little rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing a new connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req)
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(false);
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        let Ok(ssl) = Ssl::new(acceptor.context()) else { return };
+                        let Ok(mut s) = SslStream::new(ssl, stream) else { return };
+                        match tokio::time::timeout(limits.handshake_timeout, Pin::new(&mut s).accept()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        }
+                        let _ = watcher.watch(http.serve_connection(TokioIo::new(s), svc)).await;
+                    }
+                    None => {
+                        let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), svc)).await;
+                    }
+                }
+            };
+            if tokio::time::timeout(limits.max_connection_time, served).await.is_err() {
+                tracing::info!(%peer, "connection closed after the maximum connection time");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.drain_timeout) => tracing::warn!("requests still in flight at shutdown were cut"),
+    }
+    Ok(())
+}
+
+/// The address a request came from, as the TCP peer saw it (IPv4-mapped IPv6 shown as IPv4).
+pub fn peer_ip(peer: &SocketAddr) -> std::net::IpAddr {
+    peer.ip().to_canonical()
+}

@@ -1,0 +1,189 @@
+//! A whole cas-vpn deployment for e2e tests: an installation root configured with test addresses only, `cas-vpn
+//! serve vpn` running in the server namespace of a `Lan`, and helpers to make credentials and connect real
+//! openvpn clients from the client namespaces. The CLI runs in the host namespace: it talks to the store and to
+//! serve's control socket (a filesystem socket), never to the network.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use super::{ChildGuard, Lan, Netns, openvpn_client, temp_dir, wait_until};
+
+/// The server's address on the test LAN: what profiles connect to.
+pub const PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const MASTER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const ADMIN_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const GATE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cas-vpn")
+}
+
+pub struct Deployment {
+    // Field order is drop order: serve stops before the namespaces go, the root goes last.
+    serve: Option<ChildGuard>,
+    pub lan: Lan,
+    pub root: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// A LAN with `clients` client namespaces and an initialised root; `vpn` overrides config/vpn keys.
+    pub fn new(clients: usize, vpn: &[(&str, &str)]) -> Deployment {
+        let lan = Lan::new(clients);
+        let root = temp_dir("root");
+        std::fs::create_dir_all(root.path().join("config")).unwrap();
+        std::fs::write(
+            root.path().join("config/network"),
+            format!(
+                "public_ip={PUBLIC_IP}\nmaster_bind_ip={MASTER_IP}\ngate_bind_ip={GATE_IP}\nadmin_bind_ip={ADMIN_IP}\n"
+            ),
+        )
+        .unwrap();
+        let d = Deployment { serve: None, lan, root };
+        d.ok(&["init"]);
+        let mut keys =
+            vec![("terminal_subnet", "198.18.0.0/16"), ("admin_subnet", "198.19.0.0/23"), ("interface", "cvsvc0")];
+        keys.extend_from_slice(vpn);
+        d.set_vpn(&keys);
+        d
+    }
+
+    /// Rewrites keys of config/vpn (replacing their lines).
+    pub fn set_vpn(&self, keys: &[(&str, &str)]) {
+        let path = self.root.path().join("config/vpn");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !keys.iter().any(|(k, _)| l.starts_with(&format!("{k}="))))
+            .map(str::to_owned)
+            .collect();
+        lines.extend(keys.iter().map(|(k, v)| format!("{k}={v}")));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn server(&self) -> &Netns {
+        self.lan.server()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .env("CAS_VPN_ROOT", self.root())
+            .env_remove("CAS_VPN_DATABASE_URL")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "cas-vpn {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Starts `serve vpn` in the server namespace and waits until every instance is ready; returns how long
+    /// that took.
+    pub fn start(&mut self) -> Duration {
+        assert!(self.serve.is_none(), "already serving");
+        let t0 = Instant::now();
+        let mut cmd = self.server().cmd(bin());
+        cmd.env("CAS_VPN_ROOT", self.root()).env("RUST_LOG", "info").args(["serve", "vpn"]);
+        self.serve = Some(ChildGuard::spawn("serve", cmd));
+        self.wait_ready(Duration::from_secs(20));
+        t0.elapsed()
+    }
+
+    /// Waits until `serve` reports every planned instance running and ready.
+    pub fn wait_ready(&self, timeout: Duration) {
+        wait_until("every instance is ready", timeout, || {
+            let out = self.cli(&["status", "--json"]);
+            let Ok(s) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return false };
+            let planned = s["instances"].as_array().map_or(0, Vec::len);
+            let running = s["running"].as_array().cloned().unwrap_or_default();
+            planned > 0 && running.len() == planned && running.iter().all(|i| i["ready"] == true)
+        });
+    }
+
+    pub fn serve_guard(&mut self) -> &mut ChildGuard {
+        self.serve.as_mut().expect("serving")
+    }
+
+    /// kill -9 of the cas-vpn process itself (not its children: they must go by themselves).
+    pub fn kill9_serve(&mut self) {
+        let mut g = self.serve.take().expect("serving");
+        g.signal(nix::sys::signal::Signal::SIGKILL);
+        g.wait_exit(Duration::from_secs(5));
+    }
+
+    /// openvpn processes running in the server namespace.
+    pub fn server_openvpn_pids(&self) -> Vec<i32> {
+        self.server()
+            .pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).trim() == "openvpn")
+            })
+            .collect()
+    }
+
+    /// A terminal with a server-made profile; returns a copy of the profile (revocation deletes the pending one).
+    pub fn terminal(&self, name: &str) -> PathBuf {
+        let r = self.json(&["terminal", "add", name, "--server-keygen"]);
+        let copy = self.root().join(format!("client-{name}.ovpn"));
+        std::fs::copy(r["profile"].as_str().unwrap(), &copy).unwrap();
+        copy
+    }
+
+    pub fn tunnel_ip(&self, name: &str) -> Ipv4Addr {
+        self.json(&["terminal", "show", name])["tunnel_ip"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// An admin credential; returns its profile and port.
+    pub fn admin(&self, name: &str) -> (PathBuf, u16) {
+        let path = self.root().join(format!("admin-{name}.ovpn"));
+        let r = self.json(&["admin-vpn", "issue", name, "--out", path.to_str().unwrap()]);
+        (path, r["port"].as_u64().unwrap() as u16)
+    }
+
+    /// Runs an openvpn client from client namespace `i`.
+    pub fn connect(&self, i: usize, profile: &Path) -> ChildGuard {
+        openvpn_client::<&str>(self.lan.client(i), profile, &[])
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.json(&["status"])
+    }
+
+    /// Live sessions (from the store) of credential `name`.
+    pub fn sessions_of(&self, name: &str) -> usize {
+        self.status()["sessions"].as_array().unwrap().iter().filter(|s| s["common_name"] == name).count()
+    }
+
+    /// The running instance entry named `name`.
+    pub fn instance(&self, name: &str) -> serde_json::Value {
+        self.status()["running"].as_array().unwrap().iter().find(|i| i["name"] == name).cloned().unwrap_or_default()
+    }
+}
+
+/// A copy of `profile` with its `remote` line pointing at another port (to knock on the wrong instance).
+pub fn retarget(profile: &Path, port: u16) -> PathBuf {
+    let text = std::fs::read_to_string(profile).unwrap();
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| if l.starts_with("remote ") { format!("remote {PUBLIC_IP} {port}") } else { l.to_owned() })
+        .collect();
+    let path = profile.with_extension(format!("{port}.ovpn"));
+    std::fs::write(&path, out.join("\n") + "\n").unwrap();
+    path
+}

@@ -1,0 +1,237 @@
+//! The VPN runtime end to end (issue "VPN runtime"): real `cas-vpn serve vpn` and real openvpn clients in
+//! network namespaces. Each test builds its own deployment and removes it, also when it fails.
+
+use std::time::{Duration, Instant};
+
+use crate::support::deploy::{ADMIN_IP, Deployment, MASTER_IP, PUBLIC_IP, retarget};
+use crate::support::openvpn::INIT_COMPLETED;
+use crate::support::{
+    client_address, require_root, tcp_connect, tcp_listener, tun_device, wait_initialized, wait_until,
+};
+
+const CONNECT: Duration = Duration::from_secs(20);
+const PROBE: Duration = Duration::from_secs(2);
+
+/// Lines an openvpn client prints when the server turned it away (TLS refused, denied, or reset).
+fn refused(l: &str) -> bool {
+    ["AUTH_FAILED", "TLS Error", "VERIFY ERROR", "Connection reset", "TLS key negotiation failed", "SIGUSR1"]
+        .iter()
+        .any(|s| l.contains(s))
+}
+
+#[test]
+fn terminal_connects_through_the_front_port_and_reaches_only_master() {
+    if !require_root() {
+        return;
+    }
+    let mut d = Deployment::new(1, &[]);
+    let profile = d.terminal("atm-1");
+    let expected_ip = d.tunnel_ip("atm-1");
+    d.start();
+    let _master = tcp_listener(d.server(), MASTER_IP, 7741);
+    let _admin = tcp_listener(d.server(), ADMIN_IP, 7777);
+
+    let client = d.connect(0, &profile);
+    assert!(std::fs::read_to_string(&profile).unwrap().contains(&format!("remote {PUBLIC_IP} 7742")));
+    wait_initialized(&client, CONNECT);
+    let ns = d.lan.client(0);
+    assert_eq!(client_address(ns, &client), expected_ip, "the stable address allocated at creation");
+
+    // Pushed: a route to master only.
+    let routes = ns.ip(&["-4", "route"]).unwrap();
+    assert!(routes.contains(&MASTER_IP.to_string()), "{routes}");
+    assert!(!routes.contains(&ADMIN_IP.to_string()), "{routes}");
+    assert!(tcp_connect(ns, MASTER_IP, 7741, PROBE), "master is reachable through the tunnel");
+
+    // A terminal that routes admin_bind_ip into its tunnel itself still cannot reach it (isolation rules).
+    let dev = tun_device(&client).unwrap();
+    ns.ip(&["route", "add", &format!("{ADMIN_IP}/32"), "dev", &dev]).unwrap();
+    assert!(!tcp_connect(ns, ADMIN_IP, 7777, PROBE), "admin_bind_ip must be unreachable from a terminal tunnel");
+    assert!(tcp_connect(ns, MASTER_IP, 7741, PROBE), "and master still is");
+
+    // The session is in the store with the real (pre-NAT) address the front saw, and the terminal is online.
+    wait_until("the session is recorded", CONNECT, || d.sessions_of("atm-1") == 1);
+    let s = d.status();
+    let session = s["sessions"].as_array().unwrap().iter().find(|s| s["common_name"] == "atm-1").unwrap().clone();
+    assert_eq!(session["tunnel_ip"], expected_ip.to_string());
+    assert!(session["real_addr"].as_str().unwrap().starts_with(&d.lan.client_ip(0).to_string()), "{session}");
+    let list = d.json(&["terminal", "list"]);
+    assert_eq!(list[0]["state"], "online");
+}
+
+#[test]
+fn admin_vpn_one_credential_one_port_one_session() {
+    if !require_root() {
+        return;
+    }
+    let mut d = Deployment::new(3, &[]);
+    let terminal = d.terminal("atm-1");
+    d.start();
+    // Issued while serve runs: its instance starts without restarting anything else.
+    let before = d.instance("terminal-0")["pid"].clone();
+    let (alice, alice_port) = d.admin("alice");
+    let (_bob, bob_port) = d.admin("bob");
+    assert_eq!((alice_port, bob_port), (12000, 12001));
+    d.wait_ready(CONNECT);
+    assert_eq!(d.instance("terminal-0")["pid"], before, "terminal instances untouched by admin changes");
+    let _admin_ui = tcp_listener(d.server(), ADMIN_IP, 7777);
+    let _master = tcp_listener(d.server(), MASTER_IP, 7741);
+
+    let a1 = d.connect(0, &alice);
+    wait_initialized(&a1, CONNECT);
+    let ns = d.lan.client(0);
+    assert!(tcp_connect(ns, ADMIN_IP, 7777, PROBE), "admin reaches admin_bind_ip");
+    let dev = tun_device(&a1).unwrap();
+    ns.ip(&["route", "add", &format!("{MASTER_IP}/32"), "dev", &dev]).unwrap();
+    assert!(!tcp_connect(ns, MASTER_IP, 7741, PROBE), "admin tunnels reach admin_bind_ip only");
+
+    // A terminal credential on an admin port: refused (other CA, and no CONNECT answer would let it in).
+    let t_on_admin = d.connect(1, &retarget(&terminal, alice_port));
+    t_on_admin.wait_for_line(refused, CONNECT);
+    assert!(!t_on_admin.contains(INIT_COMPLETED));
+    // Alice's credential on Bob's port: refused.
+    let alice_on_bob = d.connect(2, &retarget(&alice, bob_port));
+    alice_on_bob.wait_for_line(refused, CONNECT);
+    assert!(!alice_on_bob.contains(INIT_COMPLETED));
+    drop((t_on_admin, alice_on_bob));
+    assert_eq!(d.sessions_of("atm-1"), 0);
+
+    // A second session of Alice's credential: the newest wins, there are never two.
+    wait_until("alice's first session is recorded", CONNECT, || d.sessions_of("alice") == 1);
+    let mark = a1.mark();
+    let a2 = d.connect(1, &alice);
+    wait_initialized(&a2, CONNECT);
+    a1.wait_for_line_from(mark, refused, CONNECT);
+    wait_until("one alice session", CONNECT, || d.sessions_of("alice") == 1);
+    let s = d.status();
+    let live = s["sessions"].as_array().unwrap().iter().find(|s| s["common_name"] == "alice").unwrap().clone();
+    assert!(live["real_addr"].as_str().unwrap().starts_with(&d.lan.client_ip(1).to_string()), "{live}");
+    // Stop the first client from retrying so the check below is about the winner only.
+    drop(a1);
+    assert!(tcp_connect(d.lan.client(1), ADMIN_IP, 7777, PROBE));
+
+    // Revoking Alice stops her instance and frees her port.
+    let r = d.json(&["revoke", "alice"]);
+    assert_eq!(r["killed_sessions"], 1);
+    assert_eq!(r["freed_port"], 12000);
+    wait_until("alice's instance is gone", CONNECT, || d.instance("admin-12000").is_null());
+}
+
+#[test]
+fn revoke_ends_the_session_within_a_second_and_it_never_returns() {
+    if !require_root() {
+        return;
+    }
+    let mut d = Deployment::new(2, &[]);
+    let p1 = d.terminal("atm-1");
+    let p2 = d.terminal("atm-2");
+    d.start();
+    let _master = tcp_listener(d.server(), MASTER_IP, 7741);
+    let c1 = d.connect(0, &p1);
+    let c2 = d.connect(1, &p2);
+    wait_initialized(&c1, CONNECT);
+    wait_initialized(&c2, CONNECT);
+    wait_until("both sessions recorded", CONNECT, || d.sessions_of("atm-1") == 1 && d.sessions_of("atm-2") == 1);
+
+    let mark = c1.mark();
+    let t0 = Instant::now();
+    let r = d.json(&["revoke", "atm-1"]);
+    let returned = t0.elapsed();
+    assert_eq!(r["killed_sessions"], 1, "{r}");
+    // The client sees its session end (the server resets it).
+    let (_, line) = c1.wait_for_line_from(mark, refused, Duration::from_secs(1));
+    let gone = t0.elapsed();
+    eprintln!("revoke returned after {returned:?}; the client saw `{line}` after {gone:?}");
+    assert!(gone <= Duration::from_secs(1), "session must end within 1 s, took {gone:?}");
+    assert_eq!(d.sessions_of("atm-1"), 0);
+
+    // It keeps retrying (connect-retry, auth-retry nointeract) and is refused every time: the front closes
+    // connections whose key names a revoked terminal; behind it the CRL and the CONNECT answer refuse it too.
+    wait_until("three refused reconnection attempts", CONNECT, || {
+        c1.lines()[mark..].iter().filter(|l| l.contains("TCP connection established")).count() >= 3
+    });
+    assert!(!c1.lines()[mark..].iter().any(|l| l.contains(INIT_COMPLETED)), "a revoked terminal never gets back in");
+
+    // The other terminal is untouched.
+    assert!(tcp_connect(d.lan.client(1), MASTER_IP, 7741, PROBE));
+    assert_eq!(d.sessions_of("atm-2"), 1);
+    assert_eq!(c2.lines().iter().filter(|l| l.contains(INIT_COMPLETED)).count(), 1, "atm-2 never reconnected");
+}
+
+#[test]
+fn a_killed_instance_is_back_within_two_seconds_and_its_clients_return() {
+    if !require_root() {
+        return;
+    }
+    let mut d = Deployment::new(1, &[]);
+    let p = d.terminal("atm-1");
+    d.start();
+    let c = d.connect(0, &p);
+    wait_initialized(&c, CONNECT);
+    let home = format!("terminal-{}", d.json(&["terminal", "show", "atm-1"])["home_instance"]);
+    let pid = d.instance(&home)["pid"].as_u64().unwrap() as i32;
+    let mark = c.mark();
+    let t0 = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the instance runs again with a new pid and is ready", Duration::from_secs(2), || {
+        let i = d.instance(&home);
+        i["ready"] == true && i["pid"].as_u64().is_some_and(|p| p as i32 != pid)
+    });
+    eprintln!("instance back after {:?}", t0.elapsed());
+    assert_eq!(d.instance(&home)["restarts"], 1);
+    c.wait_for_line_from(mark, |l| l.contains(INIT_COMPLETED), CONNECT);
+    wait_until("the session is recorded again", CONNECT, || d.sessions_of("atm-1") == 1);
+}
+
+#[test]
+fn kill_9_of_cas_vpn_leaves_no_openvpn_and_a_restart_recovers() {
+    if !require_root() {
+        return;
+    }
+    let mut d = Deployment::new(1, &[]);
+    let p = d.terminal("atm-1");
+    d.start();
+    let c = d.connect(0, &p);
+    wait_initialized(&c, CONNECT);
+    assert_eq!(d.server_openvpn_pids().len(), 11);
+
+    d.kill9_serve();
+    wait_until("no openvpn left in the server namespace", Duration::from_secs(2), || {
+        d.server_openvpn_pids().is_empty()
+    });
+
+    let mark = c.mark();
+    d.start();
+    assert_eq!(d.server_openvpn_pids().len(), 11);
+    c.wait_for_line_from(mark, |l| l.contains(INIT_COMPLETED), CONNECT);
+    wait_until("the session is recorded again", CONNECT, || d.sessions_of("atm-1") == 1);
+    let s = d.status();
+    assert_eq!(s["sessions"].as_array().unwrap().len(), 1, "stale sessions of the killed serve were cleared");
+}
+
+#[test]
+fn the_crl_is_renewed_before_it_can_expire() {
+    if !require_root() {
+        return;
+    }
+    // A CRL that lives 8 seconds: serve must keep replacing it, or every client would be locked out.
+    let mut d = Deployment::new(1, &[("crl_validity", "8s")]);
+    d.ok(&["crl"]);
+    let first = crl_next_update(&d);
+    let p = d.terminal("atm-1");
+    d.start();
+    wait_until("the first CRL's nextUpdate has passed", Duration::from_secs(15), || {
+        time::OffsetDateTime::now_utc() > first + time::Duration::seconds(1)
+    });
+    let now_next = crl_next_update(&d);
+    assert!(now_next > time::OffsetDateTime::now_utc(), "the CRL on disk is current");
+    let c = d.connect(0, &p);
+    wait_initialized(&c, CONNECT);
+}
+
+fn crl_next_update(d: &Deployment) -> time::OffsetDateTime {
+    let s = d.status();
+    let e = s["expiry"].as_array().unwrap().iter().find(|e| e["what"] == "terminal CRL").unwrap().clone();
+    time::OffsetDateTime::parse(e["not_after"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
