@@ -53,6 +53,11 @@ pub enum Cmd {
         #[command(flatten)]
         json: Json,
     },
+    /// Checks tools, modes, expiry and the running service; exit 1 when a check fails.
+    Doctor {
+        #[command(flatten)]
+        json: Json,
+    },
     /// Terminals (ATMs).
     #[command(subcommand)]
     Terminal(TerminalCmd),
@@ -199,6 +204,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 return print_json(&s);
             }
             print_status(&s);
+        }
+        Cmd::Doctor { json } => {
+            let ctx = Ctx::open(&root, db).await?;
+            let r = ops::doctor::doctor(&ctx).await?;
+            if json.json {
+                print_json(&r)?;
+            } else {
+                for c in &r.checks {
+                    let level = format!("{:?}", c.level).to_uppercase();
+                    println!("{level:<5} {:<40} {}", c.check, c.detail);
+                }
+            }
+            if !r.healthy {
+                anyhow::bail!("doctor found problems (FAIL lines above)");
+            }
         }
         Cmd::Terminal(t) => terminal(Ctx::open(&root, db).await?, t).await?,
         Cmd::AdminVpn(a) => {

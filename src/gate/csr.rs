@@ -82,7 +82,9 @@ pub fn check(pem: &str, name: Option<&str>) -> Result<CheckedCsr, GateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
 
     fn csr(f: impl FnOnce(&mut CertificateParams)) -> String {
         let key = KeyPair::generate().unwrap();

@@ -68,7 +68,8 @@ impl GateState {
         let ca = ctx.pki.load_ca(Kind::Terminal)?;
         let delivery = Delivery::new(&ctx)?;
         let net = &ctx.cfg.network;
-        let host = ctx.cfg.gate.master_hostname.as_ref().map_or_else(|| net.master_bind_ip.to_string(), |h| h.to_string());
+        let host =
+            ctx.cfg.gate.master_hostname.as_ref().map_or_else(|| net.master_bind_ip.to_string(), |h| h.to_string());
         let cert_days = ctx.cfg.vpn.as_ref().map_or(VpnConfig::default().terminal_cert_days, |v| v.terminal_cert_days);
         let upgrades = upgrade::Upgrades::load(&ctx)?;
         Ok(GateState(Arc::new(Inner {

@@ -18,7 +18,7 @@ use super::error::GateError;
 use super::wire::{
     MIN_TERMINAL_VERSION, PairRequest, PairResponse, PendingResponse, UpgradeInfo, pairing_code, version_date,
 };
-use super::{GateState, MAX_FAILURES, BAN_SECS, read_json, server::peer_ip};
+use super::{BAN_SECS, GateState, MAX_FAILURES, read_json, server::peer_ip};
 use crate::db::{Credential, DbError, PendingPairing, Redeemed, Submitted, token_reason};
 use crate::domain::{Kind, Name, PairingToken};
 use crate::ops::init::new_cert;
@@ -187,11 +187,10 @@ async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> 
         return Err(GateError::TokenExpired);
     }
 
-    let (cert_pem, serial) = st
-        .0
-        .ca
-        .sign_csr(&checked.csr, cred.name.as_str(), Validity::days_from_now(st.0.cert_days))
-        .map_err(GateError::internal)?;
+    let (cert_pem, serial) =
+        st.0.ca
+            .sign_csr(&checked.csr, cred.name.as_str(), Validity::days_from_now(st.0.cert_days))
+            .map_err(GateError::internal)?;
     let new = new_cert(&cert_pem, serial)?;
     // Rendered before the store changes, so a failure here writes nothing.
     let answer = answer(st, &cred.name, &new.cert_pem, &new.serial)?;
@@ -224,7 +223,8 @@ async fn keygen_flow(
     now: i64,
 ) -> Result<Outcome, GateError> {
     let store = &st.ctx().store;
-    let identity = format!("{KEYGEN_PREFIX}{}", checked.map_or_else(|| "none".to_owned(), |c| c.public_key_sha256_hex()));
+    let identity =
+        format!("{KEYGEN_PREFIX}{}", checked.map_or_else(|| "none".to_owned(), |c| c.public_key_sha256_hex()));
     if row.used_at.is_some() && row.pubkey_sha256.as_deref() != Some(identity.as_str()) {
         store.lock_token(token.id(), now).await?;
         return Err(GateError::KeyMismatch);
@@ -234,7 +234,11 @@ async fn keygen_flow(
     }
     let path = pending_profile(st, &cred.name);
     let Some(text) = crate::sys::fs::read_optional(&path).map_err(GateError::internal)? else {
-        return Err(if row.used_at.is_some() { GateError::AlreadyDelivered } else { GateError::internal("profile missing") });
+        return Err(if row.used_at.is_some() {
+            GateError::AlreadyDelivered
+        } else {
+            GateError::internal("profile missing")
+        });
     };
     let serial = store
         .certificates_of(cred.id)
@@ -262,7 +266,10 @@ async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) ->
     if let Some(cn) = &checked.common_name
         && cn.parse::<Name>().is_err()
     {
-        return Err(GateError::CsrNameMismatch(format!("CN {} is not a valid terminal name", crate::domain::shown(cn))));
+        return Err(GateError::CsrNameMismatch(format!(
+            "CN {} is not a valid terminal name",
+            crate::domain::shown(cn)
+        )));
     }
     let new = PendingPairing {
         id: hex::encode(rand::random::<[u8; 16]>()),

@@ -49,8 +49,10 @@ impl Default for ServeLimits {
 pub fn tls_acceptor(cert_pem: &str, key_pem: &str) -> Result<SslAcceptor, openssl::error::ErrorStack> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
-    b.set_certificate(&openssl::x509::X509::from_pem(cert_pem.as_bytes())?)?;
-    b.set_private_key(&openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes())?)?;
+    let cert = openssl::x509::X509::from_pem(cert_pem.as_bytes())?;
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes())?;
+    b.set_certificate(&cert)?;
+    b.set_private_key(&key)?;
     b.check_private_key()?;
     Ok(b.build())
 }

@@ -185,7 +185,10 @@ mod tests {
     fn codes_are_short_stable_and_compare_loosely() {
         let code = pairing_code(&[0xff; 32]);
         assert_eq!(code, "7777-7777");
-        let c = pairing_code(&[0x00, 0x44, 0x32, 0x14, 0xc7, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+        let c = pairing_code(&[
+            0x00, 0x44, 0x32, 0x14, 0xc7, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+            9,
+        ]);
         assert_eq!(c, "ABCD-EFGH");
         assert!(code_matches("abcd efgh", &c));
         assert!(code_matches("ABCDEFGH", &c));

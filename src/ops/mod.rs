@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod crl;
+pub mod doctor;
 pub mod init;
 pub mod instances;
+pub mod pairing;
 pub mod profile;
 pub mod revoke;
 pub mod serve;

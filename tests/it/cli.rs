@@ -221,3 +221,33 @@ fn commands_before_init_fail_with_a_clear_error() {
     let err = i.fails(&["terminal", "add", "atm-1"], 1);
     assert!(err.contains("init"), "{err}");
 }
+
+#[test]
+fn doctor_fails_on_a_readable_key_and_warns_before_a_crl_expires() {
+    use std::os::unix::fs::PermissionsExt;
+    let i = Install::new();
+    let r = i.json(&["doctor"]);
+    let find = |r: &serde_json::Value, what: &str| {
+        r["checks"].as_array().unwrap().iter().find(|c| c["check"] == what).cloned().unwrap()
+    };
+    assert_eq!(find(&r, "key modes")["level"], "ok");
+    assert_eq!(find(&r, "terminal CRL")["level"], "ok");
+    assert_eq!(find(&r, "serve")["level"], "warn", "serve is not running here");
+
+    // A CRL with less than three days left is a warning, long before it locks anyone out.
+    let vpn = i.path("config/vpn");
+    fs::write(&vpn, fs::read_to_string(&vpn).unwrap().replace("\ncrl_validity=\n", "\ncrl_validity=2d\n")).unwrap();
+    i.ok(&["crl", "--out", i.path("crl.pem").to_str().unwrap()]);
+    let r = i.json(&["doctor"]);
+    let crl = find(&r, "terminal CRL");
+    assert_eq!(crl["level"], "warn", "{crl}");
+    assert!(crl["detail"].as_str().unwrap().contains("expires in"), "{crl}");
+    let s = i.json(&["status"]);
+    assert!(s["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("terminal CRL")), "{s}");
+
+    fs::set_permissions(i.path("pki/gate.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    let err = i.fails(&["doctor"], 1);
+    assert!(err.contains("doctor found problems"), "{err}");
+    let out = String::from_utf8(i.run(&["doctor"]).stdout).unwrap();
+    assert!(out.contains("gate.key"), "{out}");
+}

@@ -1,0 +1,3 @@
+//! The reference terminal agent (`cas-vpn agent`).
+
+pub mod http;

@@ -1,0 +1,254 @@
+//! master (`serve master`): plain HTTP on `master_bind_ip:7741`, reachable only through the terminal tunnels.
+//!
+//! Who is asking is decided by the TCP source address alone: it must be the tunnel address of a live VPN session
+//! (as recorded from the OpenVPN management sockets) of a paired, non-revoked terminal; anything else gets 403 on
+//! every path (DESIGN invariant 2). The tunnel is what authenticates and encrypts (OpenVPN with the terminal's
+//! certificate), so master needs no TLS of its own. It listens on that one address only and refuses to start on
+//! 0.0.0.0, `::`, a public address or an address this host does not have (invariant 1).
+//!
+//! Endpoints: `POST /v1/heartbeat` (version, status; the store keeps last seen) and `POST /v1/renew` (CSR in, new
+//! certificate out, only within `renew_before_days` of the current certificate's end; a retry with the same key
+//! gets the same certificate).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use cas_pki::Validity;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::VpnConfig;
+use crate::db::{CertRow, Credential};
+use crate::domain::Kind;
+use crate::gate::wire::{HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse, SERVICE_PORT, version_date};
+use crate::gate::{GateError, ServeLimits, csr, read_json, server};
+use crate::ops::{Ctx, OpsError, init::new_cert, now, rfc3339};
+
+/// Everything master's handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct MasterState(Arc<Inner>);
+
+struct Inner {
+    ctx: Arc<Ctx>,
+    ca: cas_pki::Ca,
+    cert_days: u32,
+    renew_before_secs: i64,
+}
+
+impl MasterState {
+    pub fn new(ctx: Arc<Ctx>) -> Result<MasterState, OpsError> {
+        let defaults = VpnConfig::default();
+        let vpn = ctx.cfg.vpn.as_ref().unwrap_or(&defaults);
+        let (cert_days, renew_days) = (vpn.terminal_cert_days, vpn.renew_before_days);
+        let ca = ctx.pki.load_ca(Kind::Terminal)?;
+        Ok(MasterState(Arc::new(Inner { ctx, ca, cert_days, renew_before_secs: i64::from(renew_days) * 86_400 })))
+    }
+}
+
+/// The terminal a request comes from, once identified.
+#[derive(Clone)]
+struct Caller(Arc<Credential>);
+
+/// master's routes; every one of them sits behind the identification of the caller.
+pub fn router(state: MasterState) -> Router {
+    Router::new()
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/renew", post(renew))
+        .fallback(|| async { GateError::NotFound })
+        .method_not_allowed_fallback(|| async { GateError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), identify))
+        .with_state(state)
+}
+
+/// Lets a request through only from the tunnel address of a live session of a paired, non-revoked terminal.
+async fn identify(
+    State(st): State<MasterState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let ip = server::peer_ip(&peer).to_string();
+    match caller(&st, &ip).await {
+        Ok(Some(c)) => {
+            req.extensions_mut().insert(Caller(Arc::new(c)));
+            next.run(req).await
+        }
+        Ok(None) => {
+            tracing::warn!(ip, "master: request from an address that is not a live, paired terminal");
+            GateError::Forbidden.into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn caller(st: &MasterState, ip: &str) -> Result<Option<Credential>, GateError> {
+    let store = &st.0.ctx.store;
+    let Some(session) = store.session_by_tunnel_ip(ip).await? else { return Ok(None) };
+    let Some(c) = store.credential_by_id(session.credential_id).await? else { return Ok(None) };
+    let ok =
+        c.kind == Kind::Terminal && !c.is_revoked() && c.paired_at.is_some() && session.common_name == c.name.as_str();
+    Ok(ok.then_some(c))
+}
+
+async fn heartbeat(
+    State(st): State<MasterState>,
+    Extension(Caller(c)): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<HeartbeatResponse>, GateError> {
+    let req: HeartbeatRequest = read_json(&headers, body).await?;
+    if version_date(&req.version).is_none() {
+        return Err(GateError::InvalidRequest("version must start with YYYYMMDD, e.g. 20240115".into()));
+    }
+    let now = now();
+    st.0.ctx.store.touch_terminal(c.id, &req.version, now).await?;
+    let current = current_cert(&st, &c).await?;
+    tracing::debug!(terminal = %c.name, version = %req.version, "heartbeat");
+    Ok(Json(HeartbeatResponse {
+        terminal: c.name.to_string(),
+        cert_not_after: current.as_ref().map(|x| x.not_after),
+        renew_after: current.as_ref().map(|x| x.not_after - st.0.renew_before_secs),
+    }))
+}
+
+async fn renew(
+    State(st): State<MasterState>,
+    Extension(Caller(c)): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<RenewResponse>, GateError> {
+    let req: RenewRequest = read_json(&headers, body).await?;
+    let checked = csr::check(&req.csr, Some(c.name.as_str()))?;
+    let now = now();
+    let current = current_cert(&st, &c).await?;
+    if let Some(cur) = &current {
+        // A retry with the key of the newest certificate gets that certificate again (a lost answer).
+        if spki_sha256(&cur.cert_pem).is_some_and(|h| h == checked.csr.public_key_sha256()) {
+            return Ok(Json(RenewResponse { cert: cur.cert_pem.clone() }));
+        }
+        let from = cur.not_after - st.0.renew_before_secs;
+        if now < from {
+            return Err(GateError::NotInRenewalWindow(rfc3339(from)));
+        }
+    }
+    let (cert_pem, serial) =
+        st.0.ca
+            .sign_csr(&checked.csr, c.name.as_str(), Validity::days_from_now(st.0.cert_days))
+            .map_err(GateError::internal)?;
+    let new = new_cert(&cert_pem, serial)?;
+    st.0.ctx.store.add_certificate(c.id, Kind::Terminal, &new, now).await?;
+    st.0.ctx.store.audit("master", "terminal.renew", c.name.as_str(), &format!("serial {}", new.serial), now).await?;
+    tracing::info!(terminal = %c.name, serial = %new.serial, "certificate renewed");
+    Ok(Json(RenewResponse { cert: cert_pem }))
+}
+
+/// The terminal's newest valid certificate.
+async fn current_cert(st: &MasterState, c: &Credential) -> Result<Option<CertRow>, GateError> {
+    Ok(st
+        .0
+        .ctx
+        .store
+        .certificates_of(c.id)
+        .await?
+        .into_iter()
+        .filter(|x| x.revoked_at.is_none())
+        .max_by_key(|x| x.not_after))
+}
+
+fn spki_sha256(cert_pem: &str) -> Option<[u8; 32]> {
+    let x = openssl::x509::X509::from_pem(cert_pem.as_bytes()).ok()?;
+    Some(Sha256::digest(x.public_key().ok()?.public_key_to_der().ok()?).into())
+}
+
+/// Whether master may listen on `ip`: one concrete, non-public address. Private, loopback, link-local, shared
+/// (100.64/10), benchmarking (198.18/15) and documentation ranges are non-public (tests use the last ones).
+pub fn check_bind_ip(ip: Ipv4Addr) -> Result<(), String> {
+    if ip.is_unspecified() {
+        return Err("0.0.0.0 would expose master on every address; set master_bind_ip to a tunnel-side address".into());
+    }
+    if ip.is_broadcast() || ip.is_multicast() {
+        return Err(format!("{ip} is not a single unicast address"));
+    }
+    let o = ip.octets();
+    let shared = o[0] == 100 && (o[1] & 0xc0) == 64;
+    let benchmarking = o[0] == 198 && (o[1] & 0xfe) == 18;
+    let non_public =
+        ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_documentation() || shared || benchmarking;
+    if !non_public {
+        return Err(format!("{ip} is a public address; master must listen on a tunnel-side (private) address only"));
+    }
+    Ok(())
+}
+
+/// Checks `ip` and binds `ip:port`; refuses an address this host does not have.
+pub async fn bind_master(ip: Ipv4Addr, port: u16) -> Result<TcpListener, OpsError> {
+    check_bind_ip(ip).map_err(|why| OpsError::Other(format!("master refuses to start: {why}")))?;
+    let addr = SocketAddr::from((ip, port));
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+            format!("{ip} is not an address of this host (master_bind_ip must be assigned here)")
+        } else {
+            e.to_string()
+        };
+        OpsError::Other(format!("master refuses to start on {addr}: {why}"))
+    })?;
+    match listener.local_addr() {
+        Ok(a) if a.ip() == std::net::IpAddr::V4(ip) => Ok(listener),
+        other => Err(OpsError::Other(format!("master bound to {other:?} instead of {ip}"))),
+    }
+}
+
+/// `serve master`: `master_bind_ip:7741` until `stop` turns true.
+pub async fn run_master(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), OpsError> {
+    let listener = bind_master(ctx.cfg.network.master_bind_ip, SERVICE_PORT).await?;
+    run_master_on(MasterState::new(ctx)?, listener, stop).await
+}
+
+/// Serves master on an already bound listener (use [`bind_master`] to get one).
+pub async fn run_master_on(
+    state: MasterState,
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+) -> Result<(), OpsError> {
+    let limits = ServeLimits { max_connection_time: Duration::from_secs(120), ..ServeLimits::default() };
+    tracing::info!(addr = ?listener.local_addr().ok(), "master listening");
+    server::serve(listener, None, router(state), stop, limits)
+        .await
+        .map_err(|e| OpsError::Other(format!("master: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses() {
+        for ok in [
+            "10.3.2.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "198.18.0.1",
+            "198.19.255.1",
+            "203.0.113.5",
+            "192.0.2.1",
+            "198.51.100.1",
+        ] {
+            assert!(check_bind_ip(ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for bad in ["0.0.0.0", "8.8.8.8", "1.1.1.1", "255.255.255.255", "224.0.0.1", "100.128.0.1", "198.20.0.1"] {
+            assert!(check_bind_ip(bad.parse().unwrap()).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `cas-vpn doctor`: checks what an operator would check by hand before a terminal outage does it for them:
+//! tools present, key and directory modes, CRLs and certificates far from expiry, the running service healthy.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{Ctx, OpsError, status};
+use crate::domain::Kind;
+use crate::pkifiles::ServerRole;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub check: String,
+    pub level: Level,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    /// True when no check failed (warnings allowed).
+    pub healthy: bool,
+}
+
+fn mode(p: &Path) -> Option<u32> {
+    std::fs::metadata(p).ok().map(|m| m.permissions().mode() & 0o777)
+}
+
+pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
+    let mut checks = Vec::new();
+    let mut add = |check: &str, level, detail: String| checks.push(Check { check: check.into(), level, detail });
+
+    match crate::sys::cmd::run("openvpn", ["--version"]) {
+        Ok(v) | Err(crate::sys::cmd::CmdError::Failed { stderr: v, .. }) if v.contains("OpenVPN 2.") => {
+            let first = v.lines().next().unwrap_or("").split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            let old = first.contains("OpenVPN 2.4") || first.contains("OpenVPN 2.5");
+            add("openvpn", if old { Level::Warn } else { Level::Ok }, first);
+        }
+        _ => add("openvpn", Level::Fail, "openvpn not found (apt-get install openvpn)".into()),
+    }
+    let nft = crate::sys::cmd::run("nft", ["--version"]).is_ok();
+    add(
+        "nft",
+        if nft { Level::Ok } else { Level::Fail },
+        if nft {
+            "present".into()
+        } else {
+            "nft not found (apt-get install nftables): tunnel isolation rules cannot be applied".into()
+        },
+    );
+    let tun = Path::new("/dev/net/tun").exists();
+    add(
+        "/dev/net/tun",
+        if tun { Level::Ok } else { Level::Fail },
+        if tun { "present".into() } else { "missing: openvpn cannot create tun devices".into() },
+    );
+
+    let pki = ctx.pki.dir();
+    match mode(pki) {
+        Some(0o700) => add("pki directory", Level::Ok, format!("{} is 0700", pki.display())),
+        Some(m) => add("pki directory", Level::Fail, format!("{} is {m:o}, must be 0700", pki.display())),
+        None => add("pki directory", Level::Fail, format!("{} missing (run init)", pki.display())),
+    }
+    let mut loose = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(pki) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "key") && mode(&p).is_some_and(|m| m & 0o077 != 0) {
+                loose.push(p.display().to_string());
+            }
+        }
+    }
+    if loose.is_empty() {
+        add("key modes", Level::Ok, "every key is 0600".into());
+    } else {
+        add("key modes", Level::Fail, format!("readable by others: {}", loose.join(", ")));
+    }
+    for kind in [Kind::Terminal, Kind::Admin] {
+        if let Err(e) = ctx.pki.load_ca(kind) {
+            add(&format!("{kind} CA"), Level::Fail, e.to_string());
+        }
+    }
+    for role in [ServerRole::TerminalVpn, ServerRole::AdminVpn, ServerRole::Gate] {
+        if !ctx.pki.has_server(role) {
+            add(role.common_name(), Level::Fail, "certificate or key missing (run init)".into());
+        }
+    }
+
+    let s = status::status(ctx).await?;
+    for e in &s.expiry {
+        let level = match (&e.warning, e.seconds_left) {
+            (None, _) => Level::Ok,
+            (Some(_), Some(left)) if left > 0 => Level::Warn,
+            (Some(_), _) => Level::Fail,
+        };
+        add(
+            &e.what,
+            level,
+            e.warning.clone().unwrap_or_else(|| format!("until {}", e.not_after.as_deref().unwrap_or("?"))),
+        );
+    }
+    match &s.running {
+        None => add("serve", Level::Warn, "not running".into()),
+        Some(r) => {
+            let bad: Vec<String> = r.iter().filter(|i| !i.ready || i.crash_loop).map(|i| i.name.to_string()).collect();
+            if bad.is_empty() {
+                add("serve", Level::Ok, format!("{} instances ready", r.len()));
+            } else {
+                add("serve", Level::Fail, format!("not ready or crash-looping: {}", bad.join(", ")));
+            }
+        }
+    }
+    let healthy = !checks.iter().any(|c| c.level == Level::Fail);
+    Ok(Report { checks, healthy })
+}
