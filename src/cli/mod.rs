@@ -1,6 +1,8 @@
 //! The command line (DESIGN.md section 6). The only module (with its submodules) that prints: every command calls an `ops` function
 //! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
 
+pub mod pairing;
+
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -76,6 +78,15 @@ pub enum Cmd {
     Crl {
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// The pairing window and approval-flow decisions.
+    #[command(subcommand)]
+    Pairing(pairing::PairingCmd),
+    /// Lift the pairing ban of an address (5 failures ban it for 15 minutes).
+    UnbanIp {
+        ip: std::net::IpAddr,
+        #[command(flatten)]
+        json: Json,
     },
 }
 
@@ -272,6 +283,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Pairing(p) => pairing::pairing(Ctx::open(&root, db).await?, p).await?,
+        Cmd::UnbanIp { ip, json } => pairing::unban_ip(Ctx::open(&root, db).await?, ip, json).await?,
         Cmd::Crl { out } => {
             let ctx = Ctx::open(&root, db).await?;
             let mut pem = String::new();

@@ -184,7 +184,9 @@ pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Res
     let (cred, serial) = match existing {
         Some(c) => {
             let certs = ctx.store.certificates_of(c.id).await?;
-            let mine = certs.into_iter().find(|x| x.revoked_at.is_none() && spki_hex(&x.cert_pem).as_deref() == Some(p.pubkey_sha256.as_str()));
+            let mine = certs
+                .into_iter()
+                .find(|x| x.revoked_at.is_none() && spki_hex(&x.cert_pem).as_deref() == Some(p.pubkey_sha256.as_str()));
             match mine {
                 Some(cert) if c.paired_at.is_none() => (c, cert.serial),
                 _ => return Err(DbError::NameTaken { name }.into()),
@@ -214,7 +216,9 @@ pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Res
             p.id, cred.name
         )));
     }
-    ctx.store.audit("cli", "pairing.approve", name.as_str(), &format!("pairing {}; serial {serial}", p.id), now).await?;
+    ctx.store
+        .audit("cli", "pairing.approve", name.as_str(), &format!("pairing {}; serial {serial}", p.id), now)
+        .await?;
     Ok(ApproveReport {
         pairing_id: p.id,
         tunnel_ip: tunnel_ip(ctx, cred.home_instance, cred.host_index),

@@ -55,8 +55,8 @@ pub fn terminal_of(packet: &[u8], key: &TlsCryptV2ServerKey) -> Option<Name> {
 pub struct Front {
     pub key: Arc<TlsCryptV2ServerKey>,
     pub store: Store,
-    /// Port of terminal instance i.
-    pub instance_ports: Vec<u16>,
+    /// Port of terminal instance i (updated when the configuration is re-read).
+    pub instance_ports: Arc<std::sync::RwLock<Vec<u16>>>,
     pub instance_ip: Ipv4Addr,
     pub real_addrs: RealAddrs,
 }
@@ -98,7 +98,12 @@ impl Front {
             .filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none())
             .and_then(|c| c.home_instance)
             .ok_or("unknown or revoked terminal")?;
-        let port = *self.instance_ports.get(home as usize).ok_or("home instance out of range")?;
+        let port = self
+            .instance_ports
+            .read()
+            .ok()
+            .and_then(|p| p.get(home as usize).copied())
+            .ok_or("home instance out of range")?;
         let mut upstream =
             TcpStream::connect((self.instance_ip, port)).await.map_err(|_| "home instance unreachable")?;
         let local_port = upstream.local_addr().map_err(|_| "no local address")?.port();

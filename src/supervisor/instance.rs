@@ -72,6 +72,8 @@ struct Session {
 
 /// Retry period for (re)connecting the management socket while openvpn runs.
 const MGMT_RETRY: Duration = Duration::from_millis(25);
+/// How often session byte counters are read (`status 3`) into the store.
+const STATS_EVERY: Duration = Duration::from_secs(15);
 
 pub struct Instance {
     spec: InstanceSpec,
@@ -111,8 +113,11 @@ impl Instance {
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) {
         let _ = self.store.clear_sessions(Some(self.spec.name.as_str())).await;
         self.event(Event::Start).await;
+        let mut stats = tokio::time::interval(STATS_EVERY);
+        stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = stats.tick() => self.record_stats().await,
                 ctl = control.recv() => match ctl {
                     None | Some(Control::Stop) => self.event(Event::Stop).await,
                     Some(Control::Kill { name, reply }) => {
@@ -307,6 +312,19 @@ impl Instance {
         };
         if let Err(e) = result {
             tracing::warn!(instance = %self.spec.name, error = %e, "management command failed");
+        }
+    }
+
+    /// Reads `status 3` (parsed by its HEADER line, so 2.4 and 2.6 both work) into the sessions' byte counters.
+    async fn record_stats(&mut self) {
+        let Some(mgmt) = self.mgmt() else { return };
+        let Ok(clients) = mgmt.status().await else { return };
+        for c in clients {
+            let Some(cid) = c.client_id.filter(|cid| self.sessions.contains_key(cid)) else { continue };
+            let _ = self
+                .store
+                .update_session_bytes(self.spec.name.as_str(), cid as i64, c.bytes_received, c.bytes_sent)
+                .await;
         }
     }
 

@@ -39,10 +39,11 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     supervisor.lock().await.apply(instances::render_all(&ctx).await?).await;
     tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "VPN instances started");
 
+    let ports = Arc::new(std::sync::RwLock::new(vpn.terminal_ports.iter().collect::<Vec<u16>>()));
     let front = Arc::new(Front {
         key: Arc::new(ctx.pki.load_tls_crypt_v2(Kind::Terminal)?),
         store: ctx.store.clone(),
-        instance_ports: vpn.terminal_ports.iter().collect(),
+        instance_ports: ports.clone(),
         instance_ip: vpn.instance_listen_ip,
         real_addrs,
     });
@@ -58,15 +59,21 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     let crl_check = crl::check_period(&ctx);
     let mut crl_timer = tokio::time::interval(crl_check);
     let mut replan = tokio::time::interval(REPLAN_EVERY);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| OpsError::Other(format!("SIGHUP handler: {e}")))?;
     tracing::info!(port = vpn.terminal_front_port, "VPN serving");
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(done) = reload_rx.recv() => {
-                replan_now(&ctx, &supervisor).await;
+                replan_now(&ctx, &supervisor, &ports).await;
                 let _ = done.send(());
             }
-            _ = replan.tick() => replan_now(&ctx, &supervisor).await,
+            _ = replan.tick() => replan_now(&ctx, &supervisor, &ports).await,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: re-reading the configuration");
+                replan_now(&ctx, &supervisor, &ports).await;
+            }
             _ = crl_timer.tick() => {
                 for kind in [Kind::Terminal, Kind::Admin] {
                     match crl::is_fresh(&ctx, kind) {
@@ -88,9 +95,27 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     Ok(())
 }
 
-async fn replan_now(ctx: &Ctx, supervisor: &Mutex<Supervisor>) {
-    match instances::render_all(ctx).await {
-        Ok(wanted) => supervisor.lock().await.apply(wanted).await,
+/// Re-reads the config files and the store, and makes the running instances match: only instances whose
+/// rendered config changed are restarted. A config that no longer parses is logged and the running set is kept.
+/// (The front port itself and the service interface are set at start: changing those needs a restart.)
+async fn replan_now(ctx: &Ctx, supervisor: &Mutex<Supervisor>, ports: &std::sync::RwLock<Vec<u16>>) {
+    let cfg = match crate::config::Config::load(&ctx.cfg.root) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration does not load; keeping the running instances");
+            return;
+        }
+    };
+    let fresh = Ctx { cfg, store: ctx.store.clone(), pki: ctx.pki.clone() };
+    match instances::render_all(&fresh).await {
+        Ok(wanted) => {
+            if let Ok(v) = fresh.vpn("the VPN")
+                && let Ok(mut p) = ports.write()
+            {
+                *p = v.terminal_ports.iter().collect();
+            }
+            supervisor.lock().await.apply(wanted).await
+        }
         Err(e) => tracing::error!(error = %e, "cannot plan instances"),
     }
 }

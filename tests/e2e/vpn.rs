@@ -235,3 +235,44 @@ fn crl_next_update(d: &Deployment) -> time::OffsetDateTime {
     time::OffsetDateTime::parse(e["not_after"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
         .unwrap()
 }
+
+#[test]
+fn a_config_change_restarts_only_the_instances_it_touches() {
+    if !require_root() {
+        return;
+    }
+    let mut d = Deployment::new(1, &[]);
+    let p = d.terminal("atm-1");
+    d.start();
+    let c = d.connect(0, &p);
+    wait_initialized(&c, CONNECT);
+    let pids = |d: &Deployment| -> Vec<(String, u64)> {
+        d.status()["running"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["name"].as_str().unwrap().to_owned(), i["pid"].as_u64().unwrap_or(0)))
+            .collect()
+    };
+    let before = pids(&d);
+    assert_eq!(before.len(), 11);
+
+    // One more terminal instance: the slices of the first eleven do not move, so they must not restart.
+    d.set_vpn(&[("terminal_ports", "13000-13011")]);
+    let mark = c.mark();
+    d.serve_guard().signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until("terminal-11 runs", CONNECT, || d.instance("terminal-11")["ready"] == true);
+    let after = pids(&d);
+    assert_eq!(after.len(), 12);
+    for (name, pid) in &before {
+        assert!(after.contains(&(name.clone(), *pid)), "{name} was restarted");
+    }
+    assert!(!c.lines()[mark..].iter().any(|l| l.contains("Connection reset")), "the client was not disturbed");
+
+    // A config that no longer parses changes nothing.
+    d.set_vpn(&[("terminal_ports", "not-a-range")]);
+    d.serve_guard().signal(nix::sys::signal::Signal::SIGHUP);
+    d.serve_guard().wait_for_text("configuration does not load", CONNECT);
+    d.set_vpn(&[("terminal_ports", "13000-13011")]);
+    assert_eq!(pids(&d), after, "nothing restarted on a config that did not load");
+}
