@@ -2,7 +2,6 @@
 //! instance ready, revoke → session gone, and 200 real terminal clients connected at once with cas-vpn's RSS.
 //! Run: `scripts/bench-vpn` (or `cargo bench --bench vpn`). Prints `name=value` lines.
 
-#[allow(dead_code, unused_imports)]
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::deploy::Deployment;
 use support::openvpn::INIT_COMPLETED;
-use support::{openvpn_client, require_root, wait_initialized, wait_until};
+use support::{openvpn_client, require_root, wait_until};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -38,13 +37,7 @@ fn cold_start() {
 
 fn revoke_latency() {
     const N: usize = 10;
-    let mut d = Deployment::new(N, &[]);
-    let profiles: Vec<_> = (0..N).map(|i| d.terminal(&format!("atm-{i}"))).collect();
-    d.start();
-    let clients: Vec<_> = profiles.iter().enumerate().map(|(i, p)| d.connect(i, p)).collect();
-    for c in &clients {
-        wait_initialized(c, Duration::from_secs(30));
-    }
+    let (d, clients) = Deployment::with_connected_terminals(N);
     let (mut cmd_ms, mut gone_ms) = (Vec::new(), Vec::new());
     for (i, c) in clients.iter().enumerate() {
         let mark = c.mark();

@@ -122,20 +122,14 @@ fn revoke_ends_the_session_within_a_second_and_it_never_returns() {
     if !require_root() {
         return;
     }
-    let mut d = Deployment::new(2, &[]);
-    let p1 = d.terminal("atm-1");
-    let p2 = d.terminal("atm-2");
-    d.start();
+    let (d, clients) = Deployment::with_connected_terminals(2);
+    let (c1, c2) = (&clients[0], &clients[1]);
     let _master = tcp_listener(d.server(), MASTER_IP, 7741);
-    let c1 = d.connect(0, &p1);
-    let c2 = d.connect(1, &p2);
-    wait_initialized(&c1, CONNECT);
-    wait_initialized(&c2, CONNECT);
-    wait_until("both sessions recorded", CONNECT, || d.sessions_of("atm-1") == 1 && d.sessions_of("atm-2") == 1);
+    wait_until("both sessions recorded", CONNECT, || d.sessions_of("atm-0") == 1 && d.sessions_of("atm-1") == 1);
 
     let mark = c1.mark();
     let t0 = Instant::now();
-    let r = d.json(&["revoke", "atm-1"]);
+    let r = d.json(&["revoke", "atm-0"]);
     let returned = t0.elapsed();
     assert_eq!(r["killed_sessions"], 1, "{r}");
     // The client sees its session end (the server resets it).
@@ -143,7 +137,7 @@ fn revoke_ends_the_session_within_a_second_and_it_never_returns() {
     let gone = t0.elapsed();
     eprintln!("revoke returned after {returned:?}; the client saw `{line}` after {gone:?}");
     assert!(gone <= Duration::from_secs(1), "session must end within 1 s, took {gone:?}");
-    assert_eq!(d.sessions_of("atm-1"), 0);
+    assert_eq!(d.sessions_of("atm-0"), 0);
 
     // It keeps retrying (connect-retry, auth-retry nointeract) and is refused every time: the front closes
     // connections whose key names a revoked terminal; behind it the CRL and the CONNECT answer refuse it too.
@@ -154,8 +148,8 @@ fn revoke_ends_the_session_within_a_second_and_it_never_returns() {
 
     // The other terminal is untouched.
     assert!(tcp_connect(d.lan.client(1), MASTER_IP, 7741, PROBE));
-    assert_eq!(d.sessions_of("atm-2"), 1);
-    assert_eq!(c2.lines().iter().filter(|l| l.contains(INIT_COMPLETED)).count(), 1, "atm-2 never reconnected");
+    assert_eq!(d.sessions_of("atm-1"), 1);
+    assert_eq!(c2.lines().iter().filter(|l| l.contains(INIT_COMPLETED)).count(), 1, "atm-1 never reconnected");
 }
 
 #[test]
@@ -163,12 +157,9 @@ fn a_killed_instance_is_back_within_two_seconds_and_its_clients_return() {
     if !require_root() {
         return;
     }
-    let mut d = Deployment::new(1, &[]);
-    let p = d.terminal("atm-1");
-    d.start();
-    let c = d.connect(0, &p);
-    wait_initialized(&c, CONNECT);
-    let home = format!("terminal-{}", d.json(&["terminal", "show", "atm-1"])["home_instance"]);
+    let (d, clients) = Deployment::with_connected_terminals(1);
+    let c = &clients[0];
+    let home = format!("terminal-{}", d.json(&["terminal", "show", "atm-0"])["home_instance"]);
     let pid = d.instance(&home)["pid"].as_u64().unwrap() as i32;
     let mark = c.mark();
     let t0 = Instant::now();
@@ -180,7 +171,7 @@ fn a_killed_instance_is_back_within_two_seconds_and_its_clients_return() {
     eprintln!("instance back after {:?}", t0.elapsed());
     assert_eq!(d.instance(&home)["restarts"], 1);
     c.wait_for_line_from(mark, |l| l.contains(INIT_COMPLETED), CONNECT);
-    wait_until("the session is recorded again", CONNECT, || d.sessions_of("atm-1") == 1);
+    wait_until("the session is recorded again", CONNECT, || d.sessions_of("atm-0") == 1);
 }
 
 #[test]
@@ -188,11 +179,8 @@ fn kill_9_of_cas_vpn_leaves_no_openvpn_and_a_restart_recovers() {
     if !require_root() {
         return;
     }
-    let mut d = Deployment::new(1, &[]);
-    let p = d.terminal("atm-1");
-    d.start();
-    let c = d.connect(0, &p);
-    wait_initialized(&c, CONNECT);
+    let (mut d, clients) = Deployment::with_connected_terminals(1);
+    let c = &clients[0];
     assert_eq!(d.server_openvpn_pids().len(), 11);
 
     d.kill9_serve();
@@ -204,7 +192,7 @@ fn kill_9_of_cas_vpn_leaves_no_openvpn_and_a_restart_recovers() {
     d.start();
     assert_eq!(d.server_openvpn_pids().len(), 11);
     c.wait_for_line_from(mark, |l| l.contains(INIT_COMPLETED), CONNECT);
-    wait_until("the session is recorded again", CONNECT, || d.sessions_of("atm-1") == 1);
+    wait_until("the session is recorded again", CONNECT, || d.sessions_of("atm-0") == 1);
     let s = d.status();
     assert_eq!(s["sessions"].as_array().unwrap().len(), 1, "stale sessions of the killed serve were cleared");
 }
@@ -241,11 +229,8 @@ fn a_config_change_restarts_only_the_instances_it_touches() {
     if !require_root() {
         return;
     }
-    let mut d = Deployment::new(1, &[]);
-    let p = d.terminal("atm-1");
-    d.start();
-    let c = d.connect(0, &p);
-    wait_initialized(&c, CONNECT);
+    let (mut d, clients) = Deployment::with_connected_terminals(1);
+    let c = &clients[0];
     let pids = |d: &Deployment| -> Vec<(String, u64)> {
         d.status()["running"]
             .as_array()

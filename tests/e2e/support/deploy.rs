@@ -156,6 +156,19 @@ impl Deployment {
         (path, r["port"].as_u64().unwrap() as u16)
     }
 
+    /// A deployment serving one terminal per client namespace (`atm-0`, `atm-1`, …), each connected; returns the
+    /// clients in namespace order once every tunnel is up.
+    pub fn with_connected_terminals(n: usize) -> (Deployment, Vec<ChildGuard>) {
+        let mut d = Deployment::new(n, &[]);
+        let profiles: Vec<PathBuf> = (0..n).map(|i| d.terminal(&format!("atm-{i}"))).collect();
+        d.start();
+        let clients: Vec<ChildGuard> = profiles.iter().enumerate().map(|(i, p)| d.connect(i, p)).collect();
+        for c in &clients {
+            super::wait_initialized(c, Duration::from_secs(20));
+        }
+        (d, clients)
+    }
+
     /// Runs an openvpn client from client namespace `i`.
     pub fn connect(&self, i: usize, profile: &Path) -> ChildGuard {
         openvpn_client::<&str>(self.lan.client(i), profile, &[])
