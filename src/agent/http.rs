@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ssl::{Ssl, SslConnector, SslContext, SslMethod, SslVerifyMode, SslVersion};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -188,31 +188,48 @@ async fn tls_connect(
     trust: Trust,
 ) -> Result<(SslStream<TcpStream>, [u8; 32]), HttpError> {
     let tls_err = |why: String| HttpError::Tls { target: name(target), why };
-    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| tls_err(e.to_string()))?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(|e| tls_err(e.to_string()))?;
-    match trust {
-        Trust::Pin(pin) => {
-            // The only trust decision is the pin of the leaf's key (the handshake proves the server holds it).
-            b.set_verify_callback(SslVerifyMode::PEER, move |_, ctx| {
-                if ctx.error_depth() != 0 {
-                    return true;
-                }
-                ctx.current_cert().and_then(|c| cert_pin(c).ok()).is_some_and(|p| p == pin)
-            });
-        }
-        Trust::FirstUse => b.set_verify(SslVerifyMode::NONE),
-        Trust::System => b.set_verify(SslVerifyMode::PEER),
-    }
-    let connector = b.build();
-    let mut cfg = connector.configure().map_err(|e| tls_err(e.to_string()))?;
     let is_ip = target.host.parse::<std::net::IpAddr>().is_ok();
-    if trust != Trust::System {
-        cfg.set_verify_hostname(false);
-    }
-    cfg.set_use_server_name_indication(!is_ip);
-    let ssl = cfg.into_ssl(&target.host).map_err(|e| tls_err(e.to_string()))?;
+    let seen_in_handshake = std::sync::Arc::new(std::sync::Mutex::new(None::<[u8; 32]>));
+    let ssl = match trust {
+        Trust::System => {
+            // Loads the system CA store: only for the rare upstream download.
+            let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| tls_err(e.to_string()))?;
+            b.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(|e| tls_err(e.to_string()))?;
+            b.set_verify(SslVerifyMode::PEER);
+            let mut cfg = b.build().configure().map_err(|e| tls_err(e.to_string()))?;
+            cfg.set_use_server_name_indication(!is_ip);
+            cfg.into_ssl(&target.host).map_err(|e| tls_err(e.to_string()))?
+        }
+        Trust::Pin(_) | Trust::FirstUse => {
+            // No CA store at all (loading one costs milliseconds per connection and would trust nothing here).
+            let mut ssl =
+                Ssl::new(pinned_context().map_err(|e| tls_err(e.to_string()))?).map_err(|e| tls_err(e.to_string()))?;
+            if !is_ip {
+                ssl.set_hostname(&target.host).map_err(|e| tls_err(e.to_string()))?;
+            }
+            if let Trust::Pin(pin) = trust {
+                // The only trust decision is the pin of the leaf's key (the handshake proves the server holds it).
+                let seen = seen_in_handshake.clone();
+                ssl.set_verify_callback(SslVerifyMode::PEER, move |_, ctx| {
+                    if ctx.error_depth() != 0 {
+                        return true;
+                    }
+                    let p = ctx.current_cert().and_then(|c| cert_pin(c).ok());
+                    if let Ok(mut s) = seen.lock() {
+                        *s = p;
+                    }
+                    p == Some(pin)
+                });
+            } else {
+                ssl.set_verify(SslVerifyMode::NONE);
+            }
+            ssl
+        }
+    };
     let mut stream = SslStream::new(ssl, tcp).map_err(|e| tls_err(e.to_string()))?;
-    std::pin::Pin::new(&mut stream).connect().await.map_err(|e| match (trust, stream_pin(&stream)) {
+    let handshake = std::pin::Pin::new(&mut stream).connect().await;
+    let seen_early = seen_in_handshake.lock().ok().and_then(|s| *s);
+    handshake.map_err(|e| match (trust, stream_pin(&stream).or(seen_early)) {
         (Trust::Pin(expected), Some(seen)) if seen != expected => HttpError::PinMismatch {
             target: name(target),
             seen: crate::gate::wire::pin_text(&seen),
@@ -231,6 +248,18 @@ async fn tls_connect(
         });
     }
     Ok((stream, seen))
+}
+
+/// The client context for pinned and first-use connections: TLS 1.2+, no CA store, made once.
+fn pinned_context() -> Result<&'static SslContext, openssl::error::ErrorStack> {
+    static CTX: std::sync::OnceLock<SslContext> = std::sync::OnceLock::new();
+    if let Some(c) = CTX.get() {
+        return Ok(c);
+    }
+    let mut b = SslContext::builder(SslMethod::tls_client())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_verify(SslVerifyMode::PEER);
+    Ok(CTX.get_or_init(|| b.build()))
 }
 
 fn stream_pin(s: &SslStream<TcpStream>) -> Option<[u8; 32]> {

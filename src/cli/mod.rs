@@ -88,6 +88,9 @@ pub enum Cmd {
         #[command(flatten)]
         json: Json,
     },
+    /// The reference terminal agent: pair with the gate, then keep the VPN and master heartbeat up.
+    #[command(subcommand)]
+    Agent(pairing::AgentCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,6 +288,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Pairing(p) => pairing::pairing(Ctx::open(&root, db).await?, p).await?,
         Cmd::UnbanIp { ip, json } => pairing::unban_ip(Ctx::open(&root, db).await?, ip, json).await?,
+        Cmd::Agent(a) => pairing::agent(a).await?,
         Cmd::Crl { out } => {
             let ctx = Ctx::open(&root, db).await?;
             let mut pem = String::new();

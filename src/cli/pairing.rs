@@ -1,6 +1,7 @@
 //! `cas-vpn pairing open|close|status|approve|reject`, `cas-vpn unban-ip`, `cas-vpn agent pair|run`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use clap::Subcommand;
 
@@ -125,6 +126,198 @@ pub async fn unban_ip(ctx: Ctx, ip: IpAddr, json: Json) -> anyhow::Result<()> {
         println!("{}: ban lifted and failures forgotten", r.ip);
     } else {
         println!("{}: was not banned", r.ip);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Pair this terminal through the gate: with a token (zero-touch), or by waiting for an admin's approval.
+    Pair {
+        /// The gate, HOST:PORT (port 7741 when omitted).
+        #[arg(long, value_name = "HOST:PORT")]
+        gate: String,
+        /// The pairing token (cv1.…); its pin is the only thing that authenticates the gate.
+        #[arg(
+            long,
+            env = "CAS_VPN_PAIRING_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "wait_approval",
+            required_unless_present = "wait_approval"
+        )]
+        token: Option<crate::domain::PairingToken>,
+        /// No token: show a pairing id and code, and wait until an admin approves them.
+        #[arg(long)]
+        wait_approval: bool,
+        /// The agent's directory (key, profile, master address); created 0700.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The gate's key pin for the approval flow (`cas-vpn pairing status` shows it); without it, the key seen
+        /// on first contact is trusted and recorded.
+        #[arg(long, value_name = "sha256:HEX", value_parser = parse_pin)]
+        gate_pin: Option<[u8; 32]>,
+        /// The hardware serial to report (also the default terminal name in the approval flow).
+        #[arg(long)]
+        serial: Option<String>,
+        /// The firmware version to report (YYYYMMDD).
+        #[arg(long, default_value = crate::agent::AGENT_VERSION)]
+        report_version: String,
+        /// How often to poll while waiting for approval.
+        #[arg(long, default_value = "3s")]
+        poll: Dur,
+        /// Give up waiting for approval after this long.
+        #[arg(long)]
+        wait_timeout: Option<Dur>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Run the openvpn client, heartbeat master through the tunnel, renew the certificate before it expires.
+    Run {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Heartbeat period.
+        #[arg(long, default_value = "60s")]
+        heartbeat: Dur,
+        /// master as HOST:PORT instead of what pairing said.
+        #[arg(long, value_name = "HOST:PORT")]
+        master: Option<String>,
+        /// The openvpn program.
+        #[arg(long, default_value = "openvpn")]
+        openvpn: String,
+        #[arg(long, default_value = crate::agent::AGENT_VERSION)]
+        report_version: String,
+    },
+    /// Benchmark: pair every token of FILE (tokens.csv of `terminal import --out`) against a gate.
+    #[command(hide = true)]
+    Bench {
+        #[arg(long, value_name = "HOST:PORT")]
+        gate: String,
+        #[arg(long)]
+        tokens: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+fn parse_pin(s: &str) -> Result<[u8; 32], String> {
+    crate::gate::wire::parse_pin(s).ok_or_else(|| "expected sha256:<64 hex digits>".to_owned())
+}
+
+pub async fn agent(cmd: AgentCmd) -> anyhow::Result<()> {
+    use crate::agent::{PairEvent, PairOptions, run::RunEvent, run::RunOptions};
+    match cmd {
+        AgentCmd::Pair {
+            gate,
+            token,
+            wait_approval: _,
+            dir,
+            gate_pin,
+            serial,
+            report_version,
+            poll,
+            wait_timeout,
+            json,
+        } => {
+            let opts = PairOptions {
+                gate,
+                token,
+                gate_pin,
+                dir,
+                serial,
+                version: report_version,
+                poll_every: poll.0,
+                wait_timeout: wait_timeout.map(|d| d.0),
+            };
+            let events = |e: PairEvent| match e {
+                PairEvent::KeyCreated(p) => eprintln!("new key {} (0600), kept for every retry", p.display()),
+                PairEvent::KeyReused(p) => eprintln!("reusing the key {}", p.display()),
+                PairEvent::TrustOnFirstUse { pin } => eprintln!(
+                    "WARNING: no --gate-pin given: trusting the gate's key as first seen ({pin}); compare it with \
+                     `cas-vpn pairing status` on the server"
+                ),
+                PairEvent::Pending { pairing_id, code } => {
+                    println!("pairing id: {pairing_id}");
+                    println!("code: {code}");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    eprintln!(
+                        "waiting for an administrator to run: cas-vpn pairing approve {pairing_id} --code {code}"
+                    );
+                }
+                PairEvent::PollFailed(why) => eprintln!("still waiting ({why})"),
+            };
+            let r = crate::agent::pair(&opts, &events).await?;
+            if json.json {
+                return print_json(&r);
+            }
+            if r.already_paired {
+                println!(
+                    "already paired as {} (nothing sent); master at {}:{}",
+                    r.terminal, r.master.host, r.master.port
+                );
+            } else {
+                println!("paired as {}; master at {}:{}", r.terminal, r.master.host, r.master.port);
+            }
+            match &r.ovpn {
+                Some(p) => println!("profile: {p}"),
+                None => println!("no VPN profile (the server does not run the VPN)"),
+            }
+        }
+        AgentCmd::Run { dir, heartbeat, master, openvpn, report_version } => {
+            let opts = RunOptions { dir, heartbeat: heartbeat.0, master, openvpn, version: report_version };
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+                else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                let _ = stop_tx.send(true);
+            });
+            let events = |e: RunEvent| match e {
+                RunEvent::OpenVpnStarted { pid } => eprintln!("openvpn started (pid {pid})"),
+                RunEvent::OpenVpnExited { status, restart_in } => {
+                    eprintln!("openvpn exited ({status}); restarting in {} s", restart_in.as_secs())
+                }
+                RunEvent::Heartbeat { terminal, .. } => eprintln!("heartbeat ok ({terminal})"),
+                RunEvent::HeartbeatFailed(why) => eprintln!("heartbeat failed: {why}"),
+                RunEvent::Renewed { not_after } => {
+                    eprintln!("certificate renewed (valid until {})", not_after.as_deref().unwrap_or("?"))
+                }
+                RunEvent::RenewFailed(why) => eprintln!("renewal failed: {why}"),
+                RunEvent::Stopped => eprintln!("stopped"),
+            };
+            crate::agent::run::run(&opts, stop, &events).await?;
+        }
+        AgentCmd::Bench { gate, tokens, concurrency, json } => {
+            let tokens = crate::agent::bench::read_tokens(&tokens)?;
+            let r = crate::agent::bench::bench(&gate, tokens, concurrency).await?;
+            if json.json {
+                return print_json(&r);
+            }
+            println!(
+                "{} pairings ({} ok, {} errors) with {} concurrent clients in {:.2} s: {:.0} pairings/s; \
+                 latency p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                r.pairings,
+                r.ok,
+                r.errors,
+                r.concurrency,
+                r.elapsed_secs,
+                r.pairings_per_sec,
+                r.p50_ms,
+                r.p90_ms,
+                r.p99_ms,
+                r.max_ms
+            );
+            for e in &r.error_samples {
+                println!("error: {e}");
+            }
+        }
     }
     Ok(())
 }

@@ -58,6 +58,10 @@ pub(crate) struct Inner {
     pub(crate) master: MasterAddr,
     pub(crate) cert_days: u32,
     pub(crate) upgrades: upgrade::Upgrades,
+    /// Serialises this process's store writes: SQLite lets one writer in at a time and makes the others sleep
+    /// in its busy handler (milliseconds each, growing), which under a burst of pairings costs far more than
+    /// queueing them here.
+    pub(crate) writes: tokio::sync::Mutex<()>,
 }
 
 impl GateState {
@@ -79,6 +83,7 @@ impl GateState {
             master: MasterAddr { host, port: SERVICE_PORT },
             cert_days,
             upgrades,
+            writes: tokio::sync::Mutex::new(()),
             ctx,
         })))
     }

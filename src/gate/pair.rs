@@ -106,6 +106,7 @@ pub(crate) async fn guarded<T>(
         Err(e) => {
             let mut banned = false;
             if e.counts_as_failure() {
+                let _w = st.0.writes.lock().await;
                 banned = store.record_failure(ip, now, MAX_FAILURES, BAN_SECS).await?;
             }
             tracing::info!(ip, what, outcome = e.code(), banned_now = banned);
@@ -180,6 +181,7 @@ async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> 
             let serial = row.cert_serial.as_deref().unwrap_or_default();
             return answer_for_serial(st, &cred, serial).await;
         }
+        let _w = st.0.writes.lock().await;
         store.lock_token(token.id(), now).await?;
         return Err(GateError::KeyMismatch);
     }
@@ -194,11 +196,16 @@ async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> 
     let new = new_cert(&cert_pem, serial)?;
     // Rendered before the store changes, so a failure here writes nothing.
     let answer = answer(st, &cred.name, &new.cert_pem, &new.serial)?;
-    match store.redeem_token(token.id(), &pk, &new, now).await {
-        Ok(Redeemed::Fresh { credential_id, .. }) => {
-            if hw.is_some() {
-                store.mark_paired(credential_id, hw, now).await?;
-            }
+    let redeemed = {
+        let _w = st.0.writes.lock().await;
+        let r = store.redeem_token(token.id(), &pk, &new, now).await;
+        if let (Ok(Redeemed::Fresh { credential_id, .. }), Some(_)) = (&r, hw) {
+            store.mark_paired(*credential_id, hw, now).await?;
+        }
+        r
+    };
+    match redeemed {
+        Ok(Redeemed::Fresh { .. }) => {
             tracing::info!(token_id = token.id(), terminal = %cred.name, serial = %new.serial, "terminal paired");
             Ok(answer)
         }
@@ -226,6 +233,7 @@ async fn keygen_flow(
     let identity =
         format!("{KEYGEN_PREFIX}{}", checked.map_or_else(|| "none".to_owned(), |c| c.public_key_sha256_hex()));
     if row.used_at.is_some() && row.pubkey_sha256.as_deref() != Some(identity.as_str()) {
+        let _w = st.0.writes.lock().await;
         store.lock_token(token.id(), now).await?;
         return Err(GateError::KeyMismatch);
     }
@@ -248,7 +256,11 @@ async fn keygen_flow(
         .max_by_key(|c| c.not_after)
         .map(|c| c.serial)
         .ok_or_else(|| GateError::internal("server-keygen terminal without a certificate"))?;
-    match store.redeem_token_keygen(token.id(), &identity, &serial, hw, now).await {
+    let redeemed = {
+        let _w = st.0.writes.lock().await;
+        store.redeem_token_keygen(token.id(), &identity, &serial, hw, now).await
+    };
+    match redeemed {
         Ok(_) => {}
         Err(DbError::TokenUnusable { reason }) => return Err(refusal(reason)),
         Err(e) => return Err(e.into()),
@@ -287,7 +299,11 @@ async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) ->
         credential_id: None,
         cert_serial: None,
     };
-    match st.ctx().store.submit_pending_pairing(&new, MAX_PENDING, now).await? {
+    let submitted = {
+        let _w = st.0.writes.lock().await;
+        st.ctx().store.submit_pending_pairing(&new, MAX_PENDING, now).await?
+    };
+    match submitted {
         Submitted::Created(p) => {
             tracing::info!(pairing_id = %p.id, code = %p.code, ip, "pairing waits for approval");
             pending_answer(st, p, now).await

@@ -405,7 +405,7 @@ mod tests {
 
         for (bad, line) in [
             (format!("file=../x\nsha256={sha}\nsize=1\n"), 1),
-            (format!("file=x\nsha256=zz\nsize=1\n"), 2),
+            ("file=x\nsha256=zz\nsize=1\n".to_string(), 2),
             (format!("file=x\nsha256={sha}\nsize=-1\n"), 3),
             (format!("file=x\nsha256={sha}\nsize=1\nbogus=1\n"), 4),
             (format!("file=x\nsha256={sha}\nsize=1\nupstream=ftp://x/y\n"), 4),

@@ -85,7 +85,7 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
     let pki: &PkiDir = &ctx.pki;
     pki.ensure_dirs()?;
     crate::sys::fs::sweep_temps(pki.dir());
-    crate::sys::fs::sweep_temps(&pki.pending_dir());
+    super::terminal::recover_pending(&ctx).await?;
 
     for kind in [Kind::Terminal, Kind::Admin] {
         let ca = if pki.has_ca(kind) {

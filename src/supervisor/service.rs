@@ -27,6 +27,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
         tracing::warn!(orphans, "removed openvpn processes left by a previous cas-vpn");
     }
     ctx.store.clear_sessions(None).await?;
+    crate::ops::terminal::recover_pending(&ctx).await?;
     for kind in [Kind::Terminal, Kind::Admin] {
         if !crl::is_fresh(&ctx, kind)? {
             crl::refresh(&ctx, kind).await?;

@@ -101,6 +101,13 @@ fn temp_name(path: &Path) -> io::Result<PathBuf> {
 /// Every temp file cas-vpn writes has this in its name, so leftovers of a crash can be found and swept.
 const TEMP_MARK: &str = ".tmp-";
 
+/// The file a temp file written by `Staged`/`write_atomic` was meant to become, if `path` is such a temp file.
+pub fn temp_target(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let (target, _) = name.strip_prefix('.')?.rsplit_once(TEMP_MARK)?;
+    (!target.is_empty()).then(|| path.with_file_name(target))
+}
+
 /// Removes temp files a crash (kill -9) left in `dir`: they were never renamed, so nothing refers to them.
 pub fn sweep_temps(dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(dir) else { return 0 };
@@ -177,6 +184,16 @@ mod tests {
         s.stage(&c, b"C", 0o600).unwrap();
         drop(s);
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2, "dropped staging leaves nothing");
+    }
+
+    #[test]
+    fn temp_names_map_back_to_their_target() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("atm-1.ovpn");
+        let tmp = temp_name(&target).unwrap();
+        assert_eq!(temp_target(&tmp), Some(target.clone()));
+        assert_eq!(temp_target(&target), None);
+        assert_eq!(temp_target(&d.path().join(".x")), None);
     }
 
     #[test]

@@ -251,3 +251,47 @@ fn doctor_fails_on_a_readable_key_and_warns_before_a_crl_expires() {
     let out = String::from_utf8(i.run(&["doctor"]).stdout).unwrap();
     assert!(out.contains("gate.key"), "{out}");
 }
+
+/// DESIGN.md invariant 9: an import killed with SIGKILL at any moment leaves, once recovered (`init` or `serve`
+/// start), either every terminal with its profile or none of them; never a temp file, a row without its profile,
+/// or a profile without its row.
+#[test]
+fn a_killed_import_is_all_or_nothing_after_recovery() {
+    use std::time::{Duration, Instant};
+    let i = Install::new();
+    const N: usize = 800;
+    // Kill moments spread over the whole run (generation, staging, commit, renames).
+    for (round, delay_ms) in [5u64, 40, 120, 250, 400, 600, 900].into_iter().enumerate() {
+        let prefix = format!("r{round}-");
+        let csv = i.path(&format!("names{round}.csv"));
+        fs::write(&csv, (0..N).map(|n| format!("{prefix}{n:04}\n")).collect::<String>()).unwrap();
+        let mut child = i.spawn(&["terminal", "import", csv.to_str().unwrap(), "--server-keygen"]);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(delay_ms) && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+
+        i.ok(&["init"]);
+        let rows = i
+            .json(&["terminal", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"].as_str().unwrap().starts_with(&prefix))
+            .count();
+        let pending: Vec<String> = fs::read_dir(i.path("pki/pending"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let temps: Vec<&String> = pending.iter().filter(|f| f.contains(".tmp-")).collect();
+        assert!(temps.is_empty(), "round {round}: {} temp files left, e.g. {:?}", temps.len(), temps.first());
+        let files = pending.iter().filter(|f| f.starts_with(&prefix)).count();
+        assert!(rows == 0 || rows == N, "round {round} (kill at {delay_ms} ms): {rows} of {N} rows");
+        assert_eq!(
+            files, rows,
+            "round {round} (kill at {delay_ms} ms): every row has its profile and no profile is orphaned"
+        );
+    }
+}

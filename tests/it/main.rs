@@ -1,6 +1,9 @@
 //! The one integration test binary: drives the `cas-vpn` CLI, the store on both backends, and the HTTP routers.
 
+mod agent;
 mod cli;
+mod gate;
 mod hostile;
+mod master;
 mod store;
 mod support;

@@ -43,6 +43,18 @@ impl Install {
         c
     }
 
+    /// Starts a command without waiting for it (for tests that kill it).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin!("cas-vpn"))
+            .env("CAS_VPN_ROOT", self.root())
+            .env_remove("CAS_VPN_DATABASE_URL")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }

@@ -1,0 +1,296 @@
+//! `agent run`: keeps the terminal connected. Runs the openvpn client (restarted with backoff whenever it exits),
+//! heartbeats master through the tunnel every period (plain HTTP: the tunnel authenticates and encrypts; master
+//! identifies the terminal by its tunnel address), and renews the certificate once master says the renewal window
+//! has begun. Server restarts are ridden out: openvpn reconnects by itself, failed heartbeats are retried sooner.
+//!
+//! Renewal is crash-safe: the new key is written (0600) and recorded in `renew.json` before the CSR is sent, so a
+//! retry presents the same key and master answers with the same certificate; the profile is then rewritten
+//! atomically (new `<cert>`, `key` line naming the new key file), and only then is the old key deleted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cas_pki::{KeyType, PrivateKey};
+use hyper::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+
+use super::http::{self, Target};
+use super::{
+    AgentError, KEY_FILE, OVPN_FILE, cert_spki, inline_block, key_line, make_csr, read_master, set_cert, set_key_line,
+};
+use crate::gate::wire::{ErrorBody, HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse};
+use crate::sys::fs::{read_optional, write_atomic};
+
+pub const RENEW_FILE: &str = "renew.json";
+/// After a failed heartbeat, the next one comes at most this soon.
+const RETRY_SOON: Duration = Duration::from_secs(5);
+/// openvpn restarts back off up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub dir: PathBuf,
+    pub heartbeat: Duration,
+    /// `HOST:PORT` of master instead of what `master.json` says.
+    pub master: Option<String>,
+    /// The openvpn program.
+    pub openvpn: String,
+    pub version: String,
+}
+
+/// What `run` reports as it goes (the CLI prints these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEvent {
+    OpenVpnStarted { pid: u32 },
+    OpenVpnExited { status: String, restart_in: Duration },
+    Heartbeat { terminal: String, renew_after: Option<i64> },
+    HeartbeatFailed(String),
+    Renewed { not_after: Option<String> },
+    RenewFailed(String),
+    Stopped,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RenewState {
+    /// File name (in the agent directory) of the key being renewed to.
+    key: String,
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(
+    opts: &RunOptions,
+    mut stop: watch::Receiver<bool>,
+    events: &(dyn Fn(RunEvent) + Sync),
+) -> Result<(), AgentError> {
+    let dir = std::path::absolute(&opts.dir).map_err(|e| AgentError::Local(e.to_string()))?;
+    let master = read_master(&dir)?
+        .ok_or_else(|| AgentError::Usage(format!("{} is not paired: run `cas-vpn agent pair` first", dir.display())))?;
+    let target = match &opts.master {
+        Some(hp) => Target::parse(hp, crate::gate::wire::SERVICE_PORT, None)?,
+        None => Target { host: master.host.clone(), port: master.port, tls: None },
+    };
+    sweep_keys(&dir);
+    let profile_path = dir.join(OVPN_FILE);
+
+    let mut child: Option<tokio::process::Child> = None;
+    let mut backoff = Duration::from_secs(1);
+    let mut start_at = tokio::time::Instant::now();
+    let mut next_beat = tokio::time::Instant::now();
+    loop {
+        if child.is_none() && profile_path.is_file() && tokio::time::Instant::now() >= start_at {
+            child = Some(start_openvpn(&opts.openvpn, &dir, events)?);
+        }
+        enum Wake {
+            Stop,
+            Exited(String),
+            Start,
+            Beat,
+        }
+        let waiting_to_start = child.is_none() && profile_path.is_file();
+        let wake = tokio::select! {
+            _ = stop.wait_for(|s| *s) => Wake::Stop,
+            status = async {
+                match child.as_mut() {
+                    Some(c) => c.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => Wake::Exited(status.map_or_else(|e| e.to_string(), |s| s.to_string())),
+            _ = tokio::time::sleep_until(start_at), if waiting_to_start => Wake::Start,
+            _ = tokio::time::sleep_until(next_beat) => Wake::Beat,
+        };
+        match wake {
+            Wake::Stop => break,
+            Wake::Start => {}
+            Wake::Exited(status) => {
+                child = None;
+                events(RunEvent::OpenVpnExited { status, restart_in: backoff });
+                start_at = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Wake::Beat => {
+                let running = child.is_some();
+                match heartbeat(&target, &dir, &opts.version, running).await {
+                    Ok(hb) => {
+                        backoff = Duration::from_secs(1);
+                        events(RunEvent::Heartbeat { terminal: hb.terminal.clone(), renew_after: hb.renew_after });
+                        next_beat = tokio::time::Instant::now() + opts.heartbeat;
+                        let due = hb.renew_after.is_some_and(|t| t <= crate::ops::now());
+                        if due && profile_path.is_file() {
+                            match renew(&target, &dir).await {
+                                Ok(Some(not_after)) => {
+                                    events(RunEvent::Renewed { not_after });
+                                    // The new certificate takes effect with a fresh openvpn.
+                                    if let Some(c) = child.take() {
+                                        stop_child(c).await;
+                                    }
+                                    start_at = tokio::time::Instant::now();
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    events(RunEvent::RenewFailed(e.to_string()));
+                                    next_beat = tokio::time::Instant::now() + opts.heartbeat.min(RETRY_SOON * 6);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        events(RunEvent::HeartbeatFailed(e.to_string()));
+                        next_beat = tokio::time::Instant::now() + opts.heartbeat.min(RETRY_SOON);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(c) = child.take() {
+        stop_child(c).await;
+    }
+    events(RunEvent::Stopped);
+    Ok(())
+}
+
+fn start_openvpn(
+    program: &str,
+    dir: &Path,
+    events: &(dyn Fn(RunEvent) + Sync),
+) -> Result<tokio::process::Child, AgentError> {
+    let args = vec!["--cd".to_owned(), dir.display().to_string(), "--config".to_owned(), OVPN_FILE.to_owned()];
+    let mut c = crate::sys::process::spawn_guarded(program, &args)
+        .map_err(|e| AgentError::Local(format!("cannot start {program}: {e}")))?;
+    // Drain its output (a full pipe would stall it); keep it in the log at debug level.
+    if let Some(out) = c.stdout.take() {
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                tracing::debug!(target: "openvpn", "{l}");
+            }
+        });
+    }
+    if let Some(err) = c.stderr.take() {
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                tracing::debug!(target: "openvpn", "{l}");
+            }
+        });
+    }
+    events(RunEvent::OpenVpnStarted { pid: c.id().unwrap_or(0) });
+    Ok(c)
+}
+
+/// SIGTERM to openvpn's process group, then SIGKILL if it has not exited within 5 s.
+async fn stop_child(mut c: tokio::process::Child) {
+    if let Some(pid) = c.id() {
+        crate::sys::process::signal_group(pid, nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = c.kill().await;
+}
+
+async fn heartbeat(target: &Target, dir: &Path, version: &str, running: bool) -> Result<HeartbeatResponse, AgentError> {
+    let not_after = read_optional(&dir.join(OVPN_FILE))?
+        .and_then(|p| inline_block(&p, "cert"))
+        .and_then(|c| cas_pki::cert_info(&c).ok())
+        .map(|i| i.not_after.unix_timestamp());
+    let mut status = serde_json::Map::new();
+    status.insert("openvpn".into(), (if running { "running" } else { "stopped" }).into());
+    if let Some(t) = not_after {
+        status.insert("cert_not_after".into(), t.into());
+    }
+    let body = HeartbeatRequest { version: version.to_owned(), status };
+    let reply =
+        http::send_json(target, Method::POST, "/v1/heartbeat", Some(&body), Duration::from_secs(20), 64 * 1024).await?;
+    if reply.status != StatusCode::OK {
+        return Err(master_refusal(&reply));
+    }
+    reply.json().map_err(AgentError::Protocol)
+}
+
+/// Renews the certificate. `Ok(None)`: master says it is not time yet.
+async fn renew(target: &Target, dir: &Path) -> Result<Option<Option<String>>, AgentError> {
+    let profile_path = dir.join(OVPN_FILE);
+    let profile = crate::sys::fs::read(&profile_path)?;
+    let old_key = key_line(&profile);
+
+    // The new key and its record exist before the request leaves, so a retry presents the same key.
+    let state_path = dir.join(RENEW_FILE);
+    let state: Option<RenewState> = read_optional(&state_path)?.and_then(|t| serde_json::from_str(&t).ok());
+    let existing = state.and_then(|s| {
+        let p = dir.join(&s.key);
+        read_optional(&p).ok().flatten().and_then(|pem| PrivateKey::from_pem(&pem).ok()).map(|k| (s.key, k))
+    });
+    let (file, key) = match existing {
+        Some(x) => x,
+        None => {
+            let key = PrivateKey::generate(KeyType::EcP256).map_err(|e| AgentError::Local(e.to_string()))?;
+            let file = format!("client-{}.key", hex::encode(rand::random::<[u8; 6]>()));
+            write_atomic(&dir.join(&file), key.to_pem().as_bytes(), 0o600)?;
+            let text = serde_json::to_string(&RenewState { key: file.clone() })
+                .map_err(|e| AgentError::Local(e.to_string()))?;
+            write_atomic(&state_path, text.as_bytes(), 0o600)?;
+            (file, key)
+        }
+    };
+    let body = RenewRequest { csr: make_csr(&key)? };
+    let reply =
+        http::send_json(target, Method::POST, "/v1/renew", Some(&body), Duration::from_secs(30), 64 * 1024).await?;
+    match reply.status {
+        StatusCode::OK => {}
+        StatusCode::CONFLICT => return Ok(None),
+        _ => return Err(master_refusal(&reply)),
+    }
+    let cert = reply.json::<RenewResponse>().map_err(AgentError::Protocol)?.cert;
+    if cert_spki(&cert) != Some(key.public_key_der()) {
+        return Err(AgentError::Protocol("master certified a key that is not the one sent".into()));
+    }
+    let new_profile =
+        set_cert(&profile, &cert).ok_or_else(|| AgentError::Protocol("the profile has no <cert> block".into()))?;
+    let new_profile = set_key_line(&new_profile, &dir.join(&file))?;
+    write_atomic(&profile_path, new_profile.as_bytes(), 0o600)?;
+    let _ = std::fs::remove_file(&state_path);
+    if let Some(old) = old_key
+        && old.parent() == Some(dir)
+        && old != dir.join(&file)
+    {
+        let _ = std::fs::remove_file(old);
+    }
+    let not_after = cas_pki::cert_info(&cert).ok().map(|i| crate::ops::rfc3339(i.not_after.unix_timestamp()));
+    Ok(Some(not_after))
+}
+
+/// Removes key files a crash left behind: neither the profile's key nor the one a renewal is waiting for.
+fn sweep_keys(dir: &Path) {
+    let profile = read_optional(&dir.join(OVPN_FILE)).ok().flatten();
+    let current = profile.as_deref().and_then(key_line);
+    let pending = read_optional(&dir.join(RENEW_FILE))
+        .ok()
+        .flatten()
+        .and_then(|t| serde_json::from_str::<RenewState>(&t).ok())
+        .map(|s| dir.join(s.key));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { continue };
+        if !(n.starts_with("client-") && n.ends_with(".key")) {
+            continue;
+        }
+        let p = e.path();
+        if Some(&p) != current.as_ref() && Some(&p) != pending.as_ref() && p != dir.join(KEY_FILE) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn master_refusal(reply: &http::Reply) -> AgentError {
+    match reply.json::<ErrorBody>() {
+        Ok(e) => AgentError::Refused { status: reply.status.as_u16(), code: e.error, message: e.message },
+        Err(_) => AgentError::Refused {
+            status: reply.status.as_u16(),
+            code: "unexpected".into(),
+            message: "master did not answer with the documented JSON".into(),
+        },
+    }
+}
