@@ -57,6 +57,20 @@ fn terminal_connects_through_the_front_port_and_reaches_only_master() {
     assert!(session["real_addr"].as_str().unwrap().starts_with(&d.lan.client_ip(0).to_string()), "{session}");
     let list = d.json(&["terminal", "list"]);
     assert_eq!(list[0]["state"], "online");
+
+    // Invariants 6 and 10: no key material reaches serve's log (CA keys, server keys, tls-crypt-v2 keys, the
+    // terminal's own key from its profile).
+    let log = d.serve_guard().lines().join("\n");
+    for secret in
+        ["pki/terminal-ca.key", "pki/admin-ca.key", "pki/terminal-server.key", "pki/tls-crypt-v2-terminal.key"]
+            .map(|f| std::fs::read_to_string(d.root().join(f)).unwrap())
+            .into_iter()
+            .chain([crate::support::deploy::inline(&std::fs::read_to_string(&profile).unwrap(), "key")])
+    {
+        let body: String = secret.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(body.len() > 40);
+        assert!(!log.contains(&body[..40]), "key material in serve's log");
+    }
 }
 
 #[test]
@@ -93,7 +107,11 @@ fn admin_vpn_one_credential_one_port_one_session() {
     let alice_on_bob = d.connect(2, &retarget(&alice, bob_port));
     alice_on_bob.wait_for_line(refused, CONNECT);
     assert!(!alice_on_bob.contains(INIT_COMPLETED));
-    drop((t_on_admin, alice_on_bob));
+    // Alice's credential on the terminal front port: refused (its key names an admin, not a terminal).
+    let alice_on_front = d.connect(2, &retarget(&alice, 7742));
+    alice_on_front.wait_for_line(refused, CONNECT);
+    assert!(!alice_on_front.contains(INIT_COMPLETED));
+    drop((t_on_admin, alice_on_bob, alice_on_front));
     assert_eq!(d.sessions_of("atm-1"), 0);
 
     // A second session of Alice's credential: the newest wins, there are never two.

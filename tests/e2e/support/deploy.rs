@@ -189,6 +189,13 @@ impl Deployment {
     }
 }
 
+/// The text between `<tag>` and `</tag>` in a profile.
+pub fn inline(profile: &str, tag: &str) -> String {
+    let start = profile.find(&format!("<{tag}>\n")).expect("tag") + tag.len() + 3;
+    let end = profile.find(&format!("</{tag}>")).expect("end tag");
+    profile[start..end].to_owned()
+}
+
 /// A copy of `profile` with its `remote` line pointing at another port (to knock on the wrong instance).
 pub fn retarget(profile: &Path, port: u16) -> PathBuf {
     let text = std::fs::read_to_string(profile).unwrap();
