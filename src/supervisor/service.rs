@@ -17,6 +17,14 @@ const REPLAN_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Result<(), OpsError> {
     let vpn = ctx.vpn("serve vpn")?.clone();
+    if vpn.proto != crate::config::Proto::Tcp {
+        // The terminal front relays TCP only; refusing is better than terminals that silently never connect.
+        return Err(OpsError::Other(format!(
+            "{}: proto={} is not supported by the terminal front port yet; use proto=tcp",
+            ctx.cfg.root.join("config/vpn").display(),
+            vpn.proto
+        )));
+    }
     let net = &ctx.cfg.network;
     crate::sys::net::ensure_dummy(vpn.interface.as_str(), &[net.master_bind_ip, net.admin_bind_ip, net.gate_bind_ip])
         .map_err(|e| OpsError::Other(format!("service interface {}: {e}", vpn.interface.as_str())))?;
