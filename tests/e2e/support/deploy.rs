@@ -94,10 +94,15 @@ impl Deployment {
     /// Starts `serve vpn` in the server namespace and waits until every instance is ready; returns how long
     /// that took.
     pub fn start(&mut self) -> Duration {
+        self.start_service("vpn")
+    }
+
+    /// Starts `serve WHAT` (vpn or all) and waits until every VPN instance is ready.
+    pub fn start_service(&mut self, what: &str) -> Duration {
         assert!(self.serve.is_none(), "already serving");
         let t0 = Instant::now();
         let mut cmd = self.server().cmd(bin());
-        cmd.env("CAS_VPN_ROOT", self.root()).env("RUST_LOG", "info").args(["serve", "vpn"]);
+        cmd.env("CAS_VPN_ROOT", self.root()).env("RUST_LOG", "info").args(["serve", what]);
         self.serve = Some(ChildGuard::spawn("serve", cmd));
         self.wait_ready(Duration::from_secs(20));
         t0.elapsed()

@@ -1,0 +1,94 @@
+//! Pairing end to end (issue "Gate pairing, master on the tunnel, and the reference terminal agent"): a new
+//! terminal in an "Internet" namespace pairs through the gate during a window with `cas-vpn agent pair`, runs
+//! `cas-vpn agent run` (openvpn + heartbeats), and shows up online; master gives nothing to a non-tunnel address
+//! nor to a revoked terminal's old tunnel address.
+
+use std::time::Duration;
+
+use crate::support::deploy::{Deployment, GATE_IP, MASTER_IP, PUBLIC_IP, bin};
+use crate::support::{Netns, require_root, tcp_connect, temp_dir, wait_until};
+
+const T: Duration = Duration::from_secs(30);
+
+/// POSTs a heartbeat to master from namespace `ns` with plain bash (no HTTP client needed); returns what came
+/// back (empty when nothing did).
+fn master_heartbeat(ns: &Netns) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/{MASTER_IP}/7741 || exit 0; \
+         body='{{\"version\":\"20240115\",\"status\":{{}}}}'; \
+         printf 'POST /v1/heartbeat HTTP/1.1\\r\\nHost: master\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s' ${{#body}} \"$body\" >&3; \
+         timeout 3 cat <&3"
+    );
+    let out = ns.cmd("timeout").args(["5", "bash", "-c", &script]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_new_terminal_pairs_through_the_gate_connects_and_heartbeats_master() {
+    if !require_root() {
+        return;
+    }
+    let mut d = Deployment::new(2, &[]);
+    d.start_service("all");
+    wait_until("the gate listens", T, || tcp_connect(d.server(), GATE_IP, 7741, Duration::from_secs(1)));
+    d.ok(&["pairing", "open", "--for", "10m"]);
+    let token = d.ok(&["terminal", "add", "atm-new"]).trim().to_owned();
+
+    // The Internet reaches the gate (in production a DNAT of public_ip:7741, open only during the window).
+    let (internet, other) = (d.lan.client(0), d.lan.client(1));
+    for ns in [internet, other] {
+        ns.ip(&["route", "add", &format!("{GATE_IP}/32"), "via", &PUBLIC_IP.to_string()]).unwrap();
+    }
+    let dir = temp_dir("agent");
+    let gate = format!("{GATE_IP}:7741");
+    let dir_s = dir.path().to_str().unwrap();
+    let out = internet
+        .cmd(bin())
+        .args(["agent", "pair", "--gate", &gate, "--token", &token, "--dir", dir_s])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "agent pair: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("paired as atm-new"));
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(dir.path().join("client.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(key_mode, 0o600);
+
+    let agent = internet.spawn("agent", bin(), &["agent", "run", "--dir", dir_s, "--heartbeat", "1s"]);
+    agent.wait_for_text("heartbeat ok", T);
+    wait_until("atm-new is online with a heartbeat", T, || {
+        let t = d.json(&["terminal", "show", "atm-new"]);
+        t["state"] == "online" && !t["last_seen"].is_null()
+    });
+    let old_ip = d.tunnel_ip("atm-new");
+    // The probe itself works: through the tunnel master answers.
+    assert!(master_heartbeat(internet).contains(" 200 "), "through the tunnel master answers");
+
+    // A non-tunnel address gets nothing.
+    other.ip(&["route", "add", &format!("{MASTER_IP}/32"), "via", &PUBLIC_IP.to_string()]).unwrap();
+    let answer = master_heartbeat(other);
+    assert!(!answer.contains(" 200 "), "master answered a non-tunnel address: {answer}");
+
+    // After revocation, the old tunnel address (spoofed from the LAN) gets nothing either.
+    drop(agent);
+    d.ok(&["revoke", "atm-new"]);
+    wait_until("the session is gone", T, || d.sessions_of("atm-new") == 0);
+    let veth = other.ip(&["-o", "-4", "addr", "show"]).unwrap();
+    let dev =
+        veth.lines().find(|l| l.contains("198.51.100.")).and_then(|l| l.split_whitespace().nth(1)).unwrap().to_owned();
+    other.ip(&["addr", "add", &format!("{old_ip}/32"), "dev", &dev]).unwrap();
+    other
+        .ip(&[
+            "route",
+            "replace",
+            &format!("{MASTER_IP}/32"),
+            "via",
+            &PUBLIC_IP.to_string(),
+            "src",
+            &old_ip.to_string(),
+        ])
+        .unwrap();
+    let answer = master_heartbeat(other);
+    assert!(!answer.contains(" 200 "), "master answered a revoked terminal's old address: {answer}");
+    let t = d.json(&["terminal", "show", "atm-new"]);
+    assert_eq!(t["state"], "revoked");
+}
