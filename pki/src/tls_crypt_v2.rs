@@ -169,6 +169,34 @@ impl TlsCryptV2ServerKey {
         Ok(TlsCryptV2ClientKey { kc, wkc })
     }
 
+    /// Wraps a client key *derived* from this server key and `context` (HMAC-SHA256 in counter mode under a key
+    /// extracted from the server key): the same inputs give the same bytes, any other context another key. A server
+    /// can then hand out an identical profile again (a retried request) without storing any client key. Anyone
+    /// holding the server key can unwrap every client key anyway, so deriving from it reveals nothing new.
+    pub fn wrap_derived_client_key(
+        &self,
+        context: &[u8],
+        metadata: &ClientMetadata,
+    ) -> Result<TlsCryptV2ClientKey, TlsCryptError> {
+        let metadata = metadata.encode()?;
+        let mut prk = <HmacSha256 as Mac>::new_from_slice(&self.raw[..]).expect("HMAC accepts keys of any length");
+        prk.update(b"cas-pki/tls-crypt-v2/derived-client-key/v1");
+        let prk = Zeroizing::new(prk.finalize().into_bytes().to_vec());
+        let mut kc = Zeroizing::new(Vec::with_capacity(CLIENT_KEY_LEN + 32));
+        for block in 0u8.. {
+            if kc.len() >= CLIENT_KEY_LEN {
+                break;
+            }
+            let mut m = <HmacSha256 as Mac>::new_from_slice(&prk).expect("HMAC accepts keys of any length");
+            m.update(&[block]);
+            m.update(context);
+            kc.extend_from_slice(&m.finalize().into_bytes());
+        }
+        kc.truncate(CLIENT_KEY_LEN);
+        let wkc = self.wrap(&kc, &metadata);
+        Ok(TlsCryptV2ClientKey { kc, wkc })
+    }
+
     /// Recovers `Kc` and the metadata from a wrapped client key. Safe on untrusted input.
     pub fn unwrap(&self, wkc: &[u8]) -> Result<(Zeroizing<Vec<u8>>, ClientMetadata), TlsCryptError> {
         if !(MIN_WKC_LEN..=MAX_WKC_LEN).contains(&wkc.len()) {
@@ -429,6 +457,22 @@ mod tests {
         // Server key PEM round trip.
         let again = TlsCryptV2ServerKey::from_pem(&server.to_pem()).unwrap();
         assert_eq!(again.unwrap(a.wrapped_key()).unwrap().1, ClientMetadata::Timestamp(1));
+    }
+
+    #[test]
+    fn derived_client_keys_are_stable_distinct_and_unwrap() {
+        let server = TlsCryptV2ServerKey::generate();
+        let meta = ClientMetadata::User(b"cv1:t:atm-1".to_vec());
+        let a = server.wrap_derived_client_key(b"atm-1\0serial-1", &meta).unwrap();
+        let again = server.wrap_derived_client_key(b"atm-1\0serial-1", &meta).unwrap();
+        assert_eq!(a.to_pem(), again.to_pem(), "same inputs, same bytes");
+        let other = server.wrap_derived_client_key(b"atm-1\0serial-2", &meta).unwrap();
+        assert_ne!(a.client_key(), other.client_key());
+        let elsewhere = TlsCryptV2ServerKey::generate().wrap_derived_client_key(b"atm-1\0serial-1", &meta).unwrap();
+        assert_ne!(a.client_key(), elsewhere.client_key(), "another server key derives another client key");
+        let (kc, back) = server.unwrap(a.wrapped_key()).unwrap();
+        assert_eq!(kc.as_slice(), a.client_key());
+        assert_eq!(back, meta);
     }
 
     #[test]

@@ -122,13 +122,14 @@ impl Store {
         outcome.map_err(|reason| DbError::TokenUnusable { reason })
     }
 
-    /// Records an approval-flow pairing, unless this public key already has one (returned as it is) or
-    /// `max_pending` undecided, unexpired pairings are waiting. A pending pairing that expired is replaced (the
+    /// Records an approval-flow pairing, unless this public key already has one (returned as it is), or
+    /// `max_pending` undecided, unexpired pairings are waiting (`max_per_source` of them from the same address). A pending pairing that expired is replaced (the
     /// terminal started over); expired ones are forgotten a day after they expired.
     pub async fn submit_pending_pairing(
         &self,
         new: &PendingPairing,
         max_pending: u32,
+        max_per_source: u32,
         now: i64,
     ) -> Result<Submitted, DbError> {
         let by_key = format!("SELECT {PENDING_COLS} FROM pending_pairings WHERE pubkey_sha256 = $1");
@@ -150,7 +151,14 @@ impl Store {
                     .bind(now)
                     .fetch_one(&mut *tx)
                     .await?;
-            if waiting >= i64::from(max_pending) {
+            let from_source: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pending_pairings WHERE state = 'pending' AND expires_at > $1 AND source_ip = $2",
+            )
+            .bind(now)
+            .bind(new.source_ip.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if waiting >= i64::from(max_pending) || from_source >= i64::from(max_per_source) {
                 return Ok(Submitted::TooMany);
             }
             sqlx::query(

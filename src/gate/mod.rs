@@ -11,7 +11,6 @@ pub mod error;
 pub mod pair;
 pub mod profile;
 pub mod server;
-pub mod tlscrypt;
 pub mod upgrade;
 pub mod wire;
 
@@ -119,8 +118,15 @@ pub fn router(state: GateState) -> Router {
 pub async fn run_gate(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), OpsError> {
     let addr = SocketAddr::new(ctx.cfg.network.gate_bind_ip.into(), SERVICE_PORT);
     let state = GateState::new(ctx)?;
-    let listener =
-        TcpListener::bind(addr).await.map_err(|e| OpsError::Other(format!("gate: cannot listen on {addr}: {e}")))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+            " (gate_bind_ip is not an address of this host: `serve all` or `serve vpn` puts it on the service \
+             interface under Scenario A; under Scenario B it must exist already)"
+        } else {
+            ""
+        };
+        OpsError::Other(format!("gate: cannot listen on {addr}: {e}{hint}"))
+    })?;
     run_gate_on(state, listener, stop, ServeLimits::default()).await
 }
 

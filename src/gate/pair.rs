@@ -28,6 +28,8 @@ use crate::ops::now;
 pub const PENDING_TTL_SECS: i64 = 3600;
 /// At most this many approval-flow pairings wait at once (a flood of CSRs cannot fill the store).
 pub const MAX_PENDING: u32 = 500;
+/// … and at most this many from one source address.
+pub const MAX_PENDING_PER_SOURCE: u32 = 20;
 /// Marks the token of a server-keygen delivery (the requester's key identifies a retry, or `none`).
 const KEYGEN_PREFIX: &str = "keygen:";
 
@@ -301,7 +303,7 @@ async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) ->
     };
     let submitted = {
         let _w = st.0.writes.lock().await;
-        st.ctx().store.submit_pending_pairing(&new, MAX_PENDING, now).await?
+        st.ctx().store.submit_pending_pairing(&new, MAX_PENDING, MAX_PENDING_PER_SOURCE, now).await?
     };
     match submitted {
         Submitted::Created(p) => {

@@ -66,7 +66,7 @@ impl ProfileMaker {
         })
     }
 
-    /// Renders one profile. `port`: the admin credential's own port; terminals always use the front port.
+    /// Renders one profile with a fresh random tls-crypt-v2 client key. `port`: the admin credential's own port; terminals always use the front port.
     pub fn render(
         &self,
         name: &Name,
@@ -77,6 +77,33 @@ impl ProfileMaker {
     ) -> Result<String, OpsError> {
         let wrapped =
             self.tls.wrap_client_key(&metadata_for(self.kind, name)).map_err(|e| OpsError::Ca(e.to_string()))?;
+        self.render_with(name, cert_pem, key, key_file, port, &wrapped)
+    }
+
+    /// Renders the profile of a certificate whose private key the client keeps (the gate's CSR flows): the
+    /// tls-crypt-v2 client key is derived from the server key, the name and the certificate serial, so rendering
+    /// the same certificate again gives the same bytes (a retried pairing gets the same answer) and no client key
+    /// is stored anywhere.
+    pub fn render_for_certificate(&self, name: &Name, cert_pem: &str, serial: &str) -> Result<String, OpsError> {
+        let mut context = name.as_str().as_bytes().to_vec();
+        context.push(0);
+        context.extend_from_slice(serial.as_bytes());
+        let wrapped = self
+            .tls
+            .wrap_derived_client_key(&context, &metadata_for(self.kind, name))
+            .map_err(|e| OpsError::Ca(e.to_string()))?;
+        self.render_with(name, cert_pem, None, None, None, &wrapped)
+    }
+
+    fn render_with(
+        &self,
+        name: &Name,
+        cert_pem: &str,
+        key: Option<&PrivateKey>,
+        key_file: Option<&ConfPath>,
+        port: Option<u16>,
+        wrapped: &cas_pki::TlsCryptV2ClientKey,
+    ) -> Result<String, OpsError> {
         let tls = Pem::new(&wrapped.to_pem())?;
         let cert = Pem::new(cert_pem)?;
         let key_pem = key.map(|k| Pem::new(&k.to_pem())).transpose()?;

@@ -448,3 +448,19 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
 async fn exec_clear_last_seen(f: &Fixture) {
     crate::gate::exec(&f.ctx.store, "UPDATE credentials SET last_seen = NULL").await;
 }
+
+#[tokio::test]
+async fn approval_requests_from_one_address_are_capped() {
+    let f = Fixture::new().await;
+    f.open_window().await;
+    for i in 0..cas_vpn::gate::pair::MAX_PENDING_PER_SOURCE {
+        let body = crate::gate::req(None, Some(&crate::gate::csr(&rcgen::KeyPair::generate().unwrap())));
+        let (s, v) = f.pair("192.0.2.200", &body).await;
+        assert_eq!(s, axum::http::StatusCode::ACCEPTED, "{i}: {v}");
+    }
+    let body = crate::gate::req(None, Some(&crate::gate::csr(&rcgen::KeyPair::generate().unwrap())));
+    let (s, v) = f.pair("192.0.2.200", &body).await;
+    assert_eq!((s, v["error"].as_str()), (axum::http::StatusCode::SERVICE_UNAVAILABLE, Some("too_many_pending")));
+    let (s, _) = f.pair("192.0.2.201", &body).await;
+    assert_eq!(s, axum::http::StatusCode::ACCEPTED, "another address is not affected");
+}

@@ -635,3 +635,172 @@ async fn a_package_that_fails_its_checksum_is_never_served_nor_kept() {
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(f.state.upgrade_stats().in_flight, 0, "a refused download frees its slot");
 }
+
+/// Collects every log line of the current thread (the current-thread runtime of `#[tokio::test]` polls everything
+/// the router does on it).
+#[derive(Clone, Default)]
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_token_secret_key_or_request_body_reaches_the_logs_or_a_response() {
+    let f = Fixture::new().await;
+    let token = f.add_terminal("atm-1", &[]);
+    f.open_window().await;
+    let sink = LogSink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let key = KeyPair::generate().unwrap();
+    let pem = csr(&key);
+    let (s, ok) = f.pair("192.0.2.130", &req(Some(&token), Some(&pem))).await;
+    assert_eq!(s, StatusCode::OK);
+    let wrong_secret = {
+        let p: Vec<&str> = token.split('.').collect();
+        format!("cv1.{}.{}.{}", p[1], "B".repeat(27), p[3])
+    };
+    let (_, bad) = f.pair("192.0.2.131", &req(Some(&wrong_secret), Some(&pem))).await;
+    assert_eq!(code(&bad), "invalid_token");
+    let (_, _, junk) =
+        f.call("192.0.2.132", Method::POST, "/v1/pair", b"{\"token\": \"cv1.SECRETSECRET\", \"x\": 1}".to_vec()).await;
+    assert_eq!(code(&junk), "invalid_request");
+    drop(_guard);
+
+    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let token_id = token.split('.').nth(1).unwrap();
+    assert!(logs.contains(token_id), "the token's public id is logged:\n{logs}");
+    let secret = token.split('.').nth(2).unwrap();
+    let ca_key = std::fs::read_to_string(f.install.path("pki/terminal-ca.key")).unwrap();
+    let ca_key_line = ca_key.lines().nth(1).unwrap();
+    let tls_key = inline_block(ok["ovpn"].as_str().unwrap(), "tls-crypt-v2");
+    let csr_line = pem.lines().nth(1).unwrap();
+    for (what, needle) in [
+        ("token secret", secret),
+        ("wrong secret", wrong_secret.split('.').nth(2).unwrap()),
+        ("junk body", "SECRETSECRET"),
+        ("CA key", ca_key_line),
+        ("tls-crypt-v2 key", tls_key.lines().nth(1).unwrap()),
+        ("CSR body", csr_line),
+    ] {
+        assert!(!logs.contains(needle), "{what} leaked into the logs");
+    }
+    let responses = format!("{ok}{bad}{junk}");
+    assert!(!responses.contains(ca_key_line) && !responses.contains("PRIVATE KEY"), "no key in any response");
+}
+
+/// The pairing additions to the store, the same story on SQLite and on PostgreSQL.
+async fn pairing_store_story(store: &Store) {
+    use cas_vpn::db::{DbError, NewCert, NewTerminal, NewToken, PendingPairing, Redeemed, Submitted, TerminalLayout};
+    let now = 1_900_000_000;
+    let layout = TerminalLayout { instances: 1, hosts_per_instance: 100 };
+    let cert = |serial: &str| NewCert {
+        serial: serial.into(),
+        common_name: "atm-k".into(),
+        not_before: now - 60,
+        not_after: now + 86_400,
+        cert_pem: "PEM".into(),
+    };
+    let new = NewTerminal {
+        name: "atm-k".parse().unwrap(),
+        cert: Some(cert("0a")),
+        token: Some(NewToken { id: "00112233aabbccdd".into(), secret_hash: "h".into(), expires_at: now + 3600 }),
+    };
+    let created = store.create_terminals(&[new], layout, now).await.unwrap();
+    let id = created[0].id;
+    let fresh = store.redeem_token_keygen("00112233aabbccdd", "keygen:a", "0a", Some("SN"), now).await.unwrap();
+    assert_eq!(fresh, Redeemed::Fresh { credential_id: id, cert_serial: "0a".into() });
+    let again = store.redeem_token_keygen("00112233aabbccdd", "keygen:a", "0a", None, now + 1).await.unwrap();
+    assert_eq!(again, Redeemed::AlreadySameKey { credential_id: id, cert_serial: "0a".into() });
+    let c = store.credential_by_id(id).await.unwrap().unwrap();
+    assert_eq!((c.paired_at, c.hw_serial.as_deref()), (Some(now), Some("SN")));
+    let other = store.redeem_token_keygen("00112233aabbccdd", "keygen:b", "0a", None, now + 2).await;
+    assert!(matches!(other, Err(DbError::TokenUnusable { reason: "key_mismatch" })), "{other:?}");
+    let locked = store.redeem_token_keygen("00112233aabbccdd", "keygen:a", "0a", None, now + 3).await;
+    assert!(matches!(locked, Err(DbError::TokenUnusable { reason: "locked" })), "{locked:?}");
+
+    let pending = |id: &str, key: &str, ip: &str| PendingPairing {
+        id: id.into(),
+        pubkey_sha256: key.into(),
+        csr_pem: "CSR".into(),
+        code: "ABCD-EFGH".into(),
+        common_name: None,
+        hw_serial: Some("SN-2".into()),
+        version: Some("20240115".into()),
+        source_ip: ip.into(),
+        created_at: now,
+        expires_at: now + 3600,
+        state: "pending".into(),
+        decided_at: None,
+        credential_id: None,
+        cert_serial: None,
+    };
+    let p1 = pending("p1", "k1", "192.0.2.1");
+    assert_eq!(store.submit_pending_pairing(&p1, 2, 2, now).await.unwrap(), Submitted::Created(p1.clone()));
+    let dup = pending("p1-dup", "k1", "192.0.2.1");
+    assert_eq!(store.submit_pending_pairing(&dup, 2, 2, now).await.unwrap(), Submitted::Existing(p1.clone()));
+    let p2 = pending("p2", "k2", "192.0.2.2");
+    assert!(matches!(store.submit_pending_pairing(&p2, 2, 1, now).await.unwrap(), Submitted::Created(_)));
+    assert_eq!(
+        store.submit_pending_pairing(&pending("p3", "k3", "192.0.2.3"), 2, 2, now).await.unwrap(),
+        Submitted::TooMany
+    );
+    assert_eq!(
+        store.submit_pending_pairing(&pending("p3", "k3", "192.0.2.2"), 9, 1, now).await.unwrap(),
+        Submitted::TooMany
+    );
+    assert_eq!(store.list_pending_pairings(false, now).await.unwrap().len(), 2);
+
+    let t2 = store
+        .create_terminals(
+            &[NewTerminal { name: "atm-p".parse().unwrap(), cert: Some(cert("0b")), token: None }],
+            layout,
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(store.approve_pending_pairing("p1", t2[0].id, "0b", now + 5).await.unwrap());
+    assert!(!store.approve_pending_pairing("p1", t2[0].id, "0b", now + 6).await.unwrap(), "only once");
+    let c = store.credential_by_id(t2[0].id).await.unwrap().unwrap();
+    assert_eq!((c.paired_at, c.hw_serial.as_deref()), (Some(now + 5), Some("SN-2")));
+    assert!(store.reject_pending_pairing("p2", now).await.unwrap());
+    assert!(!store.reject_pending_pairing("p1", now).await.unwrap(), "decided already");
+    assert_eq!(store.pending_pairing("p2").await.unwrap().unwrap().state, "rejected");
+    assert!(store.list_pending_pairings(false, now).await.unwrap().is_empty());
+    assert_eq!(store.list_pending_pairings(true, now).await.unwrap().len(), 2);
+    // Expired and undecided: replaced when the same key asks again; an approved one never expires away.
+    let p4 = pending("p4", "k4", "192.0.2.4");
+    store.submit_pending_pairing(&p4, 9, 9, now).await.unwrap();
+    let later = now + 7200;
+    let p4b = PendingPairing { id: "p4b".into(), created_at: later, expires_at: later + 3600, ..p4.clone() };
+    assert!(
+        matches!(store.submit_pending_pairing(&p4b, 9, 9, later).await.unwrap(), Submitted::Created(p) if p.id == "p4b")
+    );
+    assert!(store.pending_pairing("p4").await.unwrap().is_none());
+    assert_eq!(store.pending_pairing("p1").await.unwrap().unwrap().state, "approved");
+}
+
+#[tokio::test]
+async fn pairing_store_additions_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open_sqlite(&dir.path().join("s.sqlite")).await.unwrap();
+    pairing_store_story(&sqlite).await;
+    if let Some(pg) = crate::support::pg::PgDb::create().await {
+        let store = Store::open(&pg.url).await.unwrap();
+        pairing_store_story(&store).await;
+        store.close().await;
+    }
+}

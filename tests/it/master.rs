@@ -241,3 +241,51 @@ async fn master_over_a_real_socket_identifies_by_the_tcp_peer() {
     tokio::time::timeout(std::time::Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
     let _ = Arc::clone(&f.ctx);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_all_runs_gate_and_master_together_and_stops_them_together() {
+    use std::time::{Duration, Instant};
+    let f = Fixture::new().await;
+    // Scenario B (no VPN, no root needed); gate and master on loopback addresses of their own.
+    let props = f.install.path("config/gate.properties");
+    let text = std::fs::read_to_string(&props).unwrap().replace("batm.vpn-skip=false", "batm.vpn-skip=true");
+    std::fs::write(&props, text).unwrap();
+    let net = f.install.path("config/network");
+    let original = std::fs::read_to_string(&net).unwrap();
+    let set = |master: &str| {
+        let t = original
+            .replace("master_bind_ip=10.3.2.1", &format!("master_bind_ip={master}"))
+            .replace("gate_bind_ip=10.3.1.1", "gate_bind_ip=127.0.0.3");
+        std::fs::write(&net, t).unwrap();
+    };
+
+    // One service cannot start: the whole process stops, with that service's error.
+    set("8.8.4.4");
+    let mut cmd = f.install.cmd();
+    cmd.args(["serve", "all"]).timeout(Duration::from_secs(30));
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("master refuses to start"), "{out:?}");
+
+    set("127.0.0.2");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
+        .env("CAS_VPN_ROOT", f.install.root())
+        .args(["serve", "all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in ["127.0.0.3:7741", "127.0.0.2:7741"] {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "{addr} never listened");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(12));
+    assert!(tokio::net::TcpStream::connect("127.0.0.2:7741").await.is_err());
+}

@@ -104,9 +104,15 @@ impl Install {
         m
     }
 
-    /// Rows per table, to prove the store did not change.
+    /// What the store holds (every credential, revoked ones too, and the counts), to prove it did not change.
+    /// Not `status` as a whole: its `seconds_left` ticks between two calls.
     pub fn db_counts(&self) -> String {
-        self.ok(&["status", "--json"])
+        let counts = self.json(&["status"])["counts"].clone();
+        format!(
+            "{counts}\n{}\n{}",
+            self.ok(&["terminal", "list", "--all", "--json"]),
+            self.ok(&["admin-vpn", "list", "--all", "--json"])
+        )
     }
 }
 
