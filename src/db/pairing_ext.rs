@@ -1,11 +1,8 @@
 //! Pairing state beyond tokens: server-keygen delivery (the certificate exists before pairing) and the approval
 //! flow's pending pairings (DESIGN §4). Every change is one statement or one transaction.
 
-use super::tokens::{TokenRow, token_reason};
+use super::tokens::token_reason;
 use super::{DbError, Redeemed, Store};
-
-const TOKEN_BY_ID: &str = "SELECT id, credential_id, secret_hash, created_at, expires_at, used_at, pubkey_sha256, \
-                           cert_serial, locked_at FROM pairing_tokens WHERE id = $1";
 
 /// A pairing waiting for (or decided by) an admin.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
@@ -63,28 +60,7 @@ impl Store {
         now: i64,
     ) -> Result<Redeemed, DbError> {
         let outcome: Result<Redeemed, &'static str> = in_tx!(self, tx => async {
-            let token: Option<TokenRow> = sqlx::query_as(TOKEN_BY_ID).bind(id).fetch_optional(&mut *tx).await?;
-            let Some(token) = token else { return Ok(Err(token_reason::UNKNOWN)) };
-            if token.locked_at.is_some() {
-                return Ok(Err(token_reason::LOCKED));
-            }
-            if token.used_at.is_some() {
-                if token.pubkey_sha256.as_deref() == Some(identity) {
-                    return Ok(Ok(Redeemed::AlreadySameKey {
-                        credential_id: token.credential_id,
-                        cert_serial: token.cert_serial.unwrap_or_default(),
-                    }));
-                }
-                sqlx::query("UPDATE pairing_tokens SET locked_at = $1 WHERE id = $2 AND locked_at IS NULL")
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                return Ok(Err(token_reason::KEY_MISMATCH));
-            }
-            if token.expires_at <= now {
-                return Ok(Err(token_reason::EXPIRED));
-            }
+            let token = super::tokens::redeem_prechecks!(tx, id, identity, now);
             let active: Option<i64> = sqlx::query_scalar(
                 "SELECT c.id FROM credentials c JOIN certificates x ON x.credential_id = c.id \
                  WHERE c.id = $1 AND c.kind = 'terminal' AND c.revoked_at IS NULL \

@@ -12,6 +12,39 @@ use super::credentials::{CRED_BY_ID, CredRow};
 use super::{DbError, Store};
 use crate::domain::Kind;
 
+/// The checks every redemption makes first, inside its transaction, in this order: unknown, locked, used (the
+/// same key gets `AlreadySameKey`; another key locks the token), expired. Evaluates to the token row, or returns
+/// the refusal from the enclosing transaction body. A macro because `in_tx!` expands the body once per backend.
+macro_rules! redeem_prechecks {
+    ($tx:ident, $id:expr, $identity:expr, $now:expr) => {{
+        let token: Option<$crate::db::tokens::TokenRow> =
+            sqlx::query_as($crate::db::tokens::TOKEN_BY_ID).bind($id).fetch_optional(&mut *$tx).await?;
+        let Some(token) = token else { return Ok(Err($crate::db::tokens::token_reason::UNKNOWN)) };
+        if token.locked_at.is_some() {
+            return Ok(Err($crate::db::tokens::token_reason::LOCKED));
+        }
+        if token.used_at.is_some() {
+            if token.pubkey_sha256.as_deref() == Some($identity) {
+                return Ok(Ok($crate::db::Redeemed::AlreadySameKey {
+                    credential_id: token.credential_id,
+                    cert_serial: token.cert_serial.unwrap_or_default(),
+                }));
+            }
+            sqlx::query("UPDATE pairing_tokens SET locked_at = $1 WHERE id = $2 AND locked_at IS NULL")
+                .bind($now)
+                .bind($id)
+                .execute(&mut *$tx)
+                .await?;
+            return Ok(Err($crate::db::tokens::token_reason::KEY_MISMATCH));
+        }
+        if token.expires_at <= $now {
+            return Ok(Err($crate::db::tokens::token_reason::EXPIRED));
+        }
+        token
+    }};
+}
+pub(crate) use redeem_prechecks;
+
 /// Why a token was refused: the `reason` of [`DbError::TokenUnusable`]. Stable strings, safe to show.
 pub mod token_reason {
     /// No token has that id.
@@ -85,7 +118,7 @@ pub enum Redeemed {
     AlreadySameKey { credential_id: i64, cert_serial: String },
 }
 
-const TOKEN_BY_ID: &str = "SELECT id, credential_id, secret_hash, created_at, expires_at, used_at, pubkey_sha256, \
+pub(crate) const TOKEN_BY_ID: &str = "SELECT id, credential_id, secret_hash, created_at, expires_at, used_at, pubkey_sha256, \
                            cert_serial, locked_at FROM pairing_tokens WHERE id = $1";
 
 impl Store {
@@ -139,28 +172,7 @@ impl Store {
     ) -> Result<Redeemed, DbError> {
         // The inner Result carries refusals, so that the transaction still commits the lock of a mismatch.
         let outcome: Result<Redeemed, &'static str> = in_tx!(self, tx => async {
-            let token: Option<TokenRow> = sqlx::query_as(TOKEN_BY_ID).bind(id).fetch_optional(&mut *tx).await?;
-            let Some(token) = token else { return Ok(Err(token_reason::UNKNOWN)) };
-            if token.locked_at.is_some() {
-                return Ok(Err(token_reason::LOCKED));
-            }
-            if token.used_at.is_some() {
-                if token.pubkey_sha256.as_deref() == Some(pubkey_sha256) {
-                    return Ok(Ok(Redeemed::AlreadySameKey {
-                        credential_id: token.credential_id,
-                        cert_serial: token.cert_serial.unwrap_or_default(),
-                    }));
-                }
-                sqlx::query("UPDATE pairing_tokens SET locked_at = $1 WHERE id = $2 AND locked_at IS NULL")
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                return Ok(Err(token_reason::KEY_MISMATCH));
-            }
-            if token.expires_at <= now {
-                return Ok(Err(token_reason::EXPIRED));
-            }
+            let token = redeem_prechecks!(tx, id, pubkey_sha256, now);
             let active: Option<i64> = sqlx::query_scalar(
                 "SELECT id FROM credentials WHERE id = $1 AND kind = 'terminal' AND revoked_at IS NULL",
             )
