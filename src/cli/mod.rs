@@ -274,16 +274,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.kind, r.name, r.revoked_at, r.crl_number
                 );
             } else {
-                println!(
-                    "revoked {} {} ({} certificate(s)); CRL #{} published",
-                    r.kind,
-                    r.name,
-                    r.serials.len(),
-                    r.crl_number
-                );
+                let certs = match r.serials.len() {
+                    0 => "no certificate issued yet".to_owned(),
+                    n => format!("{n} certificate(s)"),
+                };
+                println!("revoked {} {} ({certs}); CRL #{} published", r.kind, r.name, r.crl_number);
                 if let Some(p) = r.freed_port {
                     println!("admin port {p} is free again");
                 }
+            }
+            match r.killed_sessions {
+                Some(n) => println!("{n} live session(s) ended"),
+                None => println!("no cas-vpn serve is running here: no live session to end"),
             }
         }
         Cmd::Pairing(p) => pairing::pairing(Ctx::open(&root, db).await?, p).await?,

@@ -62,7 +62,8 @@ impl<'de> serde::Deserialize<'de> for Name {
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad`, not `write_str`: honours width and alignment in tables.
+        f.pad(&self.0)
     }
 }
 

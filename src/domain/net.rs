@@ -53,7 +53,8 @@ impl FromStr for Host {
 
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad`, not `write_str`: honours width and alignment in tables.
+        f.pad(&self.0)
     }
 }
 
