@@ -59,6 +59,13 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: &str) -> Result<Revoked, Ops
         Some(other) => return Err(OpsError::Other(format!("unexpected answer from the running cas-vpn: {other:?}"))),
         None => None,
     };
+    // Last step of DESIGN's order (store → CRL → kill → audit): what the kill did, next to the store's own
+    // revocation row.
+    let detail = match killed {
+        Some(n) => format!("crl #{}; {n} live session(s) ended", report.crl_number),
+        None => format!("crl #{}; no serve running", report.crl_number),
+    };
+    ctx.store.audit("cli", "revoke.sessions", name.as_str(), &detail, now()).await?;
     if cred.kind == Kind::Admin {
         // Its instance stops and its port is free for the next credential.
         let _ = control::request(&ctx.cfg.root, &Request::Reload, RELOAD_TIMEOUT).await;

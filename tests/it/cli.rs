@@ -159,6 +159,16 @@ fn revoke_publishes_a_crl_with_the_serial_and_allows_a_new_credential() {
     ]);
     assert!(ok && out.contains("verify OK"), "the CRL verifies with the admin CA: {out}");
 
+    // The audit trail ends with what the kill step did, after the store's own revocation row.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let audit = rt.block_on(async {
+        let store = cas_vpn::db::Store::open_sqlite(&i.path("db/cas-vpn.sqlite")).await.unwrap();
+        store.list_audit(10).await.unwrap()
+    });
+    let actions: Vec<&str> = audit.iter().filter(|a| a.subject == "alice").map(|a| a.action.as_str()).collect();
+    assert_eq!(&actions[..2], ["revoke.sessions", "revoke"], "newest first: {actions:?}");
+    assert!(audit[0].detail.contains("no serve running"), "{:?}", audit[0]);
+
     let again = i.ok(&["revoke", "alice"]);
     assert!(again.contains("already revoked"), "{again}");
     let err = i.fails(&["revoke", "nobody-here"], 1);
