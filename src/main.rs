@@ -6,7 +6,10 @@ fn main() {
         Err(code) => std::process::exit(code),
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        // `serve` tells what it does; one-shot commands stay quiet unless asked (RUST_LOG).
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            if matches!(cli.cmd, cas_vpn::cli::Cmd::Serve { .. }) { "info".into() } else { "warn".into() }
+        }))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
