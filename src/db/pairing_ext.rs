@@ -73,10 +73,7 @@ impl Store {
             if active.is_none() {
                 return Ok(Err(token_reason::REVOKED));
             }
-            let took = sqlx::query(
-                "UPDATE pairing_tokens SET used_at = $1, pubkey_sha256 = $2, cert_serial = $3 \
-                 WHERE id = $4 AND used_at IS NULL AND locked_at IS NULL AND expires_at > $1",
-            )
+            let took = sqlx::query(super::tokens::TAKE_TOKEN)
             .bind(now)
             .bind(identity)
             .bind(cert_serial)

@@ -118,6 +118,11 @@ pub enum Redeemed {
     AlreadySameKey { credential_id: i64, cert_serial: String },
 }
 
+/// The guard of every redemption: whatever was read before, only one UPDATE finds the token unused, unlocked and
+/// unexpired. Binds: now, the key identity, the certificate serial, the token id.
+pub(crate) const TAKE_TOKEN: &str = "UPDATE pairing_tokens SET used_at = $1, pubkey_sha256 = $2, cert_serial = $3 \
+                                     WHERE id = $4 AND used_at IS NULL AND locked_at IS NULL AND expires_at > $1";
+
 pub(crate) const TOKEN_BY_ID: &str = "SELECT id, credential_id, secret_hash, created_at, expires_at, used_at, pubkey_sha256, \
                            cert_serial, locked_at FROM pairing_tokens WHERE id = $1";
 
@@ -183,10 +188,7 @@ impl Store {
                 return Ok(Err(token_reason::REVOKED));
             }
             // The guard that matters: whatever was read above, only one UPDATE can find the token unused.
-            let took = sqlx::query(
-                "UPDATE pairing_tokens SET used_at = $1, pubkey_sha256 = $2, cert_serial = $3 \
-                 WHERE id = $4 AND used_at IS NULL AND locked_at IS NULL AND expires_at > $1",
-            )
+            let took = sqlx::query(TAKE_TOKEN)
             .bind(now)
             .bind(pubkey_sha256)
             .bind(cert.serial.as_str())
