@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use cas_pki::{Ca, KeyType, PrivateKey, Revoked, TlsCryptV2ServerKey, Validity};
 use time::OffsetDateTime;
 
-use crate::domain::{ConfPath, Kind};
+use crate::domain::Kind;
 use crate::sys::fs::{FsError, ensure_dir, read_optional, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
@@ -103,10 +103,6 @@ impl PkiDir {
     /// Server-keygen profiles waiting for delivery through the gate (they hold a private key).
     pub fn pending_dir(&self) -> PathBuf {
         self.dir.join("pending")
-    }
-
-    pub fn conf_path(p: &Path) -> Result<ConfPath, PkiFilesError> {
-        Ok(ConfPath::new(p)?)
     }
 
     pub fn ensure_dirs(&self) -> Result<(), PkiFilesError> {

@@ -33,11 +33,6 @@ pub fn host_ip(slice: &Subnet, host_index: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(slice.network()) + host_index)
 }
 
-/// The server's own address in a slice: what `server NET MASK` gives the tun device.
-pub fn server_ip(slice: &Subnet) -> Ipv4Addr {
-    host_ip(slice, 1)
-}
-
 /// A terminal's tunnel address, from its allocation.
 pub fn terminal_ip(slices: &[Subnet], home: u32, host_index: u32) -> Option<Ipv4Addr> {
     slices.get(home as usize).map(|s| host_ip(s, host_index))

@@ -87,10 +87,7 @@ impl Ctx {
 
     /// The VPN settings, or a clear error naming what needed them under Scenario B.
     pub fn vpn(&self, what: &'static str) -> Result<&VpnConfig, OpsError> {
-        if self.cfg.gate.vpn_skip {
-            return Err(OpsError::NoVpn { why: "batm.vpn-skip=true in gate.properties", what });
-        }
-        self.cfg.vpn.as_ref().ok_or(OpsError::NoVpn { why: "no config/vpn file", what })
+        self.cfg.active_vpn().ok_or(OpsError::NoVpn { why: self.cfg.scenario_reason(), what })
     }
 }
 

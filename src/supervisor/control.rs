@@ -3,15 +3,14 @@
 //! one JSON line out.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use super::Supervisor;
+use super::Registry;
 use super::instance::InstanceStatus;
 use crate::domain::Name;
 
@@ -75,7 +74,7 @@ pub async fn request(root: &Path, req: &Request, timeout: Duration) -> Result<Op
 /// Serves the control socket until the task is dropped.
 pub async fn serve(
     root: PathBuf,
-    supervisor: Arc<Mutex<Supervisor>>,
+    registry: Registry,
     reload: mpsc::Sender<oneshot::Sender<()>>,
 ) -> Result<(), ControlError> {
     let path = socket_path(&root);
@@ -86,7 +85,7 @@ pub async fn serve(
     let listener = UnixListener::bind(&path).map_err(|source| ControlError::Io { path: path.clone(), source })?;
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let (sup, reload) = (supervisor.clone(), reload.clone());
+        let (registry, reload) = (registry.clone(), reload.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -94,7 +93,7 @@ pub async fn serve(
                 return;
             }
             let resp = match serde_json::from_str::<Request>(&line) {
-                Ok(Request::Kill { name }) => Response::Killed { sessions: sup.lock().await.kill(&name).await },
+                Ok(Request::Kill { name }) => Response::Killed { sessions: registry.kill(&name).await },
                 Ok(Request::Reload) => {
                     let (tx, rx) = oneshot::channel();
                     if reload.send(tx).await.is_ok() && rx.await.is_ok() {
@@ -103,7 +102,7 @@ pub async fn serve(
                         Response::Error { message: "shutting down".into() }
                     }
                 }
-                Ok(Request::Status) => Response::Status { instances: sup.lock().await.status().await },
+                Ok(Request::Status) => Response::Status { instances: registry.status().await },
                 Err(e) => Response::Error { message: format!("bad request: {e}") },
             };
             if let Ok(mut text) = serde_json::to_string(&resp) {

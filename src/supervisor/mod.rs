@@ -17,6 +17,7 @@ pub mod mgmt;
 pub mod service;
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,15 +38,75 @@ struct Handle {
     join: JoinHandle<()>,
 }
 
+/// The running instances' control channels, shared with the control socket: a `kill` (revocation) or a `status`
+/// reaches every instance at once and never waits behind `apply`, which may be starting or stopping instances for
+/// seconds.
+#[derive(Clone, Default)]
+pub struct Registry(Arc<RwLock<HashMap<Name, mpsc::Sender<Control>>>>);
+
+impl Registry {
+    fn senders(&self) -> Vec<mpsc::Sender<Control>> {
+        self.0.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn insert(&self, name: Name, ctl: mpsc::Sender<Control>) {
+        if let Ok(mut m) = self.0.write() {
+            m.insert(name, ctl);
+        }
+    }
+
+    fn remove(&self, name: &Name) {
+        if let Ok(mut m) = self.0.write() {
+            m.remove(name);
+        }
+    }
+
+    /// Kills every live session of `name` on every instance; returns how many.
+    pub async fn kill(&self, name: &Name) -> usize {
+        let mut waits = Vec::new();
+        for ctl in self.senders() {
+            let (reply, rx) = oneshot::channel();
+            if ctl.send(Control::Kill { name: name.clone(), reply }).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        let mut total = 0;
+        for w in waits {
+            total += w.await.unwrap_or(0);
+        }
+        total
+    }
+
+    pub async fn status(&self) -> Vec<InstanceStatus> {
+        let mut out = Vec::new();
+        for ctl in self.senders() {
+            let (reply, rx) = oneshot::channel();
+            if ctl.send(Control::Status { reply }).await.is_ok()
+                && let Ok(s) = rx.await
+            {
+                out.push(s);
+            }
+        }
+        out.sort_by_key(|s| (s.kind as u8, s.port));
+        out
+    }
+}
+
 pub struct Supervisor {
     store: Store,
     real_addrs: RealAddrs,
     instances: HashMap<Name, Handle>,
+    registry: Registry,
 }
 
 impl Supervisor {
     pub fn new(store: Store, real_addrs: RealAddrs) -> Supervisor {
-        Supervisor { store, real_addrs, instances: HashMap::new() }
+        Supervisor { store, real_addrs, instances: HashMap::new(), registry: Registry::default() }
+    }
+
+    /// The handle the control socket uses for kills and status.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
     }
 
     /// Makes the running set match `wanted` (spec + config hash): stops instances no longer wanted, restarts
@@ -75,6 +136,8 @@ impl Supervisor {
         let name = spec.name.clone();
         let inst = Instance::new(spec, self.store.clone(), self.real_addrs.clone(), ready_tx);
         let join = tokio::spawn(inst.run(rx));
+        // Reachable for kills from the moment it exists, not only once it is ready.
+        self.registry.insert(name.clone(), ctl.clone());
         if tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r)).await.is_err() {
             tracing::warn!(instance = %name, "not ready within {READY_WAIT:?}; starting the next one anyway");
         }
@@ -83,51 +146,20 @@ impl Supervisor {
 
     async fn stop(&mut self, name: &Name) {
         if let Some(h) = self.instances.remove(name) {
+            self.registry.remove(name);
             let _ = h.ctl.send(Control::Stop).await;
             let _ = h.join.await;
         }
     }
 
-    /// Kills every live session of `name` on every instance; returns how many.
-    pub async fn kill(&self, name: &Name) -> usize {
-        let mut waits = Vec::new();
-        for h in self.instances.values() {
-            let (reply, rx) = oneshot::channel();
-            if h.ctl.send(Control::Kill { name: name.clone(), reply }).await.is_ok() {
-                waits.push(rx);
-            }
-        }
-        let mut total = 0;
-        for w in waits {
-            total += w.await.unwrap_or(0);
-        }
-        total
-    }
-
-    pub async fn status(&self) -> Vec<InstanceStatus> {
-        let mut out = Vec::new();
-        for h in self.instances.values() {
-            let (reply, rx) = oneshot::channel();
-            if h.ctl.send(Control::Status { reply }).await.is_ok()
-                && let Ok(s) = rx.await
-            {
-                out.push(s);
-            }
-        }
-        out.sort_by_key(|s| (s.kind as u8, s.port));
-        out
-    }
-
     /// Stops everything: SIGTERM, then SIGKILL after the grace period; returns when all processes are gone.
     pub async fn shutdown(&mut self) {
-        let names: Vec<Name> = self.instances.keys().cloned().collect();
         for h in self.instances.values() {
             let _ = h.ctl.send(Control::Stop).await;
         }
-        for n in names {
-            if let Some(h) = self.instances.remove(&n) {
-                let _ = h.join.await;
-            }
+        for (name, h) in self.instances.drain() {
+            self.registry.remove(&name);
+            let _ = h.join.await;
         }
     }
 }

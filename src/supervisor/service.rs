@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Supervisor;
 use super::front::Front;
@@ -43,9 +43,10 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     }
 
     let real_addrs = Arc::new(StdMutex::new(HashMap::new()));
-    let supervisor = Arc::new(Mutex::new(Supervisor::new(ctx.store.clone(), real_addrs.clone())));
+    // Owned by this loop alone: kills and status go through its registry, never through `apply`.
+    let mut supervisor = Supervisor::new(ctx.store.clone(), real_addrs.clone());
     let start = std::time::Instant::now();
-    supervisor.lock().await.apply(instances::render_all(&ctx).await?).await;
+    supervisor.apply(instances::render_all(&ctx).await?).await;
     tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "VPN instances started");
 
     let ports = Arc::new(std::sync::RwLock::new(vpn.terminal_ports.iter().collect::<Vec<u16>>()));
@@ -63,7 +64,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     let front_task = tokio::spawn(front.run(listener));
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
-    let control = tokio::spawn(super::control::serve(ctx.cfg.root.clone(), supervisor.clone(), reload_tx));
+    let control = tokio::spawn(super::control::serve(ctx.cfg.root.clone(), supervisor.registry(), reload_tx));
 
     let crl_check = crl::check_period(&ctx);
     let mut crl_timer = tokio::time::interval(crl_check);
@@ -75,13 +76,13 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(done) = reload_rx.recv() => {
-                replan_now(&ctx, &supervisor, &ports).await;
+                replan_now(&ctx, &mut supervisor, &ports).await;
                 let _ = done.send(());
             }
-            _ = replan.tick() => replan_now(&ctx, &supervisor, &ports).await,
+            _ = replan.tick() => replan_now(&ctx, &mut supervisor, &ports).await,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: re-reading the configuration");
-                replan_now(&ctx, &supervisor, &ports).await;
+                replan_now(&ctx, &mut supervisor, &ports).await;
             }
             _ = crl_timer.tick() => {
                 for kind in [Kind::Terminal, Kind::Admin] {
@@ -99,7 +100,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     tracing::info!("stopping VPN instances");
     front_task.abort();
     control.abort();
-    supervisor.lock().await.shutdown().await;
+    supervisor.shutdown().await;
     let _ = std::fs::remove_file(super::control::socket_path(&ctx.cfg.root));
     Ok(())
 }
@@ -107,7 +108,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
 /// Re-reads the config files and the store, and makes the running instances match: only instances whose
 /// rendered config changed are restarted. A config that no longer parses is logged and the running set is kept.
 /// (The front port itself and the service interface are set at start: changing those needs a restart.)
-async fn replan_now(ctx: &Ctx, supervisor: &Mutex<Supervisor>, ports: &std::sync::RwLock<Vec<u16>>) {
+async fn replan_now(ctx: &Ctx, supervisor: &mut Supervisor, ports: &std::sync::RwLock<Vec<u16>>) {
     let cfg = match crate::config::Config::load(&ctx.cfg.root) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -123,7 +124,7 @@ async fn replan_now(ctx: &Ctx, supervisor: &Mutex<Supervisor>, ports: &std::sync
             {
                 *p = v.terminal_ports.iter().collect();
             }
-            supervisor.lock().await.apply(wanted).await
+            supervisor.apply(wanted).await
         }
         Err(e) => tracing::error!(error = %e, "cannot plan instances"),
     }
