@@ -1,14 +1,28 @@
-//! cas-vpn: an OpenVPN orchestrator for Bitcoin ATM fleets. See ARCHITECTURE.md for the map.
+//! cas-vpn: an OpenVPN orchestrator for Bitcoin ATM fleets. See ARCHITECTURE.md for the map and the floors:
+//! `cli → ops/daemon → services (vpn, gate, master, agent) → app/http/wire/control → db/config/pkifiles/ovpn →
+//! domain/sys (and cas-pki)`. Nothing imports upward; services never import `ops` or each other
+//! (`tests/it/layers.rs` enforces it).
 
-pub mod agent;
+// Floor 6: the command line.
 pub mod cli;
-pub mod config;
-pub mod db;
-pub mod domain;
+// Floor 5: use cases and the process launcher.
+pub mod daemon;
+pub mod ops;
+// Floor 4: the services (one process each) and the reference terminal.
+pub mod agent;
 pub mod gate;
 pub mod master;
-pub mod ops;
+pub mod vpn;
+// Floor 3: what services share.
+pub mod app;
+pub mod control;
+pub mod http;
+pub mod wire;
+// Floor 2: the store, the configuration files, the PKI on disk, OpenVPN rendering.
+pub mod config;
+pub mod db;
 pub mod ovpn;
 pub mod pkifiles;
-pub mod supervisor;
+// Floor 1: validated types and pure policy; the only code that touches the OS.
+pub mod domain;
 pub mod sys;

@@ -162,6 +162,14 @@ impl PkiDir {
         read_optional(&p)?.ok_or(PkiFilesError::Missing { path: p })
     }
 
+    /// The SHA-256 pin of the gate's TLS public key, carried in every pairing token.
+    pub fn gate_pin(&self) -> Result<[u8; 32], PkiFilesError> {
+        let pem = self.read_server_cert(ServerRole::Gate)?;
+        let pin = cas_pki::spki_sha256_pin(&pem).map_err(pki_err)?;
+        let bytes = hex::decode(pin.trim_start_matches("sha256:")).map_err(pki_err)?;
+        bytes.try_into().map_err(|_| PkiFilesError::Pki("gate pin is not 32 bytes".into()))
+    }
+
     pub fn read_server_key(&self, role: ServerRole) -> Result<PrivateKey, PkiFilesError> {
         let p = self.server_key_path(role);
         let pem = read_optional(&p)?.ok_or(PkiFilesError::Missing { path: p.clone() })?;

@@ -6,8 +6,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = cas_vpn::gate::csr::check(text, Some("atm-1"));
-        let _ = cas_vpn::gate::csr::check(text, None);
+        let _ = cas_vpn::app::csr::check(text, Some("atm-1"));
+        let _ = cas_vpn::app::csr::check(text, None);
     }
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(data);
@@ -17,5 +17,5 @@ fuzz_target!(|data: &[u8]| {
         pem.push('\n');
     }
     pem.push_str("-----END CERTIFICATE REQUEST-----\n");
-    let _ = cas_vpn::gate::csr::check(&pem, None);
+    let _ = cas_vpn::app::csr::check(&pem, None);
 });

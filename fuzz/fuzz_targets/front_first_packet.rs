@@ -13,11 +13,11 @@ fn key() -> &'static TlsCryptV2ServerKey {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = cas_vpn::supervisor::front::terminal_of(data, key());
+    let _ = cas_vpn::vpn::front::terminal_of(data, key());
     if let Ok(client) = key().wrap_client_key(&ClientMetadata::User(data.to_vec())) {
         let mut packet = vec![10 << 3];
         packet.extend_from_slice(&[0u8; 48]);
         packet.extend_from_slice(client.wrapped_key());
-        let _ = cas_vpn::supervisor::front::terminal_of(&packet, key());
+        let _ = cas_vpn::vpn::front::terminal_of(&packet, key());
     }
 });

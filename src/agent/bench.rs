@@ -11,10 +11,10 @@ use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use super::http::{self, Target, Trust};
 use super::{AgentError, make_csr};
 use crate::domain::PairingToken;
-use crate::gate::wire::{PairRequest, SERVICE_PORT, TerminalInfo};
+use crate::http::client::{self as http, Target, Trust};
+use crate::wire::{PairRequest, SERVICE_PORT, TerminalInfo};
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {

@@ -17,7 +17,7 @@
 //! which is why `--gate-pin` is the recommended form.
 
 pub mod bench;
-pub mod http;
+
 pub mod run;
 
 use std::path::{Path, PathBuf};
@@ -28,12 +28,12 @@ use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ConfPath, PairingToken};
-use crate::gate::wire::{
+use crate::http::client::{self as http, HttpError, Reply, Target, Trust};
+use crate::sys::fs::{ensure_dir, read_optional, write_atomic};
+use crate::wire::{
     ErrorBody, MasterAddr, PairRequest, PairResponse, PendingResponse, SERVICE_PORT, TerminalInfo, UpgradeInfo,
     pairing_code_for_spki, pin_text,
 };
-use crate::sys::fs::{ensure_dir, read_optional, write_atomic};
-use http::{HttpError, Reply, Target, Trust};
 
 /// The firmware version the agent reports (YYYYMMDD).
 pub const AGENT_VERSION: &str = "20261101";
@@ -172,7 +172,7 @@ pub async fn pair(opts: &PairOptions, events: &(dyn Fn(PairEvent) + Sync)) -> Re
     let csr = make_csr(&key)?;
     let our_code = pairing_code_for_spki(&key.public_key_der());
 
-    let saved_pin = read_optional(&dir.join(PIN_FILE))?.and_then(|t| crate::gate::wire::parse_pin(&t));
+    let saved_pin = read_optional(&dir.join(PIN_FILE))?.and_then(|t| crate::wire::parse_pin(&t));
     let trust = match (&opts.token, opts.gate_pin) {
         (Some(t), Some(p)) if *t.pin() != p => {
             return Err(AgentError::Usage("--gate-pin differs from the pin inside the token".into()));
@@ -208,7 +208,7 @@ pub async fn pair(opts: &PairOptions, events: &(dyn Fn(PairEvent) + Sync)) -> Re
                 StatusCode::OK => reply.json::<PairResponse>().map_err(AgentError::Protocol)?,
                 StatusCode::ACCEPTED => {
                     let p: PendingResponse = reply.json().map_err(AgentError::Protocol)?;
-                    if !crate::gate::wire::code_matches(&p.code, &our_code) {
+                    if !crate::wire::code_matches(&p.code, &our_code) {
                         return Err(AgentError::CodeMismatch { ours: our_code, theirs: p.code });
                     }
                     let file = PairingFile { pairing_id: p.pairing_id.clone(), code: our_code.clone() };

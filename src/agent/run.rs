@@ -16,12 +16,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
-use super::http::{self, Target};
 use super::{
     AgentError, KEY_FILE, OVPN_FILE, cert_spki, inline_block, key_line, make_csr, read_master, set_cert, set_key_line,
 };
-use crate::gate::wire::{ErrorBody, HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse};
+use crate::http::client::{self as http, Target};
 use crate::sys::fs::{read_optional, write_atomic};
+use crate::wire::{ErrorBody, HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse};
 
 pub const RENEW_FILE: &str = "renew.json";
 /// After a failed heartbeat, the next one comes at most this soon.
@@ -68,7 +68,7 @@ pub async fn run(
     let master = read_master(&dir)?
         .ok_or_else(|| AgentError::Usage(format!("{} is not paired: run `cas-vpn agent pair` first", dir.display())))?;
     let target = match &opts.master {
-        Some(hp) => Target::parse(hp, crate::gate::wire::SERVICE_PORT, None)?,
+        Some(hp) => Target::parse(hp, crate::wire::SERVICE_PORT, None)?,
         None => Target { host: master.host.clone(), port: master.port, tls: None },
     };
     sweep_keys(&dir);
@@ -116,7 +116,7 @@ pub async fn run(
                         backoff = Duration::from_secs(1);
                         events(RunEvent::Heartbeat { terminal: hb.terminal.clone(), renew_after: hb.renew_after });
                         next_beat = tokio::time::Instant::now() + opts.heartbeat;
-                        let due = hb.renew_after.is_some_and(|t| t <= crate::ops::now());
+                        let due = hb.renew_after.is_some_and(|t| t <= crate::app::now());
                         if due && profile_path.is_file() {
                             match renew(&target, &dir).await {
                                 Ok(Some(not_after)) => {
@@ -257,7 +257,7 @@ async fn renew(target: &Target, dir: &Path) -> Result<Option<Option<String>>, Ag
     {
         let _ = std::fs::remove_file(old);
     }
-    let not_after = cas_pki::cert_info(&cert).ok().map(|i| crate::ops::rfc3339(i.not_after.unix_timestamp()));
+    let not_after = cas_pki::cert_info(&cert).ok().map(|i| crate::app::rfc3339(i.not_after.unix_timestamp()));
     Ok(Some(not_after))
 }
 

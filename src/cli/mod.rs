@@ -48,7 +48,7 @@ pub enum Cmd {
     /// Run the services (all = every service in one process).
     Serve {
         #[arg(value_enum, default_value = "all")]
-        what: ops::serve::Service,
+        what: crate::daemon::Service,
     },
     /// What is configured, stored, running and about to expire.
     Status {
@@ -210,7 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("nothing to do: {} was already initialised", r.root);
             }
         }
-        Cmd::Serve { what } => ops::serve::serve(Ctx::open(&root, db).await?, what).await?,
+        Cmd::Serve { what } => crate::daemon::serve(Ctx::open(&root, db).await?, what).await?,
         Cmd::Status { json } => {
             let ctx = Ctx::open(&root, db).await?;
             let s = ops::status::status(&ctx).await?;

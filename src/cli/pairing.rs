@@ -202,7 +202,7 @@ pub enum AgentCmd {
 }
 
 fn parse_pin(s: &str) -> Result<[u8; 32], String> {
-    crate::gate::wire::parse_pin(s).ok_or_else(|| "expected sha256:<64 hex digits>".to_owned())
+    crate::wire::parse_pin(s).ok_or_else(|| "expected sha256:<64 hex digits>".to_owned())
 }
 
 pub async fn agent(cmd: AgentCmd) -> anyhow::Result<()> {

@@ -3,8 +3,10 @@
 //! DESIGN.md invariant 7: no whitespace, quote, newline or path separator can reach a template. The types here
 //! are the only way to get such a value, so a template that takes them cannot be handed hostile text.
 
+pub mod addressing;
 mod duration;
 mod kind;
+pub mod lifecycle;
 mod name;
 mod net;
 mod path;

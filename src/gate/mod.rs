@@ -6,39 +6,26 @@
 //! leaves `pki/` (the CA is loaded in memory to sign, never serialised); a refused request writes no row and no
 //! file (every check runs before the one store transaction that pairs).
 
-pub mod csr;
-pub mod error;
+pub mod delivery;
 pub mod pair;
-pub mod profile;
-pub mod server;
 pub mod upgrade;
-pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
-use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::app::{AppError, Ctx};
 use crate::config::VpnConfig;
 use crate::domain::Kind;
-use crate::ops::{Ctx, OpsError};
+use crate::http::{ApiError, ServeLimits, server};
 use crate::pkifiles::ServerRole;
-pub use error::GateError;
-use profile::Delivery;
-pub use server::ServeLimits;
-use wire::{MasterAddr, SERVICE_PORT};
+use crate::wire::{self, MasterAddr, SERVICE_PORT};
+use delivery::Delivery;
 
-/// Largest request body accepted (a CSR is at most 16 KiB of PEM).
-pub const MAX_BODY: usize = 64 * 1024;
-/// A client must have sent its whole body within this.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failures from one address before it is banned, and for how long.
 pub const MAX_FAILURES: u32 = 5;
 pub const BAN_SECS: i64 = 15 * 60;
@@ -66,8 +53,8 @@ pub(crate) struct Inner {
 impl GateState {
     /// Loads what the gate needs from an opened installation: the terminal CA, the gate's pin, the profile
     /// renderer (Scenario A), the upgrade package description (`config/upgrade`, optional).
-    pub fn new(ctx: Arc<Ctx>) -> Result<GateState, OpsError> {
-        let pin = crate::ops::terminal::gate_pin(&ctx)?;
+    pub fn new(ctx: Arc<Ctx>) -> Result<GateState, AppError> {
+        let pin = ctx.pki.gate_pin()?;
         let ca = ctx.pki.load_ca(Kind::Terminal)?;
         let delivery = Delivery::new(&ctx)?;
         let net = &ctx.cfg.network;
@@ -109,13 +96,13 @@ pub fn router(state: GateState) -> Router {
         .route("/v1/pair", post(pair::pair))
         .route("/v1/pair/{id}", get(pair::poll))
         .route("/v1/upgrade/{file}", get(upgrade::download))
-        .fallback(|| async { GateError::NotFound })
-        .method_not_allowed_fallback(|| async { GateError::MethodNotAllowed })
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
 }
 
 /// `serve gate`: HTTPS on `gate_bind_ip:7741` until `stop` turns true.
-pub async fn run_gate(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), OpsError> {
+pub async fn run_gate(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), AppError> {
     let addr = SocketAddr::new(ctx.cfg.network.gate_bind_ip.into(), SERVICE_PORT);
     let state = GateState::new(ctx)?;
     let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -125,7 +112,7 @@ pub async fn run_gate(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), 
         } else {
             ""
         };
-        OpsError::Other(format!("gate: cannot listen on {addr}: {e}{hint}"))
+        AppError::Other(format!("gate: cannot listen on {addr}: {e}{hint}"))
     })?;
     run_gate_on(state, listener, stop, ServeLimits::default()).await
 }
@@ -136,11 +123,11 @@ pub async fn run_gate_on(
     listener: TcpListener,
     stop: watch::Receiver<bool>,
     limits: ServeLimits,
-) -> Result<(), OpsError> {
+) -> Result<(), AppError> {
     let pki = &state.ctx().pki;
     let cert = pki.read_server_cert(ServerRole::Gate)?;
     let key = pki.read_server_key(ServerRole::Gate)?.to_pem();
-    let tls = server::tls_acceptor(&cert, &key).map_err(|e| OpsError::Other(format!("gate TLS: {e}")))?;
+    let tls = server::tls_acceptor(&cert, &key).map_err(|e| AppError::Other(format!("gate TLS: {e}")))?;
     let swept = pair::sweep_delivered(&state).await?;
     if swept > 0 {
         tracing::info!(swept, "removed server-made profiles that were delivered before a crash");
@@ -149,46 +136,5 @@ pub async fn run_gate_on(
     tracing::info!(addr = ?local, pin = %wire::pin_text(&state.pin()), "gate listening");
     server::serve(listener, Some(tls), router(state), stop, limits)
         .await
-        .map_err(|e| OpsError::Other(format!("gate: {e}")))
-}
-
-/// Reads a JSON body of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`]. Errors never quote the body.
-pub(crate) async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, GateError> {
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(GateError::TooLarge(MAX_BODY));
-    }
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
-        Err(_) => return Err(GateError::Timeout),
-        Ok(Err(e)) => {
-            let inner = e.into_inner();
-            let too_large = std::iter::successors(Some(&*inner as &(dyn std::error::Error + 'static)), |e| e.source())
-                .any(|e| e.is::<http_body_util::LengthLimitError>());
-            return Err(if too_large {
-                GateError::TooLarge(MAX_BODY)
-            } else {
-                GateError::InvalidRequest("the request body could not be read".into())
-            });
-        }
-        Ok(Ok(b)) => b,
-    };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        use serde_json::error::Category;
-        let at = format!("line {}, column {}", e.line(), e.column());
-        GateError::InvalidRequest(match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => format!("malformed JSON ({at})"),
-            Category::Data => {
-                // Field names are ours to show; values are the client's and are not echoed.
-                let m = e.to_string();
-                if m.starts_with("missing field") || m.starts_with("unknown field") {
-                    m.split(" at line").next().unwrap_or("unexpected field").replace(", expected one of", "; expected")
-                } else {
-                    format!("a field has the wrong type or value ({at})")
-                }
-            }
-        })
-    })
+        .map_err(|e| AppError::Other(format!("gate: {e}")))
 }

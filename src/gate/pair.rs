@@ -13,16 +13,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cas_pki::Validity;
 
-use super::csr::{self, CheckedCsr};
-use super::error::GateError;
-use super::wire::{
-    MIN_TERMINAL_VERSION, PairRequest, PairResponse, PendingResponse, UpgradeInfo, pairing_code, version_date,
-};
-use super::{BAN_SECS, GateState, MAX_FAILURES, read_json, server::peer_ip};
+use super::{BAN_SECS, GateState, MAX_FAILURES};
+use crate::app::csr::{self, CheckedCsr};
+use crate::app::new_cert;
+use crate::app::now;
 use crate::db::{Credential, DbError, PendingPairing, Redeemed, Submitted, token_reason};
 use crate::domain::{Kind, Name, PairingToken};
-use crate::ops::init::new_cert;
-use crate::ops::now;
+use crate::http::ApiError;
+use crate::http::{read_json, server::peer_ip};
+use crate::wire::{
+    MIN_TERMINAL_VERSION, PairRequest, PairResponse, PendingResponse, UpgradeInfo, pairing_code, version_date,
+};
 
 /// An approval-flow pairing waits this long for an admin.
 pub const PENDING_TTL_SECS: i64 = 3600;
@@ -55,12 +56,12 @@ pub async fn pair(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Outcome, GateError> {
+) -> Result<Outcome, ApiError> {
     let ip = peer_ip(&peer).to_string();
     let now = now();
     guarded(&st, &ip, now, "pair", async {
         if !window_open(&st, now).await? {
-            return Err(GateError::WindowClosed);
+            return Err(ApiError::WindowClosed);
         }
         let req: PairRequest = read_json(&headers, body).await?;
         check_terminal_info(&st, &req)?;
@@ -76,14 +77,14 @@ pub async fn poll(
     State(st): State<GateState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
-) -> Result<Outcome, GateError> {
+) -> Result<Outcome, ApiError> {
     let ip = peer_ip(&peer).to_string();
     let now = now();
     guarded(&st, &ip, now, "poll", async {
         if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(GateError::NotFound);
+            return Err(ApiError::NotFound);
         }
-        let p = st.ctx().store.pending_pairing(&id).await?.ok_or(GateError::NotFound)?;
+        let p = st.ctx().store.pending_pairing(&id).await?.ok_or(ApiError::NotFound)?;
         pending_answer(&st, p, now).await
     })
     .await
@@ -95,12 +96,12 @@ pub(crate) async fn guarded<T>(
     ip: &str,
     now: i64,
     what: &'static str,
-    work: impl Future<Output = Result<T, GateError>>,
-) -> Result<T, GateError> {
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
     let store = &st.ctx().store;
     if store.is_banned(ip, now).await? {
         tracing::info!(ip, what, outcome = "banned");
-        return Err(GateError::Banned);
+        return Err(ApiError::Banned);
     }
     let result = work.await;
     match &result {
@@ -117,55 +118,55 @@ pub(crate) async fn guarded<T>(
     result
 }
 
-async fn window_open(st: &GateState, now: i64) -> Result<bool, GateError> {
+async fn window_open(st: &GateState, now: i64) -> Result<bool, ApiError> {
     Ok(st.ctx().store.pairing_window().await?.is_some_and(|until| until > now))
 }
 
-fn check_terminal_info(st: &GateState, req: &PairRequest) -> Result<(), GateError> {
+fn check_terminal_info(st: &GateState, req: &PairRequest) -> Result<(), ApiError> {
     let v = &req.terminal.version;
     let Some(date) = version_date(v) else {
-        return Err(GateError::InvalidRequest("terminal.version must start with YYYYMMDD, e.g. 20240115".into()));
+        return Err(ApiError::InvalidRequest("terminal.version must start with YYYYMMDD, e.g. 20240115".into()));
     };
     if let Some(serial) = &req.terminal.serial
         && (serial.is_empty() || serial.len() > 64 || !serial.bytes().all(|b| b.is_ascii_graphic()))
     {
-        return Err(GateError::InvalidRequest(
+        return Err(ApiError::InvalidRequest(
             "terminal.serial must be 1 to 64 printable ASCII characters without spaces".into(),
         ));
     }
     let min = st.0.upgrades.min_version().unwrap_or(MIN_TERMINAL_VERSION);
     if date < min {
         let upgrade: Option<UpgradeInfo> = st.0.upgrades.info();
-        return Err(GateError::UpgradeRequired { version: v.clone(), min, upgrade });
+        return Err(ApiError::UpgradeRequired { version: v.clone(), min, upgrade });
     }
     Ok(())
 }
 
 /// The token flow (zero-touch).
-async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> Result<Outcome, GateError> {
+async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> Result<Outcome, ApiError> {
     let store = &st.ctx().store;
-    let token: PairingToken = text.parse().map_err(|_| GateError::InvalidToken("malformed"))?;
+    let token: PairingToken = text.parse().map_err(|_| ApiError::InvalidToken("malformed"))?;
     let row = store.token(token.id()).await?;
     // An unknown id and a wrong secret look the same from outside.
     let Some(row) = row.filter(|r| token.matches_hash(&r.secret_hash)) else {
-        return Err(GateError::InvalidToken("unknown token"));
+        return Err(ApiError::InvalidToken("unknown token"));
     };
     tracing::info!(token_id = token.id(), "pairing token presented");
     if token.pin() != &st.0.pin {
-        return Err(GateError::InvalidToken("made for another gate key"));
+        return Err(ApiError::InvalidToken("made for another gate key"));
     }
     let cred = store
         .credential_by_id(row.credential_id)
         .await?
-        .ok_or_else(|| GateError::internal("token of a missing credential"))?;
+        .ok_or_else(|| ApiError::internal("token of a missing credential"))?;
     if cred.kind != Kind::Terminal {
-        return Err(GateError::internal("token of a non-terminal credential"));
+        return Err(ApiError::internal("token of a non-terminal credential"));
     }
     if cred.is_revoked() {
-        return Err(GateError::InvalidToken("its terminal was revoked"));
+        return Err(ApiError::InvalidToken("its terminal was revoked"));
     }
     if row.locked_at.is_some() {
-        return Err(GateError::TokenUsed(" and is locked"));
+        return Err(ApiError::TokenUsed(" and is locked"));
     }
     let checked = req.csr.as_deref().map(|p| csr::check(p, Some(cred.name.as_str()))).transpose()?;
     let hw = req.terminal.serial.as_deref();
@@ -176,7 +177,7 @@ async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> 
         return keygen_flow(st, &token, &row, &cred, checked.as_ref(), hw, now).await;
     }
 
-    let checked = checked.ok_or_else(|| GateError::InvalidRequest("missing field `csr`".into()))?;
+    let checked = checked.ok_or_else(|| ApiError::InvalidRequest("missing field `csr`".into()))?;
     let pk = checked.public_key_sha256_hex();
     if row.used_at.is_some() {
         if row.pubkey_sha256.as_deref() == Some(pk.as_str()) {
@@ -185,16 +186,16 @@ async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> 
         }
         let _w = st.0.writes.lock().await;
         store.lock_token(token.id(), now).await?;
-        return Err(GateError::KeyMismatch);
+        return Err(ApiError::KeyMismatch);
     }
     if row.expires_at <= now {
-        return Err(GateError::TokenExpired);
+        return Err(ApiError::TokenExpired);
     }
 
     let (cert_pem, serial) =
         st.0.ca
             .sign_csr(&checked.csr, cred.name.as_str(), Validity::days_from_now(st.0.cert_days))
-            .map_err(GateError::internal)?;
+            .map_err(ApiError::internal)?;
     let new = new_cert(&cert_pem, serial)?;
     // Rendered before the store changes, so a failure here writes nothing.
     let answer = answer(st, &cred.name, &new.cert_pem, &new.serial)?;
@@ -230,24 +231,24 @@ async fn keygen_flow(
     checked: Option<&CheckedCsr>,
     hw: Option<&str>,
     now: i64,
-) -> Result<Outcome, GateError> {
+) -> Result<Outcome, ApiError> {
     let store = &st.ctx().store;
     let identity =
         format!("{KEYGEN_PREFIX}{}", checked.map_or_else(|| "none".to_owned(), |c| c.public_key_sha256_hex()));
     if row.used_at.is_some() && row.pubkey_sha256.as_deref() != Some(identity.as_str()) {
         let _w = st.0.writes.lock().await;
         store.lock_token(token.id(), now).await?;
-        return Err(GateError::KeyMismatch);
+        return Err(ApiError::KeyMismatch);
     }
     if row.used_at.is_none() && row.expires_at <= now {
-        return Err(GateError::TokenExpired);
+        return Err(ApiError::TokenExpired);
     }
     let path = pending_profile(st, &cred.name);
-    let Some(text) = crate::sys::fs::read_optional(&path).map_err(GateError::internal)? else {
+    let Some(text) = crate::sys::fs::read_optional(&path).map_err(ApiError::internal)? else {
         return Err(if row.used_at.is_some() {
-            GateError::AlreadyDelivered
+            ApiError::AlreadyDelivered
         } else {
-            GateError::internal("profile missing")
+            ApiError::internal("profile missing")
         });
     };
     let serial = store
@@ -257,7 +258,7 @@ async fn keygen_flow(
         .filter(|c| c.revoked_at.is_none())
         .max_by_key(|c| c.not_after)
         .map(|c| c.serial)
-        .ok_or_else(|| GateError::internal("server-keygen terminal without a certificate"))?;
+        .ok_or_else(|| ApiError::internal("server-keygen terminal without a certificate"))?;
     let redeemed = {
         let _w = st.0.writes.lock().await;
         store.redeem_token_keygen(token.id(), &identity, &serial, hw, now).await
@@ -274,16 +275,13 @@ async fn keygen_flow(
 }
 
 /// The approval flow: record (or find) the pairing of this key and answer with its state.
-async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) -> Result<Outcome, GateError> {
-    let pem = req.csr.as_deref().ok_or_else(|| GateError::InvalidRequest("missing field `csr`".into()))?;
+async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) -> Result<Outcome, ApiError> {
+    let pem = req.csr.as_deref().ok_or_else(|| ApiError::InvalidRequest("missing field `csr`".into()))?;
     let checked = csr::check(pem, None)?;
     if let Some(cn) = &checked.common_name
         && cn.parse::<Name>().is_err()
     {
-        return Err(GateError::CsrNameMismatch(format!(
-            "CN {} is not a valid terminal name",
-            crate::domain::shown(cn)
-        )));
+        return Err(ApiError::CsrNameMismatch(format!("CN {} is not a valid terminal name", crate::domain::shown(cn))));
     }
     let new = PendingPairing {
         id: hex::encode(rand::random::<[u8; 16]>()),
@@ -311,57 +309,57 @@ async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) ->
             pending_answer(st, p, now).await
         }
         Submitted::Existing(p) => pending_answer(st, p, now).await,
-        Submitted::TooMany => Err(GateError::TooManyPending),
+        Submitted::TooMany => Err(ApiError::TooManyPending),
     }
 }
 
-async fn pending_answer(st: &GateState, p: PendingPairing, now: i64) -> Result<Outcome, GateError> {
+async fn pending_answer(st: &GateState, p: PendingPairing, now: i64) -> Result<Outcome, ApiError> {
     match p.state.as_str() {
         "pending" if p.expires_at > now => Ok(Outcome::Pending(PendingResponse { pairing_id: p.id, code: p.code })),
-        "pending" => Err(GateError::Expired),
-        "rejected" => Err(GateError::Rejected),
+        "pending" => Err(ApiError::Expired),
+        "rejected" => Err(ApiError::Rejected),
         "approved" => {
             let (Some(id), Some(serial)) = (p.credential_id, p.cert_serial.as_deref()) else {
-                return Err(GateError::internal("approved pairing without a certificate"));
+                return Err(ApiError::internal("approved pairing without a certificate"));
             };
-            let cred = st.ctx().store.credential_by_id(id).await?.ok_or_else(|| GateError::internal("no terminal"))?;
+            let cred = st.ctx().store.credential_by_id(id).await?.ok_or_else(|| ApiError::internal("no terminal"))?;
             if cred.is_revoked() {
-                return Err(GateError::Rejected);
+                return Err(ApiError::Rejected);
             }
             answer_for_serial(st, &cred, serial).await
         }
-        other => Err(GateError::internal(format!("unknown pairing state {other}"))),
+        other => Err(ApiError::internal(format!("unknown pairing state {other}"))),
     }
 }
 
 /// The answer for a certificate recorded earlier (retries, polls): re-rendered, byte-identical.
-async fn answer_for_serial(st: &GateState, cred: &Credential, serial: &str) -> Result<Outcome, GateError> {
+async fn answer_for_serial(st: &GateState, cred: &Credential, serial: &str) -> Result<Outcome, ApiError> {
     let cert = st
         .ctx()
         .store
         .certificate_by_serial(serial)
         .await?
         .filter(|c| c.credential_id == Some(cred.id))
-        .ok_or_else(|| GateError::internal("the recorded certificate is missing"))?;
+        .ok_or_else(|| ApiError::internal("the recorded certificate is missing"))?;
     if cert.revoked_at.is_some() {
-        return Err(GateError::InvalidToken("its certificate was revoked"));
+        return Err(ApiError::InvalidToken("its certificate was revoked"));
     }
     answer(st, &cred.name, &cert.cert_pem, &cert.serial)
 }
 
-fn answer(st: &GateState, name: &Name, cert_pem: &str, serial: &str) -> Result<Outcome, GateError> {
+fn answer(st: &GateState, name: &Name, cert_pem: &str, serial: &str) -> Result<Outcome, ApiError> {
     let ovpn = st.0.delivery.as_ref().map(|d| d.render(name, cert_pem, serial)).transpose()?;
     Ok(Outcome::Paired(PairResponse { terminal: name.to_string(), ovpn, master: st.0.master.clone() }))
 }
 
-fn refusal(reason: &'static str) -> GateError {
+fn refusal(reason: &'static str) -> ApiError {
     match reason {
-        token_reason::EXPIRED => GateError::TokenExpired,
-        token_reason::USED => GateError::TokenUsed(""),
-        token_reason::KEY_MISMATCH => GateError::KeyMismatch,
-        token_reason::LOCKED => GateError::TokenUsed(" and is locked"),
-        token_reason::REVOKED => GateError::InvalidToken("its terminal was revoked"),
-        _ => GateError::InvalidToken("unknown token"),
+        token_reason::EXPIRED => ApiError::TokenExpired,
+        token_reason::USED => ApiError::TokenUsed(""),
+        token_reason::KEY_MISMATCH => ApiError::KeyMismatch,
+        token_reason::LOCKED => ApiError::TokenUsed(" and is locked"),
+        token_reason::REVOKED => ApiError::InvalidToken("its terminal was revoked"),
+        _ => ApiError::InvalidToken("unknown token"),
     }
 }
 
@@ -370,21 +368,21 @@ fn pending_profile(st: &GateState, name: &Name) -> std::path::PathBuf {
 }
 
 /// Deletes a delivered profile and makes the deletion durable.
-fn remove_delivered(path: &std::path::Path) -> Result<(), GateError> {
+fn remove_delivered(path: &std::path::Path) -> Result<(), ApiError> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(GateError::internal(format!("cannot delete {}: {e}", path.display()))),
+        Err(e) => return Err(ApiError::internal(format!("cannot delete {}: {e}", path.display()))),
     }
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(GateError::internal)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(ApiError::internal)?;
     }
     Ok(())
 }
 
 /// Removes server-made profiles whose delivery the store already recorded (a crash between the store commit and
 /// the delete). Run when the gate starts.
-pub async fn sweep_delivered(st: &GateState) -> Result<usize, crate::ops::OpsError> {
+pub async fn sweep_delivered(st: &GateState) -> Result<usize, crate::app::AppError> {
     let dir = st.ctx().pki.pending_dir();
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
     let mut n = 0;

@@ -33,12 +33,12 @@ use tokio::sync::{Mutex, Semaphore};
 use tower::ServiceExt;
 
 use super::GateState;
-use super::error::GateError;
 use super::pair::guarded;
-use super::server::peer_ip;
-use super::wire::UpgradeInfo;
-use crate::agent::http::{Target, Trust};
-use crate::ops::{Ctx, OpsError, now};
+use crate::app::{AppError, Ctx, now};
+use crate::http::ApiError;
+use crate::http::client::{Target, Trust};
+use crate::http::server::peer_ip;
+use crate::wire::UpgradeInfo;
 
 /// `Retry-After` of a download refused for lack of a slot.
 pub const SLOTS_RETRY_AFTER: u64 = 5;
@@ -97,8 +97,8 @@ impl Upstream {
 
 impl Package {
     /// Parses `config/upgrade`; errors name the line and key.
-    pub fn parse(text: &str, path: &Path) -> Result<Package, OpsError> {
-        let err = |line: usize, why: String| OpsError::Input { path: path.to_owned(), line, why };
+    pub fn parse(text: &str, path: &Path) -> Result<Package, AppError> {
+        let err = |line: usize, why: String| AppError::Input { path: path.to_owned(), line, why };
         let (mut file, mut sha, mut size, mut upstream, mut min_version) = (None, None, None, None, None);
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
@@ -136,7 +136,7 @@ impl Package {
                 }
                 "min_version" => {
                     dup(min_version.is_some())?;
-                    let d = super::wire::version_date(v).filter(|_| v.len() == 8);
+                    let d = crate::wire::version_date(v).filter(|_| v.len() == 8);
                     min_version = Some(d.ok_or_else(|| err(line, "min_version: YYYYMMDD".into()))?);
                 }
                 other => return Err(err(line, format!("unknown key {}", crate::domain::shown(other)))),
@@ -182,7 +182,7 @@ pub struct Upgrades {
 }
 
 impl Upgrades {
-    pub fn load(ctx: &Ctx) -> Result<Upgrades, OpsError> {
+    pub fn load(ctx: &Ctx) -> Result<Upgrades, AppError> {
         let path = ctx.cfg.config_dir().join(UPGRADE_FILE);
         let pkg = crate::sys::fs::read_optional(&path)?.map(|t| Package::parse(&t, &path)).transpose()?;
         let total = usize::try_from(ctx.cfg.gate.processing_slots).unwrap_or(1).max(1);
@@ -286,7 +286,7 @@ async fn fetch(up: &Upstream, pkg: &Package, dir: &Path) -> Result<(), String> {
     crate::sys::fs::ensure_dir(dir, 0o755).or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e.to_string()) })?;
     let target = Target { host: up.host.clone(), port: up.port, tls: up.https.then_some(Trust::System) };
     let (resp, _) =
-        crate::agent::http::open(&target, hyper::Method::GET, &up.path, Default::default(), bytes::Bytes::new())
+        crate::http::client::open(&target, hyper::Method::GET, &up.path, Default::default(), bytes::Bytes::new())
             .await
             .map_err(|e| e.to_string())?;
     if resp.status() != hyper::StatusCode::OK {
@@ -354,22 +354,22 @@ pub async fn download(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     UrlPath(file): UrlPath<String>,
     req: Request,
-) -> Result<Response, GateError> {
+) -> Result<Response, ApiError> {
     let ip = peer_ip(&peer).to_string();
     guarded(&st, &ip, now(), "upgrade", async {
         let up = &st.0.upgrades;
-        let pkg = up.pkg.as_ref().filter(|p| p.file == file).ok_or(GateError::NotFound)?;
+        let pkg = up.pkg.as_ref().filter(|p| p.file == file).ok_or(ApiError::NotFound)?;
         let Ok(permit) = up.slots.clone().try_acquire_owned() else {
             up.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(GateError::SlotsFull { retry_after: SLOTS_RETRY_AFTER });
+            return Err(ApiError::SlotsFull { retry_after: SLOTS_RETRY_AFTER });
         };
         let counted = InFlight::new(up);
         if let Err(why) = up.ensure_present(pkg).await {
             tracing::warn!(file = %pkg.file, %why, "upgrade package unavailable");
-            return Err(GateError::UpgradeUnavailable { retry_after: FETCH_RETRY_AFTER });
+            return Err(ApiError::UpgradeUnavailable { retry_after: FETCH_RETRY_AFTER });
         }
         let path = up.dir.join(&pkg.file);
-        let resp = tower_http::services::ServeFile::new(&path).oneshot(req).await.map_err(GateError::internal)?;
+        let resp = tower_http::services::ServeFile::new(&path).oneshot(req).await.map_err(ApiError::internal)?;
         let (parts, body) = resp.into_parts();
         // The slot and the count are held by the body: released when it is fully sent or dropped.
         let held = (permit, counted);
@@ -413,7 +413,7 @@ mod tests {
             ("file=x\nsize=1\n".to_string(), 0),
         ] {
             match Package::parse(&bad, Path::new("/x")) {
-                Err(OpsError::Input { line: l, .. }) => assert_eq!(l, line, "{bad}"),
+                Err(AppError::Input { line: l, .. }) => assert_eq!(l, line, "{bad}"),
                 other => panic!("{bad}: {other:?}"),
             }
         }

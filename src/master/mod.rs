@@ -26,12 +26,12 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::app::{AppError, Ctx, csr, new_cert, now, rfc3339};
 use crate::config::VpnConfig;
 use crate::db::{CertRow, Credential};
 use crate::domain::Kind;
-use crate::gate::wire::{HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse, SERVICE_PORT, version_date};
-use crate::gate::{GateError, ServeLimits, csr, read_json, server};
-use crate::ops::{Ctx, OpsError, init::new_cert, now, rfc3339};
+use crate::http::{ApiError, ServeLimits, read_json, server};
+use crate::wire::{HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse, SERVICE_PORT, version_date};
 
 /// Everything master's handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -45,7 +45,7 @@ struct Inner {
 }
 
 impl MasterState {
-    pub fn new(ctx: Arc<Ctx>) -> Result<MasterState, OpsError> {
+    pub fn new(ctx: Arc<Ctx>) -> Result<MasterState, AppError> {
         let defaults = VpnConfig::default();
         let vpn = ctx.cfg.vpn.as_ref().unwrap_or(&defaults);
         let (cert_days, renew_days) = (vpn.terminal_cert_days, vpn.renew_before_days);
@@ -63,8 +63,8 @@ pub fn router(state: MasterState) -> Router {
     Router::new()
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/renew", post(renew))
-        .fallback(|| async { GateError::NotFound })
-        .method_not_allowed_fallback(|| async { GateError::MethodNotAllowed })
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), identify))
         .with_state(state)
 }
@@ -84,13 +84,13 @@ async fn identify(
         }
         Ok(None) => {
             tracing::warn!(ip, "master: request from an address that is not a live, paired terminal");
-            GateError::Forbidden.into_response()
+            ApiError::Forbidden.into_response()
         }
         Err(e) => e.into_response(),
     }
 }
 
-async fn caller(st: &MasterState, ip: &str) -> Result<Option<Credential>, GateError> {
+async fn caller(st: &MasterState, ip: &str) -> Result<Option<Credential>, ApiError> {
     let store = &st.0.ctx.store;
     let Some(session) = store.session_by_tunnel_ip(ip).await? else { return Ok(None) };
     let Some(c) = store.credential_by_id(session.credential_id).await? else { return Ok(None) };
@@ -104,10 +104,10 @@ async fn heartbeat(
     Extension(Caller(c)): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<HeartbeatResponse>, GateError> {
+) -> Result<Json<HeartbeatResponse>, ApiError> {
     let req: HeartbeatRequest = read_json(&headers, body).await?;
     if version_date(&req.version).is_none() {
-        return Err(GateError::InvalidRequest("version must start with YYYYMMDD, e.g. 20240115".into()));
+        return Err(ApiError::InvalidRequest("version must start with YYYYMMDD, e.g. 20240115".into()));
     }
     let now = now();
     st.0.ctx.store.touch_terminal(c.id, &req.version, now).await?;
@@ -125,7 +125,7 @@ async fn renew(
     Extension(Caller(c)): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<RenewResponse>, GateError> {
+) -> Result<Json<RenewResponse>, ApiError> {
     let req: RenewRequest = read_json(&headers, body).await?;
     let checked = csr::check(&req.csr, Some(c.name.as_str()))?;
     let now = now();
@@ -137,13 +137,13 @@ async fn renew(
         }
         let from = cur.not_after - st.0.renew_before_secs;
         if now < from {
-            return Err(GateError::NotInRenewalWindow(rfc3339(from)));
+            return Err(ApiError::NotInRenewalWindow(rfc3339(from)));
         }
     }
     let (cert_pem, serial) =
         st.0.ca
             .sign_csr(&checked.csr, c.name.as_str(), Validity::days_from_now(st.0.cert_days))
-            .map_err(GateError::internal)?;
+            .map_err(ApiError::internal)?;
     let new = new_cert(&cert_pem, serial)?;
     st.0.ctx.store.add_certificate(c.id, Kind::Terminal, &new, now).await?;
     st.0.ctx.store.audit("master", "terminal.renew", c.name.as_str(), &format!("serial {}", new.serial), now).await?;
@@ -152,7 +152,7 @@ async fn renew(
 }
 
 /// The terminal's newest valid certificate.
-async fn current_cert(st: &MasterState, c: &Credential) -> Result<Option<CertRow>, GateError> {
+async fn current_cert(st: &MasterState, c: &Credential) -> Result<Option<CertRow>, ApiError> {
     Ok(st
         .0
         .ctx
@@ -190,8 +190,8 @@ pub fn check_bind_ip(ip: Ipv4Addr) -> Result<(), String> {
 }
 
 /// Checks `ip` and binds `ip:port`; refuses an address this host does not have.
-pub async fn bind_master(ip: Ipv4Addr, port: u16) -> Result<TcpListener, OpsError> {
-    check_bind_ip(ip).map_err(|why| OpsError::Other(format!("master refuses to start: {why}")))?;
+pub async fn bind_master(ip: Ipv4Addr, port: u16) -> Result<TcpListener, AppError> {
+    check_bind_ip(ip).map_err(|why| AppError::Other(format!("master refuses to start: {why}")))?;
     let addr = SocketAddr::from((ip, port));
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         let why = if e.kind() == std::io::ErrorKind::AddrNotAvailable {
@@ -199,16 +199,16 @@ pub async fn bind_master(ip: Ipv4Addr, port: u16) -> Result<TcpListener, OpsErro
         } else {
             e.to_string()
         };
-        OpsError::Other(format!("master refuses to start on {addr}: {why}"))
+        AppError::Other(format!("master refuses to start on {addr}: {why}"))
     })?;
     match listener.local_addr() {
         Ok(a) if a.ip() == std::net::IpAddr::V4(ip) => Ok(listener),
-        other => Err(OpsError::Other(format!("master bound to {other:?} instead of {ip}"))),
+        other => Err(AppError::Other(format!("master bound to {other:?} instead of {ip}"))),
     }
 }
 
 /// `serve master`: `master_bind_ip:7741` until `stop` turns true.
-pub async fn run_master(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), OpsError> {
+pub async fn run_master(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), AppError> {
     let listener = bind_master(ctx.cfg.network.master_bind_ip, SERVICE_PORT).await?;
     run_master_on(MasterState::new(ctx)?, listener, stop).await
 }
@@ -218,12 +218,12 @@ pub async fn run_master_on(
     state: MasterState,
     listener: TcpListener,
     stop: watch::Receiver<bool>,
-) -> Result<(), OpsError> {
+) -> Result<(), AppError> {
     let limits = ServeLimits { max_connection_time: Duration::from_secs(120), ..ServeLimits::default() };
     tracing::info!(addr = ?listener.local_addr().ok(), "master listening");
     server::serve(listener, None, router(state), stop, limits)
         .await
-        .map_err(|e| OpsError::Other(format!("master: {e}")))
+        .map_err(|e| AppError::Other(format!("master: {e}")))
 }
 
 #[cfg(test)]

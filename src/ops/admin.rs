@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::instances::admin_slice;
 use super::profile::ProfileMaker;
-use super::{Ctx, OpsError, init::new_cert, now, rfc3339};
+use super::{Ctx, OpsError, now, rfc3339};
+use crate::app::new_cert;
 use crate::domain::{Kind, Name};
 
 #[derive(Debug, Serialize)]
@@ -50,12 +51,8 @@ pub async fn issue(ctx: &Ctx, name: &Name, out: Option<&Path>) -> Result<Issued,
     }
     ctx.store.audit("cli", "admin.issue", name.as_str(), &format!("port {port}"), now()).await?;
     // A running `serve` starts the credential's instance now (it would within 30 s anyway).
-    let _ = crate::supervisor::control::request(
-        &ctx.cfg.root,
-        &crate::supervisor::control::Request::Reload,
-        super::revoke::RELOAD_TIMEOUT,
-    )
-    .await;
+    let _ =
+        crate::control::request(&ctx.cfg.root, &crate::control::Request::Reload, super::revoke::RELOAD_TIMEOUT).await;
     let slice = admin_slice(vpn, port)?;
     Ok(Issued {
         name: name.clone(),

@@ -8,8 +8,8 @@ use cas_pki::KeyType;
 use serde::Serialize;
 
 use super::{Ctx, OpsError, crl};
+use crate::app::new_cert;
 use crate::config::{GateConfig, NetworkConfig, VpnConfig};
-use crate::db::NewCert;
 use crate::domain::Kind;
 use crate::pkifiles::{PkiDir, ServerRole};
 use crate::sys::fs::ensure_dir;
@@ -85,7 +85,7 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
     let pki: &PkiDir = &ctx.pki;
     pki.ensure_dirs()?;
     crate::sys::fs::sweep_temps(pki.dir());
-    super::terminal::recover_pending(&ctx).await?;
+    crate::app::pending::recover_pending(&ctx).await?;
 
     for kind in [Kind::Terminal, Kind::Admin] {
         let ca = if pki.has_ca(kind) {
@@ -134,16 +134,4 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
 
     let changed = steps.iter().any(|s| s.action != Action::Kept);
     Ok(InitReport { root: root.display().to_string(), steps, changed })
-}
-
-/// The store row for a certificate we just made.
-pub fn new_cert(cert_pem: &str, serial: cas_pki::Serial) -> Result<NewCert, OpsError> {
-    let info = cas_pki::cert_info(cert_pem).map_err(|e| OpsError::Ca(e.to_string()))?;
-    Ok(NewCert {
-        serial: serial.to_hex(),
-        common_name: info.common_name,
-        not_before: info.not_before.unix_timestamp(),
-        not_after: info.not_after.unix_timestamp(),
-        cert_pem: cert_pem.to_owned(),
-    })
 }

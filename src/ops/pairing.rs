@@ -7,11 +7,12 @@ use cas_pki::Validity;
 use serde::Serialize;
 
 use super::instances::{hosts_per_slice, terminal_ip, terminal_slices};
-use super::{Ctx, OpsError, init::new_cert, now, rfc3339};
+use super::{Ctx, OpsError, now, rfc3339};
+use crate::app::new_cert;
 use crate::config::VpnConfig;
 use crate::db::{DbError, NewTerminal, PendingPairing, TerminalLayout};
 use crate::domain::{Dur, Kind, Name};
-use crate::gate::wire::{code_matches, pin_text};
+use crate::wire::{code_matches, pin_text};
 
 /// `pairing open` without `--for`.
 pub const DEFAULT_WINDOW_SECS: u64 = 15 * 60;
@@ -111,7 +112,7 @@ pub async fn status(ctx: &Ctx) -> Result<PairingStatus, OpsError> {
         .into_iter()
         .map(|(ip, until)| BannedRow { ip, until: rfc3339(until) })
         .collect();
-    let gate_pin = super::terminal::gate_pin(ctx).ok().map(|p| pin_text(&p));
+    let gate_pin = ctx.pki.gate_pin().ok().map(|p| pin_text(&p));
     Ok(PairingStatus { window, gate_pin, pending, banned })
 }
 
@@ -173,7 +174,7 @@ pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Res
             .parse::<Name>()
             .map_err(|e| OpsError::Other(format!("{e}: pass --name")))?,
     };
-    let checked = crate::gate::csr::check(&p.csr_pem, Some(name.as_str()))
+    let checked = crate::app::csr::check(&p.csr_pem, Some(name.as_str()))
         .map_err(|e| OpsError::Other(format!("cannot approve as {name}: {e}")))?;
 
     // An earlier approval may have created the terminal and stopped before marking the pairing: finish it.

@@ -7,8 +7,8 @@ use serde::Serialize;
 use std::time::Duration;
 
 use super::{Ctx, OpsError, crl, now, rfc3339};
+use crate::control::{self, Request, Response};
 use crate::db::DbError;
-use crate::supervisor::control::{self, Request, Response};
 
 /// The running `serve` answers a kill in milliseconds; this is only a bound for a stuck one.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);

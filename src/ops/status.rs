@@ -41,7 +41,7 @@ pub struct Status {
     pub admin_bind_ip: String,
     pub instances: Vec<Instance>,
     /// The running instances as `serve` reports them; `None` when no `serve` runs.
-    pub running: Option<Vec<crate::supervisor::instance::InstanceStatus>>,
+    pub running: Option<Vec<crate::vpn::instance::InstanceStatus>>,
     pub sessions: Vec<crate::db::SessionRow>,
     pub counts: Counts,
     pub expiry: Vec<Expiry>,
@@ -95,14 +95,14 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
         ));
     }
     let mut warnings: Vec<String> = exp.iter().filter_map(|e| e.warning.clone()).collect();
-    let running = match crate::supervisor::control::request(
+    let running = match crate::control::request(
         &ctx.cfg.root,
-        &crate::supervisor::control::Request::Status,
+        &crate::control::Request::Status,
         std::time::Duration::from_secs(3),
     )
     .await
     {
-        Ok(Some(crate::supervisor::control::Response::Status { instances })) => Some(instances),
+        Ok(Some(crate::control::Response::Status { instances })) => Some(instances),
         Ok(_) => None,
         Err(e) => {
             warnings.push(format!("the running cas-vpn did not answer: {e}"));

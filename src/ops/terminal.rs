@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use super::instances::{hosts_per_slice, terminal_ip, terminal_slices};
 use super::profile::ProfileMaker;
-use super::{Ctx, OpsError, init::new_cert, now, rfc3339};
+use super::{Ctx, OpsError, now, rfc3339};
+use crate::app::new_cert;
 use crate::db::{Credential, NewTerminal, NewToken, TerminalLayout};
 use crate::domain::{Dur, Kind, Name, PairingToken};
-use crate::pkifiles::ServerRole;
 use crate::sys::fs::Staged;
 
 /// Default lifetime of a pairing token when neither `--expires` nor `token_ttl` says otherwise.
@@ -134,7 +134,7 @@ async fn create_batch(
         (Err(e), true) => return Err(e),
         (Err(_), false) => None,
     };
-    let pin = gate_pin(ctx)?;
+    let pin = ctx.pki.gate_pin()?;
     let ttl = opts.expires.map(|d| d.as_secs()).or(vpn.map(|v| v.token_ttl.as_secs())).unwrap_or(DEFAULT_TOKEN_TTL);
     let now = now();
     let expires_at = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
@@ -237,56 +237,6 @@ fn make_all(
             names.chunks(chunk).map(|part| s.spawn(move || part.iter().map(make).collect::<Vec<_>>())).collect();
         handles.into_iter().flat_map(|h| h.join().expect("key generation worker panicked")).collect()
     })
-}
-
-/// Brings `pki/pending/` back in line with the store after a crash (DESIGN.md invariant 9). A batch stages its
-/// profiles, commits, then renames them: a kill -9 after the commit leaves temp files whose terminals exist (rolled
-/// forward: renamed into place) and one before it leaves temp files nobody refers to (rolled back: deleted). A
-/// profile whose terminal is gone or revoked is deleted too. Returns (rolled forward, removed).
-pub async fn recover_pending(ctx: &Ctx) -> Result<(usize, usize), OpsError> {
-    let dir = ctx.pki.pending_dir();
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok((0, 0)) };
-    let (mut forward, mut removed) = (0, 0);
-    for e in entries.flatten() {
-        let path = e.path();
-        let (target, is_temp) = match crate::sys::fs::temp_target(&path) {
-            Some(t) => (t, true),
-            None => (path.clone(), false),
-        };
-        let name = target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".ovpn"))
-            .and_then(|n| n.parse::<Name>().ok());
-        let wanted = match &name {
-            Some(n) => ctx
-                .store
-                .credential_by_name(n)
-                .await?
-                .is_some_and(|c| c.kind == Kind::Terminal && c.revoked_at.is_none() && c.paired_at.is_none()),
-            None => false,
-        };
-        let io = |source| crate::sys::fs::FsError::Write { path: path.clone(), source };
-        if wanted && is_temp && !target.exists() {
-            std::fs::rename(&path, &target).map_err(io)?;
-            forward += 1;
-        } else if !wanted || is_temp {
-            std::fs::remove_file(&path).map_err(io)?;
-            removed += 1;
-        }
-    }
-    if forward + removed > 0 {
-        tracing::warn!(forward, removed, "recovered pending profiles after an interrupted run");
-    }
-    Ok((forward, removed))
-}
-
-/// The SHA-256 pin of the gate's TLS public key, carried in every token.
-pub fn gate_pin(ctx: &Ctx) -> Result<[u8; 32], OpsError> {
-    let pem = ctx.pki.read_server_cert(ServerRole::Gate)?;
-    let pin = cas_pki::spki_sha256_pin(&pem).map_err(|e| OpsError::Ca(e.to_string()))?;
-    let bytes = hex::decode(pin.trim_start_matches("sha256:")).map_err(|e| OpsError::Ca(e.to_string()))?;
-    bytes.try_into().map_err(|_| OpsError::Ca("gate pin is not 32 bytes".into()))
 }
 
 #[derive(Debug, Serialize)]

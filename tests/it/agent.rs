@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cas_vpn::gate::{ServeLimits, run_gate_on};
+use cas_vpn::gate::run_gate_on;
+use cas_vpn::http::ServeLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -17,7 +18,7 @@ use crate::support::{inline_block, mode};
 pub struct RunningGate {
     pub port: u16,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), cas_vpn::ops::OpsError>>,
+    task: tokio::task::JoinHandle<Result<(), cas_vpn::app::AppError>>,
 }
 
 impl RunningGate {
@@ -221,7 +222,7 @@ async fn approval_flow_end_to_end_with_the_agent() {
     assert_eq!(id.len(), 32);
     assert_eq!(code.len(), 9);
     // The code is the one derived from the agent's own key.
-    assert_eq!(code, cas_vpn::gate::wire::pairing_code_for_spki(&spki_of_key(&dir.join("client.key"))));
+    assert_eq!(code, cas_vpn::wire::pairing_code_for_spki(&spki_of_key(&dir.join("client.key"))));
     assert!(dir.join("gate.pin").exists(), "trust on first use is recorded");
 
     let status = f.install.json(&["pairing", "status"]);

@@ -535,14 +535,14 @@ async fn upgrade_fixture(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_downloads_share_the_slots_fetch_once_and_resume_with_range() {
-    use cas_vpn::agent::http::{Target, Trust, open};
+    use cas_vpn::http::client::{Target, Trust, open};
     use http_body_util::BodyExt;
     use std::sync::atomic::Ordering;
 
     const SLOTS: u32 = 8;
     let (f, pkg, hits) = upgrade_fixture(SLOTS, Vec::new()).await;
     assert!(!f.install.path("dl/batm.pkg").exists());
-    let gate = crate::agent::RunningGate::start_with(&f, cas_vpn::gate::ServeLimits::default()).await;
+    let gate = crate::agent::RunningGate::start_with(&f, cas_vpn::http::ServeLimits::default()).await;
     let target = Target { host: "127.0.0.1".into(), port: gate.port, tls: Some(Trust::Pin(f.state.pin())) };
     let pkg = Arc::new(pkg);
 

@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod gate;
 mod hostile;
+mod layers;
 mod master;
 mod store;
 mod support;

@@ -1,41 +1,47 @@
 //! The instance plan: which openvpn instances exist, on which port, tun device and address slice. Derived from the
 //! config (terminal instances) and the store (one admin instance per live admin credential), never stored.
 
-use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{Ctx, OpsError};
+use super::{AppError, Ctx};
 use crate::config::VpnConfig;
+pub use crate::domain::addressing::{FIRST_HOST_INDEX, host_ip, hosts_per_slice, terminal_ip};
 use crate::domain::{Kind, Name, Subnet};
 
 /// The address slices of the terminal subnet, one per terminal instance (index = position).
-pub fn terminal_slices(vpn: &VpnConfig) -> Result<Vec<Subnet>, OpsError> {
+pub fn terminal_slices(vpn: &VpnConfig) -> Result<Vec<Subnet>, AppError> {
     Ok(vpn.terminal_subnet.slices(vpn.terminal_ports.len())?)
 }
 
 /// The slice of the admin subnet for the admin instance on `port`.
-pub fn admin_slice(vpn: &VpnConfig, port: u16) -> Result<Subnet, OpsError> {
+pub fn admin_slice(vpn: &VpnConfig, port: u16) -> Result<Subnet, AppError> {
     let slices = vpn.admin_subnet.slices(vpn.admin_ports.len())?;
     let i = usize::from(port.saturating_sub(vpn.admin_ports.start()));
-    slices.get(i).copied().ok_or_else(|| OpsError::Other(format!("admin port {port} is outside admin_ports")))
+    slices.get(i).copied().ok_or_else(|| AppError::Other(format!("admin port {port} is outside admin_ports")))
 }
 
-/// Client addresses per slice: everything but the network address, the server (`.1`) and broadcast.
-pub fn hosts_per_slice(slice: &Subnet) -> u32 {
-    (1u32 << (32 - u32::from(slice.prefix_len()))).saturating_sub(3)
+/// The instance being asked.
+#[derive(Debug, Clone)]
+pub struct InstanceRole {
+    pub kind: Kind,
+    /// Terminal instances: the index (a terminal must come to its home instance).
+    pub index: Option<u32>,
+    /// Admin instances: the one credential served.
+    pub credential: Option<Name>,
+    pub subnet: Subnet,
 }
 
-/// The first client address index in a slice (`.0` is the network, `.1` the server).
-pub const FIRST_HOST_INDEX: u32 = 2;
-
-pub fn host_ip(slice: &Subnet, host_index: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(slice.network()) + host_index)
-}
-
-/// A terminal's tunnel address, from its allocation.
-pub fn terminal_ip(slices: &[Subnet], home: u32, host_index: u32) -> Option<Ipv4Addr> {
-    slices.get(home as usize).map(|s| host_ip(s, host_index))
+/// What the VPN service needs to run one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub name: Name,
+    pub role: InstanceRole,
+    pub port: u16,
+    pub config: PathBuf,
+    pub management: PathBuf,
+    pub pidfile: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,11 +59,11 @@ pub struct Instance {
     pub index: Option<u32>,
 }
 
-fn name(s: String) -> Result<Name, OpsError> {
+fn name(s: String) -> Result<Name, AppError> {
     Ok(s.parse()?)
 }
 
-pub fn terminal_instances(vpn: &VpnConfig) -> Result<Vec<Instance>, OpsError> {
+pub fn terminal_instances(vpn: &VpnConfig) -> Result<Vec<Instance>, AppError> {
     let slices = terminal_slices(vpn)?;
     vpn.terminal_ports
         .iter()
@@ -77,7 +83,7 @@ pub fn terminal_instances(vpn: &VpnConfig) -> Result<Vec<Instance>, OpsError> {
         .collect()
 }
 
-pub fn admin_instance(vpn: &VpnConfig, credential: &Name, port: u16) -> Result<Instance, OpsError> {
+pub fn admin_instance(vpn: &VpnConfig, credential: &Name, port: u16) -> Result<Instance, AppError> {
     Ok(Instance {
         name: name(format!("admin-{port}"))?,
         kind: Kind::Admin,
@@ -90,7 +96,7 @@ pub fn admin_instance(vpn: &VpnConfig, credential: &Name, port: u16) -> Result<I
 }
 
 /// Every instance that should run now: all terminal instances, and one per live admin credential.
-pub async fn plan(ctx: &Ctx) -> Result<Vec<Instance>, OpsError> {
+pub async fn plan(ctx: &Ctx) -> Result<Vec<Instance>, AppError> {
     let vpn = ctx.vpn("the VPN instances")?;
     let mut all = terminal_instances(vpn)?;
     for c in ctx.store.list_credentials(Some(Kind::Admin), false).await? {
@@ -103,18 +109,17 @@ pub async fn plan(ctx: &Ctx) -> Result<Vec<Instance>, OpsError> {
 
 /// Writes every planned instance's `server.conf` (only when its text changed) and returns what the supervisor
 /// needs to run them, each with a fingerprint of its config so that a change restarts only that instance.
-pub async fn render_all(ctx: &Ctx) -> Result<Vec<(crate::supervisor::instance::InstanceSpec, [u8; 32])>, OpsError> {
+pub async fn render_all(ctx: &Ctx) -> Result<Vec<(InstanceSpec, [u8; 32])>, AppError> {
     use sha2::{Digest, Sha256};
 
     use crate::domain::ConfPath;
     use crate::ovpn::{self, AdminServer, TerminalServer};
     use crate::pkifiles::ServerRole;
-    use crate::supervisor::auth::InstanceRole;
-    use crate::supervisor::instance::InstanceSpec;
+    use InstanceSpec;
 
     let vpn = ctx.vpn("the VPN instances")?;
     let pki = &ctx.pki;
-    let cp = |p: std::path::PathBuf| -> Result<ConfPath, OpsError> { Ok(ConfPath::new(p)?) };
+    let cp = |p: std::path::PathBuf| -> Result<ConfPath, AppError> { Ok(ConfPath::new(p)?) };
     let mut out = Vec::new();
     for inst in plan(ctx).await? {
         let dir = ctx.cfg.root.join("vpn").join(inst.name.as_str());
@@ -164,7 +169,7 @@ pub async fn render_all(ctx: &Ctx) -> Result<Vec<(crate::supervisor::instance::I
                 tls_crypt_v2: &tls,
                 management: &management,
             })?,
-            (None, None) => return Err(OpsError::Other(format!("instance {} has no role", inst.name))),
+            (None, None) => return Err(AppError::Other(format!("instance {} has no role", inst.name))),
         };
         let config = dir.join("server.conf");
         if crate::sys::fs::read_optional(&config)?.as_deref() != Some(text.as_str()) {

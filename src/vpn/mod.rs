@@ -1,18 +1,17 @@
 //! `serve vpn`: supervises one openvpn process per terminal instance and per live admin credential.
 //!
-//! - `machine`: the pure life cycle of one process (backoff, crash loop, stop).
+//! - `domain::lifecycle`: the pure life cycle of one process (backoff, crash loop, stop).
 //! - `instance`: the tokio driver of one instance (process, management socket, CONNECT answers, sessions).
 //! - `auth`: the pure answer to a CONNECT from store rows.
 //! - `mgmt`: the management protocol and client.
 //! - `front`: the terminal front port (7742), relaying each terminal to its home instance.
-//! - `control`: the root-only unix socket other cas-vpn processes use (`revoke` kills through it).
+//! - `control`: the server side of the control socket (`crate::control`) other cas-vpn processes use.
 //! - `service`: wires it all together with the CRL timer and graceful shutdown.
 
 pub mod auth;
 pub mod control;
 pub mod front;
 pub mod instance;
-pub mod machine;
 pub mod mgmt;
 pub mod service;
 
@@ -23,9 +22,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::app::instances::InstanceSpec;
 use crate::db::Store;
 use crate::domain::Name;
-use instance::{Control, Instance, InstanceSpec, InstanceStatus, RealAddrs};
+use instance::{Control, Instance, InstanceStatus, RealAddrs};
 
 /// How long to wait for one instance to be ready before starting the next (they start one after another, so
 /// 2000 terminals do not all hit a just-started server at once).

@@ -3,7 +3,7 @@
 
 use cas_pki::{ClientMetadata, PrivateKey, TlsCryptV2ServerKey};
 
-use super::{Ctx, OpsError};
+use super::{AppError, Ctx};
 use crate::domain::{ConfPath, Host, Kind, Name};
 use crate::ovpn::{self, ClientProfile, Pem, Proto};
 use crate::pkifiles::ServerRole;
@@ -44,12 +44,12 @@ pub struct ProfileMaker {
 }
 
 impl ProfileMaker {
-    pub fn new(ctx: &Ctx, kind: Kind) -> Result<ProfileMaker, OpsError> {
+    pub fn new(ctx: &Ctx, kind: Kind) -> Result<ProfileMaker, AppError> {
         let vpn = ctx.vpn("a client profile")?;
         let host = match (&vpn.public_hostname, ctx.cfg.network.public_ip) {
             (Some(h), _) => h.clone(),
             (None, Some(ip)) => Host::from(ip),
-            (None, None) => return Err(OpsError::NoPublicAddress { path: ctx.cfg.network_path() }),
+            (None, None) => return Err(AppError::NoPublicAddress { path: ctx.cfg.network_path() }),
         };
         let role = match kind {
             Kind::Terminal => ServerRole::TerminalVpn,
@@ -74,9 +74,9 @@ impl ProfileMaker {
         key: Option<&PrivateKey>,
         key_file: Option<&ConfPath>,
         port: Option<u16>,
-    ) -> Result<String, OpsError> {
+    ) -> Result<String, AppError> {
         let wrapped =
-            self.tls.wrap_client_key(&metadata_for(self.kind, name)).map_err(|e| OpsError::Ca(e.to_string()))?;
+            self.tls.wrap_client_key(&metadata_for(self.kind, name)).map_err(|e| AppError::Ca(e.to_string()))?;
         self.render_with(name, cert_pem, key, key_file, port, &wrapped)
     }
 
@@ -84,14 +84,14 @@ impl ProfileMaker {
     /// tls-crypt-v2 client key is derived from the server key, the name and the certificate serial, so rendering
     /// the same certificate again gives the same bytes (a retried pairing gets the same answer) and no client key
     /// is stored anywhere.
-    pub fn render_for_certificate(&self, name: &Name, cert_pem: &str, serial: &str) -> Result<String, OpsError> {
+    pub fn render_for_certificate(&self, name: &Name, cert_pem: &str, serial: &str) -> Result<String, AppError> {
         let mut context = name.as_str().as_bytes().to_vec();
         context.push(0);
         context.extend_from_slice(serial.as_bytes());
         let wrapped = self
             .tls
             .wrap_derived_client_key(&context, &metadata_for(self.kind, name))
-            .map_err(|e| OpsError::Ca(e.to_string()))?;
+            .map_err(|e| AppError::Ca(e.to_string()))?;
         self.render_with(name, cert_pem, None, None, None, &wrapped)
     }
 
@@ -103,7 +103,7 @@ impl ProfileMaker {
         key_file: Option<&ConfPath>,
         port: Option<u16>,
         wrapped: &cas_pki::TlsCryptV2ClientKey,
-    ) -> Result<String, OpsError> {
+    ) -> Result<String, AppError> {
         let tls = Pem::new(&wrapped.to_pem())?;
         let cert = Pem::new(cert_pem)?;
         let key_pem = key.map(|k| Pem::new(&k.to_pem())).transpose()?;

@@ -9,17 +9,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Supervisor;
 use super::front::Front;
+use crate::app::{AppError, Ctx, crl, instances};
 use crate::domain::Kind;
-use crate::ops::{Ctx, OpsError, crl, instances};
 
 /// Re-plan from the store this often even without a reload request (a missed request heals itself).
 const REPLAN_EVERY: Duration = Duration::from_secs(30);
 
-pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Result<(), OpsError> {
+pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
     let vpn = ctx.vpn("serve vpn")?.clone();
     if vpn.proto != crate::config::Proto::Tcp {
         // The terminal front relays TCP only; refusing is better than terminals that silently never connect.
-        return Err(OpsError::Other(format!(
+        return Err(AppError::Other(format!(
             "{}: proto={} is not supported by the terminal front port yet; use proto=tcp",
             ctx.cfg.root.join("config/vpn").display(),
             vpn.proto
@@ -27,15 +27,15 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     }
     let net = &ctx.cfg.network;
     crate::sys::net::ensure_dummy(vpn.interface.as_str(), &[net.master_bind_ip, net.admin_bind_ip, net.gate_bind_ip])
-        .map_err(|e| OpsError::Other(format!("service interface {}: {e}", vpn.interface.as_str())))?;
+        .map_err(|e| AppError::Other(format!("service interface {}: {e}", vpn.interface.as_str())))?;
     crate::sys::net::apply_isolation(net.master_bind_ip, net.admin_bind_ip)
-        .map_err(|e| OpsError::Other(format!("tunnel isolation rules: {e}")))?;
+        .map_err(|e| AppError::Other(format!("tunnel isolation rules: {e}")))?;
     let orphans = instances::kill_orphans(&ctx.cfg.root);
     if orphans > 0 {
         tracing::warn!(orphans, "removed openvpn processes left by a previous cas-vpn");
     }
     ctx.store.clear_sessions(None).await?;
-    crate::ops::terminal::recover_pending(&ctx).await?;
+    crate::app::pending::recover_pending(&ctx).await?;
     for kind in [Kind::Terminal, Kind::Admin] {
         if !crl::is_fresh(&ctx, kind)? {
             crl::refresh(&ctx, kind).await?;
@@ -60,7 +60,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     let front_addr = std::net::SocketAddr::from(([0, 0, 0, 0], vpn.terminal_front_port));
     let listener = tokio::net::TcpListener::bind(front_addr)
         .await
-        .map_err(|e| OpsError::Other(format!("terminal front port {front_addr}: {e}")))?;
+        .map_err(|e| AppError::Other(format!("terminal front port {front_addr}: {e}")))?;
     let front_task = tokio::spawn(front.run(listener));
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
@@ -70,7 +70,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     let mut crl_timer = tokio::time::interval(crl_check);
     let mut replan = tokio::time::interval(REPLAN_EVERY);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| OpsError::Other(format!("SIGHUP handler: {e}")))?;
+        .map_err(|e| AppError::Other(format!("SIGHUP handler: {e}")))?;
     tracing::info!(port = vpn.terminal_front_port, "VPN serving");
     loop {
         tokio::select! {
@@ -101,7 +101,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     front_task.abort();
     control.abort();
     supervisor.shutdown().await;
-    let _ = std::fs::remove_file(super::control::socket_path(&ctx.cfg.root));
+    let _ = std::fs::remove_file(crate::control::socket_path(&ctx.cfg.root));
     Ok(())
 }
 

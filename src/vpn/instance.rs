@@ -4,37 +4,27 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 
-use super::auth::{Claim, Decision, InstanceRole, decide, normalise_serial};
-use super::machine::{Action, Event, Machine, State};
+use super::auth::{Claim, Decision, decide, normalise_serial};
 use super::mgmt::{ClientEvent, Env, Mgmt};
+use crate::app::instances::InstanceSpec;
+pub use crate::control::InstanceStatus;
 use crate::db::{NewSession, Store};
+use crate::domain::lifecycle::{Action, Event, Machine, State};
 use crate::domain::{Kind, Name};
 use crate::sys::process::{signal_group, spawn_guarded};
 
 /// Real client addresses of connections the terminal front relayed, by the local port of the relay's connection
 /// to the instance (what openvpn reports as `untrusted_port`).
 pub type RealAddrs = Arc<Mutex<HashMap<u16, SocketAddr>>>;
-
-#[derive(Debug, Clone)]
-pub struct InstanceSpec {
-    pub name: Name,
-    pub role: InstanceRole,
-    pub port: u16,
-    pub config: PathBuf,
-    pub management: PathBuf,
-    pub pidfile: PathBuf,
-}
 
 pub enum Control {
     Stop,
@@ -46,20 +36,6 @@ pub enum Control {
     Status {
         reply: oneshot::Sender<InstanceStatus>,
     },
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct InstanceStatus {
-    pub name: Name,
-    pub kind: Kind,
-    pub port: u16,
-    #[serde(flatten)]
-    pub state: State,
-    /// Process running and its management interface connected: connections can be answered.
-    pub ready: bool,
-    pub restarts: u64,
-    pub crash_loop: bool,
-    pub sessions: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -296,7 +272,7 @@ impl Instance {
                         common_name: s.name.to_string(),
                         tunnel_ip: s.tunnel_ip.to_string(),
                         real_addr: s.real_addr.clone(),
-                        since: crate::ops::now(),
+                        since: crate::app::now(),
                         client_id: cid as i64,
                     };
                     if let Err(e) = self.store.upsert_session(&row).await {

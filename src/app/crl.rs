@@ -5,7 +5,7 @@ use cas_pki::{RevocationReason, Revoked, Serial};
 use serde::Serialize;
 use time::Duration;
 
-use super::{Ctx, OpsError, to_datetime};
+use super::{AppError, Ctx, to_datetime};
 use crate::domain::Kind;
 
 /// thisUpdate is backdated: a CRL "from the future" (clock skew between hosts) is rejected by OpenVPN.
@@ -39,19 +39,19 @@ pub fn check_period(ctx: &Ctx) -> std::time::Duration {
 }
 
 /// Makes a new CRL for `kind` from the store and publishes it.
-pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, OpsError> {
+pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
     let ca = ctx.pki.load_ca(kind)?;
     let rows = ctx.store.revoked_certificates(kind).await?;
     let revoked = rows
         .iter()
         .map(|(serial, at, reason)| {
             Ok(Revoked {
-                serial: serial.parse::<Serial>().map_err(|e| OpsError::Ca(format!("stored serial {serial}: {e}")))?,
+                serial: serial.parse::<Serial>().map_err(|e| AppError::Ca(format!("stored serial {serial}: {e}")))?,
                 revoked_at: to_datetime(*at),
                 reason: reason.parse::<RevocationReason>().unwrap_or(RevocationReason::Unspecified),
             })
         })
-        .collect::<Result<Vec<_>, OpsError>>()?;
+        .collect::<Result<Vec<_>, AppError>>()?;
     let now = time::OffsetDateTime::now_utc();
     let this_update = now - BACKDATE;
     let next_update = now + validity(ctx);
@@ -67,7 +67,7 @@ pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, OpsError> {
 }
 
 /// True when the CRL on disk exists, matches the store's last CRL, and has more than half its lifetime left.
-pub fn is_fresh(ctx: &Ctx, kind: Kind) -> Result<bool, OpsError> {
+pub fn is_fresh(ctx: &Ctx, kind: Kind) -> Result<bool, AppError> {
     let Some(pem) = ctx.pki.read_crl(kind)? else { return Ok(false) };
     let Ok(crl) = openssl::x509::X509Crl::from_pem(pem.as_bytes()) else { return Ok(false) };
     let Some(next) = crl.next_update() else { return Ok(false) };
@@ -77,11 +77,11 @@ pub fn is_fresh(ctx: &Ctx, kind: Kind) -> Result<bool, OpsError> {
 }
 
 /// Seconds until the CRL on disk expires (negative when it has), for status and doctor.
-pub fn seconds_left(ctx: &Ctx, kind: Kind) -> Result<Option<i64>, OpsError> {
+pub fn seconds_left(ctx: &Ctx, kind: Kind) -> Result<Option<i64>, AppError> {
     let Some(pem) = ctx.pki.read_crl(kind)? else { return Ok(None) };
-    let crl = openssl::x509::X509Crl::from_pem(pem.as_bytes()).map_err(|e| OpsError::Ca(e.to_string()))?;
+    let crl = openssl::x509::X509Crl::from_pem(pem.as_bytes()).map_err(|e| AppError::Ca(e.to_string()))?;
     let Some(next) = crl.next_update() else { return Ok(None) };
-    let now = openssl::asn1::Asn1Time::days_from_now(0).map_err(|e| OpsError::Ca(e.to_string()))?;
-    let diff = now.diff(next).map_err(|e| OpsError::Ca(e.to_string()))?;
+    let now = openssl::asn1::Asn1Time::days_from_now(0).map_err(|e| AppError::Ca(e.to_string()))?;
+    let diff = now.diff(next).map_err(|e| AppError::Ca(e.to_string()))?;
     Ok(Some(i64::from(diff.days) * 86400 + i64::from(diff.secs)))
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Ctx, OpsError};
+use crate::app::{AppError, Ctx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Service {
@@ -20,7 +20,7 @@ pub enum Service {
     Admin,
 }
 
-pub async fn serve(ctx: Ctx, what: Service) -> Result<(), OpsError> {
+pub async fn serve(ctx: Ctx, what: Service) -> Result<(), AppError> {
     let ctx = Arc::new(ctx);
     let (stop_tx, stop) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
@@ -38,7 +38,7 @@ pub async fn serve(ctx: Ctx, what: Service) -> Result<(), OpsError> {
         let _ = signals.send(true);
     });
     match what {
-        Service::Vpn => crate::supervisor::service::run_vpn(ctx, stop).await,
+        Service::Vpn => crate::vpn::service::run_vpn(ctx, stop).await,
         Service::Gate => crate::gate::run_gate(ctx, stop).await,
         Service::Master => crate::master::run_master(ctx, stop).await,
         Service::All => {
@@ -52,7 +52,7 @@ pub async fn serve(ctx: Ctx, what: Service) -> Result<(), OpsError> {
                     v.interface.as_str(),
                     &[net.master_bind_ip, net.admin_bind_ip, net.gate_bind_ip],
                 )
-                .map_err(|e| OpsError::Other(format!("service interface {}: {e}", v.interface.as_str())))?;
+                .map_err(|e| AppError::Other(format!("service interface {}: {e}", v.interface.as_str())))?;
             } else {
                 tracing::warn!("Scenario B: no VPN instances run");
             }
@@ -60,7 +60,7 @@ pub async fn serve(ctx: Ctx, what: Service) -> Result<(), OpsError> {
                 let (ctx, mut stop) = (ctx.clone(), stop.clone());
                 async move {
                     if vpn {
-                        crate::supervisor::service::run_vpn(ctx, stop).await
+                        crate::vpn::service::run_vpn(ctx, stop).await
                     } else {
                         let _ = stop.wait_for(|s| *s).await;
                         Ok(())
@@ -74,7 +74,7 @@ pub async fn serve(ctx: Ctx, what: Service) -> Result<(), OpsError> {
             );
             a.and(b).and(c)
         }
-        Service::Admin => Err(OpsError::Other(
+        Service::Admin => Err(AppError::Other(
             format!("`serve {what:?}` is not available in this version", what = what).to_lowercase(),
         )),
     }
@@ -84,8 +84,8 @@ pub async fn serve(ctx: Ctx, what: Service) -> Result<(), OpsError> {
 async fn stop_all_on_error(
     stop_tx: &watch::Sender<bool>,
     name: &'static str,
-    service: impl Future<Output = Result<(), OpsError>>,
-) -> Result<(), OpsError> {
+    service: impl Future<Output = Result<(), AppError>>,
+) -> Result<(), AppError> {
     let r = service.await;
     if let Err(e) = &r {
         tracing::error!(service = name, error = %e, "service failed; stopping the others");

@@ -3,15 +3,15 @@
 //! key. Rendering the same certificate twice gives the same bytes, which is what makes a retried pairing return
 //! the same answer.
 
+use crate::app::profile::ProfileMaker;
+use crate::app::{AppError, Ctx};
 use crate::domain::{Kind, Name};
-use crate::ops::profile::ProfileMaker;
-use crate::ops::{Ctx, OpsError};
 
 pub struct Delivery(ProfileMaker);
 
 impl Delivery {
     /// `None` under Scenario B: the gate then hands out no VPN config.
-    pub fn new(ctx: &Ctx) -> Result<Option<Delivery>, OpsError> {
+    pub fn new(ctx: &Ctx) -> Result<Option<Delivery>, AppError> {
         if ctx.cfg.active_vpn().is_none() {
             return Ok(None);
         }
@@ -19,7 +19,7 @@ impl Delivery {
     }
 
     /// The profile of terminal `name` for its certificate `cert_pem` (serial `serial`, lowercase hex).
-    pub fn render(&self, name: &Name, cert_pem: &str, serial: &str) -> Result<String, OpsError> {
+    pub fn render(&self, name: &Name, cert_pem: &str, serial: &str) -> Result<String, AppError> {
         self.0.render_for_certificate(name, cert_pem, serial)
     }
 }

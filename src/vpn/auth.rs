@@ -7,9 +7,10 @@
 
 use std::net::Ipv4Addr;
 
+use crate::app::instances::InstanceRole;
 use crate::db::{CertRow, Credential};
-use crate::domain::{Kind, Name, Subnet};
-use crate::ops::instances::host_ip;
+use crate::domain::addressing::host_ip;
+use crate::domain::{Kind, Name};
 
 /// What openvpn told us about the client (from its ENV block).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,17 +18,6 @@ pub struct Claim {
     pub common_name: String,
     /// Certificate serial as openvpn prints it (`tls_serial_hex_0`: colon-separated hex).
     pub serial_hex: String,
-}
-
-/// The instance being asked.
-#[derive(Debug, Clone)]
-pub struct InstanceRole {
-    pub kind: Kind,
-    /// Terminal instances: the index (a terminal must come to its home instance).
-    pub index: Option<u32>,
-    /// Admin instances: the one credential served.
-    pub credential: Option<Name>,
-    pub subnet: Subnet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +62,7 @@ pub fn decide(role: &InstanceRole, claim: &Claim, cred: Option<&Credential>, cer
             if role.credential.as_ref() != Some(&cred.name) {
                 return Decision::Deny("not this credential's instance");
             }
-            (host_ip(&role.subnet, crate::ops::instances::FIRST_HOST_INDEX), role.subnet.netmask())
+            (host_ip(&role.subnet, crate::app::instances::FIRST_HOST_INDEX), role.subnet.netmask())
         }
         Kind::Terminal => {
             let (Some(home), Some(host)) = (cred.home_instance, cred.host_index) else {

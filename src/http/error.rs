@@ -4,10 +4,10 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::wire::{ErrorBody, UpgradeInfo};
+use crate::wire::{ErrorBody, UpgradeInfo};
 
 #[derive(Debug, thiserror::Error)]
-pub enum GateError {
+pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
     #[error("the request body is larger than {0} bytes")]
@@ -60,9 +60,9 @@ pub enum GateError {
     Internal,
 }
 
-impl GateError {
+impl ApiError {
     pub fn status(&self) -> StatusCode {
-        use GateError::*;
+        use ApiError::*;
         match self {
             InvalidRequest(_) | InvalidCsr(_) | WeakKey(_) | CsrCaRequested | CsrNameMismatch(_) => {
                 StatusCode::BAD_REQUEST
@@ -82,7 +82,7 @@ impl GateError {
 
     /// The stable code of the wire contract.
     pub fn code(&self) -> &'static str {
-        use GateError::*;
+        use ApiError::*;
         match self {
             InvalidRequest(_) => "invalid_request",
             TooLarge(_) => "too_large",
@@ -115,7 +115,7 @@ impl GateError {
     /// Whether this refusal counts towards the per-address ban: anything a guessing or fuzzing client causes.
     /// A closed window, an old version, busy slots or our own faults never do.
     pub fn counts_as_failure(&self) -> bool {
-        use GateError::*;
+        use ApiError::*;
         matches!(
             self,
             InvalidRequest(_)
@@ -133,31 +133,31 @@ impl GateError {
     }
 
     /// Logs an internal fault (never shown to the client) and hides it behind `Internal`.
-    pub fn internal(e: impl std::fmt::Display) -> GateError {
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "internal error");
-        GateError::Internal
+        ApiError::Internal
     }
 }
 
-impl From<cas_pki::CsrError> for GateError {
-    fn from(e: cas_pki::CsrError) -> GateError {
+impl From<cas_pki::CsrError> for ApiError {
+    fn from(e: cas_pki::CsrError) -> ApiError {
         match e {
-            cas_pki::CsrError::WeakKey(m) => GateError::WeakKey(m),
-            other => GateError::InvalidCsr(other.to_string()),
+            cas_pki::CsrError::WeakKey(m) => ApiError::WeakKey(m),
+            other => ApiError::InvalidCsr(other.to_string()),
         }
     }
 }
 
-impl IntoResponse for GateError {
+impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let retry_after = match &self {
-            GateError::SlotsFull { retry_after } | GateError::UpgradeUnavailable { retry_after } => Some(*retry_after),
-            GateError::TooManyPending => Some(60),
+            ApiError::SlotsFull { retry_after } | ApiError::UpgradeUnavailable { retry_after } => Some(*retry_after),
+            ApiError::TooManyPending => Some(60),
             _ => None,
         };
         let upgrade = match &self {
-            GateError::UpgradeRequired { upgrade, .. } => upgrade.clone(),
+            ApiError::UpgradeRequired { upgrade, .. } => upgrade.clone(),
             _ => None,
         };
         let body = ErrorBody { error: self.code().to_owned(), message: self.to_string(), upgrade };
@@ -170,14 +170,14 @@ impl IntoResponse for GateError {
     }
 }
 
-impl From<crate::db::DbError> for GateError {
-    fn from(e: crate::db::DbError) -> GateError {
-        GateError::internal(e)
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> ApiError {
+        ApiError::internal(e)
     }
 }
 
-impl From<crate::ops::OpsError> for GateError {
-    fn from(e: crate::ops::OpsError) -> GateError {
-        GateError::internal(e)
+impl From<crate::app::AppError> for ApiError {
+    fn from(e: crate::app::AppError) -> ApiError {
+        ApiError::internal(e)
     }
 }

@@ -232,8 +232,8 @@ async fn tls_connect(
     handshake.map_err(|e| match (trust, stream_pin(&stream).or(seen_early)) {
         (Trust::Pin(expected), Some(seen)) if seen != expected => HttpError::PinMismatch {
             target: name(target),
-            seen: crate::gate::wire::pin_text(&seen),
-            expected: crate::gate::wire::pin_text(&expected),
+            seen: crate::wire::pin_text(&seen),
+            expected: crate::wire::pin_text(&expected),
         },
         _ => tls_err(e.to_string()),
     })?;
@@ -243,8 +243,8 @@ async fn tls_connect(
     {
         return Err(HttpError::PinMismatch {
             target: name(target),
-            seen: crate::gate::wire::pin_text(&seen),
-            expected: crate::gate::wire::pin_text(&expected),
+            seen: crate::wire::pin_text(&seen),
+            expected: crate::wire::pin_text(&expected),
         });
     }
     Ok((stream, seen))

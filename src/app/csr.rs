@@ -9,7 +9,7 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use super::error::GateError;
+use crate::http::ApiError;
 use cas_pki::VerifiedCsr;
 
 /// A CSR that verified and asks for nothing it may not have. `common_name` is the CN it asked for, if any.
@@ -27,9 +27,9 @@ impl CheckedCsr {
 
 /// Verifies `pem` (signature, key strength) and checks what it asks for. With `name`, the CN and any DNS SAN must
 /// be that name; without (approval flow, where the name is chosen later), SANs must repeat the CN.
-pub fn check(pem: &str, name: Option<&str>) -> Result<CheckedCsr, GateError> {
+pub fn check(pem: &str, name: Option<&str>) -> Result<CheckedCsr, ApiError> {
     let csr = VerifiedCsr::from_pem(pem)?;
-    let bad = |m: &str| GateError::InvalidCsr(m.to_owned());
+    let bad = |m: &str| ApiError::InvalidCsr(m.to_owned());
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.trim_start().as_bytes()).map_err(|_| bad("not PEM"))?;
     let (_, req) = X509CertificationRequest::from_der(&block.contents).map_err(|_| bad("not a PKCS#10 request"))?;
     let info = &req.certification_request_info;
@@ -44,28 +44,28 @@ pub fn check(pem: &str, name: Option<&str>) -> Result<CheckedCsr, GateError> {
         Some(cn) => Some(cn.as_str().map_err(|_| bad("the common name is not a string"))?.to_owned()),
     };
     if cns.next().is_some() {
-        return Err(GateError::CsrNameMismatch("several common names".into()));
+        return Err(ApiError::CsrNameMismatch("several common names".into()));
     }
     if let (Some(cn), Some(name)) = (&common_name, name)
         && cn != name
     {
-        return Err(GateError::CsrNameMismatch(format!("CN {}", crate::domain::shown(cn))));
+        return Err(ApiError::CsrNameMismatch(format!("CN {}", crate::domain::shown(cn))));
     }
     let allowed = name.map(str::to_owned).or_else(|| common_name.clone());
 
     if let Some(exts) = req.requested_extensions() {
         for ext in exts {
             match ext {
-                ParsedExtension::BasicConstraints(bc) if bc.ca => return Err(GateError::CsrCaRequested),
+                ParsedExtension::BasicConstraints(bc) if bc.ca => return Err(ApiError::CsrCaRequested),
                 ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() || ku.crl_sign() => {
-                    return Err(GateError::CsrCaRequested);
+                    return Err(ApiError::CsrCaRequested);
                 }
-                ParsedExtension::NameConstraints(_) => return Err(GateError::CsrCaRequested),
+                ParsedExtension::NameConstraints(_) => return Err(ApiError::CsrCaRequested),
                 ParsedExtension::SubjectAlternativeName(san) => {
                     for n in &san.general_names {
                         let ok = matches!((n, &allowed), (GeneralName::DNSName(d), Some(a)) if d == a);
                         if !ok {
-                            return Err(GateError::CsrNameMismatch(format!(
+                            return Err(ApiError::CsrNameMismatch(format!(
                                 "subject alternative name {}",
                                 crate::domain::shown(&n.to_string())
                             )));
@@ -117,19 +117,19 @@ mod tests {
             csr(|p| p.key_usages = vec![KeyUsagePurpose::KeyCertSign]),
             csr(|p| p.key_usages = vec![KeyUsagePurpose::CrlSign]),
         ] {
-            assert!(matches!(check(&pem, Some("atm-1")), Err(GateError::CsrCaRequested)));
-            assert!(matches!(check(&pem, None), Err(GateError::CsrCaRequested)));
+            assert!(matches!(check(&pem, Some("atm-1")), Err(ApiError::CsrCaRequested)));
+            assert!(matches!(check(&pem, None), Err(ApiError::CsrCaRequested)));
         }
     }
 
     #[test]
     fn other_names_are_refused() {
         let pem = csr(|p| p.distinguished_name.push(DnType::CommonName, "atm-2"));
-        assert!(matches!(check(&pem, Some("atm-1")), Err(GateError::CsrNameMismatch(_))));
+        assert!(matches!(check(&pem, Some("atm-1")), Err(ApiError::CsrNameMismatch(_))));
         let pem = csr(|p| p.subject_alt_names = vec![SanType::DnsName("evil.example".try_into().unwrap())]);
-        assert!(matches!(check(&pem, Some("atm-1")), Err(GateError::CsrNameMismatch(_))));
-        assert!(matches!(check(&pem, None), Err(GateError::CsrNameMismatch(_))));
+        assert!(matches!(check(&pem, Some("atm-1")), Err(ApiError::CsrNameMismatch(_))));
+        assert!(matches!(check(&pem, None), Err(ApiError::CsrNameMismatch(_))));
         let pem = csr(|p| p.subject_alt_names = vec![SanType::IpAddress("10.0.0.1".parse().unwrap())]);
-        assert!(matches!(check(&pem, Some("atm-1")), Err(GateError::CsrNameMismatch(_))));
+        assert!(matches!(check(&pem, Some("atm-1")), Err(ApiError::CsrNameMismatch(_))));
     }
 }

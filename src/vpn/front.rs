@@ -15,9 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::instance::RealAddrs;
+use crate::app::profile::parse_metadata;
 use crate::db::Store;
 use crate::domain::{Kind, Name};
-use crate::ops::profile::parse_metadata;
 
 /// P_CONTROL_HARD_RESET_CLIENT_V3: the first packet of a tls-crypt-v2 client.
 const OPCODE_RESET_V3: u8 = 10;
@@ -126,7 +126,7 @@ impl Front {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::profile::metadata_for;
+    use crate::app::profile::metadata_for;
 
     fn packet_with(wkc: &[u8]) -> Vec<u8> {
         let mut p = vec![OPCODE_RESET_V3 << 3];

@@ -1,0 +1,104 @@
+//! The context every service and operation runs in: the parsed configuration, the store, the PKI directory and
+//! the clock (`Ctx`), the one error enum of this floor (`AppError`), and what several services share: the instance
+//! plan, client profiles, CRL publication, CSR policy, recovery of pending profiles.
+//!
+//! Floor: below the services (vpn, gate, master, signer, net) and `ops`; above db/config/pkifiles/ovpn.
+
+pub mod clock;
+pub mod crl;
+pub mod csr;
+pub mod instances;
+pub mod pending;
+pub mod profile;
+
+pub use clock::{now, rfc3339, to_datetime};
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConfigError, VpnConfig};
+use crate::db::{DbError, Store};
+use crate::domain::DomainError;
+use crate::pkifiles::{PkiDir, PkiFilesError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Pki(#[from] PkiFilesError),
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Fs(#[from] crate::sys::fs::FsError),
+    #[error(transparent)]
+    Render(#[from] crate::ovpn::RenderError),
+    #[error("{0}")]
+    Pem(#[from] crate::ovpn::PemError),
+    #[error("certificate authority: {0}")]
+    Ca(String),
+    #[error("{path}:{line}: {why}")]
+    Input { path: PathBuf, line: usize, why: String },
+    #[error("no VPN is configured (Scenario B: {why}); {what} needs the VPN")]
+    NoVpn { why: &'static str, what: &'static str },
+    #[error(
+        "no public address: set public_ip in {path} or public_hostname in the VPN config (or run `cas-vpn init --public-ip IP`)"
+    )]
+    NoPublicAddress { path: PathBuf },
+    #[error("{root} is not initialised (no config/network): run `cas-vpn init` first, or pass --root")]
+    NotInitialised { root: PathBuf },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where the store lives: PostgreSQL when a URL is given, else SQLite under `<root>/db/`.
+pub fn database_url(root: &Path, url: Option<&str>) -> String {
+    match url {
+        Some(u) => u.to_owned(),
+        None => format!("sqlite://{}", root.join("db").join("cas-vpn.sqlite").display()),
+    }
+}
+
+/// The CA key passphrase, when the operator encrypts CA keys (env `CAS_VPN_CA_PASSPHRASE`).
+pub fn ca_passphrase() -> Option<String> {
+    std::env::var("CAS_VPN_CA_PASSPHRASE").ok().filter(|s| !s.is_empty())
+}
+
+/// Everything an operation needs: the parsed config, the store and the PKI directory.
+pub struct Ctx {
+    pub cfg: Config,
+    pub store: Store,
+    pub pki: PkiDir,
+}
+
+impl Ctx {
+    /// Opens an initialised installation: the config must parse and the store must open (migrations run).
+    pub async fn open(root: &Path, database_url: Option<&str>) -> Result<Ctx, AppError> {
+        // Checked first so that a command run against the wrong root creates nothing there.
+        if !root.join("config").join("network").is_file() {
+            return Err(AppError::NotInitialised { root: root.to_owned() });
+        }
+        let cfg = Config::load(root)?;
+        crate::sys::fs::ensure_dir(&root.join("db"), 0o700)?;
+        let store = Store::open(&self::database_url(root, database_url)).await?;
+        Ok(Ctx { cfg, store, pki: PkiDir::new(root, ca_passphrase()) })
+    }
+
+    /// The VPN settings, or a clear error naming what needed them under Scenario B.
+    pub fn vpn(&self, what: &'static str) -> Result<&VpnConfig, AppError> {
+        self.cfg.active_vpn().ok_or(AppError::NoVpn { why: self.cfg.scenario_reason(), what })
+    }
+}
+
+/// The store row for a certificate just made.
+pub fn new_cert(cert_pem: &str, serial: cas_pki::Serial) -> Result<crate::db::NewCert, AppError> {
+    let info = cas_pki::cert_info(cert_pem).map_err(|e| AppError::Ca(e.to_string()))?;
+    Ok(crate::db::NewCert {
+        serial: serial.to_hex(),
+        common_name: info.common_name,
+        not_before: info.not_before.unix_timestamp(),
+        not_after: info.not_after.unix_timestamp(),
+        cert_pem: cert_pem.to_owned(),
+    })
+}
