@@ -12,6 +12,8 @@ pub mod ops;
 pub mod agent;
 pub mod gate;
 pub mod master;
+pub mod net;
+pub mod signer;
 pub mod vpn;
 // Floor 3: what services share.
 pub mod app;

@@ -4,6 +4,7 @@
 //!
 //! Floor: below the services (vpn, gate, master, signer, net) and `ops`; above db/config/pkifiles/ovpn.
 
+pub mod accounts;
 pub mod clock;
 pub mod crl;
 pub mod csr;
@@ -91,11 +92,11 @@ impl Ctx {
     }
 }
 
-/// The store row for a certificate just made.
-pub fn new_cert(cert_pem: &str, serial: cas_pki::Serial) -> Result<crate::db::NewCert, AppError> {
+/// The store row for a certificate just made (serial, name and dates are read from the certificate itself).
+pub fn new_cert(cert_pem: &str) -> Result<crate::db::NewCert, AppError> {
     let info = cas_pki::cert_info(cert_pem).map_err(|e| AppError::Ca(e.to_string()))?;
     Ok(crate::db::NewCert {
-        serial: serial.to_hex(),
+        serial: info.serial.to_hex(),
         common_name: info.common_name,
         not_before: info.not_before.unix_timestamp(),
         not_after: info.not_after.unix_timestamp(),

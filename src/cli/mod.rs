@@ -210,7 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("nothing to do: {} was already initialised", r.root);
             }
         }
-        Cmd::Serve { what } => crate::daemon::serve(Ctx::open(&root, db).await?, what).await?,
+        Cmd::Serve { what } => crate::daemon::serve(&root, db, what).await?,
         Cmd::Status { json } => {
             let ctx = Ctx::open(&root, db).await?;
             let s = ops::status::status(&ctx).await?;

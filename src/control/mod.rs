@@ -2,6 +2,8 @@
 //! another cas-vpn process (the CLI's `revoke`, `admin-vpn issue`, `status`, the web UI) reaches the supervisor.
 //! One JSON line in, one JSON line out. The server side is `vpn::control`.
 
+pub mod signer;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

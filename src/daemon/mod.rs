@@ -1,30 +1,95 @@
-//! `cas-vpn serve [all|vpn|gate|master|admin]`: the long-running services, joined in one process, stopped
-//! gracefully on SIGTERM/SIGINT (every openvpn child is terminated before the process exits).
+//! `cas-vpn serve SERVICE`: one service per process (what a systemd unit runs), or `serve all`, the launcher that
+//! runs each service as a child process under its own user (`launcher`).
 //!
-//! `all` runs the VPN (Scenario A only), the gate and master side by side on one shutdown signal: when one of them
-//! fails, the others are told to stop too and the first error is reported.
+//! Every service takes a single-instance lock (`<root>/run/SERVICE.lock`) before it touches anything, so a second
+//! `serve X` refuses at once and changes nothing; services run with umask 0007 so that the files they create
+//! (SQLite's `-wal`/`-shm` among them) stay usable by the other services of group `batm`.
 
-use std::future::Future;
+pub mod launcher;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::app::accounts::{self, UserMode};
 use crate::app::{AppError, Ctx};
+use crate::sys::lock::{self, InstanceLock, LockError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Service {
     All,
+    Net,
+    Signer,
     Vpn,
     Gate,
     Master,
     Admin,
 }
 
-pub async fn serve(ctx: Ctx, what: Service) -> Result<(), AppError> {
-    let ctx = Arc::new(ctx);
-    let (stop_tx, stop) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    let signals = stop_tx.clone();
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::All => "all",
+            Service::Net => "net",
+            Service::Signer => "signer",
+            Service::Vpn => "vpn",
+            Service::Gate => "gate",
+            Service::Master => "master",
+            Service::Admin => "admin",
+        }
+    }
+}
+
+/// Every service, for the lock files `init` makes.
+pub const ALL: [Service; 7] =
+    [Service::All, Service::Net, Service::Signer, Service::Vpn, Service::Gate, Service::Master, Service::Admin];
+
+pub fn run_dir(root: &Path) -> PathBuf {
+    root.join("run")
+}
+
+pub fn lock_path(root: &Path, what: Service) -> PathBuf {
+    run_dir(root).join(format!("{}.lock", what.name()))
+}
+
+/// Takes the service's single-instance lock, creating `run/` first when we may (root).
+pub fn take_lock(root: &Path, what: Service) -> Result<InstanceLock, AppError> {
+    if !run_dir(root).is_dir() && nix::unistd::geteuid().is_root() {
+        crate::sys::fs::ensure_dir(&run_dir(root), 0o755)?;
+    }
+    lock::try_lock(&lock_path(root, what)).map_err(|e| match e {
+        LockError::Held { pid, .. } => AppError::Other(format!(
+            "`cas-vpn serve {}` is already running (pid {pid}); nothing was changed",
+            what.name()
+        )),
+        other => AppError::Other(format!("single-instance lock: {other}")),
+    })
+}
+
+/// `cas-vpn serve WHAT`: lock first, then open the installation, then run until SIGTERM/SIGINT.
+pub async fn serve(root: &Path, database_url: Option<&str>, what: Service) -> Result<(), AppError> {
+    let _lock = take_lock(root, what)?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
+    if what == Service::All {
+        return launcher::run(root, database_url).await;
+    }
+    let ctx = Arc::new(Ctx::open(root, database_url).await?);
+    let stop = stop_on_signals();
+    match what {
+        Service::Net => crate::net::run_net(ctx, stop).await,
+        Service::Signer => crate::signer::run_signer(ctx, stop).await,
+        Service::Vpn => crate::vpn::service::run_vpn(ctx, stop).await,
+        Service::Gate => crate::gate::run_gate(ctx, stop).await,
+        Service::Master => crate::master::run_master(ctx, stop).await,
+        Service::Admin => Err(AppError::Other("`serve admin` (the web UI) is not available in this version".into())),
+        Service::All => unreachable!("handled above"),
+    }
+}
+
+/// A receiver that turns true on the first SIGTERM or SIGINT.
+pub fn stop_on_signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -35,61 +100,21 @@ pub async fn serve(ctx: Ctx, what: Service) -> Result<(), AppError> {
             _ = int.recv() => {}
         }
         tracing::info!("shutdown requested");
-        let _ = signals.send(true);
+        let _ = tx.send(true);
+        // Keep the sender alive so receivers see `true`, not a closed channel.
+        std::future::pending::<()>().await;
     });
-    match what {
-        Service::Vpn => crate::vpn::service::run_vpn(ctx, stop).await,
-        Service::Gate => crate::gate::run_gate(ctx, stop).await,
-        Service::Master => crate::master::run_master(ctx, stop).await,
-        Service::All => {
-            let vpn = ctx.vpn("the VPN").is_ok();
-            if vpn {
-                // The service addresses must exist before the gate and master bind them (run_vpn makes sure of
-                // them too; doing it first here removes the race).
-                let v = ctx.vpn("the VPN")?;
-                let net = &ctx.cfg.network;
-                crate::sys::net::ensure_dummy(
-                    v.interface.as_str(),
-                    &[net.master_bind_ip, net.admin_bind_ip, net.gate_bind_ip],
-                )
-                .map_err(|e| AppError::Other(format!("service interface {}: {e}", v.interface.as_str())))?;
-            } else {
-                tracing::warn!("Scenario B: no VPN instances run");
-            }
-            let vpn_task = {
-                let (ctx, mut stop) = (ctx.clone(), stop.clone());
-                async move {
-                    if vpn {
-                        crate::vpn::service::run_vpn(ctx, stop).await
-                    } else {
-                        let _ = stop.wait_for(|s| *s).await;
-                        Ok(())
-                    }
-                }
-            };
-            let (a, b, c) = tokio::join!(
-                stop_all_on_error(&stop_tx, "vpn", vpn_task),
-                stop_all_on_error(&stop_tx, "gate", crate::gate::run_gate(ctx.clone(), stop.clone())),
-                stop_all_on_error(&stop_tx, "master", crate::master::run_master(ctx.clone(), stop.clone())),
-            );
-            a.and(b).and(c)
-        }
-        Service::Admin => Err(AppError::Other(
-            format!("`serve {what:?}` is not available in this version", what = what).to_lowercase(),
-        )),
-    }
+    rx
 }
 
-/// Runs one service; if it fails (or ends while the others run), every other service is told to stop.
-async fn stop_all_on_error(
-    stop_tx: &watch::Sender<bool>,
-    name: &'static str,
-    service: impl Future<Output = Result<(), AppError>>,
-) -> Result<(), AppError> {
-    let r = service.await;
-    if let Err(e) = &r {
-        tracing::error!(service = name, error = %e, "service failed; stopping the others");
+/// The service accounts to run children under, or `None` with the reason (said loudly by the launcher).
+pub fn service_accounts() -> Result<Result<accounts::Accounts, String>, AppError> {
+    let mode = UserMode::from_env()?;
+    if mode == UserMode::Single {
+        return Ok(Err(format!("{}=none", accounts::USERS_ENV)));
     }
-    let _ = stop_tx.send(true);
-    r
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(Err("not running as root".into()));
+    }
+    Ok(accounts::lookup(&mode)?.ok_or_else(|| "the service users do not exist (run `cas-vpn init` as root)".into()))
 }

@@ -19,8 +19,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::{AppError, Ctx};
-use crate::config::VpnConfig;
-use crate::domain::Kind;
 use crate::http::{ApiError, ServeLimits, server};
 use crate::pkifiles::ServerRole;
 use crate::wire::{self, MasterAddr, SERVICE_PORT};
@@ -37,12 +35,9 @@ pub struct GateState(Arc<Inner>);
 pub(crate) struct Inner {
     pub(crate) ctx: Arc<Ctx>,
     pub(crate) pin: [u8; 32],
-    /// The terminal CA, in memory to sign CSRs; never serialised anywhere.
-    pub(crate) ca: cas_pki::Ca,
     /// `None` under Scenario B.
     pub(crate) delivery: Option<Delivery>,
     pub(crate) master: MasterAddr,
-    pub(crate) cert_days: u32,
     pub(crate) upgrades: upgrade::Upgrades,
     /// Serialises this process's store writes: SQLite lets one writer in at a time and makes the others sleep
     /// in its busy handler (milliseconds each, growing), which under a burst of pairings costs far more than
@@ -55,19 +50,15 @@ impl GateState {
     /// renderer (Scenario A), the upgrade package description (`config/upgrade`, optional).
     pub fn new(ctx: Arc<Ctx>) -> Result<GateState, AppError> {
         let pin = ctx.pki.gate_pin()?;
-        let ca = ctx.pki.load_ca(Kind::Terminal)?;
         let delivery = Delivery::new(&ctx)?;
         let net = &ctx.cfg.network;
         let host =
             ctx.cfg.gate.master_hostname.as_ref().map_or_else(|| net.master_bind_ip.to_string(), |h| h.to_string());
-        let cert_days = ctx.cfg.vpn.as_ref().map_or(VpnConfig::default().terminal_cert_days, |v| v.terminal_cert_days);
         let upgrades = upgrade::Upgrades::load(&ctx)?;
         Ok(GateState(Arc::new(Inner {
             pin,
-            ca,
             delivery,
             master: MasterAddr { host, port: SERVICE_PORT },
-            cert_days,
             upgrades,
             writes: tokio::sync::Mutex::new(()),
             ctx,

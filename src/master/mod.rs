@@ -21,13 +21,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use cas_pki::Validity;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::{AppError, Ctx, csr, new_cert, now, rfc3339};
 use crate::config::VpnConfig;
+use crate::control::signer;
 use crate::db::{CertRow, Credential};
 use crate::domain::Kind;
 use crate::http::{ApiError, ServeLimits, read_json, server};
@@ -39,8 +39,6 @@ pub struct MasterState(Arc<Inner>);
 
 struct Inner {
     ctx: Arc<Ctx>,
-    ca: cas_pki::Ca,
-    cert_days: u32,
     renew_before_secs: i64,
 }
 
@@ -48,9 +46,8 @@ impl MasterState {
     pub fn new(ctx: Arc<Ctx>) -> Result<MasterState, AppError> {
         let defaults = VpnConfig::default();
         let vpn = ctx.cfg.vpn.as_ref().unwrap_or(&defaults);
-        let (cert_days, renew_days) = (vpn.terminal_cert_days, vpn.renew_before_days);
-        let ca = ctx.pki.load_ca(Kind::Terminal)?;
-        Ok(MasterState(Arc::new(Inner { ctx, ca, cert_days, renew_before_secs: i64::from(renew_days) * 86_400 })))
+        let renew_days = vpn.renew_before_days;
+        Ok(MasterState(Arc::new(Inner { ctx, renew_before_secs: i64::from(renew_days) * 86_400 })))
     }
 }
 
@@ -140,11 +137,9 @@ async fn renew(
             return Err(ApiError::NotInRenewalWindow(rfc3339(from)));
         }
     }
-    let (cert_pem, serial) =
-        st.0.ca
-            .sign_csr(&checked.csr, c.name.as_str(), Validity::days_from_now(st.0.cert_days))
-            .map_err(ApiError::internal)?;
-    let new = new_cert(&cert_pem, serial)?;
+    let (cert_pem, _) =
+        signer::sign(&st.0.ctx.cfg.root, Kind::Terminal, &c.name, &req.csr).await.map_err(ApiError::internal)?;
+    let new = new_cert(&cert_pem)?;
     st.0.ctx.store.add_certificate(c.id, Kind::Terminal, &new, now).await?;
     st.0.ctx.store.audit("master", "terminal.renew", c.name.as_str(), &format!("serial {}", new.serial), now).await?;
     tracing::info!(terminal = %c.name, serial = %new.serial, "certificate renewed");

@@ -37,7 +37,7 @@ pub async fn issue(ctx: &Ctx, name: &Name, out: Option<&Path>) -> Result<Issued,
     let issued = ca
         .issue_client(name.as_str(), vpn.key_type, Validity::days_from_now(vpn.admin_cert_days))
         .map_err(|e| OpsError::Ca(e.to_string()))?;
-    let cert = new_cert(&issued.cert_pem, issued.serial)?;
+    let cert = new_cert(&issued.cert_pem)?;
     let maker = ProfileMaker::new(ctx, Kind::Admin)?;
     let path: PathBuf = out.map_or_else(|| PathBuf::from(format!("{name}.ovpn")), Path::to_path_buf);
 

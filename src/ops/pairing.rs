@@ -197,10 +197,10 @@ pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Res
             let defaults = VpnConfig::default();
             let days = ctx.cfg.vpn.as_ref().unwrap_or(&defaults).terminal_cert_days;
             let ca = ctx.pki.load_ca(Kind::Terminal)?;
-            let (cert_pem, serial) = ca
+            let (cert_pem, _) = ca
                 .sign_csr(&checked.csr, name.as_str(), Validity::days_from_now(days))
                 .map_err(|e| OpsError::Ca(e.to_string()))?;
-            let cert = new_cert(&cert_pem, serial)?;
+            let cert = new_cert(&cert_pem)?;
             let layout = match ctx.vpn("approve").ok().map(terminal_slices).transpose()? {
                 Some(s) => TerminalLayout { instances: s.len() as u32, hosts_per_instance: hosts_per_slice(&s[0]) },
                 None => TerminalLayout { instances: 1, hosts_per_instance: 1 << 24 },

@@ -169,7 +169,7 @@ async fn create_batch(
         .map(|m| {
             Ok(NewTerminal {
                 name: m.name.clone(),
-                cert: m.issued.as_ref().map(|i| new_cert(&i.cert_pem, i.serial)).transpose()?,
+                cert: m.issued.as_ref().map(|i| new_cert(&i.cert_pem)).transpose()?,
                 token: Some(NewToken { id: m.token.id().to_owned(), secret_hash: m.token.secret_hash(), expires_at }),
             })
         })

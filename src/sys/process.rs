@@ -31,6 +31,54 @@ pub fn spawn_guarded(program: &str, args: &[String]) -> std::io::Result<tokio::p
     cmd.spawn()
 }
 
+/// The credentials a child runs under: its uid, its primary gid and its only supplementary group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Spawns a cas-vpn service child: in its own process group, stdin closed, stdout/stderr shared with the parent,
+/// optionally under other credentials (supplementary groups reduced to `gid`, then gid, then uid), and with
+/// SIGKILL as its parent-death signal. The signal is set *after* the credential change, because the kernel clears
+/// it on a credential change, and the parent is checked to be alive after that.
+pub fn spawn_service(
+    program: &Path,
+    args: &[String],
+    creds: Option<Creds>,
+    env_set: &[(&str, &str)],
+    env_remove: &[&str],
+) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).process_group(0).kill_on_drop(true);
+    for k in env_remove {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env_set {
+        cmd.env(k, v);
+    }
+    let parent = nix::unistd::getpid();
+    // SAFETY: pre_exec runs in the forked child before exec: only raw system calls (setgroups, setgid, setuid,
+    // prctl, getppid), no allocation and no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(c) = creds {
+                let gid = nix::unistd::Gid::from_raw(c.gid);
+                nix::unistd::setgroups(&[gid]).map_err(std::io::Error::from)?;
+                nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(c.uid)).map_err(std::io::Error::from)?;
+            }
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("parent died before exec"));
+            }
+            Ok(())
+        });
+    }
+    tracing::debug!(program = %program.display(), ?args, ?creds, "spawn service");
+    cmd.spawn()
+}
+
 /// Sends `sig` to the whole process group of `pid` (the child is its group's leader).
 pub fn signal_group(pid: u32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pid as i32), sig);

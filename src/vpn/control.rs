@@ -1,36 +1,72 @@
-//! The server side of the control socket (protocol and client: `crate::control`).
+//! The server side of the control socket (protocol and client: `crate::control`). The socket is
+//! `root:batm 0660` in a `root:batm 0750` directory (`0600`/`0700` in single-uid mode), and every request is
+//! authorised by the caller's uid (`SO_PEERCRED`): root, the service's own uid and the web UI's user may kill and
+//! reload; any service user may ask for the status; anything else is refused and audited.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Registry;
+use crate::app::accounts::Accounts;
 use crate::control::{ControlError, Request, Response, socket_path};
+use crate::db::Store;
+
+/// Longest request line read.
+const MAX_LINE: u64 = 4096;
+
+/// Whether the caller `uid` may make `req`.
+pub fn allowed(req: &Request, uid: u32, own_uid: u32, accounts: Option<&Accounts>) -> bool {
+    let owner = uid == 0 || uid == own_uid;
+    let admin = accounts.is_some_and(|a| a.admin.uid == uid);
+    match req {
+        Request::Kill { .. } | Request::Reload => owner || admin,
+        Request::Status => owner || accounts.is_some_and(|a| a.service_of(uid).is_some()),
+    }
+}
 
 /// Serves the control socket until the task is dropped.
 pub async fn serve(
     root: PathBuf,
+    store: Store,
+    accounts: Option<Accounts>,
     registry: Registry,
     reload: mpsc::Sender<oneshot::Sender<()>>,
 ) -> Result<(), ControlError> {
     let path = socket_path(&root);
     let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
-    crate::sys::fs::ensure_dir(&dir, 0o700)
-        .map_err(|e| ControlError::Io { path: dir.clone(), source: std::io::Error::other(e.to_string()) })?;
+    let io = |path: &Path, source: std::io::Error| ControlError::Io { path: path.to_owned(), source };
+    let (dir_mode, sock_mode) = if accounts.is_some() { (0o750, 0o660) } else { (0o700, 0o600) };
+    crate::sys::fs::ensure_dir(&dir, dir_mode).map_err(|e| io(&dir, std::io::Error::other(e.to_string())))?;
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|source| ControlError::Io { path: path.clone(), source })?;
+    let listener = UnixListener::bind(&path).map_err(|e| io(&path, e))?;
+    if let Some(a) = &accounts {
+        std::os::unix::fs::chown(&dir, Some(0), Some(a.gid)).map_err(|e| io(&dir, e))?;
+        std::os::unix::fs::chown(&path, Some(0), Some(a.gid)).map_err(|e| io(&path, e))?;
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(sock_mode)).map_err(|e| io(&path, e))?;
+    let own_uid = nix::unistd::geteuid().as_raw();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let (registry, reload) = (registry.clone(), reload.clone());
+        let (registry, reload, store, accounts) = (registry.clone(), reload.clone(), store.clone(), accounts.clone());
         tokio::spawn(async move {
+            let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else { return };
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            if BufReader::new(read).read_line(&mut line).await.is_err() {
+            if BufReader::new(read.take(MAX_LINE)).read_line(&mut line).await.is_err() {
                 return;
             }
             let resp = match serde_json::from_str::<Request>(&line) {
+                Ok(req) if !allowed(&req, uid, own_uid, accounts.as_ref()) => {
+                    let actor =
+                        accounts.as_ref().and_then(|a| a.service_of(uid)).map_or(format!("uid {uid}"), str::to_owned);
+                    tracing::warn!(%actor, ?req, "control socket: request refused");
+                    let _ = store.audit(&actor, "control.refused", "-", &format!("{req:?}"), crate::app::now()).await;
+                    Response::Error { message: format!("uid {uid} may not do this") }
+                }
                 Ok(Request::Kill { name }) => Response::Killed { sessions: registry.kill(&name).await },
                 Ok(Request::Reload) => {
                     let (tx, rx) = oneshot::channel();
@@ -48,5 +84,30 @@ pub async fn serve(
                 let _ = write.write_all(text.as_bytes()).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::users::Account;
+
+    #[test]
+    fn only_root_own_uid_and_admin_may_kill() {
+        let acct = |uid| Account { name: format!("u{uid}"), uid, gid: 900 };
+        let a = Accounts { group: "batm".into(), gid: 900, gate: acct(901), master: acct(902), admin: acct(903) };
+        let kill = Request::Kill { name: "atm-1".parse().unwrap() };
+        for (uid, may_kill, may_status) in [
+            (0, true, true),
+            (500, true, true),
+            (903, true, true),
+            (901, false, true),
+            (902, false, true),
+            (77, false, false),
+        ] {
+            assert_eq!(allowed(&kill, uid, 500, Some(&a)), may_kill, "kill by {uid}");
+            assert_eq!(allowed(&Request::Reload, uid, 500, Some(&a)), may_kill, "reload by {uid}");
+            assert_eq!(allowed(&Request::Status, uid, 500, Some(&a)), may_status, "status by {uid}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! `serve vpn`: the dummy interface and isolation rules, orphan cleanup, the instances, the terminal front, the
-//! control socket, and the CRL timer, joined in one `select!` with graceful shutdown.
+//! `serve vpn`: orphan cleanup, the instances, the terminal front and the control socket, joined in one
+//! `select!` with graceful shutdown. The service interface and the isolation rules belong to `serve net`, the
+//! CRLs to `serve signer`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -9,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Supervisor;
 use super::front::Front;
-use crate::app::{AppError, Ctx, crl, instances};
+use crate::app::{AppError, Ctx, instances};
 use crate::domain::Kind;
 
 /// Re-plan from the store this often even without a reload request (a missed request heals itself).
@@ -25,22 +26,12 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
             vpn.proto
         )));
     }
-    let net = &ctx.cfg.network;
-    crate::sys::net::ensure_dummy(vpn.interface.as_str(), &[net.master_bind_ip, net.admin_bind_ip, net.gate_bind_ip])
-        .map_err(|e| AppError::Other(format!("service interface {}: {e}", vpn.interface.as_str())))?;
-    crate::sys::net::apply_isolation(net.master_bind_ip, net.admin_bind_ip)
-        .map_err(|e| AppError::Other(format!("tunnel isolation rules: {e}")))?;
     let orphans = instances::kill_orphans(&ctx.cfg.root);
     if orphans > 0 {
         tracing::warn!(orphans, "removed openvpn processes left by a previous cas-vpn");
     }
     ctx.store.clear_sessions(None).await?;
     crate::app::pending::recover_pending(&ctx).await?;
-    for kind in [Kind::Terminal, Kind::Admin] {
-        if !crl::is_fresh(&ctx, kind)? {
-            crl::refresh(&ctx, kind).await?;
-        }
-    }
 
     let real_addrs = Arc::new(StdMutex::new(HashMap::new()));
     // Owned by this loop alone: kills and status go through its registry, never through `apply`.
@@ -64,10 +55,15 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     let front_task = tokio::spawn(front.run(listener));
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
-    let control = tokio::spawn(super::control::serve(ctx.cfg.root.clone(), supervisor.registry(), reload_tx));
+    let accounts = crate::app::accounts::lookup(&crate::app::accounts::UserMode::from_env()?)?;
+    let control = tokio::spawn(super::control::serve(
+        ctx.cfg.root.clone(),
+        ctx.store.clone(),
+        accounts,
+        supervisor.registry(),
+        reload_tx,
+    ));
 
-    let crl_check = crl::check_period(&ctx);
-    let mut crl_timer = tokio::time::interval(crl_check);
     let mut replan = tokio::time::interval(REPLAN_EVERY);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| AppError::Other(format!("SIGHUP handler: {e}")))?;
@@ -83,17 +79,6 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: re-reading the configuration");
                 replan_now(&ctx, &mut supervisor, &ports).await;
-            }
-            _ = crl_timer.tick() => {
-                for kind in [Kind::Terminal, Kind::Admin] {
-                    match crl::is_fresh(&ctx, kind) {
-                        Ok(true) => {}
-                        _ => match crl::refresh(&ctx, kind).await {
-                            Ok(r) => tracing::info!(ca = %kind, number = r.crl_number, next_update = %r.next_update, "CRL renewed"),
-                            Err(e) => tracing::error!(ca = %kind, error = %e, "CRL renewal failed"),
-                        },
-                    }
-                }
             }
         }
     }
