@@ -20,7 +20,7 @@ pub struct NewCert {
 }
 
 /// A recorded certificate. `credential_id` is `None` for server certificates.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRow {
     pub serial: String,
     pub ca: Kind,

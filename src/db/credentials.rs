@@ -15,7 +15,7 @@ use crate::domain::{Kind, Name, PortRange};
 
 /// A terminal or admin credential. Rows are never deleted: a revoked credential stays for the record and its
 /// name, address or port become free for a new credential.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
     pub id: i64,
     pub name: Name,

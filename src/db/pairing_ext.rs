@@ -5,13 +5,12 @@ use super::tokens::token_reason;
 use super::{DbError, Redeemed, Store};
 
 /// A pairing waiting for (or decided by) an admin.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PendingPairing {
     pub id: String,
     /// Hex SHA-256 of the CSR's SubjectPublicKeyInfo.
     pub pubkey_sha256: String,
     /// The CSR (public: it holds no secret).
-    #[serde(skip)]
     pub csr_pem: String,
     /// The short code derived from the public key (`ABCD-EFGH`).
     pub code: String,

@@ -15,7 +15,7 @@ pub struct NewSession {
     pub client_id: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SessionRow {
     pub id: i64,
     pub instance: String,

@@ -42,10 +42,44 @@ pub struct Status {
     pub instances: Vec<Instance>,
     /// The running instances as `serve` reports them; `None` when no `serve` runs.
     pub running: Option<Vec<crate::vpn::instance::InstanceStatus>>,
-    pub sessions: Vec<crate::db::SessionRow>,
+    pub sessions: Vec<SessionReport>,
     pub counts: Counts,
     pub expiry: Vec<Expiry>,
     pub warnings: Vec<String>,
+}
+
+/// A live session as `status --json` shows it. Mapped field by field from the store row, so a new column in the
+/// store cannot change the stable output unnoticed.
+#[derive(Debug, Serialize)]
+pub struct SessionReport {
+    pub id: i64,
+    pub instance: String,
+    pub credential_id: i64,
+    pub common_name: String,
+    pub tunnel_ip: String,
+    pub real_addr: String,
+    /// Unix seconds (as first published; not RFC 3339).
+    pub since: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub client_id: i64,
+}
+
+impl From<&crate::db::SessionRow> for SessionReport {
+    fn from(s: &crate::db::SessionRow) -> Self {
+        SessionReport {
+            id: s.id,
+            instance: s.instance.clone(),
+            credential_id: s.credential_id,
+            common_name: s.common_name.clone(),
+            tunnel_ip: s.tunnel_ip.clone(),
+            real_addr: s.real_addr.clone(),
+            since: s.since,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            client_id: s.client_id,
+        }
+    }
 }
 
 fn expiry(what: String, not_after: Option<i64>, now: i64, warn: i64) -> Expiry {
@@ -112,7 +146,7 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
     if let Some(r) = &running {
         warnings.extend(r.iter().filter(|i| i.crash_loop).map(|i| format!("instance {} is crash-looping", i.name)));
     }
-    let sessions = ctx.store.list_sessions().await?;
+    let sessions = ctx.store.list_sessions().await?.iter().map(SessionReport::from).collect();
     let net = &ctx.cfg.network;
     Ok(Status {
         root: ctx.cfg.root.display().to_string(),
