@@ -95,9 +95,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    if !require_root() {
-        return;
-    }
+    require_root();
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "cold" {
         cold_start();

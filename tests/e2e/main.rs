@@ -1,7 +1,9 @@
 //! End-to-end tests: real `openvpn` (and later the `cas-vpn` binary) in network namespaces.
 //!
-//! Needs root, iproute2, openvpn, openssl and iputils-ping; skips without them unless `CI=true` (then fails).
-//! After a run that was killed (Ctrl-C, timeout), `scripts/e2e-cleanup` removes leftover `cv*` namespaces.
+//! Needs root, iproute2, openvpn, openssl and iputils-ping. Every test is `#[ignore]`d (a plain `cargo test` shows
+//! it as ignored); `scripts/test` runs them with `--include-ignored`, and a test run without its prerequisites
+//! fails, naming what is missing. After a run that was killed (Ctrl-C, timeout), `scripts/e2e-cleanup` removes
+//! what it left behind (see `support/netns.rs` for the names).
 
 mod pairing;
 mod smoke;

@@ -2,8 +2,9 @@
 //!
 //! The server comes from env `CAS_VPN_TEST_PG_URL` (`export CAS_VPN_TEST_PG_URL=$(scripts/pg-setup)`); its role
 //! needs CREATEDB. Each [`PgDb`] creates `cvtest_<random hex>` and drops it when dropped, also when the test
-//! panics. Without the variable, PostgreSQL tests pass with a note, except under `CI=true`, where they fail:
-//! CI must never silently skip a backend.
+//! panics. Every test that needs PostgreSQL is `#[ignore]`d, so a plain `cargo test` lists it as ignored instead
+//! of passing it untested; `scripts/test` starts a local server (`scripts/pg-setup`) and runs them with
+//! `--include-ignored`. Run without the variable, such a test fails and says how to set it (in CI or not).
 
 use sqlx::{Connection, PgConnection};
 
@@ -19,19 +20,15 @@ pub struct PgDb {
 }
 
 impl PgDb {
-    /// Creates the database, or returns `None` (after a note on stderr) when no server is configured outside CI.
-    /// Panics when one is configured but unusable, or in CI without one.
-    pub async fn create() -> Option<PgDb> {
+    /// Creates the database. Panics when no server is configured (the test cannot run, and must not pass), or
+    /// when the configured one is unusable.
+    pub async fn create() -> PgDb {
         let admin_url = match std::env::var(URL_ENV) {
             Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
-            _ => {
-                let hint = format!("run `export {URL_ENV}=$(scripts/pg-setup)` (as root) first");
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("CI=true but {URL_ENV} is not set: the PostgreSQL tests must run in CI; {hint}");
-                }
-                eprintln!("note: {URL_ENV} is not set, so this PostgreSQL test did nothing; {hint}");
-                return None;
-            }
+            _ => panic!(
+                "this test needs PostgreSQL but {URL_ENV} is not set; run `export {URL_ENV}=$(scripts/pg-setup)` (as \
+                 root) first, or scripts/test, which does"
+            ),
         };
         let name = format!("cvtest_{}", hex::encode(rand::random::<[u8; 8]>()));
         // Never print the URL itself: it carries the password.
@@ -43,7 +40,7 @@ impl PgDb {
             .await
             .unwrap_or_else(|e| panic!("cannot create the test database {name} (does the role have CREATEDB?): {e}"));
         let _ = conn.close().await;
-        Some(PgDb { url: with_database(&admin_url, &name), name, admin_url })
+        PgDb { url: with_database(&admin_url, &name), name, admin_url }
     }
 }
 
