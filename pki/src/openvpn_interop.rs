@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::testutil::{Scratch, openvpn_available, openvpn_program};
+use crate::testutil::{Scratch, openvpn_program, require_openvpn};
 use crate::{Ca, ClientMetadata, KeyType, RevocationReason, Revoked, TlsCryptV2ServerKey, Validity, VerifiedCsr};
 
 const DONE: &str = "Initialization Sequence Completed";
@@ -205,10 +205,9 @@ fn explain(o: &Outcome) -> String {
 }
 
 #[test]
+#[ignore = "needs openvpn: scripts/test runs it with --include-ignored"]
 fn openvpn_accepts_our_ec_material() {
-    if !openvpn_available("openvpn_accepts_our_ec_material") {
-        return;
-    }
+    require_openvpn();
     let (_, _, m) = material(KeyType::EcP256);
     let o = handshake(&m, "TLS CRYPT V2 VERIFY SCRIPT ERROR");
     assert!(o.completed, "{}", explain(&o));
@@ -217,10 +216,9 @@ fn openvpn_accepts_our_ec_material() {
 }
 
 #[test]
+#[ignore = "needs openvpn: scripts/test runs it with --include-ignored"]
 fn openvpn_accepts_our_rsa_material_and_csr_signed_clients() {
-    if !openvpn_available("openvpn_accepts_our_rsa_material_and_csr_signed_clients") {
-        return;
-    }
+    require_openvpn();
     let (ca, _, mut m) = material(KeyType::Rsa2048);
     // The terminal's own key, certified through a CSR.
     let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
@@ -236,10 +234,9 @@ fn openvpn_accepts_our_rsa_material_and_csr_signed_clients() {
 }
 
 #[test]
+#[ignore = "needs openvpn: scripts/test runs it with --include-ignored"]
 fn openvpn_rejects_a_key_wrapped_for_another_server() {
-    if !openvpn_available("openvpn_rejects_a_key_wrapped_for_another_server") {
-        return;
-    }
+    require_openvpn();
     let (_, _, mut m) = material(KeyType::EcP256);
     let other = TlsCryptV2ServerKey::generate();
     m.tls_crypt_client =
@@ -250,10 +247,9 @@ fn openvpn_rejects_a_key_wrapped_for_another_server() {
 }
 
 #[test]
+#[ignore = "needs openvpn: scripts/test runs it with --include-ignored"]
 fn openvpn_sees_our_metadata() {
-    if !openvpn_available("openvpn_sees_our_metadata") {
-        return;
-    }
+    require_openvpn();
     let (_, tc, mut m) = material(KeyType::EcP256);
     m.tls_crypt_client =
         tc.wrap_client_key(&ClientMetadata::User(b"cas-vpn:atm-999".to_vec())).unwrap().to_pem().to_string();
@@ -263,10 +259,9 @@ fn openvpn_sees_our_metadata() {
 }
 
 #[test]
+#[ignore = "needs openvpn: scripts/test runs it with --include-ignored"]
 fn openvpn_rejects_a_revoked_client() {
-    if !openvpn_available("openvpn_rejects_a_revoked_client") {
-        return;
-    }
+    require_openvpn();
     let (ca, _, mut m) = material(KeyType::EcP256);
     let info = crate::cert_info(&m.client_cert).unwrap();
     let now = time::OffsetDateTime::now_utc();

@@ -327,7 +327,7 @@ fn decode_pem(pem: &str, label: &'static str) -> Result<Zeroizing<Vec<u8>>, TlsC
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{Scratch, openvpn, openvpn_available};
+    use crate::testutil::{Scratch, openvpn, require_openvpn};
     use rand::Rng as _;
 
     /// `openvpn --genkey tls-crypt-v2-server` into a scratch dir; returns (dir, server key path, PEM).
@@ -359,10 +359,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs openvpn: scripts/test runs it with --include-ignored"]
     fn openvpn_server_key_loads_and_writes_back_identically() {
-        if !openvpn_available("openvpn_server_key_loads_and_writes_back_identically") {
-            return;
-        }
+        require_openvpn();
         let (_s, _, pem) = openvpn_server_key();
         let key = TlsCryptV2ServerKey::from_pem(&pem).unwrap();
         // Byte-for-byte the layout OpenVPN writes (64 columns, `\n`).
@@ -370,10 +369,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs openvpn: scripts/test runs it with --include-ignored"]
     fn openvpn_client_keys_unwrap_to_the_same_kc_and_metadata() {
-        if !openvpn_available("openvpn_client_keys_unwrap_to_the_same_kc_and_metadata") {
-            return;
-        }
+        require_openvpn();
         let (s, server_path, server_pem) = openvpn_server_key();
         let server = TlsCryptV2ServerKey::from_pem(&server_pem).unwrap();
         let before = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
@@ -412,10 +410,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs openvpn: scripts/test runs it with --include-ignored"]
     fn openvpn_refuses_oversized_metadata_and_so_do_we() {
-        if !openvpn_available("openvpn_refuses_oversized_metadata_and_so_do_we") {
-            return;
-        }
+        require_openvpn();
         let (s, server_path, _) = openvpn_server_key();
         let too_long = vec![1u8; MAX_USER_METADATA_LEN + 1];
         assert!(openvpn_client_key(&s, &server_path, Some(&b64(&too_long))).is_err());
