@@ -5,6 +5,7 @@
 //! fails, naming what is missing. After a run that was killed (Ctrl-C, timeout), `scripts/e2e-cleanup` removes
 //! what it left behind (see `support/netns.rs` for the names).
 
+mod cleanup;
 mod pairing;
 mod smoke;
 mod support;

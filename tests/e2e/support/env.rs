@@ -48,11 +48,10 @@ pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
-/// Prefix of every temporary directory the harness makes, so `scripts/e2e-cleanup` can remove the ones a killed
-/// run left behind (`TempDir`'s own cleanup is a `Drop` too).
-pub const TEMP_PREFIX: &str = "cv-e2e-";
-
-/// A fresh temporary directory named `cv-e2e-<what>XXXXXX`, removed on drop.
+/// A fresh temporary directory `$TMPDIR/cv<run id>-<what>XXXXXX`, removed on drop. The run id in its name lets
+/// `scripts/e2e-cleanup` remove the ones a killed run left behind (`TempDir`'s own cleanup is a `Drop` too), and
+/// only those (see `netns.rs`).
 pub fn temp_dir(what: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("{TEMP_PREFIX}{what}")).tempdir().expect("create temporary directory")
+    let prefix = format!("{}{what}", super::netns::run_prefix());
+    tempfile::Builder::new().prefix(&prefix).tempdir().expect("create temporary directory")
 }

@@ -2,19 +2,20 @@
 //! into that bridge with a veth pair.
 //!
 //! ```text
-//!   client i (198.51.100.(10+i)/24 on cv<id>a) ──veth── cv<id>b ─┐
-//!                                                                 ├─ bridge cv<id>br 198.51.100.1/24 (server ns)
-//!   client j ─────────────────────────────────────────────────────┘
+//!   client i (198.51.100.(10+i)/24 on cv<run>-<n>a) ──veth── cv<run>-<n>b ─┐
+//!                                                                         ├─ bridge cv<run>-<m>br 198.51.100.1/24
+//!   client j ─────────────────────────────────────────────────────────────┘    (in the server namespace)
 //! ```
 //!
 //! The veth ends are created directly inside their namespaces (`ip link add A netns C type veth peer name B netns S`)
 //! so the host's namespace never holds them, not even for a moment. Deleting the namespaces deletes the veths.
+//! Names carry the run id (see `netns.rs`).
 //! For a load test with many openvpn clients, use `Lan::new(1)` and start all clients in that one namespace.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use super::netns::{Netns, PREFIX, run_cmd, short_id};
+use super::netns::{Netns, ifnames, run_cmd};
 
 /// Address of the bridge in the server namespace.
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -38,7 +39,7 @@ impl Lan {
     pub fn new(n_clients: usize) -> Lan {
         assert!(n_clients <= 254 - FIRST_CLIENT_HOST, "a /24 LAN holds at most 244 clients");
         let server = Netns::new("srv");
-        let bridge = format!("{PREFIX}{}br", short_id());
+        let [bridge] = ifnames(["br"]);
         // STP off and forward_delay 0: a new port forwards at once instead of listening/learning for 15 s.
         server
             .ip(&["link", "add", "name", &bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
@@ -57,8 +58,7 @@ impl Lan {
 
     fn plug(&self, i: usize) {
         let client = &self.clients[i];
-        let id = short_id();
-        let (inner, outer) = (format!("{PREFIX}{id}a"), format!("{PREFIX}{id}b"));
+        let [inner, outer] = ifnames(["a", "b"]);
         run_cmd(Command::new("ip").args([
             "link",
             "add",
