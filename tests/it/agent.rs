@@ -373,34 +373,24 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     std::fs::write(&fake, format!("#!/bin/sh\necho \"$$ $*\" >> {}\nexec sleep 600\n", log.display())).unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
 
+    // Its stderr (one line per event: "heartbeat ok", "heartbeat failed: …") goes to a file the test reads.
+    let agent_log = f.install.path("agent.log");
     let mut agent = Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
         .args(["agent", "run", "--dir", &d, "--heartbeat", "1s", "--master", &format!("127.0.0.1:{port}")])
         .args(["--openvpn", fake.to_str().unwrap()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&agent_log).unwrap())
         .spawn()
         .unwrap();
-    let wait_for = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let starts = {
-        let log = log.clone();
-        move || std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>()
-    };
-    let s1 = starts.clone();
-    wait_for("openvpn to start", Box::new(move || !s1().is_empty())).await;
+    let within_30s = || Instant::now() + Duration::from_secs(30);
+    let starts = || std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>();
+    crate::support::wait::wait_until_async("openvpn starts", within_30s(), async || !starts().is_empty()).await;
     assert!(starts()[0].ends_with(&format!("--cd {d} --config client.ovpn")), "{:?}", starts());
 
     // Renewal: a new key and certificate in the profile, the old key gone, openvpn restarted.
-    let dir2 = dir.clone();
-    wait_for(
-        "the renewal",
-        Box::new(move || std::fs::read_to_string(dir2.join("client.ovpn")).is_ok_and(|p| p.contains("client-"))),
-    )
+    crate::support::wait::wait_until_async("the renewal", within_30s(), async || {
+        std::fs::read_to_string(dir.join("client.ovpn")).is_ok_and(|p| p.contains("client-"))
+    })
     .await;
     let ovpn = std::fs::read_to_string(dir.join("client.ovpn")).unwrap();
     let key_path = std::path::PathBuf::from(ovpn.lines().last().unwrap().strip_prefix("key ").unwrap());
@@ -409,39 +399,47 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     assert_ne!(inline_block(&ovpn, "cert"), inline_block(&first_ovpn, "cert"));
     assert!(!dir.join("client.key").exists() && !dir.join("renew.json").exists());
     assert_eq!(count(&f.ctx.store, "SELECT COUNT(*) FROM certificates WHERE credential_id IS NOT NULL").await, 2);
-    let s2 = starts.clone();
-    wait_for("openvpn to restart with the new certificate", Box::new(move || s2().len() >= 2)).await;
+    crate::support::wait::wait_until_async("openvpn restarts with the new certificate", within_30s(), async || {
+        starts().len() >= 2
+    })
+    .await;
     assert!(f.install.json(&["terminal", "show", "atm-1"])["last_seen"].is_string());
 
     // master restarts: heartbeats fail for a while, then resume on their own.
     stop_master.send(true).unwrap();
     master.await.unwrap().unwrap();
     exec_clear_last_seen(&f).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failures = || std::fs::read_to_string(&agent_log).unwrap_or_default().matches("heartbeat failed").count();
+    let failed_before = failures();
+    crate::support::wait::wait_until_async("a heartbeat fails while master is down", within_30s(), async || {
+        failures() > failed_before
+    })
+    .await;
     let listener = bind_master("127.0.0.1".parse().unwrap(), port).await.unwrap();
     let (stop_master, rx) = watch::channel(false);
     let master = tokio::spawn(run_master_on(MasterState::new(f.ctx.clone()).unwrap(), listener, rx));
     let store = f.ctx.store.clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = store.credential_by_id(id).await.unwrap().unwrap();
-        if c.last_seen.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "heartbeats did not resume");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::support::wait::wait_until_async("heartbeats resume", within_30s(), async || {
+        store.credential_by_id(id).await.unwrap().unwrap().last_seen.is_some()
+    })
+    .await;
 
     // SIGTERM: the agent stops and takes openvpn with it.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = tokio::task::spawn_blocking(move || agent.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for line in starts() {
-        let pid: i32 = line.split_whitespace().next().unwrap().parse().unwrap();
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
-        assert!(!alive, "openvpn {pid} outlived the agent");
-    }
+    let survivors = || {
+        starts()
+            .iter()
+            .map(|line| line.split_whitespace().next().unwrap().parse::<i32>().unwrap())
+            .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")))
+            .collect::<Vec<_>>()
+    };
+    // The same bound as ever: gone within 300 ms of the agent's exit (it reaps openvpn first, so normally at once).
+    let deadline = Instant::now() + Duration::from_millis(300);
+    crate::support::wait::poll_until_async(deadline, async || survivors().is_empty()).await;
+    let left = survivors();
+    assert!(left.is_empty(), "openvpn {left:?} outlived the agent");
     stop_master.send(true).unwrap();
     master.await.unwrap().unwrap();
 }

@@ -276,10 +276,9 @@ fn a_killed_import_is_all_or_nothing_after_recovery() {
         let csv = i.path(&format!("names{round}.csv"));
         fs::write(&csv, (0..N).map(|n| format!("{prefix}{n:04}\n")).collect::<String>()).unwrap();
         let mut child = i.spawn(&["terminal", "import", csv.to_str().unwrap(), "--server-keygen"]);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_millis(delay_ms) && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        // The kill moment: `delay_ms` after the start, or as soon as the import ends by itself.
+        let kill_at = Instant::now() + Duration::from_millis(delay_ms);
+        crate::support::wait::poll_until(kill_at, || child.try_wait().unwrap().is_some());
         let _ = child.kill();
         child.wait().unwrap();
 

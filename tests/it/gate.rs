@@ -563,7 +563,8 @@ async fn upgrade_downloads_share_the_slots_fetch_once_and_resume_with_range() {
                     let v: Value = serde_json::from_slice(&body).unwrap();
                     assert_eq!(v["error"], "slots_full");
                     refused += 1;
-                    // A real terminal waits Retry-After seconds; the test waits a few milliseconds.
+                    // A real terminal waits Retry-After seconds; the test waits a few milliseconds (a scenario
+                    // sleep: the client's back-off with jitter, not a wait for a condition).
                     tokio::time::sleep(std::time::Duration::from_millis(50 + (i * 37 + u64::from(refused) * 53) % 200))
                         .await;
                     continue;
@@ -576,7 +577,7 @@ async fn upgrade_downloads_share_the_slots_fetch_once_and_resume_with_range() {
                     if let Ok(d) = frame.unwrap().into_data() {
                         got.extend_from_slice(&d);
                         frames += 1;
-                        // A slowish reader keeps its slot busy for a while.
+                        // A slowish reader keeps its slot busy for a while (a scenario sleep, not a wait).
                         if frames.is_multiple_of(16) {
                             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                         }

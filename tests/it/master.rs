@@ -277,10 +277,10 @@ async fn serve_all_runs_gate_and_master_together_and_stops_them_together() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     for addr in ["127.0.0.3:7741", "127.0.0.2:7741"] {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "{addr} never listened");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::support::wait::wait_until_async(&format!("{addr} listens"), deadline, async || {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
     }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let started = Instant::now();

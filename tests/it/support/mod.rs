@@ -1,6 +1,7 @@
 //! Shared test helpers: a throwaway installation root and a CLI runner bound to it.
 
 pub mod pg;
+pub mod wait;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
