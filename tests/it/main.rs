@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod gate;
+mod golden_json;
 mod hostile;
 mod layers;
 mod master;

@@ -1,0 +1,327 @@
+//! Golden files for every `--json` shape of the CLI (`tests/fixtures/golden/json/`; `UPDATE_GOLDEN=1` rewrites
+//! them). One installation is driven through a scenario that makes every shape with its optional fields both set
+//! and unset where that is cheap; volatile values (times, tokens, serials, pins, counters, the temp root) are
+//! replaced by placeholders that keep the JSON type, so an added, removed, renamed or reordered key, or a changed
+//! type, fails the comparison.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rcgen::KeyPair;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+
+use crate::agent::RunningGate;
+use crate::gate::{Fixture, csr, req};
+use crate::support::{Install, PUBLIC_IP};
+
+/// Keys whose values change from run to run, with their placeholder tag.
+const VOLATILE: &[(&str, &str)] = &[
+    // times
+    ("created_at", "time"),
+    ("paired_at", "time"),
+    ("last_seen", "time"),
+    ("revoked_at", "time"),
+    ("not_after", "time"),
+    ("token_expires_at", "time"),
+    ("open_until", "time"),
+    ("expires_at", "time"),
+    ("until", "time"),
+    ("since", "time"),
+    ("seconds_left", "seconds"),
+    ("remaining_secs", "seconds"),
+    // secrets and random identifiers
+    ("token", "token"),
+    ("code", "code"),
+    ("pairing_id", "pairing_id"),
+    ("gate_pin", "pin"),
+    ("serial", "serial"),
+    ("serials", "serial"),
+    ("crl_number", "crl_number"),
+    // measurements (agent bench)
+    ("elapsed_secs", "float"),
+    ("pairings_per_sec", "float"),
+    ("p50_ms", "float"),
+    ("p90_ms", "float"),
+    ("p99_ms", "float"),
+    ("max_ms", "float"),
+];
+
+/// A JSON value that keeps its object keys in the order they were printed (`serde_json::Value` sorts them).
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Null,
+    Bool(bool),
+    Num(serde_json::Number),
+    Str(String),
+    Arr(Vec<Node>),
+    Obj(Vec<(String, Node)>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Node, E> {
+                Ok(Node::Bool(b))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Node, E> {
+                Ok(Node::Num(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Node, E> {
+                Ok(Node::Num(n.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Node, E> {
+                serde_json::Number::from_f64(n).map(Node::Num).ok_or_else(|| E::custom("not a JSON number"))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Node, E> {
+                Ok(Node::Str(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Node, E> {
+                Ok(Node::Str(s))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = a.next_element()? {
+                    v.push(x);
+                }
+                Ok(Node::Arr(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, x)) = a.next_entry()? {
+                    v.push((k, x));
+                }
+                Ok(Node::Obj(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Node {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Node::Null => s.serialize_unit(),
+            Node::Bool(b) => s.serialize_bool(*b),
+            Node::Num(n) => n.serialize(s),
+            Node::Str(x) => s.serialize_str(x),
+            Node::Arr(v) => {
+                let mut seq = s.serialize_seq(Some(v.len()))?;
+                for x in v {
+                    seq.serialize_element(x)?;
+                }
+                seq.end()
+            }
+            Node::Obj(v) => {
+                let mut map = s.serialize_map(Some(v.len()))?;
+                for (k, x) in v {
+                    map.serialize_entry(k, x)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// The placeholder for a volatile value: `null` stays `null`, a string becomes `"<tag>"`, a number
+/// `"<tag:number>"`, a boolean `"<tag:bool>"`; arrays are redacted element by element.
+fn placeholder(n: &Node, tag: &str) -> Node {
+    match n {
+        Node::Null => Node::Null,
+        Node::Str(_) => Node::Str(format!("<{tag}>")),
+        Node::Num(_) => Node::Str(format!("<{tag}:number>")),
+        Node::Bool(_) => Node::Str(format!("<{tag}:bool>")),
+        Node::Arr(v) => Node::Arr(v.iter().map(|x| placeholder(x, tag)).collect()),
+        Node::Obj(_) => panic!("a volatile key holds an object: redact inside it instead"),
+    }
+}
+
+/// Redacts by key (`VOLATILE` plus `extra`), and writes the temp root as `<root>` wherever a string holds it.
+fn redact(n: Node, root: &str, extra: &[(&str, &str)]) -> Node {
+    match n {
+        Node::Obj(v) => Node::Obj(
+            v.into_iter()
+                .map(|(k, x)| {
+                    let tag = VOLATILE.iter().chain(extra).find(|(key, _)| *key == k).map(|(_, tag)| *tag);
+                    let x = match tag {
+                        Some(tag) => placeholder(&x, tag),
+                        None => redact(x, root, extra),
+                    };
+                    (k, x)
+                })
+                .collect(),
+        ),
+        Node::Arr(v) => Node::Arr(v.into_iter().map(|x| redact(x, root, extra)).collect()),
+        Node::Str(s) => Node::Str(s.replace(root, "<root>")),
+        other => other,
+    }
+}
+
+/// Collects every shape's mismatch, so one run reports (or, with `UPDATE_GOLDEN=1`, rewrites) them all.
+struct Golden {
+    root: String,
+    failures: Vec<String>,
+}
+
+impl Golden {
+    fn new(root: &Path) -> Golden {
+        Golden { root: root.display().to_string(), failures: Vec::new() }
+    }
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/json")
+    }
+
+    fn check(&mut self, name: &str, stdout: &str, extra: &[(&str, &str)]) {
+        let node: Node = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {stdout:?}"));
+        let redacted = redact(node, &self.root, extra);
+        let mut text = serde_json::to_string_pretty(&redacted).unwrap();
+        text.push('\n');
+        let path = Golden::dir().join(format!("{name}.json"));
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(Golden::dir()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(want) if want == text => {}
+            Ok(want) => {
+                let mut diff = String::new();
+                for (i, (w, g)) in want.lines().zip(text.lines()).enumerate() {
+                    if w != g {
+                        let _ = write!(diff, "\n  line {}: golden {w:?}\n          now    {g:?}", i + 1);
+                        break;
+                    }
+                }
+                if diff.is_empty() {
+                    diff = format!("\n  golden has {} lines, now {}", want.lines().count(), text.lines().count());
+                }
+                self.failures.push(format!("{} differs:{diff}\n--- now:\n{text}", path.display()));
+            }
+            Err(e) => self.failures.push(format!("{}: {e} (UPDATE_GOLDEN=1 makes it)", path.display())),
+        }
+    }
+
+    fn finish(self) {
+        assert!(self.failures.is_empty(), "--json shapes changed:\n{}", self.failures.join("\n\n"));
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Runs the CLI without blocking the runtime that serves the gate; returns stdout, requiring success.
+async fn cli(i: &Install, args: &[&str]) -> String {
+    let mut cmd = i.cmd();
+    cmd.args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "cas-vpn {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_json_shapes() {
+    let install = Install::empty();
+    let mut g = Golden::new(install.root());
+    let root = install.root().to_owned();
+    let p = |rel: &str| root.join(rel).display().to_string();
+
+    g.check("init", &cli(&install, &["init", "--public-ip", PUBLIC_IP, "--json"]).await, &[]);
+    let f = Fixture::on(install).await;
+    let i = &f.install;
+
+    // Terminals: a token one, a server-keygen one, a batch.
+    let added = cli(i, &["terminal", "add", "atm-1", "--json"]).await;
+    g.check("terminal_add", &added, &[]);
+    let token: serde_json::Value = serde_json::from_str(&added).unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    g.check(
+        "terminal_add_server_keygen",
+        &cli(i, &["terminal", "add", "atm-2", "--server-keygen", "--json"]).await,
+        &[],
+    );
+    std::fs::write(p("names.csv"), "name\natm-3\natm-4\n").unwrap();
+    let imported = cli(i, &["terminal", "import", &p("names.csv"), "--out", &p("out"), "--json"]).await;
+    g.check("terminal_import", &imported, &[]);
+
+    // The gate: the agent pairs atm-1 with its token; bench pairs the batch.
+    f.open_window().await;
+    let gate = RunningGate::start(&f).await;
+    let args = ["agent", "pair", "--gate", &gate.addr(), "--token", &token, "--dir", &p("agent"), "--serial", "SN-1"];
+    g.check("agent_pair", &cli(i, &[&args[..], &["--json"]].concat()).await, &[]);
+    let bench = cli(i, &["agent", "bench", "--gate", &gate.addr(), "--tokens", &p("out/tokens.csv"), "--json"]).await;
+    g.check("agent_bench", &bench, &[]);
+    gate.stop().await;
+
+    // atm-1 heartbeats and has a live session.
+    let atm1 = f.ctx.store.credential_by_name(&"atm-1".parse().unwrap()).await.unwrap().unwrap().id;
+    f.ctx.store.touch_terminal(atm1, "20240115", unix_now()).await.unwrap();
+    f.ctx
+        .store
+        .upsert_session(&cas_vpn::db::NewSession {
+            instance: "terminal-0".into(),
+            credential_id: atm1,
+            common_name: "atm-1".into(),
+            tunnel_ip: "10.8.0.2".into(),
+            real_addr: "198.51.100.7:40000".into(),
+            since: unix_now(),
+            client_id: 1,
+        })
+        .await
+        .unwrap();
+
+    // Admin credentials; one is revoked (its port is freed), and so is a terminal.
+    g.check(
+        "admin_vpn_issue",
+        &cli(i, &["admin-vpn", "issue", "alice", "--out", &p("alice.ovpn"), "--json"]).await,
+        &[],
+    );
+    cli(i, &["admin-vpn", "issue", "bob", "--out", &p("bob.ovpn")]).await;
+    g.check("revoke", &cli(i, &["revoke", "bob", "--reason", "key-compromise", "--json"]).await, &[]);
+    g.check("revoke_terminal", &cli(i, &["revoke", "atm-2", "--json"]).await, &[]);
+    g.check("revoke_again", &cli(i, &["revoke", "atm-2", "--json"]).await, &[]);
+
+    g.check("terminal_list", &cli(i, &["terminal", "list", "--all", "--json"]).await, &[]);
+    g.check("terminal_show", &cli(i, &["terminal", "show", "atm-1", "--json"]).await, &[]);
+    g.check("terminal_show_revoked", &cli(i, &["terminal", "show", "atm-2", "--json"]).await, &[]);
+    g.check("admin_vpn_list", &cli(i, &["admin-vpn", "list", "--all", "--json"]).await, &[]);
+    g.check("status", &cli(i, &["status", "--json"]).await, &[]);
+    // What doctor finds depends on the machine (openvpn, nft, tun): its levels and details are not pinned, nor is
+    // its exit code.
+    let doctor = i.run(&["doctor", "--json"]);
+    let doctor_extra = [("level", "level"), ("detail", "detail"), ("healthy", "healthy")];
+    g.check("doctor", &String::from_utf8(doctor.stdout).unwrap(), &doctor_extra);
+
+    // Pairing administration: two approval-flow pairings (one approved, one rejected) and a banned address.
+    // Both from one address: they list in the order of their random ids when made in the same second, and must
+    // look alike once redacted.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (s, v) = f.pair("192.0.2.10", &req(None, Some(&csr(&KeyPair::generate().unwrap())))).await;
+        assert_eq!(s.as_u16(), 202, "{v}");
+        ids.push((v["pairing_id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned()));
+    }
+    f.ctx.store.record_failure("192.0.2.99", unix_now(), 1, 900).await.unwrap();
+    g.check("pairing_open", &cli(i, &["pairing", "open", "--for", "10m", "--json"]).await, &[]);
+    g.check("pairing_status", &cli(i, &["pairing", "status", "--json"]).await, &[]);
+    let (id, code) = &ids[0];
+    let approved = cli(i, &["pairing", "approve", id, "--code", code, "--name", "atm-a", "--json"]).await;
+    g.check("pairing_approve", &approved, &[]);
+    g.check("pairing_reject", &cli(i, &["pairing", "reject", &ids[1].0, "--json"]).await, &[]);
+    g.check("unban_ip", &cli(i, &["unban-ip", "192.0.2.99", "--json"]).await, &[]);
+    g.check("pairing_close", &cli(i, &["pairing", "close", "--json"]).await, &[]);
+    g.check("pairing_status_closed", &cli(i, &["pairing", "status", "--json"]).await, &[]);
+    g.finish();
+}
