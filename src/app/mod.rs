@@ -81,7 +81,11 @@ impl Ctx {
             return Err(AppError::NotInitialised { root: root.to_owned() });
         }
         let cfg = Config::load(root)?;
-        crate::sys::fs::ensure_dir(&root.join("db"), 0o700)?;
+        // Created when missing; an existing one keeps the owner and mode `init` gave it (group-writable for the
+        // services when they run under their own users).
+        if !root.join("db").is_dir() {
+            crate::sys::fs::ensure_dir(&root.join("db"), 0o700)?;
+        }
         let store = Store::open(&self::database_url(root, database_url)).await?;
         Ok(Ctx { cfg, store, pki: PkiDir::new(root, ca_passphrase()) })
     }

@@ -8,6 +8,7 @@ use cas_pki::KeyType;
 use serde::Serialize;
 
 use super::{Ctx, OpsError, crl};
+use crate::app::accounts::{self, UserMode};
 use crate::app::new_cert;
 use crate::config::{GateConfig, NetworkConfig, VpnConfig};
 use crate::domain::Kind;
@@ -131,6 +132,15 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
         }
     }
     step(&format!("store ({})", ctx.store.backend()), if store_is_new { Action::Created } else { Action::Kept });
+
+    // Service users and who owns what: only as root, and only when services get their own users.
+    let mode = UserMode::from_env()?;
+    if mode != UserMode::Single && nix::unistd::geteuid().is_root() {
+        let (accounts, created) = accounts::ensure(&mode, root)?
+            .ok_or_else(|| OpsError::Other("the service users could not be created".into()))?;
+        step(&format!("service users ({})", accounts.group), if created { Action::Created } else { Action::Kept });
+        super::ownership::apply(root, &accounts, &ctx.cfg.gate.download_dir)?;
+    }
 
     let changed = steps.iter().any(|s| s.action != Action::Kept);
     Ok(InitReport { root: root.display().to_string(), steps, changed })

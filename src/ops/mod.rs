@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod doctor;
 pub mod init;
+pub mod ownership;
 pub mod pairing;
 pub mod revoke;
 pub mod status;

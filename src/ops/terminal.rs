@@ -182,6 +182,10 @@ async fn create_batch(
     };
     let created = ctx.store.create_terminals(&new, layout, now).await?;
     staged.publish()?;
+    if out.is_none() {
+        let pending: Vec<&Path> = profile_paths.iter().flatten().map(PathBuf::as_path).collect();
+        super::ownership::give_pending(&ctx.pki.pending_dir(), &pending)?;
+    }
     let action = if names.len() == 1 { "terminal.add" } else { "terminal.import" };
     let subject = if names.len() == 1 { names[0].to_string() } else { format!("{} terminals", names.len()) };
     ctx.store.audit("cli", action, &subject, if opts.server_keygen { "server-keygen" } else { "token" }, now).await?;

@@ -122,6 +122,11 @@ fn bind(root: &Path, accounts: Option<&Accounts>) -> Result<UnixListener, AppErr
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(root);
     let err = |e: std::io::Error| AppError::Other(format!("signer socket {}: {e}", path.display()));
+    if let Some(dir) = path.parent()
+        && !dir.is_dir()
+    {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(err)?;
     let mode = match accounts {

@@ -7,6 +7,7 @@
 
 mod cleanup;
 mod pairing;
+mod privsep;
 mod smoke;
 mod support;
 mod vpn;

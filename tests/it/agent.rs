@@ -198,6 +198,7 @@ async fn approval_flow_end_to_end_with_the_agent() {
     let gate = RunningGate::start(&f).await;
     let dir = f.install.path("agent");
     let mut agent = Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
+        .env(crate::support::USERS_ENV, "none")
         .args(["agent", "pair", "--gate", &gate.addr(), "--wait-approval", "--poll", "1s", "--serial", "SN-77"])
         .args(["--dir", dir.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -376,6 +377,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     // Its stderr (one line per event: "heartbeat ok", "heartbeat failed: …") goes to a file the test reads.
     let agent_log = f.install.path("agent.log");
     let mut agent = Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
+        .env(crate::support::USERS_ENV, "none")
         .args(["agent", "run", "--dir", &d, "--heartbeat", "1s", "--master", &format!("127.0.0.1:{port}")])
         .args(["--openvpn", fake.to_str().unwrap()])
         .stdout(Stdio::null())

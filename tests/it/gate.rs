@@ -22,6 +22,7 @@ pub struct Fixture {
     pub install: Install,
     pub ctx: Arc<Ctx>,
     pub state: GateState,
+    pub signer: crate::support::InProcessSigner,
 }
 
 impl Fixture {
@@ -32,12 +33,14 @@ impl Fixture {
     pub async fn on(install: Install) -> Fixture {
         let ctx = Arc::new(Ctx::open(install.root(), None).await.unwrap());
         let state = GateState::new(ctx.clone()).unwrap();
-        Fixture { install, ctx, state }
+        let signer = crate::support::InProcessSigner::start(ctx.clone()).await;
+        Fixture { install, ctx, state, signer }
     }
 
     /// Reloads config and state (after a config file changed).
     pub async fn reload(self) -> Fixture {
-        let Fixture { install, ctx, .. } = self;
+        let Fixture { install, ctx, signer, .. } = self;
+        signer.stop().await;
         ctx.store.close().await;
         drop(ctx);
         Fixture::on(install).await

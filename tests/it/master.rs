@@ -269,6 +269,7 @@ async fn serve_all_runs_gate_and_master_together_and_stops_them_together() {
 
     set("127.0.0.2");
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
+        .env(crate::support::USERS_ENV, "none")
         .env("CAS_VPN_ROOT", f.install.root())
         .args(["serve", "all"])
         .stdout(std::process::Stdio::null())

@@ -23,6 +23,8 @@ pub fn bin() -> &'static str {
 pub struct Deployment {
     // Field order is drop order: serve stops before the namespaces go, the root goes last.
     serve: Option<ChildGuard>,
+    /// `CAS_VPN_SERVICE_USERS` for every command: `none` (one uid) unless a test asks for real users.
+    users: String,
     pub lan: Lan,
     pub root: tempfile::TempDir,
 }
@@ -30,6 +32,11 @@ pub struct Deployment {
 impl Deployment {
     /// A LAN with `clients` client namespaces and an initialised root; `vpn` overrides config/vpn keys.
     pub fn new(clients: usize, vpn: &[(&str, &str)]) -> Deployment {
+        Deployment::with_users(clients, vpn, "none")
+    }
+
+    /// As `new`, with the services under the users of `users` (a prefix, or `none`).
+    pub fn with_users(clients: usize, vpn: &[(&str, &str)], users: &str) -> Deployment {
         let lan = Lan::new(clients);
         let root = temp_dir("root");
         std::fs::create_dir_all(root.path().join("config")).unwrap();
@@ -40,7 +47,7 @@ impl Deployment {
             ),
         )
         .unwrap();
-        let d = Deployment { serve: None, lan, root };
+        let d = Deployment { serve: None, users: users.to_owned(), lan, root };
         d.ok(&["init"]);
         let mut keys =
             vec![("terminal_subnet", "198.18.0.0/16"), ("admin_subnet", "198.19.0.0/23"), ("interface", "cvsvc0")];
@@ -73,6 +80,7 @@ impl Deployment {
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin())
             .env("CAS_VPN_ROOT", self.root())
+            .env("CAS_VPN_SERVICE_USERS", &self.users)
             .env_remove("CAS_VPN_DATABASE_URL")
             .args(args)
             .output()
@@ -91,10 +99,10 @@ impl Deployment {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
-    /// Starts `serve vpn` in the server namespace and waits until every instance is ready; returns how long
-    /// that took.
+    /// Starts `serve all` (the launcher: net, signer, vpn, gate, master) in the server namespace and waits until
+    /// every instance is ready; returns how long that took.
     pub fn start(&mut self) -> Duration {
-        self.start_service("vpn")
+        self.start_service("all")
     }
 
     /// Starts `serve WHAT` (vpn or all) and waits until every VPN instance is ready.
@@ -102,7 +110,10 @@ impl Deployment {
         assert!(self.serve.is_none(), "already serving");
         let t0 = Instant::now();
         let mut cmd = self.server().cmd(bin());
-        cmd.env("CAS_VPN_ROOT", self.root()).env("RUST_LOG", "info").args(["serve", what]);
+        cmd.env("CAS_VPN_ROOT", self.root())
+            .env("CAS_VPN_SERVICE_USERS", &self.users)
+            .env("RUST_LOG", "info")
+            .args(["serve", what]);
         self.serve = Some(ChildGuard::spawn("serve", cmd));
         self.wait_ready(Duration::from_secs(20));
         t0.elapsed()

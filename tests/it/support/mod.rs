@@ -9,6 +9,37 @@ use std::process::Output;
 
 use assert_cmd::Command;
 
+/// Every command here runs its services under one uid: these tests are about behaviour, not users, and must not
+/// create the machine's service accounts (`tests/e2e/privsep.rs` tests real users).
+pub const USERS_ENV: &str = "CAS_VPN_SERVICE_USERS";
+
+/// The signer service running in this test process on the installation's socket (the gate and master sign
+/// through it, as in production). Stopped (and its socket gone) by `stop`.
+pub struct InProcessSigner {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), cas_vpn::app::AppError>>,
+}
+
+impl InProcessSigner {
+    pub async fn start(ctx: std::sync::Arc<cas_vpn::app::Ctx>) -> InProcessSigner {
+        use cas_vpn::control::signer::{SignerRequest, SignerResponse, call};
+        let root = ctx.cfg.root.clone();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(cas_vpn::signer::run_signer(ctx, rx));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        wait::wait_until_async("the signer answers", deadline, async || {
+            matches!(call(&root, &SignerRequest::Ping).await, Ok(SignerResponse::Pong))
+        })
+        .await;
+        InProcessSigner { stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 /// A fresh root (and SQLite store) per test; removed on drop.
 pub struct Install {
     pub dir: tempfile::TempDir,
@@ -40,7 +71,10 @@ impl Install {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("cas-vpn").unwrap();
-        c.env("CAS_VPN_ROOT", self.root()).env_remove("CAS_VPN_DATABASE_URL").env_remove("RUST_LOG");
+        c.env("CAS_VPN_ROOT", self.root())
+            .env(USERS_ENV, "none")
+            .env_remove("CAS_VPN_DATABASE_URL")
+            .env_remove("RUST_LOG");
         c
     }
 
@@ -48,6 +82,7 @@ impl Install {
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         std::process::Command::new(assert_cmd::cargo::cargo_bin!("cas-vpn"))
             .env("CAS_VPN_ROOT", self.root())
+            .env(USERS_ENV, "none")
             .env_remove("CAS_VPN_DATABASE_URL")
             .args(args)
             .stdout(std::process::Stdio::null())
@@ -87,7 +122,7 @@ impl Install {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
-    /// Every file under the root with its content (the SQLite files by their row dump would be nicer, but bytes
+    /// Every regular file (sockets are not content) under the root with its content (the SQLite files by their row dump would be nicer, but bytes
     /// catch any write). Used to prove that refused input changed nothing.
     pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
@@ -95,7 +130,7 @@ impl Install {
                 let p = e.path();
                 if p.is_dir() {
                     walk(&p, out);
-                } else if !p.to_string_lossy().contains("cas-vpn.sqlite") {
+                } else if p.is_file() && !p.to_string_lossy().contains("cas-vpn.sqlite") {
                     out.insert(p.clone(), std::fs::read(&p).unwrap());
                 }
             }
