@@ -1,7 +1,7 @@
 //! The PKI on disk under `<root>/pki` (0700, keys 0600): the two root CAs, the VPN server certificates, the gate's
 //! TLS certificate, the tls-crypt-v2 server keys and the CRLs.
 //!
-//! CA keys are read here and nowhere else; they never leave `pki/` (DESIGN.md invariant 6).
+//! CA keys are read here and nowhere else; they never leave `pki/` (invariant 6, ARCHITECTURE.md).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md section 6). The only module (with its submodules) that prints: every command calls an `ops` function
+//! The command line. The only module (with its submodules) that prints: every command calls an `ops` function
 //! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
 
 pub mod pairing;
@@ -45,7 +45,7 @@ pub enum Cmd {
         #[command(flatten)]
         json: Json,
     },
-    /// Run the services (all = every service in one process).
+    /// Run a service (net, signer, vpn, gate, master), or all of them as child processes under their own users.
     Serve {
         #[arg(value_enum, default_value = "all")]
         what: crate::daemon::Service,
@@ -150,7 +150,7 @@ pub enum AdminCmd {
     },
 }
 
-/// Exit codes (DESIGN.md section 6).
+/// Exit codes.
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;

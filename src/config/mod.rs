@@ -1,4 +1,4 @@
-//! Configuration files under the root directory (DESIGN.md section 3): `config/network` (CAS format),
+//! Configuration files under the root directory: `config/network` (CAS format),
 //! `config/gate.properties` (Java properties, shared with CAS) and `config/vpn` (ours).
 //!
 //! Reading is strict: an unknown key, a bad value or an unreadable file is an error that names the file, the line
@@ -6,7 +6,7 @@
 //! atomic (`sys::fs::write_atomic`) and happens only after validation, so a refused value never reaches disk.
 //!
 //! Every value leaves this module as a validated type (`Host`, `Subnet`, `PortRange`, `Interface`, …): nothing
-//! parsed here can carry whitespace, quotes or newlines into an OpenVPN config (DESIGN.md invariant 7).
+//! parsed here can carry whitespace, quotes or newlines into an OpenVPN config (invariant 7, ARCHITECTURE.md).
 
 mod error;
 mod gate;
@@ -116,7 +116,7 @@ pub enum FileState {
     Missing,
 }
 
-/// Who runs the VPN (DESIGN.md section 2).
+/// Who runs the VPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scenario {
     /// cas-vpn runs the terminal and admin OpenVPN instances; the gate hands out `.ovpn` files.
@@ -388,7 +388,7 @@ pub(crate) fn parse_ipv4(value: &str) -> Result<Ipv4Addr, String> {
     value.parse().map_err(|_| format!("invalid IPv4 address {}: expected a.b.c.d, e.g. 10.3.2.1", shown(value)))
 }
 
-/// A service or listen address must be one concrete unicast address: never 0.0.0.0 (DESIGN.md invariant 1).
+/// A service or listen address must be one concrete unicast address: never 0.0.0.0 (invariant 1, ARCHITECTURE.md).
 pub(crate) fn check_unicast(ip: Ipv4Addr) -> Result<(), String> {
     if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
         return Err(format!("{ip} is not a single unicast address; give the one address to use"));

@@ -83,7 +83,7 @@ impl NetworkConfig {
 
     /// The checks that involve more than one key (also run by `parse` and `write`): every address is a single
     /// unicast address, the three service addresses differ (gate and master share port 7741, and the firewall
-    /// tells admin from master by address) and none is the public address (DESIGN.md invariant 1).
+    /// tells admin from master by address) and none is the public address (invariant 1, ARCHITECTURE.md).
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         self.check(path, None)
     }

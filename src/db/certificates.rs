@@ -1,6 +1,6 @@
 //! Certificates (every one ever issued, by serial) and CRL bookkeeping.
 //!
-//! The `certificates` primary key is the guarantee that a serial is never used twice (DESIGN invariant 9): a
+//! The `certificates` primary key is the guarantee that a serial is never used twice (invariant 9): a
 //! duplicate fails the whole transaction it is part of and surfaces as `DbError::SerialTaken`. Serials are
 //! lowercase hex text (the CHECK refuses anything else), so the same number can never appear in two spellings.
 

@@ -122,7 +122,7 @@ pub(crate) const PG_WRITE_LOCK: i64 = 0x63_61_73_76_70_6e;
 /// How long a SQLite connection waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the embedded store lives under the installation root (DESIGN §3).
+/// Where the embedded store lives under the installation root.
 pub const SQLITE_FILE: &str = "db/cas-vpn.sqlite";
 
 impl Store {

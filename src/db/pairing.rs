@@ -1,4 +1,4 @@
-//! Pairing window and per-address failure bans (DESIGN §4: pairing only while a window is open; 5 failures ban
+//! Pairing window and per-address failure bans (pairing only while a window is open; 5 failures ban
 //! a source address for 15 minutes). Both are single statements, so concurrent gate requests cannot lose counts.
 
 use super::{DbError, Store};

@@ -1,5 +1,5 @@
 //! Pairing state beyond tokens: server-keygen delivery (the certificate exists before pairing) and the approval
-//! flow's pending pairings (DESIGN §4). Every change is one statement or one transaction.
+//! flow's pending pairings. Every change is one statement or one transaction.
 
 use super::tokens::token_reason;
 use super::{DbError, Redeemed, Store};

@@ -1,5 +1,5 @@
 //! Live VPN sessions, as reported by the OpenVPN management sockets. The supervisor keeps these rows in step
-//! with what the instances say; master looks a request's source address up here (DESIGN invariant 2).
+//! with what the instances say; master looks a request's source address up here (invariant 2).
 
 use super::{DbError, Store};
 

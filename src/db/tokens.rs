@@ -1,4 +1,4 @@
-//! One-time pairing tokens (DESIGN §4, invariant 8).
+//! One-time pairing tokens (invariant 8).
 //!
 //! A token is a public lookup `id` plus a secret that the store never sees: only its SHA-256 (`secret_hash`) is
 //! stored, and the caller compares hashes (in constant time) before calling [`Store::redeem_token`]. Redemption

@@ -1,5 +1,5 @@
 //! `Kind`: which VPN a credential belongs to. Terminal and admin credentials come from separate CAs and are
-//! never accepted on the other VPN (DESIGN.md invariant 3).
+//! never accepted on the other VPN (invariant 3, ARCHITECTURE.md).
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,6 +1,6 @@
 //! Validated newtypes for every value that can reach an OpenVPN config, a file name or a log line.
 //!
-//! DESIGN.md invariant 7: no whitespace, quote, newline or path separator can reach a template. The types here
+//! Invariant 7 (ARCHITECTURE.md): no whitespace, quote, newline or path separator can reach a template. The types here
 //! are the only way to get such a value, so a template that takes them cannot be handed hostile text.
 
 pub mod addressing;

@@ -3,7 +3,7 @@
 //! SHA-256 pin travels in every pairing token, so a terminal authenticates the gate with no CA.
 //!
 //! Absences this module keeps: no request body, token or key is ever logged (a token's public id is); no CA key
-//! leaves `pki/` (the CA is loaded in memory to sign, never serialised); a refused request writes no row and no
+//! in this process (certificates come from the signer, `control::signer`); a refused request writes no row and no
 //! file (every check runs before the one store transaction that pairs).
 
 pub mod delivery;

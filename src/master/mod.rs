@@ -2,7 +2,7 @@
 //!
 //! Who is asking is decided by the TCP source address alone: it must be the tunnel address of a live VPN session
 //! (as recorded from the OpenVPN management sockets) of a paired, non-revoked terminal; anything else gets 403 on
-//! every path (DESIGN invariant 2). The tunnel is what authenticates and encrypts (OpenVPN with the terminal's
+//! every path (invariant 2). The tunnel is what authenticates and encrypts (OpenVPN with the terminal's
 //! certificate), so master needs no TLS of its own. It listens on that one address only and refuses to start on
 //! 0.0.0.0, `::`, a public address or an address this host does not have (invariant 1).
 //!

@@ -59,7 +59,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: &str) -> Result<Revoked, Ops
         Some(other) => return Err(OpsError::Other(format!("unexpected answer from the running cas-vpn: {other:?}"))),
         None => None,
     };
-    // Last step of DESIGN's order (store → CRL → kill → audit): what the kill did, next to the store's own
+    // Last step of the revocation order (store → CRL → kill → audit): what the kill did, next to the store's own
     // revocation row.
     let detail = match killed {
         Some(n) => format!("crl #{}; {n} live session(s) ended", report.crl_number),

@@ -1,7 +1,7 @@
 //! Renders OpenVPN server configs and client profiles from validated values (askama templates in
 //! `templates/openvpn/`).
 //!
-//! DESIGN.md invariant 7 is held twice: every field is a validated type (`Name`, `ConfPath`, `Host`, addresses,
+//! Invariant 7 (ARCHITECTURE.md) is held twice: every field is a validated type (`Name`, `ConfPath`, `Host`, addresses,
 //! numbers, `Pem`), and the `ConfToken` escaper refuses to render any interpolated value that could split or end
 //! a config line. Inline blocks take only `Pem`, which cannot contain `</`.
 

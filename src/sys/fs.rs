@@ -1,4 +1,4 @@
-//! Atomic, mode-correct file writes (DESIGN.md section 3: temp file, fsync, rename, right mode from creation).
+//! Atomic, mode-correct file writes (temp file, fsync, rename, right mode from creation).
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};

@@ -1,4 +1,4 @@
-//! Interfaces and the tunnel isolation firewall. Only `serve vpn` calls this, inside whatever network namespace
+//! Interfaces and the tunnel isolation firewall. Only `serve net` calls this, inside whatever network namespace
 //! it runs in (tests run it in a namespace of their own).
 
 use std::net::Ipv4Addr;

@@ -1,7 +1,7 @@
 //! Who may connect to an instance: the answer to every CONNECT/REAUTH, decided from the store. Pure: the instance
 //! task fetches the rows and carries out the decision.
 //!
-//! Invariants held here (DESIGN.md section 5): a credential of the wrong kind never gets in (3); an admin
+//! Invariants held here (ARCHITECTURE.md, "Security invariants"): a credential of the wrong kind never gets in (3); an admin
 //! instance admits only its own credential (4, with the instance's session bookkeeping); a revoked credential or
 //! certificate never gets in (5). Anything unknown or malformed is denied: the default is no.
 

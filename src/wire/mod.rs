@@ -1,4 +1,4 @@
-//! The wire contract of the gate and master (DESIGN §4, documented in the README): request and response bodies,
+//! The wire contract of the gate and master (documented in the README): request and response bodies,
 //! shared by the servers and the reference agent so that both sides can never drift apart.
 
 use base64::Engine;

@@ -1,4 +1,4 @@
-//! The CLI contract (DESIGN.md section 6) end to end on SQLite: init, terminals, admin credentials, revocation,
+//! The CLI contract end to end on SQLite: init, terminals, admin credentials, revocation,
 //! CRLs, status; certificates checked with the real `openssl` CLI.
 
 use std::fs;
@@ -262,7 +262,7 @@ fn doctor_fails_on_a_readable_key_and_warns_before_a_crl_expires() {
     assert!(out.contains("gate.key"), "{out}");
 }
 
-/// DESIGN.md invariant 9: an import killed with SIGKILL at any moment leaves, once recovered (`init` or `serve`
+/// Invariant 9 (ARCHITECTURE.md): an import killed with SIGKILL at any moment leaves, once recovered (`init` or `serve`
 /// start), either every terminal with its profile or none of them; never a temp file, a row without its profile,
 /// or a profile without its row.
 #[test]

@@ -1,4 +1,4 @@
-//! DESIGN.md invariant 7 at every entry point: hostile names and values are refused with a clear one-line error
+//! Invariant 7 (ARCHITECTURE.md) at every entry point: hostile names and values are refused with a clear one-line error
 //! before anything is written (no file, no row).
 
 use std::fs;

@@ -5,7 +5,7 @@
 //! binary (`env!("CARGO_BIN_EXE_cas-vpn")`) like an operator would, and the harness keeps working while the
 //! library is being changed.
 //!
-//! Rules (DESIGN.md section 7): names start with `cv<run id>-` (one id per test process, see `netns.rs`);
+//! Rules: names start with `cv<run id>-` (one id per test process, see `netns.rs`);
 //! addresses only from 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 and 198.18.0.0/15, and only inside
 //! namespaces the test created; no traffic to anything else; the host's interfaces, routes and firewall are never
 //! touched. `scripts/e2e-cleanup` removes what a killed run left behind (never what a live run holds).

@@ -27,7 +27,7 @@
 //! process exit); the next cleanup removes it.
 //!
 //! Everything a test configures lives inside namespaces it created: the host's interfaces, routes and firewall are
-//! never touched (DESIGN.md section 7).
+//! never touched.
 
 use std::collections::hash_map::RandomState;
 use std::ffi::OsStr;
