@@ -81,6 +81,17 @@ fn signer_call_as(uid: u32, gid: u32, socket: &Path, request: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Audit rows with this action and actor.
+fn audit_count(root: &Path, action: &str, actor: &str) -> usize {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}", root.join("db/cas-vpn.sqlite").display());
+        let store = cas_vpn::db::Store::open(&url).await.unwrap();
+        let rows = store.list_audit(1000).await.unwrap();
+        store.close().await;
+        rows.iter().filter(|r| r.action == action && r.actor.to_string() == actor).count()
+    })
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
 fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
@@ -187,6 +198,43 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
         rows.iter().filter(|r| r.action == "signer.refused" && r.actor == "gate").count()
     });
     assert_eq!(refused, 6, "every refusal is audited with the caller");
+
+    // The control socket: the gate's user may ask for the status, never kill; the refusal is audited.
+    let control = root.join("vpn/run/control.sock");
+    let as_gate_control =
+        |req: serde_json::Value| signer_call_as(gate_user.uid.as_raw(), gid, &control, &req.to_string());
+    assert!(as_gate_control(serde_json::json!({"request": "status"})).contains("\"status\""));
+    let answer = as_gate_control(serde_json::json!({"request": "kill", "name": "atm-live"}));
+    assert!(answer.contains("may not"), "the gate's user could kill a session: {answer}");
+    assert_eq!(audit_count(&root, "control.refused", "gate"), 1, "the refused kill is audited");
+
+    // The store is shared by several uids: the gate (its own user) records failed pairings in the same SQLite
+    // database root writes, through group-writable WAL files.
+    d.ok(&["pairing", "open"]);
+    let token = d.json(&["terminal", "add", "atm-bad"])["token"].as_str().unwrap().to_owned();
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let last = parts[2].pop().unwrap();
+    parts[2].push(if last == 'A' { 'B' } else { 'A' });
+    let wrong = parts.join(".");
+    let agent_dir = crate::support::env::temp_dir("agent");
+    for _ in 0..5 {
+        let out = d
+            .server()
+            .cmd(crate::support::deploy::bin())
+            .args(["agent", "pair", "--gate", &format!("{}:7741", crate::support::deploy::GATE_IP), "--token", &wrong])
+            .arg("--dir")
+            .arg(agent_dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "a wrong secret paired");
+    }
+    let banned = d.json(&["pairing", "status"])["banned"].as_array().unwrap().len();
+    assert_eq!(banned, 1, "the gate (as {}gate) could not record its failures in the store", prefix);
+    for f in ["db/cas-vpn.sqlite-wal", "db/cas-vpn.sqlite-shm"] {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(root.join(f)).unwrap();
+        assert_eq!((m.gid(), m.mode() & 0o070), (gid, 0o060), "{f} is not group-writable by the services");
+    }
 
     // A second `serve all` refuses at once, and the first keeps running.
     // (Inside the server namespace: were the lock broken, it would touch nothing of the host.)
