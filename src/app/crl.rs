@@ -38,7 +38,24 @@ pub fn check_period(ctx: &Ctx) -> std::time::Duration {
     std::time::Duration::from_millis(u64::try_from(tenth).unwrap_or(60_000).clamp(200, 60_000))
 }
 
-/// Makes a new CRL for `kind` from the store and publishes it.
+/// Publishes a fresh CRL of `kind` through the signer when it runs (the CA key stays in the signer's process,
+/// and the operator's shell needs no CA passphrase), else in this process (a root CLI with no services running).
+pub async fn publish(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
+    use crate::control::signer::{self, SignerError};
+    match signer::publish_crl(&ctx.cfg.root, kind).await {
+        Ok(p) => Ok(CrlReport {
+            ca: kind,
+            crl_number: p.crl_number,
+            revoked: p.revoked,
+            next_update: p.next_update,
+            pem: ctx.pki.read_crl(kind)?.unwrap_or_default(),
+        }),
+        Err(SignerError::NotRunning { .. }) => refresh(ctx, kind).await,
+        Err(e) => Err(AppError::Other(format!("CRL of the {kind} CA: {e}"))),
+    }
+}
+
+/// Makes a new CRL for `kind` from the store and publishes it, in this process (it loads the CA key).
 pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
     let ca = ctx.pki.load_ca(kind)?;
     let rows = ctx.store.revoked_certificates(kind).await?;

@@ -295,7 +295,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let ctx = Ctx::open(&root, db).await?;
             let mut pem = String::new();
             for kind in [crate::domain::Kind::Terminal, crate::domain::Kind::Admin] {
-                let r = ops::crl::refresh(&ctx, kind).await?;
+                let r = ops::crl::publish(&ctx, kind).await?;
                 eprintln!("{} CRL #{}: {} revoked, next update {}", r.ca, r.crl_number, r.revoked, r.next_update);
                 pem.push_str(&r.pem);
             }

@@ -62,6 +62,7 @@ pub enum SignerResponse {
     },
     Published {
         crl_number: u64,
+        revoked: usize,
         next_update: String,
     },
     /// The request was understood and not allowed (audited by the signer).
@@ -109,10 +110,20 @@ pub async fn sign(root: &Path, kind: Kind, name: &Name, csr_pem: &str) -> Result
     }
 }
 
-/// Asks for a fresh CRL of `kind`; returns its number.
-pub async fn publish_crl(root: &Path, kind: Kind) -> Result<u64, SignerError> {
+/// What a published CRL is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub crl_number: u64,
+    pub revoked: usize,
+    pub next_update: String,
+}
+
+/// Asks for a fresh CRL of `kind`.
+pub async fn publish_crl(root: &Path, kind: Kind) -> Result<Published, SignerError> {
     match call(root, &SignerRequest::PublishCrl { kind }).await? {
-        SignerResponse::Published { crl_number, .. } => Ok(crl_number),
+        SignerResponse::Published { crl_number, revoked, next_update } => {
+            Ok(Published { crl_number, revoked, next_update })
+        }
         other => Err(unexpected(other)),
     }
 }

@@ -42,7 +42,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: &str) -> Result<Revoked, Ops
         }
         Err(e) => return Err(e.into()),
     };
-    let report = crl::refresh(ctx, cred.kind).await?;
+    let report = crl::publish(ctx, cred.kind).await?;
     let pending = ctx.pki.pending_dir().join(format!("{name}.ovpn"));
     if pending.exists() {
         std::fs::remove_file(&pending)

@@ -181,7 +181,11 @@ impl Signer {
         match req {
             SignerRequest::Ping => SignerResponse::Pong,
             SignerRequest::PublishCrl { kind } => match crl::refresh(&self.ctx, kind).await {
-                Ok(r) => SignerResponse::Published { crl_number: r.crl_number, next_update: r.next_update },
+                Ok(r) => SignerResponse::Published {
+                    crl_number: r.crl_number,
+                    revoked: r.revoked,
+                    next_update: r.next_update,
+                },
                 Err(e) => SignerResponse::Error { message: e.to_string() },
             },
             SignerRequest::Sign { kind, name, csr } => {

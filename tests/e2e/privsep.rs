@@ -102,7 +102,7 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
     let acct = |suffix: &str| nix::unistd::User::from_name(&format!("{prefix}{suffix}")).unwrap().unwrap();
     let (gate_user, master_user) = (acct("gate"), acct("master"));
     let gid = nix::unistd::Group::from_name(&prefix).unwrap().unwrap().gid.as_raw();
-    d.start();
+    d.start_service("all");
     let root = d.root().to_owned();
 
     // The gate and master run as their users, with no capabilities, and cannot open a CA key.

@@ -23,6 +23,8 @@ pub fn bin() -> &'static str {
 pub struct Deployment {
     // Field order is drop order: serve stops before the namespaces go, the root goes last.
     serve: Option<ChildGuard>,
+    /// `serve net` and `serve signer` beside a `serve vpn` (stopped after it).
+    helpers: Vec<ChildGuard>,
     /// `CAS_VPN_SERVICE_USERS` for every command: `none` (one uid) unless a test asks for real users.
     users: String,
     pub lan: Lan,
@@ -47,7 +49,7 @@ impl Deployment {
             ),
         )
         .unwrap();
-        let d = Deployment { serve: None, users: users.to_owned(), lan, root };
+        let d = Deployment { serve: None, helpers: Vec::new(), users: users.to_owned(), lan, root };
         d.ok(&["init"]);
         let mut keys =
             vec![("terminal_subnet", "198.18.0.0/16"), ("admin_subnet", "198.19.0.0/23"), ("interface", "cvsvc0")];
@@ -99,21 +101,40 @@ impl Deployment {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
-    /// Starts `serve all` (the launcher: net, signer, vpn, gate, master) in the server namespace and waits until
-    /// every instance is ready; returns how long that took.
+    /// Starts `serve net` and `serve signer`, then `serve vpn` (the VPN alone: tests stand their own listeners
+    /// in for master and the admin UI) in the server namespace and waits until every instance is ready; returns
+    /// how long the VPN took.
     pub fn start(&mut self) -> Duration {
-        self.start_service("all")
+        for helper in ["net", "signer"] {
+            let cmd = self.serve_cmd(helper);
+            self.helpers.push(ChildGuard::spawn(helper, cmd));
+        }
+        let master = MASTER_IP.to_string();
+        wait_until("serve net put the service addresses up", Duration::from_secs(10), || {
+            self.server()
+                .cmd("ip")
+                .args(["-o", "addr"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&master))
+        });
+        self.start_service("vpn")
     }
 
-    /// Starts `serve WHAT` (vpn or all) and waits until every VPN instance is ready.
-    pub fn start_service(&mut self, what: &str) -> Duration {
-        assert!(self.serve.is_none(), "already serving");
-        let t0 = Instant::now();
+    fn serve_cmd(&self, what: &str) -> Command {
         let mut cmd = self.server().cmd(bin());
         cmd.env("CAS_VPN_ROOT", self.root())
             .env("CAS_VPN_SERVICE_USERS", &self.users)
             .env("RUST_LOG", "info")
             .args(["serve", what]);
+        cmd
+    }
+
+    /// Starts `serve WHAT` (`vpn` after `start`'s helpers, or `all`: the launcher with every service) and waits
+    /// until every VPN instance is ready.
+    pub fn start_service(&mut self, what: &str) -> Duration {
+        assert!(self.serve.is_none(), "already serving");
+        let t0 = Instant::now();
+        let cmd = self.serve_cmd(what);
         self.serve = Some(ChildGuard::spawn("serve", cmd));
         self.wait_ready(Duration::from_secs(20));
         t0.elapsed()
