@@ -211,7 +211,8 @@ impl PkiDir {
     ) -> Result<String, PkiFilesError> {
         let pem = ca.crl(revoked, crl_number, this_update, next_update).map_err(pki_err)?;
         preflight_crl(ca.cert_pem(), &pem).map_err(|why| PkiFilesError::CrlCheck { kind, why })?;
-        write_changed(&self.crl_path(kind), pem.as_bytes(), 0o600)?;
+        // Public data, and openvpn (its own user) must read it.
+        write_changed(&self.crl_path(kind), pem.as_bytes(), 0o644)?;
         Ok(pem)
     }
 

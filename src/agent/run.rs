@@ -156,7 +156,7 @@ fn start_openvpn(
     events: &(dyn Fn(RunEvent) + Sync),
 ) -> Result<tokio::process::Child, AgentError> {
     let args = vec!["--cd".to_owned(), dir.display().to_string(), "--config".to_owned(), OVPN_FILE.to_owned()];
-    let mut c = crate::sys::process::spawn_guarded(program, &args)
+    let mut c = crate::sys::process::spawn_guarded(program, &args, None)
         .map_err(|e| AgentError::Local(format!("cannot start {program}: {e}")))?;
     // Drain its output (a full pipe would stall it); keep it in the log at debug level.
     if let Some(out) = c.stdout.take() {

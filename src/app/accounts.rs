@@ -1,5 +1,5 @@
 //! The unix accounts the services run under. As in CAS: group `batm`, users `batmgate`, `batmmaster`,
-//! `batmadmin`. The prefix (`batm`) can be changed with `CAS_VPN_SERVICE_USERS=PREFIX` (two installations on one
+//! `batmadmin`; and `batmvpn` for openvpn itself. The prefix (`batm`) can be changed with `CAS_VPN_SERVICE_USERS=PREFIX` (two installations on one
 //! machine, tests), and `CAS_VPN_SERVICE_USERS=none` runs every service under one uid (development, containers):
 //! said loudly wherever it matters.
 
@@ -53,20 +53,22 @@ pub struct Accounts {
     pub gate: Account,
     pub master: Account,
     pub admin: Account,
+    /// openvpn's user: keeps only CAP_NET_ADMIN; reads the VPN server keys `serve vpn` copies for it.
+    pub vpn: Account,
 }
 
 impl Accounts {
     /// Which service a uid belongs to, for logs and audit rows.
     pub fn service_of(&self, uid: u32) -> Option<&'static str> {
-        [(&self.gate, "gate"), (&self.master, "master"), (&self.admin, "admin")]
+        [(&self.gate, "gate"), (&self.master, "master"), (&self.admin, "admin"), (&self.vpn, "openvpn")]
             .into_iter()
             .find(|(a, _)| a.uid == uid)
             .map(|(_, s)| s)
     }
 }
 
-fn names(prefix: &str) -> [String; 3] {
-    [format!("{prefix}gate"), format!("{prefix}master"), format!("{prefix}admin")]
+fn names(prefix: &str) -> [String; 4] {
+    [format!("{prefix}gate"), format!("{prefix}master"), format!("{prefix}admin"), format!("{prefix}vpn")]
 }
 
 /// The accounts when they all exist; `None` in single-uid mode or when any is missing.
@@ -74,13 +76,16 @@ pub fn lookup(mode: &UserMode) -> Result<Option<Accounts>, AppError> {
     let UserMode::Separate { prefix } = mode else { return Ok(None) };
     let err = |e: users::UsersError| AppError::Other(e.to_string());
     let Some(gid) = users::group(prefix).map_err(err)? else { return Ok(None) };
-    let [g, m, a] = names(prefix);
-    let (Some(gate), Some(master), Some(admin)) =
-        (users::user(&g).map_err(err)?, users::user(&m).map_err(err)?, users::user(&a).map_err(err)?)
-    else {
+    let [g, m, a, v] = names(prefix);
+    let (Some(gate), Some(master), Some(admin), Some(vpn)) = (
+        users::user(&g).map_err(err)?,
+        users::user(&m).map_err(err)?,
+        users::user(&a).map_err(err)?,
+        users::user(&v).map_err(err)?,
+    ) else {
         return Ok(None);
     };
-    Ok(Some(Accounts { group: prefix.clone(), gid, gate, master, admin }))
+    Ok(Some(Accounts { group: prefix.clone(), gid, gate, master, admin, vpn }))
 }
 
 /// Creates the group and the users where missing (root only). Returns the accounts and whether anything was

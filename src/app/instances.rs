@@ -42,6 +42,8 @@ pub struct InstanceSpec {
     pub config: PathBuf,
     pub management: PathBuf,
     pub pidfile: PathBuf,
+    /// The user openvpn runs as (with CAP_NET_ADMIN only); `None`: as this process's user.
+    pub run_as: Option<crate::sys::process::Creds>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,7 +111,13 @@ pub async fn plan(ctx: &Ctx) -> Result<Vec<Instance>, AppError> {
 
 /// Writes every planned instance's `server.conf` (only when its text changed) and returns what the supervisor
 /// needs to run them, each with a fingerprint of its config so that a change restarts only that instance.
-pub async fn render_all(ctx: &Ctx) -> Result<Vec<(InstanceSpec, [u8; 32])>, AppError> {
+///
+/// With `run_as`, openvpn runs as that user: its instance directories and `server.conf` are given to it, and the
+/// server keys it must read are copied into `vpn/keys/` (its own, 0600): the originals in `pki/` stay root's.
+pub async fn render_all(
+    ctx: &Ctx,
+    run_as: Option<crate::sys::process::Creds>,
+) -> Result<Vec<(InstanceSpec, [u8; 32])>, AppError> {
     use sha2::{Digest, Sha256};
 
     use crate::domain::ConfPath;
@@ -120,10 +128,18 @@ pub async fn render_all(ctx: &Ctx) -> Result<Vec<(InstanceSpec, [u8; 32])>, AppE
     let vpn = ctx.vpn("the VPN instances")?;
     let pki = &ctx.pki;
     let cp = |p: std::path::PathBuf| -> Result<ConfPath, AppError> { Ok(ConfPath::new(p)?) };
+    let keys_dir = ctx.cfg.root.join("vpn").join("keys");
+    if let Some(c) = run_as {
+        crate::sys::fs::ensure_dir(&keys_dir, 0o700)?;
+        give(&keys_dir, c)?;
+    }
     let mut out = Vec::new();
     for inst in plan(ctx).await? {
         let dir = ctx.cfg.root.join("vpn").join(inst.name.as_str());
         crate::sys::fs::ensure_dir(&dir, 0o700)?;
+        if let Some(c) = run_as {
+            give(&dir, c)?;
+        }
         let management = cp(dir.join("management.sock"))?;
         let (role, kind) = match inst.kind {
             Kind::Terminal => (ServerRole::TerminalVpn, Kind::Terminal),
@@ -131,9 +147,14 @@ pub async fn render_all(ctx: &Ctx) -> Result<Vec<(InstanceSpec, [u8; 32])>, AppE
         };
         let ca = cp(pki.ca_cert_path(kind))?;
         let cert = cp(pki.server_cert_path(role))?;
-        let key = cp(pki.server_key_path(role))?;
         let crl = cp(pki.crl_path(kind))?;
-        let tls = cp(pki.tls_crypt_v2_path(kind))?;
+        let (key, tls) = match run_as {
+            None => (cp(pki.server_key_path(role))?, cp(pki.tls_crypt_v2_path(kind))?),
+            Some(c) => (
+                cp(copy_for(&pki.server_key_path(role), &keys_dir, c)?)?,
+                cp(copy_for(&pki.tls_crypt_v2_path(kind), &keys_dir, c)?)?,
+            ),
+        };
         let text = match (&inst.credential, inst.index) {
             (None, Some(index)) => ovpn::render(&TerminalServer {
                 instance: &inst.name,
@@ -175,6 +196,9 @@ pub async fn render_all(ctx: &Ctx) -> Result<Vec<(InstanceSpec, [u8; 32])>, AppE
         if crate::sys::fs::read_optional(&config)?.as_deref() != Some(text.as_str()) {
             crate::sys::fs::write_atomic(&config, text.as_bytes(), 0o600)?;
         }
+        if let Some(c) = run_as {
+            give(&config, c)?;
+        }
         let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         let spec = InstanceSpec {
             role: InstanceRole {
@@ -187,11 +211,33 @@ pub async fn render_all(ctx: &Ctx) -> Result<Vec<(InstanceSpec, [u8; 32])>, AppE
             config,
             management: management.as_path().to_owned(),
             pidfile: dir.join("openvpn.pid"),
+            run_as,
             name: inst.name,
         };
         out.push((spec, hash));
     }
     Ok(out)
+}
+
+/// Gives `path` to openvpn's user (the owner only: modes stay as written).
+fn give(path: &std::path::Path, c: crate::sys::process::Creds) -> Result<(), AppError> {
+    std::os::unix::fs::chown(path, Some(c.uid), Some(c.gid))
+        .map_err(|e| AppError::Other(format!("{}: {e}", path.display())))
+}
+
+/// Copies a key openvpn must read into `dir` (0600, owned by its user) when the copy differs; returns its path.
+fn copy_for(
+    src: &std::path::Path,
+    dir: &std::path::Path,
+    c: crate::sys::process::Creds,
+) -> Result<std::path::PathBuf, AppError> {
+    let dst = dir.join(src.file_name().unwrap_or_default());
+    let text = crate::sys::fs::read(src)?;
+    if crate::sys::fs::read_optional(&dst)?.as_deref() != Some(text.as_str()) {
+        crate::sys::fs::write_atomic(&dst, text.as_bytes(), 0o600)?;
+    }
+    give(&dst, c)?;
+    Ok(dst)
 }
 
 /// Kills openvpn processes recorded in `<root>/vpn/*/openvpn.pid` by a previous cas-vpn (the second lock behind

@@ -65,6 +65,20 @@ pub fn apply_isolation(master_ip: Ipv4Addr, admin_ip: Ipv4Addr) -> Result<(), Cm
     Ok(())
 }
 
+/// Whether a process running as `uid:gid` (no other groups) may open `/dev/net/tun` for reading and writing.
+pub fn tun_usable_by(uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata("/dev/net/tun") else { return false };
+    let mode = m.mode();
+    if m.uid() == uid {
+        mode & 0o600 == 0o600
+    } else if m.gid() == gid {
+        mode & 0o060 == 0o060
+    } else {
+        mode & 0o006 == 0o006
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -2,8 +2,10 @@
 //! (SIGKILL when cas-vpn dies, even by kill -9), and its pid is kept in a file so that a restarted cas-vpn can
 //! remove anything a previous one left behind.
 //!
-//! Why openvpn is not told to drop privileges (`user`/`group`): the kernel clears the parent-death signal when a
-//! process changes its credentials, so a dropped openvpn would survive a kill -9 of cas-vpn. See ARCHITECTURE.md.
+//! Why openvpn is not told to drop privileges itself (`user`/`group`): the kernel clears the parent-death signal
+//! when a process changes its credentials, so an openvpn that dropped them would survive a kill -9 of cas-vpn.
+//! Instead the child changes credentials *before* exec, keeping only CAP_NET_ADMIN, and sets the parent-death
+//! signal after that (ARCHITECTURE.md, "openvpn runs as its own user").
 
 use std::path::Path;
 use std::process::Stdio;
@@ -12,23 +14,76 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 /// Spawns `program args…` in a new process group with SIGKILL as its parent-death signal, stdout and stderr piped.
-pub fn spawn_guarded(program: &str, args: &[String]) -> std::io::Result<tokio::process::Child> {
+///
+/// With `run_as`, the child runs under those credentials keeping one capability, `CAP_NET_ADMIN` (ambient, so it
+/// survives the exec of a program without file capabilities): what openvpn needs for its tun device and addresses,
+/// and nothing else. The parent-death signal is set after the credential change (which clears it).
+pub fn spawn_guarded(program: &str, args: &[String], run_as: Option<Creds>) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     cmd.kill_on_drop(true);
-    // SAFETY: pre_exec runs in the forked child before exec; prctl and getppid are async-signal-safe.
+    let parent = nix::unistd::getpid();
+    // SAFETY: pre_exec runs in the forked child before exec: only raw system calls (prctl, setgroups, setgid,
+    // setuid, capset, getppid), no allocation and no locks.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if let Some(c) = run_as {
+                drop_to_net_admin(c)?;
+            }
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
             // The parent may have died between fork and prctl: then nobody would ever send the signal.
-            if nix::unistd::getppid() == Pid::from_raw(1) {
+            if nix::unistd::getppid() != parent {
                 return Err(std::io::Error::other("parent died before exec"));
             }
             Ok(())
         });
     }
-    tracing::debug!(program, ?args, "spawn");
+    tracing::debug!(program, ?args, ?run_as, "spawn");
     cmd.spawn()
+}
+
+/// Linux capability number of CAP_NET_ADMIN (linux/capability.h).
+pub const CAP_NET_ADMIN: u32 = 12;
+
+/// In a forked child: become `c` keeping only CAP_NET_ADMIN, as an ambient capability.
+fn drop_to_net_admin(c: Creds) -> std::io::Result<()> {
+    use nix::libc;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let err = std::io::Error::last_os_error;
+    // Keep the permitted set across setuid, so CAP_NET_ADMIN can be made effective and ambient afterwards.
+    nix::sys::prctl::set_keepcaps(true).map_err(std::io::Error::from)?;
+    let gid = nix::unistd::Gid::from_raw(c.gid);
+    nix::unistd::setgroups(&[gid]).map_err(std::io::Error::from)?;
+    nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(c.uid)).map_err(std::io::Error::from)?;
+    let bit = 1u32 << CAP_NET_ADMIN;
+    let header = Header { version: VERSION_3, pid: 0 };
+    let data = [
+        Data { effective: bit, permitted: bit, inheritable: bit },
+        Data { effective: 0, permitted: 0, inheritable: 0 },
+    ];
+    // SAFETY: capset with a v3 header and two data words, as the kernel ABI defines them.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) } != 0 {
+        return Err(err());
+    }
+    // SAFETY: plain prctl call with integer arguments.
+    if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, CAP_NET_ADMIN as libc::c_ulong, 0, 0) }
+        != 0
+    {
+        return Err(err());
+    }
+    Ok(())
 }
 
 /// The credentials a child runs under: its uid, its primary gid and its only supplementary group.

@@ -95,7 +95,14 @@ mod tests {
     #[test]
     fn only_root_own_uid_and_admin_may_kill() {
         let acct = |uid| Account { name: format!("u{uid}"), uid, gid: 900 };
-        let a = Accounts { group: "batm".into(), gid: 900, gate: acct(901), master: acct(902), admin: acct(903) };
+        let a = Accounts {
+            group: "batm".into(),
+            gid: 900,
+            gate: acct(901),
+            master: acct(902),
+            admin: acct(903),
+            vpn: acct(904),
+        };
         let kill = Request::Kill { name: "atm-1".parse().unwrap() };
         for (uid, may_kill, may_status) in [
             (0, true, true),

@@ -181,7 +181,7 @@ impl Instance {
     fn spawn(&mut self) -> std::io::Result<u32> {
         let _ = std::fs::remove_file(&self.spec.management);
         let args = vec!["--config".to_owned(), self.spec.config.display().to_string()];
-        let mut child = spawn_guarded("openvpn", &args)?;
+        let mut child = spawn_guarded("openvpn", &args, self.spec.run_as)?;
         let pid = child.id().ok_or_else(|| std::io::Error::other("openvpn exited at once"))?;
         crate::sys::fs::write_atomic(&self.spec.pidfile, format!("{pid}\n").as_bytes(), 0o644)
             .map_err(std::io::Error::other)?;

@@ -37,7 +37,29 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     // Owned by this loop alone: kills and status go through its registry, never through `apply`.
     let mut supervisor = Supervisor::new(ctx.store.clone(), real_addrs.clone());
     let start = std::time::Instant::now();
-    supervisor.apply(instances::render_all(&ctx).await?).await;
+    let accounts = crate::app::accounts::lookup(&crate::app::accounts::UserMode::from_env()?)?;
+    // openvpn runs as its own user with CAP_NET_ADMIN only, where that user exists and we may switch to it.
+    let run_as = accounts
+        .as_ref()
+        .filter(|_| nix::unistd::geteuid().is_root())
+        .map(|a| crate::sys::process::Creds { uid: a.vpn.uid, gid: a.gid });
+    let run_as = match run_as {
+        // Debian's udev makes /dev/net/tun 0666; a system without udev (a container) may leave it root-only,
+        // and then an unprivileged openvpn could not open its tun device at all.
+        Some(c) if !crate::sys::net::tun_usable_by(c.uid, c.gid) => {
+            tracing::warn!(
+                uid = c.uid,
+                "OPENVPN RUNS AS ROOT: /dev/net/tun cannot be opened by openvpn's user (make it 0666, as udev does)"
+            );
+            None
+        }
+        Some(c) => Some(c),
+        None => {
+            tracing::warn!("openvpn runs as this process's user (no service users, or not root)");
+            None
+        }
+    };
+    supervisor.apply(instances::render_all(&ctx, run_as).await?).await;
     tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "VPN instances started");
 
     let ports = Arc::new(std::sync::RwLock::new(vpn.terminal_ports.iter().collect::<Vec<u16>>()));
@@ -55,7 +77,6 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     let front_task = tokio::spawn(front.run(listener));
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
-    let accounts = crate::app::accounts::lookup(&crate::app::accounts::UserMode::from_env()?)?;
     let control = tokio::spawn(super::control::serve(
         ctx.cfg.root.clone(),
         ctx.store.clone(),
@@ -72,13 +93,13 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(done) = reload_rx.recv() => {
-                replan_now(&ctx, &mut supervisor, &ports).await;
+                replan_now(&ctx, &mut supervisor, &ports, run_as).await;
                 let _ = done.send(());
             }
-            _ = replan.tick() => replan_now(&ctx, &mut supervisor, &ports).await,
+            _ = replan.tick() => replan_now(&ctx, &mut supervisor, &ports, run_as).await,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: re-reading the configuration");
-                replan_now(&ctx, &mut supervisor, &ports).await;
+                replan_now(&ctx, &mut supervisor, &ports, run_as).await;
             }
         }
     }
@@ -93,7 +114,12 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
 /// Re-reads the config files and the store, and makes the running instances match: only instances whose
 /// rendered config changed are restarted. A config that no longer parses is logged and the running set is kept.
 /// (The front port itself and the service interface are set at start: changing those needs a restart.)
-async fn replan_now(ctx: &Ctx, supervisor: &mut Supervisor, ports: &std::sync::RwLock<Vec<u16>>) {
+async fn replan_now(
+    ctx: &Ctx,
+    supervisor: &mut Supervisor,
+    ports: &std::sync::RwLock<Vec<u16>>,
+    run_as: Option<crate::sys::process::Creds>,
+) {
     let cfg = match crate::config::Config::load(&ctx.cfg.root) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -102,7 +128,7 @@ async fn replan_now(ctx: &Ctx, supervisor: &mut Supervisor, ports: &std::sync::R
         }
     };
     let fresh = Ctx { cfg, store: ctx.store.clone(), pki: ctx.pki.clone() };
-    match instances::render_all(&fresh).await {
+    match instances::render_all(&fresh, run_as).await {
         Ok(wanted) => {
             if let Ok(v) = fresh.vpn("the VPN")
                 && let Ok(mut p) = ports.write()

@@ -33,7 +33,7 @@ impl Fixture {
     pub async fn on(install: Install) -> Fixture {
         let ctx = Arc::new(Ctx::open(install.root(), None).await.unwrap());
         let state = GateState::new(ctx.clone()).unwrap();
-        let signer = crate::support::InProcessSigner::start(ctx.clone()).await;
+        let signer = crate::support::InProcessSigner::start(install.root(), None).await;
         Fixture { install, ctx, state, signer }
     }
 

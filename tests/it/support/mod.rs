@@ -14,29 +14,45 @@ use assert_cmd::Command;
 pub const USERS_ENV: &str = "CAS_VPN_SERVICE_USERS";
 
 /// The signer service running in this test process on the installation's socket (the gate and master sign
-/// through it, as in production). Stopped (and its socket gone) by `stop`.
+/// through it, as in production). It has a thread and a runtime of its own, so a test that blocks on a CLI
+/// subprocess (which may ask the signer too) cannot starve it. Stopped (and its socket gone) by `stop`.
 pub struct InProcessSigner {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), cas_vpn::app::AppError>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl InProcessSigner {
-    pub async fn start(ctx: std::sync::Arc<cas_vpn::app::Ctx>) -> InProcessSigner {
+    pub async fn start(root: &Path, database_url: Option<&str>) -> InProcessSigner {
         use cas_vpn::control::signer::{SignerRequest, SignerResponse, call};
-        let root = ctx.cfg.root.clone();
+        let root = root.to_owned();
+        let url = database_url.map(str::to_owned);
         let (stop, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(cas_vpn::signer::run_signer(ctx, rx));
+        let dir = root.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let ctx = cas_vpn::app::Ctx::open(&dir, url.as_deref()).await.unwrap();
+                cas_vpn::signer::run_signer(std::sync::Arc::new(ctx), rx).await.unwrap();
+            });
+        });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         wait::wait_until_async("the signer answers", deadline, async || {
             matches!(call(&root, &SignerRequest::Ping).await, Ok(SignerResponse::Pong))
         })
         .await;
-        InProcessSigner { stop, task }
+        InProcessSigner { stop, thread: Some(thread) }
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        self.task.await.unwrap().unwrap();
+        let thread = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || thread.join()).await.unwrap().expect("the signer thread panicked");
+    }
+}
+
+impl Drop for InProcessSigner {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 
