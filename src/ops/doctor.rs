@@ -59,17 +59,33 @@ pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
         },
     );
     let tun = Path::new("/dev/net/tun").exists();
-    add(
-        "/dev/net/tun",
-        if tun { Level::Ok } else { Level::Fail },
-        if tun { "present".into() } else { "missing: openvpn cannot create tun devices".into() },
-    );
+    let accounts = crate::app::accounts::lookup(&crate::app::accounts::UserMode::from_env()?)?;
+    let vpn_user_locked_out = accounts.as_ref().is_some_and(|a| !crate::sys::net::tun_usable_by(a.vpn.uid, a.gid));
+    let (level, detail) = match (tun, vpn_user_locked_out) {
+        (false, _) => (Level::Fail, "missing: openvpn cannot create tun devices".to_owned()),
+        (true, true) => (
+            Level::Warn,
+            "present, but not open to openvpn's user: openvpn runs as root (make it 0666, as udev does)".to_owned(),
+        ),
+        (true, false) => (Level::Ok, "present".to_owned()),
+    };
+    add("/dev/net/tun", level, detail);
 
     let pki = ctx.pki.dir();
-    match mode(pki) {
-        Some(0o700) => add("pki directory", Level::Ok, format!("{} is 0700", pki.display())),
-        Some(m) => add("pki directory", Level::Fail, format!("{} is {m:o}, must be 0700", pki.display())),
-        None => add("pki directory", Level::Fail, format!("{} missing (run init)", pki.display())),
+    // With service users, the services' group may look into pki/ (each key file decides who reads it).
+    let group = accounts.as_ref().map(|a| a.gid);
+    let pki_gid = std::fs::metadata(pki).ok().map(|m| std::os::unix::fs::MetadataExt::gid(&m));
+    match (mode(pki), group) {
+        (Some(0o700), _) => add("pki directory", Level::Ok, format!("{} is 0700", pki.display())),
+        (Some(0o750), Some(g)) if pki_gid == Some(g) => {
+            add("pki directory", Level::Ok, format!("{} is 0750, group of the services", pki.display()))
+        }
+        (Some(m), _) => add(
+            "pki directory",
+            Level::Fail,
+            format!("{} is {m:o}, must be 0700 (or 0750 with the services' group)", pki.display()),
+        ),
+        (None, _) => add("pki directory", Level::Fail, format!("{} missing (run init)", pki.display())),
     }
     let mut loose = Vec::new();
     if let Ok(entries) = std::fs::read_dir(pki) {

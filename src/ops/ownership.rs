@@ -72,6 +72,11 @@ pub fn apply(root: &Path, a: &Accounts, download_dir: &Path) -> Result<(), OpsEr
     }
     crate::sys::fs::ensure_dir(download_dir, 0o750)?;
     set(download_dir, gate, g, 0o750)?;
+    // The default `<root>/app/shared/`: the gate must be able to walk into `app/` too. (A folder elsewhere is the
+    // operator's to open.)
+    if let Some(parent) = download_dir.parent().filter(|p| p.starts_with(root) && *p != root) {
+        set(parent, 0, g, 0o750)?;
+    }
     Ok(())
 }
 
