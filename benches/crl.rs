@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use cas_pki::RevocationReason;
 use cas_vpn::db::{NewCert, NewTerminal, TerminalLayout};
 use cas_vpn::domain::{Kind, Name};
 use cas_vpn::ops::{self, Ctx};
@@ -43,7 +44,7 @@ async fn main() {
     let layout = TerminalLayout { instances: 11, hosts_per_instance: 4093 };
     ctx.store.create_terminals(&new, layout, now).await.unwrap();
     for t in &new {
-        ctx.store.revoke(&t.name, "cessation-of-operation", "bench", now).await.unwrap();
+        ctx.store.revoke(&t.name, RevocationReason::CessationOfOperation, &ctx.actor, now).await.unwrap();
     }
     let mut runs = Vec::new();
     for _ in 0..5 {

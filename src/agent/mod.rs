@@ -31,8 +31,8 @@ use crate::domain::{ConfPath, PairingToken};
 use crate::http::client::{self as http, HttpError, Reply, Target, Trust};
 use crate::sys::fs::{ensure_dir, read_optional, write_atomic};
 use crate::wire::{
-    ErrorBody, MasterAddr, PairRequest, PairResponse, PendingResponse, SERVICE_PORT, TerminalInfo, UpgradeInfo,
-    pairing_code_for_spki, pin_text,
+    ErrorBody, ErrorCode, MasterAddr, PairRequest, PairResponse, PendingResponse, SERVICE_PORT, TerminalInfo,
+    UpgradeInfo, pairing_code_for_spki, pin_text,
 };
 
 /// The firmware version the agent reports (YYYYMMDD).
@@ -52,7 +52,10 @@ pub enum AgentError {
     #[error(transparent)]
     Http(#[from] HttpError),
     #[error("the gate refused ({status}, {code}): {message}")]
-    Refused { status: u16, code: String, message: String },
+    Refused { status: u16, code: ErrorCode, message: String },
+    /// An error answer without the documented JSON body (a proxy in the way, a broken server).
+    #[error("{message} (HTTP {status})")]
+    Unreadable { status: u16, message: &'static str },
     #[error("this terminal must upgrade first: {message}{}", .upgrade.as_ref().map(|u| format!(" (package {} sha256 {} size {})", u.url, u.sha256, u.size)).unwrap_or_default())]
     UpgradeRequired { message: String, upgrade: Option<UpgradeInfo> },
     #[error("the gate shows code {theirs} but this terminal's key gives {ours}: the request was altered on the way")]
@@ -254,7 +257,7 @@ async fn wait_for_approval(
                 let _ = std::fs::remove_file(dir.join(PAIRING_FILE));
                 return reply.json::<PairResponse>().map_err(AgentError::Protocol);
             }
-            StatusCode::FORBIDDEN if error_code(&reply).as_deref() == Some("rejected") => {
+            StatusCode::FORBIDDEN if error_code(&reply) == Some(ErrorCode::Rejected) => {
                 let _ = std::fs::remove_file(dir.join(PAIRING_FILE));
                 return Err(AgentError::Rejected);
             }
@@ -321,19 +324,18 @@ pub(crate) fn make_csr(key: &PrivateKey) -> Result<String, AgentError> {
 
 fn refusal(reply: &Reply) -> AgentError {
     match reply.json::<ErrorBody>() {
-        Ok(e) if e.error == "upgrade_required" => {
+        Ok(e) if e.error == ErrorCode::UpgradeRequired => {
             AgentError::UpgradeRequired { message: e.message, upgrade: e.upgrade }
         }
         Ok(e) => AgentError::Refused { status: reply.status.as_u16(), code: e.error, message: e.message },
-        Err(_) => AgentError::Refused {
+        Err(_) => AgentError::Unreadable {
             status: reply.status.as_u16(),
-            code: "unexpected".into(),
-            message: "the answer was not the documented JSON error".into(),
+            message: "the gate's answer was not the documented JSON error",
         },
     }
 }
 
-fn error_code(reply: &Reply) -> Option<String> {
+fn error_code(reply: &Reply) -> Option<ErrorCode> {
     reply.json::<ErrorBody>().ok().map(|e| e.error)
 }
 

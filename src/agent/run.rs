@@ -287,10 +287,9 @@ fn sweep_keys(dir: &Path) {
 fn master_refusal(reply: &http::Reply) -> AgentError {
     match reply.json::<ErrorBody>() {
         Ok(e) => AgentError::Refused { status: reply.status.as_u16(), code: e.error, message: e.message },
-        Err(_) => AgentError::Refused {
+        Err(_) => AgentError::Unreadable {
             status: reply.status.as_u16(),
-            code: "unexpected".into(),
-            message: "master did not answer with the documented JSON".into(),
+            message: "master did not answer with the documented JSON",
         },
     }
 }

@@ -65,7 +65,7 @@ pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
             Ok(Revoked {
                 serial: serial.parse::<Serial>().map_err(|e| AppError::Ca(format!("stored serial {serial}: {e}")))?,
                 revoked_at: to_datetime(*at),
-                reason: reason.parse::<RevocationReason>().unwrap_or(RevocationReason::Unspecified),
+                reason: published_reason(serial, reason),
             })
         })
         .collect::<Result<Vec<_>, AppError>>()?;
@@ -81,6 +81,32 @@ pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
         next_update: super::rfc3339(next_update.unix_timestamp()),
         pem,
     })
+}
+
+/// The reason a CRL entry carries for the stored `reason` of `serial`. No reason recorded (empty) is
+/// `unspecified`, as RFC 5280 means it. A stored reason this version cannot read is a fault of the store, logged
+/// loudly with the serial, and the entry is still published, as `unspecified`: the certificate IS revoked, and
+/// revocation must never be blocked by unrelated data. Failing the CRL instead would keep a revoked certificate
+/// usable and, once the current CRL expires, lock out every client; only the reason, which no one enforces, is
+/// lost.
+fn published_reason(serial: &str, stored: &str) -> RevocationReason {
+    match stored_reason(stored) {
+        Ok(reason) => reason,
+        Err(e) => {
+            tracing::error!(
+                serial,
+                stored = %crate::domain::shown(stored),
+                error = %e,
+                "revoked certificate with an unreadable revocation reason in the store: published as unspecified"
+            );
+            RevocationReason::Unspecified
+        }
+    }
+}
+
+/// Reads a stored revocation reason: empty means none was recorded.
+fn stored_reason(stored: &str) -> Result<RevocationReason, cas_pki::CrlError> {
+    if stored.is_empty() { Ok(RevocationReason::Unspecified) } else { stored.parse() }
 }
 
 /// True when the CRL on disk exists, matches the store's last CRL, and has more than half its lifetime left.
@@ -101,4 +127,28 @@ pub fn seconds_left(ctx: &Ctx, kind: Kind) -> Result<Option<i64>, AppError> {
     let now = openssl::asn1::Asn1Time::days_from_now(0).map_err(|e| AppError::Ca(e.to_string()))?;
     let diff = now.diff(next).map_err(|e| AppError::Ca(e.to_string()))?;
     Ok(Some(i64::from(diff.days) * 86400 + i64::from(diff.secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_recorded_reason_is_unspecified() {
+        assert_eq!(stored_reason("").unwrap(), RevocationReason::Unspecified);
+        assert_eq!(published_reason("01", ""), RevocationReason::Unspecified);
+        for r in RevocationReason::ALL {
+            assert_eq!(stored_reason(r.as_str()).unwrap(), r);
+            assert_eq!(published_reason("01", r.as_str()), r);
+        }
+    }
+
+    #[test]
+    fn an_unreadable_reason_is_an_error_yet_the_entry_is_published() {
+        for bad in ["keyCompromise", "left the company", " superseded", "unspecified\n"] {
+            assert!(stored_reason(bad).is_err(), "{bad:?} must not read as a reason");
+            // Still on the CRL (as unspecified): a revoked certificate is never left off for its reason's sake.
+            assert_eq!(published_reason("0a1b", bad), RevocationReason::Unspecified, "{bad:?}");
+        }
+    }
 }

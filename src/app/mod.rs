@@ -12,13 +12,13 @@ pub mod instances;
 pub mod pending;
 pub mod profile;
 
-pub use clock::{now, rfc3339, to_datetime};
+pub use clock::{Clock, now, rfc3339, to_datetime};
 
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, VpnConfig};
 use crate::db::{DbError, Store};
-use crate::domain::DomainError;
+use crate::domain::{Actor, DomainError};
 use crate::pkifiles::{PkiDir, PkiFilesError};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +66,15 @@ pub fn ca_passphrase() -> Option<String> {
     std::env::var("CAS_VPN_CA_PASSPHRASE").ok().filter(|s| !s.is_empty())
 }
 
-/// Everything an operation needs: the parsed config, the store and the PKI directory.
+/// Everything an operation needs: the parsed config, the store, the PKI directory, who is acting (for audit
+/// rows) and the clock its decisions go by.
 pub struct Ctx {
     pub cfg: Config,
     pub store: Store,
     pub pki: PkiDir,
+    /// Who this process acts as: the CLI's unix user, or the service `serve` runs.
+    pub actor: Actor,
+    pub clock: Clock,
 }
 
 impl Ctx {
@@ -87,13 +91,31 @@ impl Ctx {
             crate::sys::fs::ensure_dir(&root.join("db"), 0o700)?;
         }
         let store = Store::open(&self::database_url(root, database_url)).await?;
-        Ok(Ctx { cfg, store, pki: PkiDir::new(root, ca_passphrase()) })
+        Ok(Ctx { cfg, store, pki: PkiDir::new(root, ca_passphrase()), actor: cli_actor(), clock: Clock::system() })
+    }
+
+    /// The same installation seen with a freshly loaded configuration (same store, PKI, actor and clock).
+    pub fn with_config(&self, cfg: Config) -> Ctx {
+        Ctx {
+            cfg,
+            store: self.store.clone(),
+            pki: self.pki.clone(),
+            actor: self.actor.clone(),
+            clock: self.clock.clone(),
+        }
     }
 
     /// The VPN settings, or a clear error naming what needed them under Scenario B.
     pub fn vpn(&self, what: &'static str) -> Result<&VpnConfig, AppError> {
         self.cfg.active_vpn().ok_or(AppError::NoVpn { why: self.cfg.scenario_reason(), what })
     }
+}
+
+/// The CLI as the unix user who runs it: the real uid (who typed the command, even through a set-uid wrapper),
+/// named when the system knows the name.
+pub fn cli_actor() -> Actor {
+    let uid = crate::sys::users::real_uid();
+    Actor::cli(uid, crate::sys::users::name_of(uid).as_deref())
 }
 
 /// The store row for a certificate just made (serial, name and dates are read from the certificate itself).

@@ -264,7 +264,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Revoke { name, reason, json } => {
             let ctx = Ctx::open(&root, db).await?;
-            let r = ops::revoke::revoke(&ctx, &name, &reason.to_string()).await?;
+            let r = ops::revoke::revoke(&ctx, &name, reason).await?;
             if json.json {
                 return print_json(&r);
             }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::app::accounts::{self, UserMode};
 use crate::app::{AppError, Ctx};
+use crate::domain::Actor;
 use crate::sys::lock::{self, InstanceLock, LockError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -74,7 +75,18 @@ pub async fn serve(root: &Path, database_url: Option<&str>, what: Service) -> Re
     if what == Service::All {
         return launcher::run(root, database_url).await;
     }
-    let ctx = Arc::new(Ctx::open(root, database_url).await?);
+    let mut ctx = Ctx::open(root, database_url).await?;
+    // What a service writes to the audit trail is its own doing, not the CLI's.
+    ctx.actor = match what {
+        Service::Net => Actor::Net,
+        Service::Signer => Actor::Signer,
+        Service::Vpn => Actor::Vpn,
+        Service::Gate => Actor::Gate,
+        Service::Master => Actor::Master,
+        Service::Admin => Actor::Admin,
+        Service::All => unreachable!("handled above"),
+    };
+    let ctx = Arc::new(ctx);
     let stop = stop_on_signals();
     match what {
         Service::Net => crate::net::run_net(ctx, stop).await,

@@ -6,12 +6,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use cas_pki::RevocationReason;
 use sqlx::QueryBuilder;
 
 use super::certificates::{NewCert, cert_err, insert_cert};
 use super::tokens::NewToken;
 use super::{Clash, DbError, Store, clash, narrow, parse_kind};
-use crate::domain::{Kind, Name, PortRange};
+use crate::domain::{Actor, Kind, Name, PortRange};
 
 /// A terminal or admin credential. Rows are never deleted: a revoked credential stays for the record and its
 /// name, address or port become free for a new credential.
@@ -400,10 +401,12 @@ impl Store {
     pub async fn revoke(
         &self,
         name: &Name,
-        reason: &str,
-        actor: &str,
+        reason: RevocationReason,
+        actor: &Actor,
         now: i64,
     ) -> Result<(Credential, Vec<String>), DbError> {
+        // Stored as its stable text (`key-compromise`, …), which is what the CRL is made from later.
+        let reason_text = reason.as_str();
         in_tx!(self, tx => async {
             let row: Option<CredRow> =
                 sqlx::query_as(CRED_ACTIVE_BY_NAME).bind(name.as_str()).fetch_optional(&mut *tx).await?;
@@ -420,7 +423,7 @@ impl Store {
             let mut credential = row.into_credential()?;
             sqlx::query("UPDATE credentials SET revoked_at = $1, revoke_reason = $2 WHERE id = $3")
                 .bind(now)
-                .bind(reason)
+                .bind(reason_text)
                 .bind(credential.id)
                 .execute(&mut *tx)
                 .await?;
@@ -429,7 +432,7 @@ impl Store {
                  WHERE credential_id = $3 AND revoked_at IS NULL RETURNING serial",
             )
             .bind(now)
-            .bind(reason)
+            .bind(reason_text)
             .bind(credential.id)
             .fetch_all(&mut *tx)
             .await?;
@@ -446,13 +449,13 @@ impl Store {
             let detail = format!("{} credential; reason: {reason}; serials: {}", credential.kind, serials.join(","));
             sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, 'revoke', $3, $4)")
                 .bind(now)
-                .bind(actor)
+                .bind(actor.to_string())
                 .bind(name.as_str())
                 .bind(detail)
                 .execute(&mut *tx)
                 .await?;
             credential.revoked_at = Some(now);
-            credential.revoke_reason = Some(reason.to_owned());
+            credential.revoke_reason = Some(reason_text.to_owned());
             Ok((credential, serials))
         })
     }

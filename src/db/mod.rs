@@ -70,7 +70,7 @@ pub use certificates::{CertRow, NewCert};
 pub use credentials::{Credential, NewTerminal, TerminalLayout};
 pub use pairing_ext::{PendingPairing, Submitted};
 pub use sessions::{NewSession, SessionRow};
-pub use tokens::{NewToken, Redeemed, TokenRow, token_reason};
+pub use tokens::{NewToken, Redeemed, TokenRefusal, TokenRow};
 
 /// Errors of the store, each one a message an operator can act on. None carries a secret or a database URL.
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +89,8 @@ pub enum DbError {
     SerialTaken { serial: String },
     #[error("{name} is a {actual} credential, not {expected}")]
     WrongKind { name: Name, actual: Kind, expected: Kind },
-    /// `reason` is one of the [`token_reason`] constants.
     #[error("pairing token unusable: {reason}")]
-    TokenUnusable { reason: &'static str },
+    TokenUnusable { reason: TokenRefusal },
     #[error("unsupported database URL (expected sqlite:PATH or postgres://…)")]
     UnsupportedUrl,
     #[error("the database holds a value this version cannot read: {0}")]

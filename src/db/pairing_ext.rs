@@ -1,8 +1,8 @@
 //! Pairing state beyond tokens: server-keygen delivery (the certificate exists before pairing) and the approval
 //! flow's pending pairings. Every change is one statement or one transaction.
 
-use super::tokens::token_reason;
-use super::{DbError, Redeemed, Store};
+use super::{DbError, Redeemed, Store, TokenRefusal};
+use crate::domain::PairingState;
 
 /// A pairing waiting for (or decided by) an admin.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -21,8 +21,9 @@ pub struct PendingPairing {
     pub source_ip: String,
     pub created_at: i64,
     pub expires_at: i64,
-    /// `pending`, `approved` or `rejected`.
-    pub state: String,
+    /// Stored as its text (`pending`, `approved`, `rejected`); a row with any other fails the read.
+    #[sqlx(try_from = "String")]
+    pub state: PairingState,
     pub decided_at: Option<i64>,
     pub credential_id: Option<i64>,
     pub cert_serial: Option<String>,
@@ -58,7 +59,7 @@ impl Store {
         hw_serial: Option<&str>,
         now: i64,
     ) -> Result<Redeemed, DbError> {
-        let outcome: Result<Redeemed, &'static str> = in_tx!(self, tx => async {
+        let outcome: Result<Redeemed, TokenRefusal> = in_tx!(self, tx => async {
             let token = super::tokens::redeem_prechecks!(tx, id, identity, now);
             let active: Option<i64> = sqlx::query_scalar(
                 "SELECT c.id FROM credentials c JOIN certificates x ON x.credential_id = c.id \
@@ -70,7 +71,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             if active.is_none() {
-                return Ok(Err(token_reason::REVOKED));
+                return Ok(Err(TokenRefusal::Revoked));
             }
             let took = sqlx::query(super::tokens::TAKE_TOKEN)
             .bind(now)
@@ -81,7 +82,7 @@ impl Store {
             .await?
             .rows_affected();
             if took != 1 {
-                return Ok(Err(token_reason::USED));
+                return Ok(Err(TokenRefusal::Used));
             }
             sqlx::query("UPDATE credentials SET paired_at = $1, hw_serial = COALESCE($2, hw_serial) WHERE id = $3")
                 .bind(now)
@@ -113,7 +114,7 @@ impl Store {
             let existing: Option<PendingPairing> =
                 sqlx::query_as(&by_key).bind(new.pubkey_sha256.as_str()).fetch_optional(&mut *tx).await?;
             if let Some(p) = existing {
-                if p.state != "pending" || p.expires_at > now {
+                if p.state != PairingState::Pending || p.expires_at > now {
                     return Ok(Submitted::Existing(p));
                 }
                 sqlx::query("DELETE FROM pending_pairings WHERE id = $1").bind(p.id.as_str()).execute(&mut *tx).await?;
@@ -150,7 +151,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let mut p = new.clone();
-            p.state = "pending".into();
+            p.state = PairingState::Pending;
             p.decided_at = None;
             p.credential_id = None;
             p.cert_serial = None;

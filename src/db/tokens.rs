@@ -19,9 +19,9 @@ macro_rules! redeem_prechecks {
     ($tx:ident, $id:expr, $identity:expr, $now:expr) => {{
         let token: Option<$crate::db::tokens::TokenRow> =
             sqlx::query_as($crate::db::tokens::TOKEN_BY_ID).bind($id).fetch_optional(&mut *$tx).await?;
-        let Some(token) = token else { return Ok(Err($crate::db::tokens::token_reason::UNKNOWN)) };
+        let Some(token) = token else { return Ok(Err($crate::db::TokenRefusal::Unknown)) };
         if token.locked_at.is_some() {
-            return Ok(Err($crate::db::tokens::token_reason::LOCKED));
+            return Ok(Err($crate::db::TokenRefusal::Locked));
         }
         if token.used_at.is_some() {
             if token.pubkey_sha256.as_deref() == Some($identity) {
@@ -35,30 +35,50 @@ macro_rules! redeem_prechecks {
                 .bind($id)
                 .execute(&mut *$tx)
                 .await?;
-            return Ok(Err($crate::db::tokens::token_reason::KEY_MISMATCH));
+            return Ok(Err($crate::db::TokenRefusal::KeyMismatch));
         }
         if token.expires_at <= $now {
-            return Ok(Err($crate::db::tokens::token_reason::EXPIRED));
+            return Ok(Err($crate::db::TokenRefusal::Expired));
         }
         token
     }};
 }
 pub(crate) use redeem_prechecks;
 
-/// Why a token was refused: the `reason` of [`DbError::TokenUnusable`]. Stable strings, safe to show.
-pub mod token_reason {
+/// Why a token was refused: the `reason` of [`DbError::TokenUnusable`]. Its text is stable and safe to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenRefusal {
     /// No token has that id.
-    pub const UNKNOWN: &str = "unknown";
+    Unknown,
     /// Past its `expires_at`, never used.
-    pub const EXPIRED: &str = "expired";
+    Expired,
     /// Already used (by another attempt that won the race).
-    pub const USED: &str = "used";
+    Used,
     /// Used with another public key: the token is now locked (the caller answers 409).
-    pub const KEY_MISMATCH: &str = "key_mismatch";
+    KeyMismatch,
     /// Locked earlier (a key mismatch, or its credential was revoked): refused for good.
-    pub const LOCKED: &str = "locked";
+    Locked,
     /// Its credential was revoked.
-    pub const REVOKED: &str = "revoked";
+    Revoked,
+}
+
+impl TokenRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRefusal::Unknown => "unknown",
+            TokenRefusal::Expired => "expired",
+            TokenRefusal::Used => "used",
+            TokenRefusal::KeyMismatch => "key_mismatch",
+            TokenRefusal::Locked => "locked",
+            TokenRefusal::Revoked => "revoked",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A token to store with a terminal: its lookup id, the hex SHA-256 of its secret, and its expiry.
@@ -166,7 +186,7 @@ impl Store {
     /// (conditional UPDATE), records `cert` for its terminal (CA `terminal`) and sets the terminal's `paired_at`.
     /// The caller must already have checked the secret against [`TokenRow::secret_hash`].
     ///
-    /// Refusals are `DbError::TokenUnusable` with a [`token_reason`]; a different key on a used token also locks
+    /// Refusals are `DbError::TokenUnusable` with a [`TokenRefusal`]; a different key on a used token also locks
     /// the token (that change is committed although the call fails).
     pub async fn redeem_token(
         &self,
@@ -176,7 +196,7 @@ impl Store {
         now: i64,
     ) -> Result<Redeemed, DbError> {
         // The inner Result carries refusals, so that the transaction still commits the lock of a mismatch.
-        let outcome: Result<Redeemed, &'static str> = in_tx!(self, tx => async {
+        let outcome: Result<Redeemed, TokenRefusal> = in_tx!(self, tx => async {
             let token = redeem_prechecks!(tx, id, pubkey_sha256, now);
             let active: Option<i64> = sqlx::query_scalar(
                 "SELECT id FROM credentials WHERE id = $1 AND kind = 'terminal' AND revoked_at IS NULL",
@@ -185,7 +205,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             if active.is_none() {
-                return Ok(Err(token_reason::REVOKED));
+                return Ok(Err(TokenRefusal::Revoked));
             }
             // The guard that matters: whatever was read above, only one UPDATE can find the token unused.
             let took = sqlx::query(TAKE_TOKEN)
@@ -197,7 +217,7 @@ impl Store {
             .await?
             .rows_affected();
             if took != 1 {
-                return Ok(Err(token_reason::USED));
+                return Ok(Err(TokenRefusal::Used));
             }
             insert_cert(Kind::Terminal, Some(token.credential_id), cert, now)
                 .execute(&mut *tx)

@@ -3,19 +3,23 @@
 //! Invariant 7 (ARCHITECTURE.md): no whitespace, quote, newline or path separator can reach a template. The types here
 //! are the only way to get such a value, so a template that takes them cannot be handed hostile text.
 
+mod actor;
 pub mod addressing;
 mod duration;
 mod kind;
 pub mod lifecycle;
 mod name;
 mod net;
+mod pairing_state;
 mod path;
 mod token;
 
+pub use actor::{Actor, UnixUser};
 pub use duration::Dur;
 pub use kind::Kind;
 pub use name::Name;
 pub use net::{Host, PortRange, Subnet};
+pub use pairing_state::PairingState;
 pub use path::ConfPath;
 pub use token::PairingToken;
 
@@ -38,6 +42,10 @@ pub enum DomainError {
     Token { why: &'static str },
     #[error("invalid credential kind {shown}: expected terminal or admin")]
     Kind { shown: String },
+    #[error("invalid actor {shown}: expected cli:USER, web:NAME, admin, gate, master, vpn, signer, net or uid:N")]
+    Actor { shown: String },
+    #[error("invalid pairing state {shown}: expected pending, approved or rejected")]
+    PairingState { shown: String },
 }
 
 /// Renders untrusted input for an error message: escaped (so a newline cannot forge a log line) and cut short.

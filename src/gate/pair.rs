@@ -17,8 +17,8 @@ use crate::app::csr::{self, CheckedCsr};
 use crate::app::new_cert;
 use crate::app::now;
 use crate::control::signer;
-use crate::db::{Credential, DbError, PendingPairing, Redeemed, Submitted, token_reason};
-use crate::domain::{Kind, Name, PairingToken};
+use crate::db::{Credential, DbError, PendingPairing, Redeemed, Submitted, TokenRefusal};
+use crate::domain::{Kind, Name, PairingState, PairingToken};
 use crate::http::ApiError;
 use crate::http::{read_json, server::peer_ip};
 use crate::wire::{
@@ -112,7 +112,7 @@ pub(crate) async fn guarded<T>(
                 let _w = st.0.writes.lock().await;
                 banned = store.record_failure(ip, now, MAX_FAILURES, BAN_SECS).await?;
             }
-            tracing::info!(ip, what, outcome = e.code(), banned_now = banned);
+            tracing::info!(ip, what, outcome = e.code().as_str(), banned_now = banned);
         }
     }
     result
@@ -294,7 +294,7 @@ async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) ->
         source_ip: ip.to_owned(),
         created_at: now,
         expires_at: now + PENDING_TTL_SECS,
-        state: "pending".into(),
+        state: PairingState::Pending,
         decided_at: None,
         credential_id: None,
         cert_serial: None,
@@ -314,11 +314,13 @@ async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) ->
 }
 
 async fn pending_answer(st: &GateState, p: PendingPairing, now: i64) -> Result<Outcome, ApiError> {
-    match p.state.as_str() {
-        "pending" if p.expires_at > now => Ok(Outcome::Pending(PendingResponse { pairing_id: p.id, code: p.code })),
-        "pending" => Err(ApiError::Expired),
-        "rejected" => Err(ApiError::Rejected),
-        "approved" => {
+    match p.state {
+        PairingState::Pending if p.expires_at > now => {
+            Ok(Outcome::Pending(PendingResponse { pairing_id: p.id, code: p.code }))
+        }
+        PairingState::Pending => Err(ApiError::Expired),
+        PairingState::Rejected => Err(ApiError::Rejected),
+        PairingState::Approved => {
             let (Some(id), Some(serial)) = (p.credential_id, p.cert_serial.as_deref()) else {
                 return Err(ApiError::internal("approved pairing without a certificate"));
             };
@@ -328,7 +330,6 @@ async fn pending_answer(st: &GateState, p: PendingPairing, now: i64) -> Result<O
             }
             answer_for_serial(st, &cred, serial).await
         }
-        other => Err(ApiError::internal(format!("unknown pairing state {other}"))),
     }
 }
 
@@ -352,14 +353,14 @@ fn answer(st: &GateState, name: &Name, cert_pem: &str, serial: &str) -> Result<O
     Ok(Outcome::Paired(PairResponse { terminal: name.to_string(), ovpn, master: st.0.master.clone() }))
 }
 
-fn refusal(reason: &'static str) -> ApiError {
+fn refusal(reason: TokenRefusal) -> ApiError {
     match reason {
-        token_reason::EXPIRED => ApiError::TokenExpired,
-        token_reason::USED => ApiError::TokenUsed(""),
-        token_reason::KEY_MISMATCH => ApiError::KeyMismatch,
-        token_reason::LOCKED => ApiError::TokenUsed(" and is locked"),
-        token_reason::REVOKED => ApiError::InvalidToken("its terminal was revoked"),
-        _ => ApiError::InvalidToken("unknown token"),
+        TokenRefusal::Expired => ApiError::TokenExpired,
+        TokenRefusal::Used => ApiError::TokenUsed(""),
+        TokenRefusal::KeyMismatch => ApiError::KeyMismatch,
+        TokenRefusal::Locked => ApiError::TokenUsed(" and is locked"),
+        TokenRefusal::Revoked => ApiError::InvalidToken("its terminal was revoked"),
+        TokenRefusal::Unknown => ApiError::InvalidToken("unknown token"),
     }
 }
 

@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::wire::{ErrorBody, UpgradeInfo};
+use crate::wire::{ErrorBody, ErrorCode, UpgradeInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -81,34 +81,34 @@ impl ApiError {
     }
 
     /// The stable code of the wire contract.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         use ApiError::*;
         match self {
-            InvalidRequest(_) => "invalid_request",
-            TooLarge(_) => "too_large",
-            Timeout => "timeout",
-            InvalidToken(_) => "invalid_token",
-            TokenExpired => "token_expired",
-            TokenUsed(_) => "token_used",
-            KeyMismatch => "key_mismatch",
-            WindowClosed => "window_closed",
-            Banned => "banned",
-            InvalidCsr(_) => "invalid_csr",
-            WeakKey(_) => "weak_key",
-            CsrCaRequested => "csr_ca_requested",
-            CsrNameMismatch(_) => "csr_name_mismatch",
-            UpgradeRequired { .. } => "upgrade_required",
-            SlotsFull { .. } => "slots_full",
-            UpgradeUnavailable { .. } => "upgrade_unavailable",
-            NotInRenewalWindow(_) => "not_in_renewal_window",
-            Rejected => "rejected",
-            Expired => "expired",
-            AlreadyDelivered => "already_delivered",
-            TooManyPending => "too_many_pending",
-            NotFound => "not_found",
-            MethodNotAllowed => "method_not_allowed",
-            Forbidden => "forbidden",
-            Internal => "internal",
+            InvalidRequest(_) => ErrorCode::InvalidRequest,
+            TooLarge(_) => ErrorCode::TooLarge,
+            Timeout => ErrorCode::Timeout,
+            InvalidToken(_) => ErrorCode::InvalidToken,
+            TokenExpired => ErrorCode::TokenExpired,
+            TokenUsed(_) => ErrorCode::TokenUsed,
+            KeyMismatch => ErrorCode::KeyMismatch,
+            WindowClosed => ErrorCode::WindowClosed,
+            Banned => ErrorCode::Banned,
+            InvalidCsr(_) => ErrorCode::InvalidCsr,
+            WeakKey(_) => ErrorCode::WeakKey,
+            CsrCaRequested => ErrorCode::CsrCaRequested,
+            CsrNameMismatch(_) => ErrorCode::CsrNameMismatch,
+            UpgradeRequired { .. } => ErrorCode::UpgradeRequired,
+            SlotsFull { .. } => ErrorCode::SlotsFull,
+            UpgradeUnavailable { .. } => ErrorCode::UpgradeUnavailable,
+            NotInRenewalWindow(_) => ErrorCode::NotInRenewalWindow,
+            Rejected => ErrorCode::Rejected,
+            Expired => ErrorCode::Expired,
+            AlreadyDelivered => ErrorCode::AlreadyDelivered,
+            TooManyPending => ErrorCode::TooManyPending,
+            NotFound => ErrorCode::NotFound,
+            MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Forbidden => ErrorCode::Forbidden,
+            Internal => ErrorCode::Internal,
         }
     }
 
@@ -160,7 +160,7 @@ impl IntoResponse for ApiError {
             ApiError::UpgradeRequired { upgrade, .. } => upgrade.clone(),
             _ => None,
         };
-        let body = ErrorBody { error: self.code().to_owned(), message: self.to_string(), upgrade };
+        let body = ErrorBody { error: self.code(), message: self.to_string(), upgrade };
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(secs) = retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -29,7 +29,7 @@ use crate::app::{AppError, Ctx, csr, new_cert, now, rfc3339};
 use crate::config::VpnConfig;
 use crate::control::signer;
 use crate::db::{CertRow, Credential};
-use crate::domain::Kind;
+use crate::domain::{Actor, Kind};
 use crate::http::{ApiError, ServeLimits, read_json, server};
 use crate::wire::{HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse, SERVICE_PORT, version_date};
 
@@ -141,7 +141,10 @@ async fn renew(
         signer::sign(&st.0.ctx.cfg.root, Kind::Terminal, &c.name, &req.csr).await.map_err(ApiError::internal)?;
     let new = new_cert(&cert_pem)?;
     st.0.ctx.store.add_certificate(c.id, Kind::Terminal, &new, now).await?;
-    st.0.ctx.store.audit("master", "terminal.renew", c.name.as_str(), &format!("serial {}", new.serial), now).await?;
+    st.0.ctx
+        .store
+        .audit(&Actor::Master, "terminal.renew", c.name.as_str(), &format!("serial {}", new.serial), now)
+        .await?;
     tracing::info!(terminal = %c.name, serial = %new.serial, "certificate renewed");
     Ok(Json(RenewResponse { cert: cert_pem }))
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cas_pki::Validity;
+use cas_pki::{RevocationReason, Validity};
 use serde::Serialize;
 
 use super::instances::admin_slice;
@@ -46,10 +46,10 @@ pub async fn issue(ctx: &Ctx, name: &Name, out: Option<&Path>) -> Result<Issued,
     let text = maker.render(name, &issued.cert_pem, Some(&issued.key), None, Some(port))?;
     if let Err(e) = crate::sys::fs::write_atomic(&path, text.as_bytes(), 0o600) {
         // Without its profile the credential is useless: take it back rather than leave a half-made admin.
-        let _ = ctx.store.revoke(name, "cessation-of-operation", "cli", now()).await;
+        let _ = ctx.store.revoke(name, RevocationReason::CessationOfOperation, &ctx.actor, now()).await;
         return Err(e.into());
     }
-    ctx.store.audit("cli", "admin.issue", name.as_str(), &format!("port {port}"), now()).await?;
+    ctx.store.audit(&ctx.actor, "admin.issue", name.as_str(), &format!("port {port}"), now()).await?;
     // A running `serve` starts the credential's instance now (it would within 30 s anyway).
     let _ =
         crate::control::request(&ctx.cfg.root, &crate::control::Request::Reload, super::revoke::RELOAD_TIMEOUT).await;

@@ -11,7 +11,7 @@ use super::{Ctx, OpsError, now, rfc3339};
 use crate::app::new_cert;
 use crate::config::VpnConfig;
 use crate::db::{DbError, NewTerminal, PendingPairing, TerminalLayout};
-use crate::domain::{Dur, Kind, Name};
+use crate::domain::{Dur, Kind, Name, PairingState};
 use crate::wire::{code_matches, pin_text};
 
 /// `pairing open` without `--for`.
@@ -45,14 +45,14 @@ pub async fn open_window(ctx: &Ctx, duration: Option<Dur>) -> Result<WindowRepor
     let now = now();
     let until = now + i64::try_from(secs).unwrap_or(i64::MAX / 2);
     ctx.store.set_pairing_window(Some(until)).await?;
-    ctx.store.audit("cli", "pairing.open", "gate", &format!("until {}", rfc3339(until)), now).await?;
+    ctx.store.audit(&ctx.actor, "pairing.open", "gate", &format!("until {}", rfc3339(until)), now).await?;
     Ok(window_report(Some(until), now))
 }
 
 pub async fn close_window(ctx: &Ctx) -> Result<WindowReport, OpsError> {
     let now = now();
     ctx.store.set_pairing_window(None).await?;
-    ctx.store.audit("cli", "pairing.close", "gate", "", now).await?;
+    ctx.store.audit(&ctx.actor, "pairing.close", "gate", "", now).await?;
     Ok(window_report(None, now))
 }
 
@@ -60,7 +60,7 @@ pub async fn close_window(ctx: &Ctx) -> Result<WindowReport, OpsError> {
 pub struct PendingRow {
     pub pairing_id: String,
     pub code: String,
-    pub state: String,
+    pub state: PairingState,
     pub common_name: Option<String>,
     pub hw_serial: Option<String>,
     pub version: Option<String>,
@@ -74,7 +74,7 @@ impl From<&PendingPairing> for PendingRow {
         PendingRow {
             pairing_id: p.id.clone(),
             code: p.code.clone(),
-            state: p.state.clone(),
+            state: p.state,
             common_name: p.common_name.clone(),
             hw_serial: p.hw_serial.clone(),
             version: p.version.clone(),
@@ -142,8 +142,8 @@ pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Res
             "the code does not match this pairing: compare it with the code the terminal shows".into(),
         ));
     }
-    match p.state.as_str() {
-        "approved" => {
+    match p.state {
+        PairingState::Approved => {
             let cred = match p.credential_id {
                 Some(cid) => ctx.store.credential_by_id(cid).await?,
                 None => None,
@@ -157,11 +157,13 @@ pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Res
                 already_approved: true,
             });
         }
-        "rejected" => return Err(OpsError::Other("this pairing was rejected; the terminal must start again".into())),
-        _ if p.expires_at <= now => {
+        PairingState::Rejected => {
+            return Err(OpsError::Other("this pairing was rejected; the terminal must start again".into()));
+        }
+        PairingState::Pending if p.expires_at <= now => {
             return Err(OpsError::Other("this pairing expired; the terminal must start again".into()));
         }
-        _ => {}
+        PairingState::Pending => {}
     }
 
     let name = match name {
@@ -218,7 +220,7 @@ pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Res
         )));
     }
     ctx.store
-        .audit("cli", "pairing.approve", name.as_str(), &format!("pairing {}; serial {serial}", p.id), now)
+        .audit(&ctx.actor, "pairing.approve", name.as_str(), &format!("pairing {}; serial {serial}", p.id), now)
         .await?;
     Ok(ApproveReport {
         pairing_id: p.id,
@@ -242,7 +244,7 @@ pub async fn reject(ctx: &Ctx, id: &str) -> Result<RejectReport, OpsError> {
         return Err(DbError::NotFound { what: format!("pairing {}", crate::domain::shown(id)) }.into());
     }
     if rejected {
-        ctx.store.audit("cli", "pairing.reject", id, "", now).await?;
+        ctx.store.audit(&ctx.actor, "pairing.reject", id, "", now).await?;
     }
     Ok(RejectReport { pairing_id: id.to_owned(), rejected })
 }
@@ -258,7 +260,7 @@ pub async fn unban(ctx: &Ctx, ip: IpAddr) -> Result<UnbanReport, OpsError> {
     let ip = ip.to_canonical().to_string();
     let was_listed = ctx.store.unban(&ip).await?;
     if was_listed {
-        ctx.store.audit("cli", "unban-ip", &ip, "", now()).await?;
+        ctx.store.audit(&ctx.actor, "unban-ip", &ip, "", now()).await?;
     }
     Ok(UnbanReport { ip, was_listed })
 }

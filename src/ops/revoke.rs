@@ -2,6 +2,7 @@
 //! deleted, then (with the VPN runtime) live sessions are killed. Revoking an already revoked name redoes the
 //! later steps, so a crash between two steps heals on the next try.
 
+use cas_pki::RevocationReason;
 use serde::Serialize;
 
 use std::time::Duration;
@@ -29,8 +30,8 @@ pub struct Revoked {
     pub killed_sessions: Option<usize>,
 }
 
-pub async fn revoke(ctx: &Ctx, name: &Name, reason: &str) -> Result<Revoked, OpsError> {
-    let (cred, serials, already) = match ctx.store.revoke(name, reason, "cli", now()).await {
+pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<Revoked, OpsError> {
+    let (cred, serials, already) = match ctx.store.revoke(name, reason, &ctx.actor, now()).await {
         Ok((cred, serials)) => (cred, serials, false),
         Err(DbError::AlreadyRevoked { .. }) => {
             let cred = ctx
@@ -65,7 +66,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: &str) -> Result<Revoked, Ops
         Some(n) => format!("crl #{}; {n} live session(s) ended", report.crl_number),
         None => format!("crl #{}; no serve running", report.crl_number),
     };
-    ctx.store.audit("cli", "revoke.sessions", name.as_str(), &detail, now()).await?;
+    ctx.store.audit(&ctx.actor, "revoke.sessions", name.as_str(), &detail, now()).await?;
     if cred.kind == Kind::Admin {
         // Its instance stops and its port is free for the next credential.
         let _ = control::request(&ctx.cfg.root, &Request::Reload, RELOAD_TIMEOUT).await;

@@ -19,7 +19,7 @@ use crate::app::accounts::{self, Accounts, UserMode};
 use crate::app::{AppError, Ctx, crl, csr, now};
 use crate::config::VpnConfig;
 use crate::control::signer::{MAX_LINE, SignerRequest, SignerResponse, socket_path};
-use crate::domain::Kind;
+use crate::domain::{Actor, Kind};
 
 /// Who is calling, from the socket's peer credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,13 +56,16 @@ impl Caller {
         }
     }
 
-    fn actor(self, uid: u32) -> String {
+    /// Who the audit row names. Root is the CLI (the services that run as root do not call the signer); the
+    /// signer's own uid when it is not root is only a uid: under one uid for everything (development, tests)
+    /// the caller could be any service or the CLI.
+    fn actor(self, uid: u32) -> Actor {
         match self {
-            Caller::Owner => format!("signer-owner(uid {uid})"),
-            Caller::Gate => "gate".into(),
-            Caller::Master => "master".into(),
-            Caller::Admin => "admin".into(),
-            Caller::Other => format!("uid {uid}"),
+            Caller::Owner if uid == 0 => Actor::cli(uid, crate::sys::users::name_of(uid).as_deref()),
+            Caller::Owner | Caller::Other => Actor::Uid(uid),
+            Caller::Gate => Actor::Gate,
+            Caller::Master => Actor::Master,
+            Caller::Admin => Actor::Admin,
         }
     }
 }

@@ -32,6 +32,16 @@ pub fn user(name: &str) -> Result<Option<Account>, UsersError> {
     Ok(u.map(|u| Account { name: u.name, uid: u.uid.as_raw(), gid: u.gid.as_raw() }))
 }
 
+/// The name of user `uid`, `None` when it has none (or the look-up fails: the caller falls back to the uid).
+pub fn name_of(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
+}
+
+/// The real uid of this process (who ran it, even under a set-uid binary).
+pub fn real_uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
 pub fn group(name: &str) -> Result<Option<u32>, UsersError> {
     let g = nix::unistd::Group::from_name(name).map_err(|source| UsersError::Lookup {
         what: "group",

@@ -14,6 +14,7 @@ use super::Registry;
 use crate::app::accounts::Accounts;
 use crate::control::{ControlError, Request, Response, socket_path};
 use crate::db::Store;
+use crate::domain::Actor;
 
 /// Longest request line read.
 const MAX_LINE: u64 = 4096;
@@ -25,6 +26,18 @@ pub fn allowed(req: &Request, uid: u32, own_uid: u32, accounts: Option<&Accounts
     match req {
         Request::Kill { .. } | Request::Reload => owner || admin,
         Request::Status => owner || accounts.is_some_and(|a| a.service_of(uid).is_some()),
+    }
+}
+
+/// Who a refused caller was, for the audit row: a service account by its service, root as the CLI (the only
+/// root caller besides this service itself), anyone else by uid.
+pub fn actor_of(uid: u32, accounts: Option<&Accounts>) -> Actor {
+    match accounts.and_then(|a| a.service_of(uid)) {
+        Some("gate") => Actor::Gate,
+        Some("master") => Actor::Master,
+        Some("admin") => Actor::Admin,
+        _ if uid == 0 => Actor::cli(uid, crate::sys::users::name_of(uid).as_deref()),
+        _ => Actor::Uid(uid),
     }
 }
 
@@ -61,8 +74,7 @@ pub async fn serve(
             }
             let resp = match serde_json::from_str::<Request>(&line) {
                 Ok(req) if !allowed(&req, uid, own_uid, accounts.as_ref()) => {
-                    let actor =
-                        accounts.as_ref().and_then(|a| a.service_of(uid)).map_or(format!("uid {uid}"), str::to_owned);
+                    let actor = actor_of(uid, accounts.as_ref());
                     tracing::warn!(%actor, ?req, "control socket: request refused");
                     let _ = store.audit(&actor, "control.refused", "-", &format!("{req:?}"), crate::app::now()).await;
                     Response::Error { message: format!("uid {uid} may not do this") }
@@ -116,5 +128,17 @@ mod tests {
             assert_eq!(allowed(&Request::Reload, uid, 500, Some(&a)), may_kill, "reload by {uid}");
             assert_eq!(allowed(&Request::Status, uid, 500, Some(&a)), may_status, "status by {uid}");
         }
+    }
+
+    #[test]
+    fn refused_callers_are_named_by_their_service_or_uid() {
+        let acct = |uid| Account { name: format!("u{uid}"), uid, gid: 900 };
+        let a = Accounts { group: "batm".into(), gid: 900, gate: acct(901), master: acct(902), admin: acct(903) };
+        assert_eq!(actor_of(901, Some(&a)), Actor::Gate);
+        assert_eq!(actor_of(902, Some(&a)), Actor::Master);
+        assert_eq!(actor_of(903, Some(&a)), Actor::Admin);
+        assert_eq!(actor_of(77, Some(&a)), Actor::Uid(77));
+        assert_eq!(actor_of(77, None), Actor::Uid(77));
+        assert!(matches!(actor_of(0, None), Actor::Cli { .. }));
     }
 }

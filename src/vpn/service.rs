@@ -127,7 +127,7 @@ async fn replan_now(
             return;
         }
     };
-    let fresh = Ctx { cfg, store: ctx.store.clone(), pki: ctx.pki.clone() };
+    let fresh = ctx.with_config(cfg);
     match instances::render_all(&fresh, run_as).await {
         Ok(wanted) => {
             if let Ok(v) = fresh.vpn("the VPN")

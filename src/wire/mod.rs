@@ -60,10 +60,114 @@ pub struct PendingResponse {
 /// Every error: `{"error": "<stable code>", "message": "…"}`, plus `upgrade` for `upgrade_required`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    pub error: String,
+    pub error: ErrorCode,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeInfo>,
+}
+
+/// The stable error codes of the contract (the README's "Errors" list), as `snake_case` text on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    TooLarge,
+    Timeout,
+    InvalidToken,
+    TokenExpired,
+    TokenUsed,
+    KeyMismatch,
+    WindowClosed,
+    Banned,
+    InvalidCsr,
+    WeakKey,
+    CsrCaRequested,
+    CsrNameMismatch,
+    UpgradeRequired,
+    SlotsFull,
+    UpgradeUnavailable,
+    NotInRenewalWindow,
+    Rejected,
+    Expired,
+    AlreadyDelivered,
+    TooManyPending,
+    NotFound,
+    MethodNotAllowed,
+    Forbidden,
+    Internal,
+    /// A code this version does not know (a newer server): a client still reads the rest of the error. Never
+    /// sent by a server of this version.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// Every code a server sends.
+    pub const ALL: [ErrorCode; 25] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::TooLarge,
+        ErrorCode::Timeout,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenUsed,
+        ErrorCode::KeyMismatch,
+        ErrorCode::WindowClosed,
+        ErrorCode::Banned,
+        ErrorCode::InvalidCsr,
+        ErrorCode::WeakKey,
+        ErrorCode::CsrCaRequested,
+        ErrorCode::CsrNameMismatch,
+        ErrorCode::UpgradeRequired,
+        ErrorCode::SlotsFull,
+        ErrorCode::UpgradeUnavailable,
+        ErrorCode::NotInRenewalWindow,
+        ErrorCode::Rejected,
+        ErrorCode::Expired,
+        ErrorCode::AlreadyDelivered,
+        ErrorCode::TooManyPending,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Forbidden,
+        ErrorCode::Internal,
+    ];
+
+    /// The text on the wire (`key_mismatch`), also for logs; `unknown` for a code this version does not know.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenUsed => "token_used",
+            ErrorCode::KeyMismatch => "key_mismatch",
+            ErrorCode::WindowClosed => "window_closed",
+            ErrorCode::Banned => "banned",
+            ErrorCode::InvalidCsr => "invalid_csr",
+            ErrorCode::WeakKey => "weak_key",
+            ErrorCode::CsrCaRequested => "csr_ca_requested",
+            ErrorCode::CsrNameMismatch => "csr_name_mismatch",
+            ErrorCode::UpgradeRequired => "upgrade_required",
+            ErrorCode::SlotsFull => "slots_full",
+            ErrorCode::UpgradeUnavailable => "upgrade_unavailable",
+            ErrorCode::NotInRenewalWindow => "not_in_renewal_window",
+            ErrorCode::Rejected => "rejected",
+            ErrorCode::Expired => "expired",
+            ErrorCode::AlreadyDelivered => "already_delivered",
+            ErrorCode::TooManyPending => "too_many_pending",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where the upgrade package is: `url` is a path on the gate (`/v1/upgrade/<file>`).
@@ -204,6 +308,30 @@ mod tests {
         for bad in ["", "2023080", "2023080a", "202308011", "20230801 x", "v20230801", "20230801.\n"] {
             assert_eq!(version_date(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn error_codes_are_the_documented_snake_case_texts() {
+        let readme = include_str!("../../README.md");
+        let (_, errors) = readme.split_once("**Errors**").unwrap();
+        let (_, list) = errors.split_once("Codes:").unwrap();
+        // The list ends with the first code followed by a full stop.
+        let (list, _) = list.split_once("`.").unwrap();
+        let documented: Vec<&str> = list.split(',').map(|c| c.trim().trim_matches('`')).collect();
+        let ours: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(ours, documented, "ErrorCode::ALL must be the README's list, in its order");
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+    }
+
+    #[test]
+    fn a_client_reads_an_error_with_a_code_from_a_newer_server() {
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error": "quantum_flux", "message": "try later", "hint": 1}"#).unwrap();
+        assert_eq!((body.error, body.message.as_str(), body.upgrade), (ErrorCode::Unknown, "try later", None));
     }
 
     #[test]

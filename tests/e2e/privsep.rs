@@ -232,7 +232,7 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
         let store =
             cas_vpn::db::Store::open(&format!("sqlite://{}", root.join("db/cas-vpn.sqlite").display())).await.unwrap();
         let rows = store.list_audit(1000).await.unwrap();
-        rows.iter().filter(|r| r.action == "signer.refused" && r.actor == "gate").count()
+        rows.iter().filter(|r| r.action == "signer.refused" && r.actor == cas_vpn::domain::Actor::Gate).count()
     });
     assert_eq!(refused, 6, "every refusal is audited with the caller");
 

@@ -708,7 +708,10 @@ async fn no_token_secret_key_or_request_body_reaches_the_logs_or_a_response() {
 
 /// The pairing additions to the store, the same story on SQLite and on PostgreSQL.
 async fn pairing_store_story(store: &Store) {
-    use cas_vpn::db::{DbError, NewCert, NewTerminal, NewToken, PendingPairing, Redeemed, Submitted, TerminalLayout};
+    use cas_vpn::db::{
+        DbError, NewCert, NewTerminal, NewToken, PendingPairing, Redeemed, Submitted, TerminalLayout, TokenRefusal,
+    };
+    use cas_vpn::domain::PairingState;
     let now = 1_900_000_000;
     let layout = TerminalLayout { instances: 1, hosts_per_instance: 100 };
     let cert = |serial: &str| NewCert {
@@ -732,9 +735,9 @@ async fn pairing_store_story(store: &Store) {
     let c = store.credential_by_id(id).await.unwrap().unwrap();
     assert_eq!((c.paired_at, c.hw_serial.as_deref()), (Some(now), Some("SN")));
     let other = store.redeem_token_keygen("00112233aabbccdd", "keygen:b", "0a", None, now + 2).await;
-    assert!(matches!(other, Err(DbError::TokenUnusable { reason: "key_mismatch" })), "{other:?}");
+    assert!(matches!(other, Err(DbError::TokenUnusable { reason: TokenRefusal::KeyMismatch })), "{other:?}");
     let locked = store.redeem_token_keygen("00112233aabbccdd", "keygen:a", "0a", None, now + 3).await;
-    assert!(matches!(locked, Err(DbError::TokenUnusable { reason: "locked" })), "{locked:?}");
+    assert!(matches!(locked, Err(DbError::TokenUnusable { reason: TokenRefusal::Locked })), "{locked:?}");
 
     let pending = |id: &str, key: &str, ip: &str| PendingPairing {
         id: id.into(),
@@ -747,7 +750,7 @@ async fn pairing_store_story(store: &Store) {
         source_ip: ip.into(),
         created_at: now,
         expires_at: now + 3600,
-        state: "pending".into(),
+        state: PairingState::Pending,
         decided_at: None,
         credential_id: None,
         cert_serial: None,
@@ -782,7 +785,7 @@ async fn pairing_store_story(store: &Store) {
     assert_eq!((c.paired_at, c.hw_serial.as_deref()), (Some(now + 5), Some("SN-2")));
     assert!(store.reject_pending_pairing("p2", now).await.unwrap());
     assert!(!store.reject_pending_pairing("p1", now).await.unwrap(), "decided already");
-    assert_eq!(store.pending_pairing("p2").await.unwrap().unwrap().state, "rejected");
+    assert_eq!(store.pending_pairing("p2").await.unwrap().unwrap().state, PairingState::Rejected);
     assert!(store.list_pending_pairings(false, now).await.unwrap().is_empty());
     assert_eq!(store.list_pending_pairings(true, now).await.unwrap().len(), 2);
     // Expired and undecided: replaced when the same key asks again; an approved one never expires away.
@@ -794,7 +797,7 @@ async fn pairing_store_story(store: &Store) {
         matches!(store.submit_pending_pairing(&p4b, 9, 9, later).await.unwrap(), Submitted::Created(p) if p.id == "p4b")
     );
     assert!(store.pending_pairing("p4").await.unwrap().is_none());
-    assert_eq!(store.pending_pairing("p1").await.unwrap().unwrap().state, "approved");
+    assert_eq!(store.pending_pairing("p1").await.unwrap().unwrap().state, PairingState::Approved);
 }
 
 #[tokio::test]

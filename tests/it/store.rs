@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use cas_vpn::db::{DbError, NewCert, NewSession, NewTerminal, NewToken, Redeemed, Store, TerminalLayout, token_reason};
-use cas_vpn::domain::{Kind, Name, PortRange};
+use cas_pki::RevocationReason::{CessationOfOperation, KeyCompromise, Superseded, Unspecified};
+use cas_vpn::db::{DbError, NewCert, NewSession, NewTerminal, NewToken, Redeemed, Store, TerminalLayout, TokenRefusal};
+use cas_vpn::domain::{Actor, Kind, Name, PortRange};
 use sha2::{Digest, Sha256};
 
 use crate::support::pg::PgDb;
@@ -61,6 +62,15 @@ both_backends!(
 
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
+
+/// A web UI user (the audit rows these tests write could come from any actor).
+fn web(s: &str) -> Actor {
+    Actor::WebUser(name(s))
+}
+
+fn root() -> Actor {
+    Actor::cli(0, Some("root"))
+}
 
 fn name(s: &str) -> Name {
     s.parse().unwrap()
@@ -179,12 +189,12 @@ async fn story(store: Store) {
     // A terminal is stolen: revoke it; its certificate goes on the CRL, its session is still listed until the
     // supervisor kills it.
     let (revoked, serials) =
-        store.revoke(&name("atm-lisbon-1"), "keyCompromise", "operator", now + 3600).await.unwrap();
+        store.revoke(&name("atm-lisbon-1"), KeyCompromise, &web("operator"), now + 3600).await.unwrap();
     assert_eq!(serials, [serial(1)]);
     assert_eq!(revoked.revoked_at, Some(now + 3600));
     assert_eq!(
         store.revoked_certificates(Kind::Terminal).await.unwrap(),
-        [(serial(1), now + 3600, "keyCompromise".into())]
+        [(serial(1), now + 3600, "key-compromise".into())]
     );
     assert!(store.revoked_certificates(Kind::Admin).await.unwrap().is_empty());
     assert_eq!(store.next_crl_number(Kind::Terminal, now + 3600, now + 3600 + 7 * DAY).await.unwrap(), 1);
@@ -193,8 +203,8 @@ async fn story(store: Store) {
     assert!(store.list_sessions().await.unwrap().is_empty());
     let audit = store.list_audit(10).await.unwrap();
     assert_eq!(
-        (audit[0].action.as_str(), audit[0].subject.as_str(), audit[0].actor.as_str()),
-        ("revoke", "atm-lisbon-1", "operator")
+        (audit[0].action.as_str(), audit[0].subject.as_str(), &audit[0].actor),
+        ("revoke", "atm-lisbon-1", &web("operator"))
     );
 
     // Its replacement takes the same name and, being the least loaded choice, the freed address.
@@ -222,7 +232,7 @@ async fn terminals_spread_and_reuse_addresses(store: Store) {
 
     // Revoking b frees (1, 2); instances 1 and 2 now tie at one terminal each: the lower index wins, and its
     // lowest free host index is b's.
-    store.revoke(&name("b"), "superseded", "test", T0 + 1).await.unwrap();
+    store.revoke(&name("b"), Superseded, &Actor::Uid(1000), T0 + 1).await.unwrap();
     let f = store.create_terminals(&[terminal("f")], SMALL, T0 + 2).await.unwrap();
     assert_eq!(address(&f[0]), (1, 2));
     let b2 = store.create_terminals(&[terminal("b")], SMALL, T0 + 3).await.unwrap();
@@ -337,7 +347,7 @@ async fn admin_ports_lowest_free_and_exhaustion(store: Store) {
     assert!(err.to_string().contains("12000-12050"));
     assert_eq!(counts(&store).await, before);
 
-    let (old, serials) = store.revoke(&name("admin-07"), "left the company", "root", T0 + 10).await.unwrap();
+    let (old, serials) = store.revoke(&name("admin-07"), CessationOfOperation, &root(), T0 + 10).await.unwrap();
     assert_eq!(serials, [serial(8)]);
     let again = store.create_admin(&name("admin-07"), ports, &cert(&serial(200), "admin-07"), T0 + 11).await.unwrap();
     assert_eq!(again.admin_port, Some(12007), "the revoked credential's port is free again");
@@ -352,25 +362,25 @@ async fn admin_ports_lowest_free_and_exhaustion(store: Store) {
 }
 
 async fn revoke_errors_and_effects(store: Store) {
-    let err = store.revoke(&name("nobody"), "r", "test", T0).await.unwrap_err();
+    let err = store.revoke(&name("nobody"), Unspecified, &root(), T0).await.unwrap_err();
     assert!(matches!(&err, DbError::NotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("nobody"));
 
     let id = one_terminal(&store, "t", Some(&serial(1)), Some("tok")).await;
     store.add_certificate(id, Kind::Terminal, &cert(&serial(2), "t"), T0 + 5).await.unwrap();
     let audit_before = store.list_audit(100).await.unwrap().len();
-    let (c, serials) = store.revoke(&name("t"), "retired", "alice", T0 + 10).await.unwrap();
+    let (c, serials) = store.revoke(&name("t"), CessationOfOperation, &web("alice"), T0 + 10).await.unwrap();
     assert_eq!(serials, [serial(1), serial(2)]);
-    assert_eq!((c.id, c.revoked_at, c.revoke_reason.as_deref()), (id, Some(T0 + 10), Some("retired")));
+    assert_eq!((c.id, c.revoked_at, c.revoke_reason.as_deref()), (id, Some(T0 + 10), Some("cessation-of-operation")));
     assert_eq!(store.credential_by_id(id).await.unwrap().unwrap(), c);
     for s in [serial(1), serial(2)] {
         let row = store.certificate_by_serial(&s).await.unwrap().unwrap();
-        assert_eq!((row.revoked_at, row.revoke_reason.as_deref()), (Some(T0 + 10), Some("retired")));
+        assert_eq!((row.revoked_at, row.revoke_reason.as_deref()), (Some(T0 + 10), Some("cessation-of-operation")));
     }
     assert_eq!(store.list_audit(100).await.unwrap().len(), audit_before + 1);
 
     let before = counts(&store).await;
-    let err = store.revoke(&name("t"), "again", "alice", T0 + 20).await.unwrap_err();
+    let err = store.revoke(&name("t"), Superseded, &web("alice"), T0 + 20).await.unwrap_err();
     assert!(matches!(&err, DbError::AlreadyRevoked { name } if name.as_str() == "t"), "{err:?}");
     assert_eq!(counts(&store).await, before);
     // Revoked: not listed as active, still found by name, no new certificate, no pairing, no token.
@@ -380,14 +390,14 @@ async fn revoke_errors_and_effects(store: Store) {
     assert!(matches!(err, DbError::AlreadyRevoked { .. }), "{err:?}");
     assert!(store.token("tok").await.unwrap().unwrap().locked_at.is_some(), "revocation locks unused tokens");
     let err = store.redeem_token("tok", "pk", &cert(&serial(4), "t"), T0 + 40).await.unwrap_err();
-    assert!(matches!(err, DbError::TokenUnusable { reason: token_reason::LOCKED }), "{err:?}");
+    assert!(matches!(err, DbError::TokenUnusable { reason: TokenRefusal::Locked }), "{err:?}");
     let err = store.new_token(id, &token("tok2", T0 + DAY)).await.unwrap_err();
     assert!(matches!(err, DbError::AlreadyRevoked { .. }), "{err:?}");
     assert_eq!(counts(&store).await, before);
 
     // When several revoked credentials share the name, the newest is reported.
     let id2 = one_terminal(&store, "t", None, None).await;
-    store.revoke(&name("t"), "again", "alice", T0 + 50).await.unwrap();
+    store.revoke(&name("t"), Superseded, &web("alice"), T0 + 50).await.unwrap();
     assert_eq!(store.credential_by_name(&name("t")).await.unwrap().unwrap().id, id2);
     assert!(store.credential_by_id(999_999).await.unwrap().is_none());
 }
@@ -429,7 +439,7 @@ async fn serials_are_never_reused(store: Store) {
     assert_eq!(counts(&store).await, before);
 
     // … after revocation
-    store.revoke(&name("t"), "gone", "test", T0 + 2).await.unwrap();
+    store.revoke(&name("t"), KeyCompromise, &root(), T0 + 2).await.unwrap();
     let err = store.record_server_cert(Kind::Terminal, &cert(&serial(4), "server"), T0 + 3).await.unwrap_err();
     assert!(taken(&err, 4), "{err:?}");
 
@@ -475,22 +485,22 @@ async fn tokens_redeem_once(store: Store) {
 
     // Another key: refused, and the token is locked for good (even for the first key).
     let err = store.redeem_token("tok1", &pk_b, &cert(&serial(3), "t"), T0 + 30).await.unwrap_err();
-    assert!(matches!(err, DbError::TokenUnusable { reason: token_reason::KEY_MISMATCH }), "{err:?}");
+    assert!(matches!(err, DbError::TokenUnusable { reason: TokenRefusal::KeyMismatch }), "{err:?}");
     assert_eq!(store.token("tok1").await.unwrap().unwrap().locked_at, Some(T0 + 30));
     let err = store.redeem_token("tok1", &pk_a, &cert(&serial(3), "t"), T0 + 40).await.unwrap_err();
-    assert!(matches!(err, DbError::TokenUnusable { reason: token_reason::LOCKED }), "{err:?}");
+    assert!(matches!(err, DbError::TokenUnusable { reason: TokenRefusal::Locked }), "{err:?}");
 
     // Expiry: expires_at itself is already too late.
     store.new_token(id, &token("tok2", T0 + 50)).await.unwrap();
     let err = store.redeem_token("tok2", &pk_a, &cert(&serial(4), "t"), T0 + 50).await.unwrap_err();
-    assert!(matches!(err, DbError::TokenUnusable { reason: token_reason::EXPIRED }), "{err:?}");
+    assert!(matches!(err, DbError::TokenUnusable { reason: TokenRefusal::Expired }), "{err:?}");
     assert!(err.to_string().contains("expired"));
     store.new_token(id, &token("tok3", T0 + 50)).await.unwrap();
     let r = store.redeem_token("tok3", &pk_b, &cert(&serial(5), "t"), T0 + 49).await.unwrap();
     assert!(matches!(r, Redeemed::Fresh { .. }));
 
     let err = store.redeem_token("nope", &pk_a, &cert(&serial(6), "t"), T0).await.unwrap_err();
-    assert!(matches!(err, DbError::TokenUnusable { reason: token_reason::UNKNOWN }), "{err:?}");
+    assert!(matches!(err, DbError::TokenUnusable { reason: TokenRefusal::Unknown }), "{err:?}");
 
     // An explicit lock.
     store.new_token(id, &token("tok4", T0 + DAY)).await.unwrap();
@@ -498,7 +508,7 @@ async fn tokens_redeem_once(store: Store) {
     assert!(!store.lock_token("tok4", T0 + 61).await.unwrap());
     assert!(!store.lock_token("nope", T0 + 61).await.unwrap());
     let err = store.redeem_token("tok4", &pk_a, &cert(&serial(7), "t"), T0 + 70).await.unwrap_err();
-    assert!(matches!(err, DbError::TokenUnusable { reason: token_reason::LOCKED }), "{err:?}");
+    assert!(matches!(err, DbError::TokenUnusable { reason: TokenRefusal::Locked }), "{err:?}");
 
     // Tokens belong to active terminals only; token ids are unique.
     let adm = store
@@ -552,7 +562,7 @@ async fn concurrent_redeems_pair_once(store: Store) {
             Ok(Redeemed::Fresh { .. }) => fresh += 1,
             Ok(other) => panic!("unexpected {other:?}"),
             Err(DbError::TokenUnusable { reason }) => {
-                assert!([token_reason::KEY_MISMATCH, token_reason::LOCKED].contains(&reason), "{reason}")
+                assert!([TokenRefusal::KeyMismatch, TokenRefusal::Locked].contains(&reason), "{reason}")
             }
             Err(e) => panic!("unexpected {e:?}"),
         }
@@ -693,14 +703,14 @@ async fn bans_and_pairing_window(store: Store) {
 async fn audit_rows(store: Store) {
     assert!(store.list_audit(10).await.unwrap().is_empty());
     for i in 0..3 {
-        store.audit("alice", "terminal.add", &format!("atm-{i}"), "token expires in 24h", T0 + i).await.unwrap();
+        store.audit(&web("alice"), "terminal.add", &format!("atm-{i}"), "token expires in 24h", T0 + i).await.unwrap();
     }
     let rows = store.list_audit(2).await.unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[0].subject.as_str(), rows[0].at), ("atm-2", T0 + 2), "newest first");
     assert_eq!(
-        (rows[1].actor.as_str(), rows[1].action.as_str(), rows[1].detail.as_str()),
-        ("alice", "terminal.add", "token expires in 24h")
+        (&rows[1].actor, rows[1].action.as_str(), rows[1].detail.as_str()),
+        (&web("alice"), "terminal.add", "token expires in 24h")
     );
     assert_eq!(store.list_audit(100).await.unwrap().len(), 3);
 }
