@@ -19,8 +19,14 @@ pub struct Validity {
 impl Validity {
     /// From five minutes ago (clock skew) until `days` days from now, both to the second.
     pub fn days_from_now(days: u32) -> Validity {
-        let now = truncate_to_second(OffsetDateTime::now_utc());
-        Validity { not_before: now - CLOCK_SKEW_ALLOWANCE, not_after: now + Duration::days(i64::from(days)) }
+        Validity::days_from(OffsetDateTime::now_utc(), days)
+    }
+
+    /// The same window counted from `start` instead of now (a service that takes its time from a clock of its
+    /// own).
+    pub fn days_from(start: OffsetDateTime, days: u32) -> Validity {
+        let start = truncate_to_second(start);
+        Validity { not_before: start - CLOCK_SKEW_ALLOWANCE, not_after: start + Duration::days(i64::from(days)) }
     }
 
     /// The same window, in UTC and truncated to whole seconds, as it will appear in a certificate.

@@ -75,6 +75,8 @@ pub struct Ctx {
     /// Who this process acts as: the CLI's unix user, or the service `serve` runs.
     pub actor: Actor,
     pub clock: Clock,
+    /// The PostgreSQL URL it was opened with; `None` for the embedded SQLite store.
+    pub database_url: Option<String>,
 }
 
 impl Ctx {
@@ -91,7 +93,14 @@ impl Ctx {
             crate::sys::fs::ensure_dir(&root.join("db"), 0o700)?;
         }
         let store = Store::open(&self::database_url(root, database_url)).await?;
-        Ok(Ctx { cfg, store, pki: PkiDir::new(root, ca_passphrase()), actor: cli_actor(), clock: Clock::system() })
+        Ok(Ctx {
+            cfg,
+            store,
+            pki: PkiDir::new(root, ca_passphrase()),
+            actor: cli_actor(),
+            clock: Clock::system(),
+            database_url: database_url.map(str::to_owned),
+        })
     }
 
     /// The same installation seen with a freshly loaded configuration (same store, PKI, actor and clock).
@@ -102,6 +111,7 @@ impl Ctx {
             pki: self.pki.clone(),
             actor: self.actor.clone(),
             clock: self.clock.clone(),
+            database_url: self.database_url.clone(),
         }
     }
 

@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use super::{BAN_SECS, GateState, MAX_FAILURES};
 use crate::app::csr::{self, CheckedCsr};
 use crate::app::new_cert;
-use crate::app::now;
 use crate::control::signer;
 use crate::db::{Credential, DbError, PendingPairing, Redeemed, Submitted, TokenRefusal};
 use crate::domain::{Kind, Name, PairingState, PairingToken};
@@ -58,7 +57,7 @@ pub async fn pair(
     body: Body,
 ) -> Result<Outcome, ApiError> {
     let ip = peer_ip(&peer).to_string();
-    let now = now();
+    let now = st.ctx().clock.now();
     guarded(&st, &ip, now, "pair", async {
         if !window_open(&st, now).await? {
             return Err(ApiError::WindowClosed);
@@ -79,7 +78,7 @@ pub async fn poll(
     Path(id): Path<String>,
 ) -> Result<Outcome, ApiError> {
     let ip = peer_ip(&peer).to_string();
-    let now = now();
+    let now = st.ctx().clock.now();
     guarded(&st, &ip, now, "poll", async {
         if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(ApiError::NotFound);

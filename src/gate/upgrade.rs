@@ -34,7 +34,7 @@ use tower::ServiceExt;
 
 use super::GateState;
 use super::pair::guarded;
-use crate::app::{AppError, Ctx, now};
+use crate::app::{AppError, Ctx};
 use crate::http::ApiError;
 use crate::http::client::{Target, Trust};
 use crate::http::server::peer_ip;
@@ -356,7 +356,7 @@ pub async fn download(
     req: Request,
 ) -> Result<Response, ApiError> {
     let ip = peer_ip(&peer).to_string();
-    guarded(&st, &ip, now(), "upgrade", async {
+    guarded(&st, &ip, st.ctx().clock.now(), "upgrade", async {
         let up = &st.0.upgrades;
         let pkg = up.pkg.as_ref().filter(|p| p.file == file).ok_or(ApiError::NotFound)?;
         let Ok(permit) = up.slots.clone().try_acquire_owned() else {

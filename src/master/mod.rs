@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{AppError, Ctx, csr, new_cert, now, rfc3339};
+use crate::app::{AppError, Ctx, csr, new_cert, rfc3339};
 use crate::config::VpnConfig;
 use crate::control::signer;
 use crate::db::{CertRow, Credential};
@@ -106,7 +106,7 @@ async fn heartbeat(
     if version_date(&req.version).is_none() {
         return Err(ApiError::InvalidRequest("version must start with YYYYMMDD, e.g. 20240115".into()));
     }
-    let now = now();
+    let now = st.0.ctx.clock.now();
     st.0.ctx.store.touch_terminal(c.id, &req.version, now).await?;
     let current = current_cert(&st, &c).await?;
     tracing::debug!(terminal = %c.name, version = %req.version, "heartbeat");
@@ -125,7 +125,7 @@ async fn renew(
 ) -> Result<Json<RenewResponse>, ApiError> {
     let req: RenewRequest = read_json(&headers, body).await?;
     let checked = csr::check(&req.csr, Some(c.name.as_str()))?;
-    let now = now();
+    let now = st.0.ctx.clock.now();
     let current = current_cert(&st, &c).await?;
     if let Some(cur) = &current {
         // A retry with the key of the newest certificate gets that certificate again (a lost answer).

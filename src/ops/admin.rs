@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::instances::admin_slice;
 use super::profile::ProfileMaker;
-use super::{Ctx, OpsError, now, rfc3339};
+use super::{Ctx, OpsError, rfc3339};
 use crate::app::new_cert;
 use crate::domain::{Kind, Name};
 
@@ -41,15 +41,15 @@ pub async fn issue(ctx: &Ctx, name: &Name, out: Option<&Path>) -> Result<Issued,
     let maker = ProfileMaker::new(ctx, Kind::Admin)?;
     let path: PathBuf = out.map_or_else(|| PathBuf::from(format!("{name}.ovpn")), Path::to_path_buf);
 
-    let cred = ctx.store.create_admin(name, vpn.admin_ports, &cert, now()).await?;
+    let cred = ctx.store.create_admin(name, vpn.admin_ports, &cert, ctx.clock.now()).await?;
     let port = cred.admin_port.ok_or_else(|| OpsError::Other("store gave the admin credential no port".into()))?;
     let text = maker.render(name, &issued.cert_pem, Some(&issued.key), None, Some(port))?;
     if let Err(e) = crate::sys::fs::write_atomic(&path, text.as_bytes(), 0o600) {
         // Without its profile the credential is useless: take it back rather than leave a half-made admin.
-        let _ = ctx.store.revoke(name, RevocationReason::CessationOfOperation, &ctx.actor, now()).await;
+        let _ = ctx.store.revoke(name, RevocationReason::CessationOfOperation, &ctx.actor, ctx.clock.now()).await;
         return Err(e.into());
     }
-    ctx.store.audit(&ctx.actor, "admin.issue", name.as_str(), &format!("port {port}"), now()).await?;
+    ctx.store.audit(&ctx.actor, "admin.issue", name.as_str(), &format!("port {port}"), ctx.clock.now()).await?;
     // A running `serve` starts the credential's instance now (it would within 30 s anyway).
     let _ =
         crate::control::request(&ctx.cfg.root, &crate::control::Request::Reload, super::revoke::RELOAD_TIMEOUT).await;

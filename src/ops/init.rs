@@ -115,7 +115,7 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
                 continue;
             }
             let issued = pki.create_server(&ca, role, key_type, vpn.server_cert_days)?;
-            ctx.store.record_server_cert(kind, &new_cert(&issued.cert_pem)?, super::now()).await?;
+            ctx.store.record_server_cert(kind, &new_cert(&issued.cert_pem)?, ctx.clock.now()).await?;
             step(&format!("pki/{}", role.common_name()), Action::Created);
         }
         if pki.has_tls_crypt_v2(kind) {

@@ -7,7 +7,7 @@ use cas_pki::Validity;
 use serde::Serialize;
 
 use super::instances::{hosts_per_slice, terminal_ip, terminal_slices};
-use super::{Ctx, OpsError, now, rfc3339};
+use super::{Ctx, OpsError, rfc3339};
 use crate::app::new_cert;
 use crate::config::VpnConfig;
 use crate::db::{DbError, NewTerminal, PendingPairing, TerminalLayout};
@@ -42,7 +42,7 @@ pub async fn open_window(ctx: &Ctx, duration: Option<Dur>) -> Result<WindowRepor
             MAX_WINDOW_SECS / 86_400
         )));
     }
-    let now = now();
+    let now = ctx.clock.now();
     let until = now + i64::try_from(secs).unwrap_or(i64::MAX / 2);
     ctx.store.set_pairing_window(Some(until)).await?;
     ctx.store.audit(&ctx.actor, "pairing.open", "gate", &format!("until {}", rfc3339(until)), now).await?;
@@ -50,7 +50,7 @@ pub async fn open_window(ctx: &Ctx, duration: Option<Dur>) -> Result<WindowRepor
 }
 
 pub async fn close_window(ctx: &Ctx) -> Result<WindowReport, OpsError> {
-    let now = now();
+    let now = ctx.clock.now();
     ctx.store.set_pairing_window(None).await?;
     ctx.store.audit(&ctx.actor, "pairing.close", "gate", "", now).await?;
     Ok(window_report(None, now))
@@ -102,7 +102,7 @@ pub struct PairingStatus {
 }
 
 pub async fn status(ctx: &Ctx) -> Result<PairingStatus, OpsError> {
-    let now = now();
+    let now = ctx.clock.now();
     let window = window_report(ctx.store.pairing_window().await?, now);
     let pending = ctx.store.list_pending_pairings(false, now).await?.iter().map(PendingRow::from).collect();
     let banned = ctx
@@ -131,7 +131,7 @@ pub struct ApproveReport {
 /// the pairing approved; the terminal's next poll gets its configuration. Approving again is harmless, and an
 /// approval interrupted after the terminal was created finishes when run again.
 pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Result<ApproveReport, OpsError> {
-    let now = now();
+    let now = ctx.clock.now();
     let p = ctx
         .store
         .pending_pairing(id)
@@ -238,7 +238,7 @@ pub struct RejectReport {
 }
 
 pub async fn reject(ctx: &Ctx, id: &str) -> Result<RejectReport, OpsError> {
-    let now = now();
+    let now = ctx.clock.now();
     let rejected = ctx.store.reject_pending_pairing(id, now).await?;
     if !rejected && ctx.store.pending_pairing(id).await?.is_none() {
         return Err(DbError::NotFound { what: format!("pairing {}", crate::domain::shown(id)) }.into());
@@ -260,7 +260,7 @@ pub async fn unban(ctx: &Ctx, ip: IpAddr) -> Result<UnbanReport, OpsError> {
     let ip = ip.to_canonical().to_string();
     let was_listed = ctx.store.unban(&ip).await?;
     if was_listed {
-        ctx.store.audit(&ctx.actor, "unban-ip", &ip, "", now()).await?;
+        ctx.store.audit(&ctx.actor, "unban-ip", &ip, "", ctx.clock.now()).await?;
     }
     Ok(UnbanReport { ip, was_listed })
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use std::time::Duration;
 
-use super::{Ctx, OpsError, crl, now, rfc3339};
+use super::{Ctx, OpsError, crl, rfc3339};
 use crate::control::{self, Request, Response};
 use crate::db::DbError;
 
@@ -31,7 +31,7 @@ pub struct Revoked {
 }
 
 pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<Revoked, OpsError> {
-    let (cred, serials, already) = match ctx.store.revoke(name, reason, &ctx.actor, now()).await {
+    let (cred, serials, already) = match ctx.store.revoke(name, reason, &ctx.actor, ctx.clock.now()).await {
         Ok((cred, serials)) => (cred, serials, false),
         Err(DbError::AlreadyRevoked { .. }) => {
             let cred = ctx
@@ -66,7 +66,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
         Some(n) => format!("crl #{}; {n} live session(s) ended", report.crl_number),
         None => format!("crl #{}; no serve running", report.crl_number),
     };
-    ctx.store.audit(&ctx.actor, "revoke.sessions", name.as_str(), &detail, now()).await?;
+    ctx.store.audit(&ctx.actor, "revoke.sessions", name.as_str(), &detail, ctx.clock.now()).await?;
     if cred.kind == Kind::Admin {
         // Its instance stops and its port is free for the next credential.
         let _ = control::request(&ctx.cfg.root, &Request::Reload, RELOAD_TIMEOUT).await;
@@ -76,7 +76,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
         name: cred.name.clone(),
         kind: cred.kind,
         already_revoked: already,
-        revoked_at: rfc3339(cred.revoked_at.unwrap_or_else(now)),
+        revoked_at: rfc3339(cred.revoked_at.unwrap_or_else(|| ctx.clock.now())),
         serials,
         crl_number: report.crl_number,
         freed_port: if already { None } else { cred.admin_port },

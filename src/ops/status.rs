@@ -100,7 +100,7 @@ fn cert_not_after(pem: Result<String, crate::pkifiles::PkiFilesError>) -> Option
 }
 
 pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
-    let now = super::now();
+    let now = ctx.clock.now();
     let scenario = if ctx.vpn("status").is_ok() { "A" } else { "B" };
     let instances = if scenario == "A" { plan(ctx).await? } else { Vec::new() };
     let all = ctx.store.list_credentials(None, true).await?;

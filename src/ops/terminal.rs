@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::instances::{hosts_per_slice, terminal_ip, terminal_slices};
 use super::profile::ProfileMaker;
-use super::{Ctx, OpsError, now, rfc3339};
+use super::{Ctx, OpsError, rfc3339};
 use crate::app::new_cert;
 use crate::db::{Credential, NewTerminal, NewToken, TerminalLayout};
 use crate::domain::{Dur, Kind, Name, PairingToken};
@@ -136,7 +136,7 @@ async fn create_batch(
     };
     let pin = ctx.pki.gate_pin()?;
     let ttl = opts.expires.map(|d| d.as_secs()).or(vpn.map(|v| v.token_ttl.as_secs())).unwrap_or(DEFAULT_TOKEN_TTL);
-    let now = now();
+    let now = ctx.clock.now();
     let expires_at = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
 
     // Keys and certificates: CPU-bound, so made on every core before the store is touched.

@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::app::accounts::{self, Accounts, UserMode};
-use crate::app::{AppError, Ctx, crl, csr, now};
+use crate::app::{AppError, Ctx, crl, csr};
 use crate::config::VpnConfig;
 use crate::control::signer::{MAX_LINE, SignerRequest, SignerResponse, socket_path};
 use crate::domain::{Actor, Kind};
@@ -216,12 +216,15 @@ impl Signer {
                     Kind::Terminal => (&self.terminal, vpn.terminal_cert_days),
                     Kind::Admin => (&self.admin, vpn.admin_cert_days),
                 };
-                match ca.sign_csr(&checked.csr, name.as_str(), Validity::days_from_now(days)) {
+                // Dated by the context's clock (the system clock but in tests), like every other decision.
+                let validity = Validity::days_from(crate::app::to_datetime(self.ctx.clock.now()), days);
+                match ca.sign_csr(&checked.csr, name.as_str(), validity) {
                     Ok((cert, serial)) => {
                         let serial = serial.to_hex();
                         let detail = format!("{kind} certificate, serial {serial}");
-                        if let Err(e) =
-                            store.audit(&caller.actor(uid), "signer.sign", name.as_str(), &detail, now()).await
+                        if let Err(e) = store
+                            .audit(&caller.actor(uid), "signer.sign", name.as_str(), &detail, self.ctx.clock.now())
+                            .await
                         {
                             // An unaudited signature is not handed out.
                             return SignerResponse::Error { message: format!("audit: {e}") };
@@ -238,7 +241,11 @@ impl Signer {
     async fn refuse(&self, caller: Caller, uid: u32, what: &str, subject: &str, reason: String) -> SignerResponse {
         let actor = caller.actor(uid);
         tracing::warn!(%actor, what, subject, %reason, "signer refused a request");
-        let _ = self.ctx.store.audit(&actor, "signer.refused", subject, &format!("{what}: {reason}"), now()).await;
+        let _ = self
+            .ctx
+            .store
+            .audit(&actor, "signer.refused", subject, &format!("{what}: {reason}"), self.ctx.clock.now())
+            .await;
         SignerResponse::Refused { reason }
     }
 }

@@ -36,6 +36,8 @@ pub fn actor_of(uid: u32, accounts: Option<&Accounts>) -> Actor {
         Some("gate") => Actor::Gate,
         Some("master") => Actor::Master,
         Some("admin") => Actor::Admin,
+        // openvpn's own user: the vpn service's children.
+        Some("openvpn") => Actor::Vpn,
         _ if uid == 0 => Actor::cli(uid, crate::sys::users::name_of(uid).as_deref()),
         _ => Actor::Uid(uid),
     }
@@ -133,8 +135,16 @@ mod tests {
     #[test]
     fn refused_callers_are_named_by_their_service_or_uid() {
         let acct = |uid| Account { name: format!("u{uid}"), uid, gid: 900 };
-        let a = Accounts { group: "batm".into(), gid: 900, gate: acct(901), master: acct(902), admin: acct(903) };
+        let a = Accounts {
+            group: "batm".into(),
+            gid: 900,
+            gate: acct(901),
+            master: acct(902),
+            admin: acct(903),
+            vpn: acct(904),
+        };
         assert_eq!(actor_of(901, Some(&a)), Actor::Gate);
+        assert_eq!(actor_of(904, Some(&a)), Actor::Vpn);
         assert_eq!(actor_of(902, Some(&a)), Actor::Master);
         assert_eq!(actor_of(903, Some(&a)), Actor::Admin);
         assert_eq!(actor_of(77, Some(&a)), Actor::Uid(77));

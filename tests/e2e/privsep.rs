@@ -102,13 +102,13 @@ fn signer_call_as(uid: u32, gid: u32, socket: &Path, request: &str) -> String {
 }
 
 /// Audit rows with this action and actor.
-fn audit_count(root: &Path, action: &str, actor: &str) -> usize {
+fn audit_count(root: &Path, action: &str, actor: &cas_vpn::domain::Actor) -> usize {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let url = format!("sqlite://{}", root.join("db/cas-vpn.sqlite").display());
         let store = cas_vpn::db::Store::open(&url).await.unwrap();
         let rows = store.list_audit(1000).await.unwrap();
         store.close().await;
-        rows.iter().filter(|r| r.action == action && r.actor == actor).count()
+        rows.iter().filter(|r| r.action == action && &r.actor == actor).count()
     })
 }
 
@@ -243,7 +243,7 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
     assert!(as_gate_control(serde_json::json!({"request": "status"})).contains("\"status\""));
     let answer = as_gate_control(serde_json::json!({"request": "kill", "name": "atm-live"}));
     assert!(answer.contains("may not"), "the gate's user could kill a session: {answer}");
-    assert_eq!(audit_count(&root, "control.refused", "gate"), 1, "the refused kill is audited");
+    assert_eq!(audit_count(&root, "control.refused", &cas_vpn::domain::Actor::Gate), 1, "the refused kill is audited");
 
     // The store is shared by several uids: the gate (its own user) records failed pairings in the same SQLite
     // database root writes, through group-writable WAL files.

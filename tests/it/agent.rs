@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::gate::{Fixture, count};
-use crate::support::{inline_block, mode};
+use crate::support::{both_backends, inline_block, mode};
 
 pub struct RunningGate {
     pub port: u16,
@@ -265,9 +265,12 @@ async fn approval_flow_end_to_end_with_the_agent() {
     gate.stop().await;
 }
 
-#[tokio::test]
-async fn approval_flow_pending_rejected_expired_and_duplicate_keys() {
-    let f = Fixture::new().await;
+both_backends!(
+    #[tokio::test]
+    approval_flow_pending_rejected_expired_and_duplicate_keys
+);
+
+async fn approval_flow_pending_rejected_expired_and_duplicate_keys(f: Fixture) {
     f.open_window().await;
     let key = rcgen::KeyPair::generate().unwrap();
     let body = crate::gate::req(None, Some(&crate::gate::csr(&key)));
@@ -302,11 +305,14 @@ async fn approval_flow_pending_rejected_expired_and_duplicate_keys() {
     let err = f.install.fails(&["pairing", "approve", &id, "--code", v["code"].as_str().unwrap()], 1);
     assert!(err.contains("rejected"), "{err}");
 
-    crate::gate::exec(&f.ctx.store, "UPDATE pending_pairings SET expires_at = 1000 WHERE state = 'pending'").await;
+    // An hour later the pending pairing has expired (and the window closed: open another). The approval is made
+    // in-process, so that it goes by the same clock as the gate (the CLI's is the system clock).
+    f.advance(cas_vpn::gate::pair::PENDING_TTL_SECS + 1);
+    f.open_window().await;
     let (s, _, e) = f.call("192.0.2.42", axum::http::Method::GET, &format!("/v1/pair/{id2}"), vec![]).await;
     assert_eq!((s, e["error"].as_str()), (axum::http::StatusCode::GONE, Some("expired")));
-    let err = f.install.fails(&["pairing", "approve", id2, "--code", code2, "--name", "atm-x"], 1);
-    assert!(err.contains("expired"), "{err}");
+    let err = cas_vpn::ops::pairing::approve(&f.ctx, id2, code2, Some("atm-x".parse().unwrap())).await.unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
     assert!(f.ctx.store.credential_by_name(&"atm-x".parse().unwrap()).await.unwrap().is_none());
     // The same key may start over once its pairing expired.
     let (s, v3) = f.pair("192.0.2.42", &body).await;
@@ -326,13 +332,21 @@ async fn approval_flow_pending_rejected_expired_and_duplicate_keys() {
     assert_eq!((s, e["error"].as_str()), (axum::http::StatusCode::FORBIDDEN, Some("window_closed")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_restart() {
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_restart
+);
+
+async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_restart(f: Fixture) {
     use cas_vpn::master::{MasterState, bind_master, run_master_on};
     use std::os::unix::fs::PermissionsExt;
 
-    let f = Fixture::new().await;
     let token = f.add_terminal("atm-1", &[]);
+    // The terminal paired 720 days ago (the gate and signer go by the fixture's clock), so its certificate has ten
+    // days left today: inside the renewal window, for master (back at the present) and for the agent (whose
+    // clock is the system's).
+    let present = f.ctx.clock.now();
+    f.ctx.clock.set(present - 720 * 86_400).unwrap();
     f.open_window().await;
     let gate = RunningGate::start(&f).await;
     let dir = f.install.path("agent");
@@ -340,6 +354,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     let out = cli(&f, &["agent", "pair", "--gate", &gate.addr(), "--token", &token, "--dir", &d]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     gate.stop().await;
+    f.ctx.clock.set(present).unwrap();
     let first_ovpn = std::fs::read_to_string(dir.join("client.ovpn")).unwrap();
 
     // master on loopback; the terminal's "tunnel address" is 127.0.0.1.
@@ -361,12 +376,6 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     let port = listener.local_addr().unwrap().port();
     let (stop_master, rx) = watch::channel(false);
     let master = tokio::spawn(run_master_on(MasterState::new(f.ctx.clone()).unwrap(), listener, rx));
-    // Ten days left on the certificate: inside the renewal window.
-    crate::gate::exec(
-        &f.ctx.store,
-        "UPDATE certificates SET not_after = CAST(strftime('%s','now') AS INTEGER) + 864000 WHERE credential_id IS NOT NULL",
-    )
-    .await;
 
     // A stand-in for openvpn that records its starts and pids.
     let fake = f.install.path("fake-openvpn");
@@ -410,7 +419,9 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     // master restarts: heartbeats fail for a while, then resume on their own.
     stop_master.send(true).unwrap();
     master.await.unwrap().unwrap();
-    exec_clear_last_seen(&f).await;
+    // Heartbeats from now on are recorded a minute later by master's clock: that is how the test sees them resume.
+    f.advance(60);
+    let resumed_from = f.ctx.clock.now();
     let failures = || std::fs::read_to_string(&agent_log).unwrap_or_default().matches("heartbeat failed").count();
     let failed_before = failures();
     crate::support::wait::wait_until_async("a heartbeat fails while master is down", within_30s(), async || {
@@ -422,7 +433,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     let master = tokio::spawn(run_master_on(MasterState::new(f.ctx.clone()).unwrap(), listener, rx));
     let store = f.ctx.store.clone();
     crate::support::wait::wait_until_async("heartbeats resume", within_30s(), async || {
-        store.credential_by_id(id).await.unwrap().unwrap().last_seen.is_some()
+        store.credential_by_id(id).await.unwrap().unwrap().last_seen.is_some_and(|t| t >= resumed_from)
     })
     .await;
 
@@ -444,10 +455,6 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     assert!(left.is_empty(), "openvpn {left:?} outlived the agent");
     stop_master.send(true).unwrap();
     master.await.unwrap().unwrap();
-}
-
-async fn exec_clear_last_seen(f: &Fixture) {
-    crate::gate::exec(&f.ctx.store, "UPDATE credentials SET last_seen = NULL").await;
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
+use cas_vpn::app::Clock;
 use cas_vpn::db::Store;
 use cas_vpn::gate::{GateState, router};
 use cas_vpn::ops::Ctx;
@@ -15,39 +16,60 @@ use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::support::{Install, inline_block, openssl};
+use crate::support::pg::PgDb;
+use crate::support::{Install, both_backends, inline_block, openssl};
 
-/// An initialised installation with the gate's state loaded in-process.
+/// An initialised installation with the gate's state loaded in-process. Everything in-process (gate, signer, and
+/// master or ops built from `ctx`) goes by `ctx.clock`, a test clock that starts at the present and moves only
+/// when a test moves it; CLI commands (subprocesses) go by the system clock.
 pub struct Fixture {
     pub install: Install,
     pub ctx: Arc<Ctx>,
     pub state: GateState,
     pub signer: crate::support::InProcessSigner,
+    /// The PostgreSQL database of a fixture on that backend: dropped (last) with the fixture.
+    pub pg: Option<PgDb>,
 }
 
 impl Fixture {
+    /// On SQLite under the root.
     pub async fn new() -> Fixture {
-        Fixture::on(Install::new()).await
+        Fixture::on(Install::new(), None).await
     }
 
-    pub async fn on(install: Install) -> Fixture {
-        let ctx = Arc::new(Ctx::open(install.root(), None).await.unwrap());
+    /// On a fresh PostgreSQL database (`CAS_VPN_TEST_PG_URL`; fails without it).
+    pub async fn on_postgres() -> Fixture {
+        let db = PgDb::create().await;
+        let install = Install::on(Some(&db.url));
+        Fixture::on(install, Some(db)).await
+    }
+
+    pub async fn on(install: Install, pg: Option<PgDb>) -> Fixture {
+        let mut ctx = Ctx::open(install.root(), install.database_url.as_deref()).await.unwrap();
+        ctx.clock = Clock::test(cas_vpn::ops::now());
+        let ctx = Arc::new(ctx);
         let state = GateState::new(ctx.clone()).unwrap();
-        let signer = crate::support::InProcessSigner::start(install.root(), None).await;
-        Fixture { install, ctx, state, signer }
+        let signer = crate::support::InProcessSigner::start(&ctx).await;
+        Fixture { install, ctx, state, signer, pg }
     }
 
-    /// Reloads config and state (after a config file changed).
+    /// Reloads config and state (after a config file changed). The clock starts again at the present.
     pub async fn reload(self) -> Fixture {
-        let Fixture { install, ctx, signer, .. } = self;
+        let Fixture { install, ctx, signer, pg, .. } = self;
         signer.stop().await;
         ctx.store.close().await;
         drop(ctx);
-        Fixture::on(install).await
+        Fixture::on(install, pg).await
     }
 
+    /// Opens the pairing window for 15 minutes from the fixture's clock.
     pub async fn open_window(&self) {
-        self.ctx.store.set_pairing_window(Some(cas_vpn::ops::now() + 900)).await.unwrap();
+        self.ctx.store.set_pairing_window(Some(self.ctx.clock.now() + 900)).await.unwrap();
+    }
+
+    /// Moves the in-process clock forward (the CLI's clock does not move).
+    pub fn advance(&self, secs: i64) {
+        self.ctx.clock.advance(secs).unwrap();
     }
 
     /// `terminal add NAME [extra…]`: returns the token.
@@ -98,17 +120,6 @@ pub async fn count(store: &Store, sql: &'static str) -> i64 {
     match store {
         Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
         Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
-    }
-}
-
-pub async fn exec(store: &Store, sql: &'static str) {
-    match store {
-        Store::Sqlite(p) => {
-            sqlx::query(sql).execute(p).await.unwrap();
-        }
-        Store::Postgres(p) => {
-            sqlx::query(sql).execute(p).await.unwrap();
-        }
     }
 }
 
@@ -204,12 +215,16 @@ async fn a_closed_window_refuses_and_is_not_held_against_the_terminal() {
     assert_eq!(code(&v), "window_closed");
 }
 
-#[tokio::test]
-async fn expired_unknown_wrong_secret_and_wrong_pin_tokens_are_refused_and_change_nothing() {
-    let f = Fixture::new().await;
+both_backends!(
+    #[tokio::test]
+    expired_unknown_wrong_secret_and_wrong_pin_tokens_are_refused_and_change_nothing
+);
+
+async fn expired_unknown_wrong_secret_and_wrong_pin_tokens_are_refused_and_change_nothing(f: Fixture) {
     let token = f.add_terminal("atm-1", &[]);
     let expired = f.add_terminal("atm-2", &["--expires", "1h"]);
-    exec(&f.ctx.store, "UPDATE pairing_tokens SET expires_at = 1000 WHERE credential_id = (SELECT id FROM credentials WHERE name = 'atm-2')").await;
+    // An hour and a second later, atm-2's token has expired; atm-1's (24 h) has not.
+    f.advance(3601);
     f.open_window().await;
     let key = KeyPair::generate().unwrap();
     let csr = csr(&key);
@@ -244,9 +259,12 @@ async fn expired_unknown_wrong_secret_and_wrong_pin_tokens_are_refused_and_chang
     assert_eq!(s, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn five_failures_ban_an_address_for_fifteen_minutes_until_unbanned() {
-    let f = Fixture::new().await;
+both_backends!(
+    #[tokio::test]
+    five_failures_ban_an_address_for_fifteen_minutes_until_unbanned
+);
+
+async fn five_failures_ban_an_address_for_fifteen_minutes_until_unbanned(f: Fixture) {
     let token = f.add_terminal("atm-1", &[]);
     f.open_window().await;
     let good = req(Some(&token), Some(&csr(&KeyPair::generate().unwrap())));
@@ -270,6 +288,17 @@ async fn five_failures_ban_an_address_for_fifteen_minutes_until_unbanned() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(f.install.ok(&["unban-ip", "192.0.2.50"]).contains("was not banned"));
     f.install.fails(&["unban-ip", "not-an-ip"], 2);
+
+    // Unless lifted, a ban ends fifteen minutes after it began, by the gate's clock (the window, as long, is
+    // opened again).
+    for _ in 0..5 {
+        f.pair("192.0.2.51", &bad).await;
+    }
+    f.advance(cas_vpn::gate::BAN_SECS - 1);
+    f.open_window().await;
+    assert_eq!(code(&f.pair("192.0.2.51", &bad).await.1), "banned");
+    f.advance(1);
+    assert_eq!(code(&f.pair("192.0.2.51", &bad).await.1), "invalid_token");
 }
 
 #[tokio::test]

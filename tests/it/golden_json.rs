@@ -239,7 +239,7 @@ async fn golden_json_shapes() {
     let p = |rel: &str| root.join(rel).display().to_string();
 
     g.check("init", &cli(&install, &["init", "--public-ip", PUBLIC_IP, "--json"]).await, &[]);
-    let f = Fixture::on(install).await;
+    let f = Fixture::on(install, None).await;
     let i = &f.install;
 
     // Terminals: a token one, a server-keygen one, a batch.

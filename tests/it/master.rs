@@ -13,8 +13,8 @@ use rcgen::{DnType, KeyPair};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::gate::{Fixture, count, csr, csr_with, exec, req};
-use crate::support::openssl;
+use crate::gate::{Fixture, count, csr, csr_with, req};
+use crate::support::{both_backends, openssl};
 
 /// A fixture with terminal `name` paired through the gate (its key returned) and a live session at `tunnel_ip`.
 async fn paired(f: &Fixture, name: &str, tunnel_ip: &str, cid: i64) -> (KeyPair, i64) {
@@ -110,9 +110,15 @@ async fn heartbeats_are_answered_only_for_live_sessions_of_paired_unrevoked_term
     assert_eq!(call(&m, "10.8.0.2", "/v1/heartbeat", hb()).await.0, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn renewal_only_within_the_window_retry_safe_and_for_this_terminal_only() {
-    let f = Fixture::new().await;
+both_backends!(
+    #[tokio::test]
+    renewal_only_within_the_window_retry_safe_and_for_this_terminal_only
+);
+
+async fn renewal_only_within_the_window_retry_safe_and_for_this_terminal_only(f: Fixture) {
+    // The terminal pairs 720 days ago (the gate, the signer and master go by the fixture's clock).
+    let present = f.ctx.clock.now();
+    f.ctx.clock.set(present - 720 * 86_400).unwrap();
     let (old_key, id) = paired(&f, "atm-1", "10.8.0.2", 1).await;
     let m = MasterState::new(f.ctx.clone()).unwrap();
     let certs =
@@ -124,8 +130,10 @@ async fn renewal_only_within_the_window_retry_safe_and_for_this_terminal_only() 
     assert_eq!((s, v["error"].as_str()), (StatusCode::CONFLICT, Some("not_in_renewal_window")), "{v}");
     assert_eq!(certs().await, 1);
 
-    // Ten days left: inside the default 60-day window.
-    exec(&f.ctx.store, "UPDATE certificates SET not_after = CAST(strftime('%s','now') AS INTEGER) + 864000 WHERE credential_id IS NOT NULL").await;
+    // Today its certificate has ten days left: inside the default 60-day window.
+    f.ctx.clock.set(present).unwrap();
+    let not_after = f.ctx.store.certificates_of(id).await.unwrap()[0].not_after;
+    assert!((not_after - present - 10 * 86_400).abs() <= 1, "{not_after}");
     for (what, pem, code) in [
         (
             "another name",
@@ -166,7 +174,6 @@ async fn renewal_only_within_the_window_retry_safe_and_for_this_terminal_only() 
     assert_eq!(certs().await, 2);
     let detail = f.install.json(&["terminal", "show", "atm-1"]);
     assert_eq!(detail["certificates"].as_array().unwrap().len(), 2);
-    let _ = id;
 }
 
 #[tokio::test]

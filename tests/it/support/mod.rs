@@ -12,6 +12,29 @@ use assert_cmd::Command;
 /// Every command here runs its services under one uid: these tests are about behaviour, not users, and must not
 /// create the machine's service accounts (`tests/e2e/privsep.rs` tests real users).
 pub const USERS_ENV: &str = "CAS_VPN_SERVICE_USERS";
+/// Where the CLI finds its store when it is not SQLite under the root.
+pub const DATABASE_ENV: &str = "CAS_VPN_DATABASE_URL";
+
+/// Runs the test `async fn NAME(f: gate::Fixture)` twice, as `NAME::sqlite` on SQLite and as `NAME::postgres` on
+/// a fresh PostgreSQL database (ignored without `CAS_VPN_TEST_PG_URL`, failing when run without it), each with
+/// the given test attribute.
+macro_rules! both_backends {
+    (#[$test:meta] $name:ident) => {
+        mod $name {
+            #[$test]
+            async fn sqlite() {
+                super::$name($crate::gate::Fixture::new().await).await
+            }
+
+            #[$test]
+            #[ignore = "needs PostgreSQL (CAS_VPN_TEST_PG_URL): scripts/test runs it with --include-ignored"]
+            async fn postgres() {
+                super::$name($crate::gate::Fixture::on_postgres().await).await
+            }
+        }
+    };
+}
+pub(crate) use both_backends;
 
 /// The signer service running in this test process on the installation's socket (the gate and master sign
 /// through it, as in production). It has a thread and a runtime of its own, so a test that blocks on a CLI
@@ -22,16 +45,19 @@ pub struct InProcessSigner {
 }
 
 impl InProcessSigner {
-    pub async fn start(root: &Path, database_url: Option<&str>) -> InProcessSigner {
+    /// A signer on `ctx`'s installation, store and clock (it opens its own context on its own runtime).
+    pub async fn start(ctx: &cas_vpn::app::Ctx) -> InProcessSigner {
         use cas_vpn::control::signer::{SignerRequest, SignerResponse, call};
-        let root = root.to_owned();
-        let url = database_url.map(str::to_owned);
+        let root = ctx.cfg.root.clone();
+        let url = ctx.database_url.clone();
+        let clock = ctx.clock.clone();
         let (stop, rx) = tokio::sync::watch::channel(false);
         let dir = root.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                let ctx = cas_vpn::app::Ctx::open(&dir, url.as_deref()).await.unwrap();
+                let mut ctx = cas_vpn::app::Ctx::open(&dir, url.as_deref()).await.unwrap();
+                ctx.clock = clock;
                 cas_vpn::signer::run_signer(std::sync::Arc::new(ctx), rx).await.unwrap();
             });
         });
@@ -56,9 +82,11 @@ impl Drop for InProcessSigner {
     }
 }
 
-/// A fresh root (and SQLite store) per test; removed on drop.
+/// A fresh root (and SQLite store, or a PostgreSQL database given to every command) per test; removed on drop.
 pub struct Install {
     pub dir: tempfile::TempDir,
+    /// The store every command of this installation uses (`CAS_VPN_DATABASE_URL`); `None`: SQLite under the root.
+    pub database_url: Option<String>,
 }
 
 /// Public address used in profiles: from the documentation range, never contacted.
@@ -67,12 +95,17 @@ pub const PUBLIC_IP: &str = "198.51.100.1";
 impl Install {
     /// An empty root (not initialised).
     pub fn empty() -> Install {
-        Install { dir: tempfile::Builder::new().prefix("cv-it-").tempdir().unwrap() }
+        Install { dir: tempfile::Builder::new().prefix("cv-it-").tempdir().unwrap(), database_url: None }
     }
 
     /// An initialised root with a small admin port range where a test needs it.
     pub fn new() -> Install {
-        let i = Install::empty();
+        Install::on(None)
+    }
+
+    /// An initialised root whose store is the database at `database_url` (`None`: SQLite under the root).
+    pub fn on(database_url: Option<&str>) -> Install {
+        let i = Install { database_url: database_url.map(str::to_owned), ..Install::empty() };
         i.ok(&["init", "--public-ip", PUBLIC_IP]);
         i
     }
@@ -87,24 +120,23 @@ impl Install {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("cas-vpn").unwrap();
-        c.env("CAS_VPN_ROOT", self.root())
-            .env(USERS_ENV, "none")
-            .env_remove("CAS_VPN_DATABASE_URL")
-            .env_remove("RUST_LOG");
+        c.env("CAS_VPN_ROOT", self.root()).env(USERS_ENV, "none").env_remove("RUST_LOG");
+        match &self.database_url {
+            Some(url) => c.env(DATABASE_ENV, url),
+            None => c.env_remove(DATABASE_ENV),
+        };
         c
     }
 
     /// Starts a command without waiting for it (for tests that kill it).
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        std::process::Command::new(assert_cmd::cargo::cargo_bin!("cas-vpn"))
-            .env("CAS_VPN_ROOT", self.root())
-            .env(USERS_ENV, "none")
-            .env_remove("CAS_VPN_DATABASE_URL")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin!("cas-vpn"));
+        c.env("CAS_VPN_ROOT", self.root()).env(USERS_ENV, "none");
+        match &self.database_url {
+            Some(url) => c.env(DATABASE_ENV, url),
+            None => c.env_remove(DATABASE_ENV),
+        };
+        c.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap()
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
