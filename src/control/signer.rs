@@ -45,6 +45,12 @@ pub enum SignerRequest {
         name: Name,
         csr: String,
     },
+    /// Make a key and a certificate for the active credential `name` of kind `kind` (server-made keys: the
+    /// CAS-compatible `--server-keygen` terminals and admin credentials from the web UI).
+    Issue {
+        kind: Kind,
+        name: Name,
+    },
     /// Make and publish a fresh CRL for `kind` from the store.
     PublishCrl {
         kind: Kind,
@@ -58,6 +64,12 @@ pub enum SignerResponse {
     /// `serial`: 32 lowercase hex digits.
     Signed {
         cert: String,
+        serial: String,
+    },
+    /// `key`: the new private key (PEM); it is the caller's to deliver and forget.
+    Issued {
+        cert: String,
+        key: String,
         serial: String,
     },
     Published {
@@ -106,6 +118,14 @@ pub async fn sign(root: &Path, kind: Kind, name: &Name, csr_pem: &str) -> Result
     let req = SignerRequest::Sign { kind, name: name.clone(), csr: csr_pem.to_owned() };
     match call(root, &req).await? {
         SignerResponse::Signed { cert, serial } => Ok((cert, serial)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Asks for a server-made key and its certificate; `Ok((key_pem, cert_pem, serial_hex))`.
+pub async fn issue(root: &Path, kind: Kind, name: &Name) -> Result<(String, String, String), SignerError> {
+    match call(root, &SignerRequest::Issue { kind, name: name.clone() }).await? {
+        SignerResponse::Issued { cert, key, serial } => Ok((key, cert, serial)),
         other => Err(unexpected(other)),
     }
 }

@@ -19,7 +19,7 @@ use crate::app::accounts::{self, Accounts, UserMode};
 use crate::app::{AppError, Ctx, crl, csr};
 use crate::config::VpnConfig;
 use crate::control::signer::{MAX_LINE, SignerRequest, SignerResponse, socket_path};
-use crate::domain::{Actor, Kind};
+use crate::domain::{Actor, Kind, Name};
 
 /// Who is calling, from the socket's peer credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,11 +172,12 @@ impl Signer {
         if !caller.may(&req) {
             let what = match &req {
                 SignerRequest::Sign { kind, .. } => format!("{kind} certificates"),
+                SignerRequest::Issue { kind, .. } => format!("server-made {kind} keys"),
                 SignerRequest::PublishCrl { .. } => "CRLs".into(),
                 SignerRequest::Ping => "anything".into(),
             };
             let subject = match &req {
-                SignerRequest::Sign { name, .. } => name.to_string(),
+                SignerRequest::Sign { name, .. } | SignerRequest::Issue { name, .. } => name.to_string(),
                 _ => "-".into(),
             };
             return self.refuse(caller, uid, "request", &subject, format!("uid {uid} may not ask for {what}")).await;
@@ -192,50 +193,98 @@ impl Signer {
                 Err(e) => SignerResponse::Error { message: e.to_string() },
             },
             SignerRequest::Sign { kind, name, csr } => {
-                let store = &self.ctx.store;
-                let cred = match store.credential_by_name(&name).await {
-                    Ok(c) => c,
-                    Err(e) => return SignerResponse::Error { message: e.to_string() },
-                };
-                let why = match &cred {
-                    None => Some("no such credential".to_owned()),
-                    Some(c) if c.kind != kind => Some(format!("{name} is a {} credential, not {kind}", c.kind)),
-                    Some(c) if c.is_revoked() => Some(format!("{name} is revoked")),
-                    Some(_) => None,
-                };
-                if let Some(why) = why {
-                    return self.refuse(caller, uid, "sign", name.as_str(), why).await;
+                if let Err(why) = self.active(kind, &name).await {
+                    return self.answer_refusal(caller, uid, "sign", &name, why).await;
                 }
                 let checked = match csr::check(&csr, Some(name.as_str())) {
                     Ok(c) => c,
                     Err(e) => return self.refuse(caller, uid, "sign", name.as_str(), format!("CSR: {e}")).await,
                 };
-                let defaults = VpnConfig::default();
-                let vpn = self.ctx.cfg.vpn.as_ref().unwrap_or(&defaults);
-                let (ca, days) = match kind {
-                    Kind::Terminal => (&self.terminal, vpn.terminal_cert_days),
-                    Kind::Admin => (&self.admin, vpn.admin_cert_days),
-                };
-                // Dated by the context's clock (the system clock but in tests), like every other decision.
-                let validity = Validity::days_from(crate::app::to_datetime(self.ctx.clock.now()), days);
+                let (ca, validity) = self.ca_and_validity(kind);
                 match ca.sign_csr(&checked.csr, name.as_str(), validity) {
-                    Ok((cert, serial)) => {
-                        let serial = serial.to_hex();
-                        let detail = format!("{kind} certificate, serial {serial}");
-                        if let Err(e) = store
-                            .audit(&caller.actor(uid), "signer.sign", name.as_str(), &detail, self.ctx.clock.now())
-                            .await
-                        {
-                            // An unaudited signature is not handed out.
-                            return SignerResponse::Error { message: format!("audit: {e}") };
-                        }
-                        tracing::info!(caller = %caller.actor(uid), %name, %serial, "signed");
-                        SignerResponse::Signed { cert, serial }
-                    }
+                    Ok((cert, serial)) => match self.audited(caller, uid, kind, &name, &serial.to_hex()).await {
+                        Ok(serial) => SignerResponse::Signed { cert, serial },
+                        Err(e) => e,
+                    },
+                    Err(e) => SignerResponse::Error { message: e.to_string() },
+                }
+            }
+            SignerRequest::Issue { kind, name } => {
+                if let Err(why) = self.active(kind, &name).await {
+                    return self.answer_refusal(caller, uid, "issue", &name, why).await;
+                }
+                let defaults = VpnConfig::default();
+                let key_type = self.ctx.cfg.vpn.as_ref().unwrap_or(&defaults).key_type;
+                let (ca, validity) = self.ca_and_validity(kind);
+                match ca.issue_client(name.as_str(), key_type, validity) {
+                    Ok(issued) => match self.audited(caller, uid, kind, &name, &issued.serial.to_hex()).await {
+                        Ok(serial) => SignerResponse::Issued {
+                            cert: issued.cert_pem,
+                            key: issued.key.to_pem().to_string(),
+                            serial,
+                        },
+                        Err(e) => e,
+                    },
                     Err(e) => SignerResponse::Error { message: e.to_string() },
                 }
             }
         }
+    }
+
+    /// `Ok` when `name` is an existing, unrevoked credential of `kind`; else why not (`Err(None)`: store error).
+    async fn active(&self, kind: Kind, name: &Name) -> Result<(), Result<String, String>> {
+        let cred = self.ctx.store.credential_by_name(name).await.map_err(|e| Err(e.to_string()))?;
+        match cred {
+            None => Err(Ok("no such credential".to_owned())),
+            Some(c) if c.kind != kind => Err(Ok(format!("{name} is a {} credential, not {kind}", c.kind))),
+            Some(c) if c.is_revoked() => Err(Ok(format!("{name} is revoked"))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    async fn answer_refusal(
+        &self,
+        caller: Caller,
+        uid: u32,
+        what: &str,
+        name: &Name,
+        why: Result<String, String>,
+    ) -> SignerResponse {
+        match why {
+            Ok(reason) => self.refuse(caller, uid, what, name.as_str(), reason).await,
+            Err(message) => SignerResponse::Error { message },
+        }
+    }
+
+    /// The CA of `kind` and a validity from now (the context's clock: the system clock but in tests).
+    fn ca_and_validity(&self, kind: Kind) -> (&Ca, Validity) {
+        let defaults = VpnConfig::default();
+        let vpn = self.ctx.cfg.vpn.as_ref().unwrap_or(&defaults);
+        let (ca, days) = match kind {
+            Kind::Terminal => (&self.terminal, vpn.terminal_cert_days),
+            Kind::Admin => (&self.admin, vpn.admin_cert_days),
+        };
+        (ca, Validity::days_from(crate::app::to_datetime(self.ctx.clock.now()), days))
+    }
+
+    /// Audits a certificate about to be handed out; an unaudited certificate is not handed out.
+    async fn audited(
+        &self,
+        caller: Caller,
+        uid: u32,
+        kind: Kind,
+        name: &Name,
+        serial: &str,
+    ) -> Result<String, SignerResponse> {
+        let detail = format!("{kind} certificate, serial {serial}");
+        let actor = caller.actor(uid);
+        self.ctx
+            .store
+            .audit(&actor, "signer.sign", name.as_str(), &detail, self.ctx.clock.now())
+            .await
+            .map_err(|e| SignerResponse::Error { message: format!("audit: {e}") })?;
+        tracing::info!(caller = %actor, %name, %serial, "signed");
+        Ok(serial.to_owned())
     }
 
     async fn refuse(&self, caller: Caller, uid: u32, what: &str, subject: &str, reason: String) -> SignerResponse {
@@ -267,6 +316,14 @@ mod tests {
             assert!(!c.may(&sign(Kind::Admin)), "{c:?} must not get admin certificates");
             assert!(!c.may(&crl));
         }
+        let issue = |kind| SignerRequest::Issue { kind, name: "atm-1".parse::<Name>().unwrap() };
+        for c in [Caller::Gate, Caller::Master, Caller::Other] {
+            assert!(
+                !c.may(&issue(Kind::Terminal)) && !c.may(&issue(Kind::Admin)),
+                "{c:?} may not get a server-made key"
+            );
+        }
+        assert!(Caller::Admin.may(&issue(Kind::Admin)) && Caller::Owner.may(&issue(Kind::Terminal)));
         assert!(Caller::Admin.may(&sign(Kind::Admin)) && Caller::Admin.may(&crl));
         assert!(Caller::Owner.may(&sign(Kind::Admin)));
         for r in [sign(Kind::Terminal), crl, SignerRequest::Ping] {

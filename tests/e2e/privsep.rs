@@ -199,6 +199,7 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
         (serde_json::json!({"request": "sign", "kind": "admin", "name": "alice", "csr": csr("alice")}), "may not"),
         (serde_json::json!({"request": "sign", "kind": "terminal", "name": "alice", "csr": csr("alice")}), "admin"),
         (serde_json::json!({"request": "publish_crl", "kind": "terminal"}), "may not"),
+        (serde_json::json!({"request": "issue", "kind": "terminal", "name": "atm-live"}), "may not"),
     ] {
         let answer = as_gate(req.clone());
         assert!(answer.contains("\"refused\"") && answer.contains(why), "{req} → {answer}");
@@ -234,7 +235,7 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
         let rows = store.list_audit(1000).await.unwrap();
         rows.iter().filter(|r| r.action == "signer.refused" && r.actor == cas_vpn::domain::Actor::Gate).count()
     });
-    assert_eq!(refused, 6, "every refusal is audited with the caller");
+    assert_eq!(refused, 7, "every refusal is audited with the caller");
 
     // The control socket: the gate's user may ask for the status, never kill; the refusal is audited.
     let control = root.join("vpn/run/control.sock");

@@ -7,5 +7,6 @@ mod golden_json;
 mod hostile;
 mod layers;
 mod master;
+mod signer;
 mod store;
 mod support;
