@@ -87,6 +87,10 @@ impl Ctx {
             return Err(AppError::NotInitialised { root: root.to_owned() });
         }
         let cfg = Config::load(root)?;
+        Ctx::open_with(root, database_url, cfg).await
+    }
+
+    async fn open_with(root: &Path, database_url: Option<&str>, cfg: Config) -> Result<Ctx, AppError> {
         // Created when missing; an existing one keeps the owner and mode `init` gave it (group-writable for the
         // services when they run under their own users).
         if !root.join("db").is_dir() {
@@ -101,6 +105,17 @@ impl Ctx {
             clock: Clock::system(),
             database_url: database_url.map(str::to_owned),
         })
+    }
+
+    /// As `open`, for the commands that must work with a broken configuration file (`Config::load_lenient`): the
+    /// returned warnings say what was replaced by defaults.
+    pub async fn open_lenient(root: &Path, database_url: Option<&str>) -> Result<(Ctx, Vec<String>), AppError> {
+        if !root.join("config").join("network").is_file() {
+            return Err(AppError::NotInitialised { root: root.to_owned() });
+        }
+        let (cfg, warnings) = Config::load_lenient(root)?;
+        let ctx = Ctx::open_with(root, database_url, cfg).await?;
+        Ok((ctx, warnings.iter().map(|w| format!("{w} (defaults used for this command)")).collect()))
     }
 
     /// The same installation seen with a freshly loaded configuration (same store, PKI, actor and clock).

@@ -234,6 +234,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("doctor found problems (FAIL lines above)");
             }
         }
+        // Reading the fleet must not wait for an unrelated typo to be fixed either.
+        Cmd::Terminal(t @ (TerminalCmd::List { .. } | TerminalCmd::Show { .. })) => {
+            terminal(open_lenient(&root, db).await?, t).await?
+        }
         Cmd::Terminal(t) => terminal(Ctx::open(&root, db).await?, t).await?,
         Cmd::AdminVpn(a) => {
             let ctx = Ctx::open(&root, db).await?;
@@ -263,7 +267,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Revoke { name, reason, json } => {
-            let ctx = Ctx::open(&root, db).await?;
+            // Invariant 14: a broken configuration file never blocks a revocation.
+            let ctx = open_lenient(&root, db).await?;
             let r = ops::revoke::revoke(&ctx, &name, reason).await?;
             if json.json {
                 return print_json(&r);
@@ -292,7 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::UnbanIp { ip, json } => pairing::unban_ip(Ctx::open(&root, db).await?, ip, json).await?,
         Cmd::Agent(a) => pairing::agent(a).await?,
         Cmd::Crl { out } => {
-            let ctx = Ctx::open(&root, db).await?;
+            let ctx = open_lenient(&root, db).await?;
             let mut pem = String::new();
             for kind in [crate::domain::Kind::Terminal, crate::domain::Kind::Admin] {
                 let r = ops::crl::publish(&ctx, kind).await?;
@@ -306,6 +311,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens the installation for a command that must work with a broken configuration file; what was replaced by
+/// defaults is said on stderr, one line per file.
+async fn open_lenient(root: &std::path::Path, db: Option<&str>) -> anyhow::Result<Ctx> {
+    let (ctx, warnings) = Ctx::open_lenient(root, db).await?;
+    for w in warnings {
+        eprintln!("cas-vpn: warning: {w}");
+    }
+    Ok(ctx)
 }
 
 async fn terminal(ctx: Ctx, cmd: TerminalCmd) -> anyhow::Result<()> {

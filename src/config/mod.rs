@@ -168,6 +168,38 @@ impl Config {
         Ok(config)
     }
 
+    /// Loads what can be loaded, for the commands that must work even when an unrelated file is broken (`revoke`,
+    /// `crl`, `terminal list`/`show`: a stolen ATM must be revocable while an operator's typo waits to be fixed;
+    /// invariant 14). A file that does not parse is replaced by its defaults and its error becomes a warning; so do
+    /// the cross-checks. A missing `config/vpn` stays missing (Scenario B), as in `load`.
+    pub fn load_lenient(root: impl AsRef<Path>) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+        let root = &Root::new(root)?;
+        let mut warnings = Vec::new();
+        let (network, net_lines) = network::load_with_lines(root).unwrap_or_else(|e| {
+            warnings.push(e);
+            (NetworkConfig::default(), KeyLines::default())
+        });
+        let gate = GateConfig::load(root).unwrap_or_else(|e| {
+            warnings.push(e);
+            GateConfig::default_for(root.path())
+        });
+        let (vpn, vpn_lines) = match vpn::load_with_lines(root) {
+            Ok(Some((v, l))) => (Some(v), l),
+            Ok(None) => (None, KeyLines::default()),
+            Err(e) => {
+                warnings.push(e);
+                (Some(VpnConfig::default()), KeyLines::default())
+            }
+        };
+        let config = Config { root: root.path().to_path_buf(), network, gate, vpn };
+        if warnings.is_empty()
+            && let Err(e) = config.check(Some((&net_lines, &vpn_lines)))
+        {
+            warnings.push(e);
+        }
+        Ok((config, warnings))
+    }
+
     /// The configuration `init` starts from: CAS defaults, and the VPN defaults (Scenario A).
     pub fn default_for(root: impl AsRef<Path>) -> Config {
         let root = root.as_ref();

@@ -304,3 +304,38 @@ fn a_killed_import_is_all_or_nothing_after_recovery() {
         );
     }
 }
+
+/// Invariant 14: a typo in an unrelated configuration file never blocks a revocation (nor reading the fleet); the
+/// commands that need the broken value still refuse, naming it.
+#[test]
+fn a_broken_config_file_does_not_block_revocation() {
+    let i = Install::new();
+    i.ok(&["terminal", "add", "atm-stolen", "--server-keygen"]);
+    i.ok(&["admin-vpn", "issue", "alice", "--out", i.path("alice.ovpn").to_str().unwrap()]);
+    let vpn = i.path("config/vpn");
+    std::fs::write(&vpn, std::fs::read_to_string(&vpn).unwrap() + "terminal_portz=13000-13010\n").unwrap();
+    let net = i.path("config/network");
+    std::fs::write(&net, std::fs::read_to_string(&net).unwrap().replace("public_ip=198.51.100.1", "public_ip=nope"))
+        .unwrap();
+
+    let out = i.run(&["revoke", "atm-stolen", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "revoke blocked by an unrelated typo: {stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("terminal_portz"), "the broken vpn file is named: {stderr}");
+    assert!(stderr.contains("public_ip"), "the broken network file is named: {stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["name"], "atm-stolen");
+    let crl = i.path("pki/crl-terminal.pem");
+    let text =
+        std::process::Command::new("openssl").args(["crl", "-noout", "-text", "-in"]).arg(&crl).output().unwrap();
+    let serial = r["serials"][0].as_str().expect("a server-keygen terminal has a certificate");
+    let listed = String::from_utf8_lossy(&text.stdout).to_lowercase();
+    assert!(listed.contains(serial.trim_start_matches('0')), "serial {serial} is not in the new CRL:\n{listed}");
+    assert!(i.run(&["crl"]).status.success(), "crl blocked by an unrelated typo");
+    let list = i.run(&["terminal", "list", "--all", "--json"]);
+    assert!(list.status.success(), "terminal list blocked by an unrelated typo");
+
+    // What needs the broken values still refuses, naming the file and key.
+    let err = i.fails(&["admin-vpn", "issue", "bob"], 1);
+    assert!(err.contains("terminal_portz") || err.contains("public_ip"), "{err}");
+}
