@@ -5,6 +5,11 @@ fn main() {
         Ok(cli) => cli,
         Err(code) => std::process::exit(code),
     };
+    // `cas-vpn terminal list | head` must end quietly when the reader goes away (as every Unix tool does), not
+    // panic on a broken pipe. The long-running commands keep SIGPIPE ignored: their sockets report EPIPE instead.
+    if !cli.cmd.is_long_running() {
+        cas_vpn::sys::process::default_sigpipe();
+    }
     tracing_subscriber::fmt()
         // `serve` tells what it does; one-shot commands stay quiet unless asked (RUST_LOG).
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {

@@ -156,6 +156,14 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
 /// Parses argv; usage errors are reduced to one line on stderr and exit 2.
+impl Cmd {
+    /// `serve` and `agent run`: they live on sockets (where a closed peer is an error to handle, not a signal to
+    /// die of) rather than on a reader of their stdout.
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, Cmd::Serve { .. } | Cmd::Agent(pairing::AgentCmd::Run { .. }))
+    }
+}
+
 pub fn parse() -> Result<Cli, i32> {
     match Cli::try_parse() {
         Ok(c) => Ok(c),

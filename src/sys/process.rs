@@ -134,6 +134,13 @@ pub fn spawn_service(
     cmd.spawn()
 }
 
+/// Restores the default action of SIGPIPE (the Rust runtime ignores it): a command whose stdout reader went away
+/// then ends silently with status 141, like any Unix tool, instead of panicking in `println!`.
+pub fn default_sigpipe() {
+    // SAFETY: installs the default disposition; no handler code runs.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+}
+
 /// Sends `sig` to the whole process group of `pid` (the child is its group's leader).
 pub fn signal_group(pid: u32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pid as i32), sig);

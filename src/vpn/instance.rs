@@ -22,6 +22,30 @@ use crate::domain::lifecycle::{Action, Event, Machine, State};
 use crate::domain::{Kind, Name};
 use crate::sys::process::{signal_group, spawn_guarded};
 
+/// How loud one line of openvpn's output is in cas-vpn's log: its own errors and warnings at their level, the
+/// management interface's routine traffic (our `status 3` every 15 s) out of the way at DEBUG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenvpnLine {
+    Error,
+    Warning,
+    Chatter,
+    Info,
+}
+
+impl OpenvpnLine {
+    pub fn of(line: &str) -> OpenvpnLine {
+        if line.contains("ERROR:") || line.contains("Options error") || line.contains("Exiting due to fatal error") {
+            OpenvpnLine::Error
+        } else if line.contains("WARNING:") {
+            OpenvpnLine::Warning
+        } else if line.contains("MANAGEMENT: ") {
+            OpenvpnLine::Chatter
+        } else {
+            OpenvpnLine::Info
+        }
+    }
+}
+
 /// Real client addresses of connections the terminal front relayed, by the local port of the relay's connection
 /// to the instance (what openvpn reports as `untrusted_port`).
 pub type RealAddrs = Arc<Mutex<HashMap<u16, SocketAddr>>>;
@@ -193,7 +217,12 @@ impl Instance {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "openvpn", instance = %name, "{line}");
+                    match OpenvpnLine::of(&line) {
+                        OpenvpnLine::Error => tracing::error!(target: "openvpn", instance = %name, "{line}"),
+                        OpenvpnLine::Warning => tracing::warn!(target: "openvpn", instance = %name, "{line}"),
+                        OpenvpnLine::Chatter => tracing::debug!(target: "openvpn", instance = %name, "{line}"),
+                        OpenvpnLine::Info => tracing::info!(target: "openvpn", instance = %name, "{line}"),
+                    }
                 }
             });
         }
@@ -380,5 +409,23 @@ async fn next_event(mgmt: &mut Option<(Mgmt, mpsc::UnboundedReceiver<ClientEvent
     match mgmt {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OpenvpnLine;
+
+    #[test]
+    fn openvpn_lines_keep_their_level_and_management_chatter_is_quiet() {
+        let of = OpenvpnLine::of;
+        assert_eq!(
+            of("2026-12-02 14:00:00 ERROR: Cannot open TUN/TAP dev /dev/net/tun: Permission denied"),
+            OpenvpnLine::Error
+        );
+        assert_eq!(of("Options error: --crl-verify fails with '/x': Permission denied (errno=13)"), OpenvpnLine::Error);
+        assert_eq!(of("2026-12-02 14:00:00 WARNING: file '/x' is group or others accessible"), OpenvpnLine::Warning);
+        assert_eq!(of("2026-12-02 14:00:00 MANAGEMENT: CMD 'status 3'"), OpenvpnLine::Chatter);
+        assert_eq!(of("2026-12-02 14:00:00 Initialization Sequence Completed"), OpenvpnLine::Info);
     }
 }

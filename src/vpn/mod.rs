@@ -74,6 +74,8 @@ impl Registry {
         for w in waits {
             total += w.await.unwrap_or(0);
         }
+        // One line per revocation (or other kill) in the service log, whatever it found.
+        tracing::info!(credential = %name, sessions = total, "kill: live sessions ended");
         total
     }
 

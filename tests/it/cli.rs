@@ -339,3 +339,25 @@ fn a_broken_config_file_does_not_block_revocation() {
     let err = i.fails(&["admin-vpn", "issue", "bob"], 1);
     assert!(err.contains("terminal_portz") || err.contains("public_ip"), "{err}");
 }
+
+/// `cas-vpn terminal list | head`: when the reader goes away, the command ends quietly (SIGPIPE, as any Unix tool),
+/// never with a panic.
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let i = Install::new();
+    i.ok(&["terminal", "add", "atm-1"]);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("cas-vpn"))
+        .env("CAS_VPN_ROOT", i.root())
+        .env(crate::support::USERS_ENV, "none")
+        .args(["terminal", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.signal() == Some(13) || out.status.success(), "{:?}: {stderr}", out.status);
+}
