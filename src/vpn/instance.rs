@@ -307,6 +307,18 @@ impl Instance {
                     if let Err(e) = self.store.upsert_session(&row).await {
                         tracing::error!(instance = %self.spec.name, error = %e, "cannot record session");
                     }
+                    if self.spec.role.kind == Kind::Terminal {
+                        match self.store.mark_paired_by_session(s.credential_id, row.since).await {
+                            Ok(true) => tracing::info!(
+                                terminal = %s.name,
+                                "first VPN session of a profile delivered out of band: the terminal counts as paired"
+                            ),
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::error!(terminal = %s.name, error = %e, "cannot mark the terminal paired")
+                            }
+                        }
+                    }
                 }
                 Ok(())
             }

@@ -56,6 +56,9 @@ fn terminal_connects_through_the_front_port_and_reaches_only_master() {
     assert!(session["real_addr"].as_str().unwrap().starts_with(&d.lan.client_ip(0).to_string()), "{session}");
     let list = d.json(&["terminal", "list"]);
     assert_eq!(list[0]["state"], "online");
+    // Its server-made profile came out of band (never through the gate): the first session counts as its pairing,
+    // so master (which answers paired terminals only) answers it.
+    assert!(d.json(&["terminal", "show", "atm-1"])["paired_at"].is_string(), "a connected terminal is paired");
 
     // Invariants 6 and 10: no key material reaches serve's log (CA keys, server keys, tls-crypt-v2 keys, the
     // terminal's own key from its profile).
