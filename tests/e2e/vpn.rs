@@ -168,6 +168,23 @@ fn revoke_ends_the_session_within_a_second_and_it_never_returns() {
     assert!(tcp_connect(d.lan.client(1), MASTER_IP, 7741, PROBE));
     assert_eq!(d.sessions_of("atm-1"), 1);
     assert_eq!(c2.lines().iter().filter(|l| l.contains(INIT_COMPLETED)).count(), 1, "atm-1 never reconnected");
+
+    // A second `serve vpn` on the same root is refused at once and changes nothing: the session table and the
+    // running openvpn processes (which a second supervisor would once have killed as "orphans") stay.
+    let openvpns = d.server_openvpn_pids();
+    let second = d
+        .server()
+        .cmd(crate::support::deploy::bin())
+        .env("CAS_VPN_ROOT", d.root())
+        .env("CAS_VPN_SERVICE_USERS", "none")
+        .args(["serve", "vpn"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"), "{second:?}");
+    assert_eq!(d.sessions_of("atm-1"), 1, "the second serve touched the session table");
+    assert_eq!(d.server_openvpn_pids(), openvpns, "the second serve touched the running openvpn processes");
+    assert!(tcp_connect(d.lan.client(1), MASTER_IP, 7741, PROBE), "atm-1 is still connected");
 }
 
 #[test]
