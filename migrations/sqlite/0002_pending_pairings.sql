@@ -1,4 +1,4 @@
--- Approval-flow pairings (DESIGN §4): a terminal without a token sent its CSR; an admin compares the short code
+-- Approval-flow pairings: a terminal without a token sent its CSR; an admin compares the short code
 -- derived from its public key and approves (`cas-vpn pairing approve ID --code CODE`) or rejects it. Same tables and
 -- meaning as migrations/postgres/0002_pending_pairings.sql; keep them in step. A CSR holds no secret.
 CREATE TABLE pending_pairings (

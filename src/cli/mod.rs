@@ -148,6 +148,13 @@ pub enum AdminCmd {
         #[command(flatten)]
         json: Json,
     },
+    /// Let a suspended admin credential (its session was taken over repeatedly from different addresses) connect
+    /// again, once you know only its owner holds it; or revoke and re-issue it.
+    Resume {
+        user: Name,
+        #[command(flatten)]
+        json: Json,
+    },
 }
 
 /// Exit codes.
@@ -266,10 +273,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     if json.json {
                         return print_json(&rows);
                     }
-                    println!("{:<24} {:>6} {:<8} CREATED", "NAME", "PORT", "STATE");
+                    println!("{:<24} {:>6} {:<9} CREATED", "NAME", "PORT", "STATE");
                     for r in rows {
                         let port = r.port.map_or("-".into(), |p| p.to_string());
-                        println!("{:<24} {:>6} {:<8} {}", r.name, port, r.state, r.created_at);
+                        println!("{:<24} {:>6} {:<9} {}", r.name, port, r.state, r.created_at);
+                    }
+                }
+                AdminCmd::Resume { user, json } => {
+                    let r = ops::admin::resume(&ctx, &user).await?;
+                    if json.json {
+                        return print_json(&r);
+                    }
+                    if r.resumed {
+                        println!("{} may connect again", r.name);
+                    } else {
+                        println!("{} was not suspended; nothing to do", r.name);
                     }
                 }
             }

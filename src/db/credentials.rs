@@ -34,6 +34,8 @@ pub struct Credential {
     pub version: Option<String>,
     pub last_seen: Option<i64>,
     pub paired_at: Option<i64>,
+    /// Admin: suspended after repeated takeovers of its session (refused on connect until resumed).
+    pub suspended_at: Option<i64>,
 }
 
 impl Credential {
@@ -68,7 +70,7 @@ const CHUNK: usize = 100;
 macro_rules! cred_cols {
     () => {
         "id, name, kind, created_at, revoked_at, revoke_reason, home_instance, host_index, admin_port, \
-         hw_serial, version, last_seen, paired_at"
+         hw_serial, version, last_seen, paired_at, suspended_at"
     };
 }
 pub(crate) const CRED_BY_ID: &str = concat!("SELECT ", cred_cols!(), " FROM credentials WHERE id = $1");
@@ -91,6 +93,7 @@ pub(crate) struct CredRow {
     version: Option<String>,
     last_seen: Option<i64>,
     paired_at: Option<i64>,
+    suspended_at: Option<i64>,
 }
 
 impl CredRow {
@@ -109,6 +112,7 @@ impl CredRow {
             version: self.version,
             last_seen: self.last_seen,
             paired_at: self.paired_at,
+            suspended_at: self.suspended_at,
         })
     }
 }
@@ -271,6 +275,7 @@ impl Store {
                         version: None,
                         last_seen: None,
                         paired_at: None,
+                        suspended_at: None,
                     })
                 })
                 .collect::<Result<Vec<_>, DbError>>()
@@ -479,6 +484,22 @@ impl Store {
 
     /// Marks a terminal paired (approval and server-keygen flows; token redemption does it itself) and records
     /// the hardware serial it reported, if any.
+    /// Suspends (`Some(now)`) or resumes (`None`) an active admin credential. Returns whether it changed anything.
+    pub async fn set_admin_suspended(&self, credential_id: i64, at: Option<i64>) -> Result<bool, DbError> {
+        let done = on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE credentials SET suspended_at = $1 \
+                 WHERE id = $2 AND kind = 'admin' AND revoked_at IS NULL AND (suspended_at IS NULL) <> ($1 IS NULL)",
+            )
+            .bind(at)
+            .bind(credential_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(done > 0)
+    }
+
     /// A terminal's first VPN session counts as its pairing when it never paired through the gate: a server-made
     /// profile handed over out of band (`terminal import --out`) is in use. Returns whether it changed anything.
     pub async fn mark_paired_by_session(&self, credential_id: i64, now: i64) -> Result<bool, DbError> {

@@ -12,6 +12,7 @@ mod name;
 mod net;
 mod pairing_state;
 mod path;
+pub mod takeover;
 mod token;
 
 pub use actor::{Actor, UnixUser};

@@ -84,6 +84,8 @@ pub async fn list(ctx: &Ctx, include_revoked: bool) -> Result<Vec<AdminRow>, Ops
         .map(|c| AdminRow {
             state: if c.revoked_at.is_some() {
                 "revoked"
+            } else if c.suspended_at.is_some() {
+                "suspended"
             } else if live.contains(&c.id) {
                 "online"
             } else {
@@ -95,4 +97,28 @@ pub async fn list(ctx: &Ctx, include_revoked: bool) -> Result<Vec<AdminRow>, Ops
             name: c.name,
         })
         .collect())
+}
+
+/// What `admin-vpn resume` did.
+#[derive(Debug, Serialize)]
+pub struct Resumed {
+    pub name: Name,
+    /// False when it was not suspended.
+    pub resumed: bool,
+}
+
+/// Lifts the suspension of an admin credential (after repeated takeovers of its session, see README): the
+/// operator has made sure only its owner holds it. Re-issuing (revoke, issue) is the other way out.
+pub async fn resume(ctx: &Ctx, name: &Name) -> Result<Resumed, OpsError> {
+    let cred = ctx
+        .store
+        .credential_by_name(name)
+        .await?
+        .filter(|c| c.kind == Kind::Admin)
+        .ok_or_else(|| OpsError::Other(format!("no active admin credential named {name}")))?;
+    let resumed = ctx.store.set_admin_suspended(cred.id, None).await?;
+    if resumed {
+        ctx.store.audit(&ctx.actor, "admin.resumed", name.as_str(), "", ctx.clock.now()).await?;
+    }
+    Ok(Resumed { name: name.clone(), resumed })
 }

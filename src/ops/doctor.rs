@@ -125,6 +125,23 @@ pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
             e.warning.clone().unwrap_or_else(|| format!("until {}", e.not_after.as_deref().unwrap_or("?"))),
         );
     }
+    let suspended: Vec<String> = ctx
+        .store
+        .list_credentials(Some(crate::domain::Kind::Admin), false)
+        .await?
+        .into_iter()
+        .filter(|c| c.suspended_at.is_some())
+        .map(|c| c.name.to_string())
+        .collect();
+    if suspended.is_empty() {
+        add("admin credentials", Level::Ok, "none suspended".into());
+    } else {
+        add(
+            "admin credentials",
+            Level::Warn,
+            format!("suspended after repeated takeovers: {} (admin-vpn resume, or re-issue)", suspended.join(", ")),
+        );
+    }
     match &s.running {
         None => add("serve", Level::Warn, "not running".into()),
         Some(r) => {

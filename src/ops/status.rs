@@ -146,6 +146,17 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
     if let Some(r) = &running {
         warnings.extend(r.iter().filter(|i| i.crash_loop).map(|i| format!("instance {} is crash-looping", i.name)));
     }
+    warnings.extend(
+        ctx.store.list_credentials(Some(Kind::Admin), false).await?.iter().filter(|c| c.suspended_at.is_some()).map(
+            |c| {
+                format!(
+                    "admin credential {} is suspended: its session was taken over repeatedly from different addresses \
+             (`cas-vpn admin-vpn resume {}` or re-issue it)",
+                    c.name, c.name
+                )
+            },
+        ),
+    );
     let sessions = ctx.store.list_sessions().await?.iter().map(SessionReport::from).collect();
     let net = &ctx.cfg.network;
     Ok(Status {

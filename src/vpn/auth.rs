@@ -48,6 +48,9 @@ pub fn decide(role: &InstanceRole, claim: &Claim, cred: Option<&Credential>, cer
     if cred.kind != role.kind {
         return Decision::Deny("wrong VPN for this credential");
     }
+    if cred.suspended_at.is_some() {
+        return Decision::Deny("credential suspended after repeated takeovers");
+    }
     // The certificate presented must be one of this credential's, and not revoked: a renewed terminal's old
     // certificate stops working when it is revoked, even before the CRL is re-read.
     let Some(cert) = cert else { return Decision::Deny("unknown certificate") };
@@ -100,6 +103,7 @@ mod tests {
             version: None,
             last_seen: None,
             paired_at: None,
+            suspended_at: None,
         }
     }
 

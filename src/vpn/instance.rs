@@ -19,8 +19,14 @@ use crate::app::instances::InstanceSpec;
 pub use crate::control::InstanceStatus;
 use crate::db::{NewSession, Store};
 use crate::domain::lifecycle::{Action, Event, Machine, State};
+use crate::domain::takeover::{self, TakeoverWatch};
 use crate::domain::{Kind, Name};
 use crate::sys::process::{signal_group, spawn_guarded};
+
+/// The IP of an `ip:port` real address (openvpn's `untrusted_ip` form, or what the front saw).
+fn ip_of(addr: &str) -> Option<std::net::IpAddr> {
+    addr.parse::<std::net::SocketAddr>().map(|a| a.ip()).or_else(|_| addr.parse()).ok()
+}
 
 /// How loud one line of openvpn's output is in cas-vpn's log: its own errors and warnings at their level, the
 /// management interface's routine traffic (our `status 3` every 15 s) out of the way at DEBUG.
@@ -86,6 +92,8 @@ pub struct Instance {
     mgmt_try_at: Option<TokioInstant>,
     wake: Option<TokioInstant>,
     sessions: HashMap<u64, Session>,
+    /// Admin instances: recent takeovers of the credential's session.
+    takeovers: TakeoverWatch,
     ready: watch::Sender<bool>,
 }
 
@@ -95,6 +103,7 @@ impl Instance {
             spec,
             store,
             real_addrs,
+            takeovers: TakeoverWatch::default(),
             origin: TokioInstant::now(),
             machine: Machine::default(),
             child: None,
@@ -266,20 +275,35 @@ impl Instance {
         let result = match ev {
             ClientEvent::Connect { cid, kid, env } => match self.authorize(&env).await {
                 Decision::Allow { credential_id, name, tunnel_ip, netmask } => {
+                    let real_addr = self.real_addr(&env);
+                    let mut suspend = false;
                     if self.spec.role.kind == Kind::Admin {
                         // One live session per admin credential: the newest wins (see README), the older is killed
-                        // before the new one is let in, so there are never two.
-                        let old: Vec<u64> = self.sessions.keys().copied().collect();
-                        for old_cid in old {
+                        // before the new one is let in, so there are never two. A fight between two places
+                        // (`domain::takeover`) suspends the credential instead.
+                        let old: Vec<(u64, String)> =
+                            self.sessions.iter().map(|(c, s)| (*c, s.real_addr.clone())).collect();
+                        let now = crate::app::now();
+                        for (old_cid, old_addr) in old {
+                            suspend |= self.takeovers.note(credential_id, ip_of(&old_addr), ip_of(&real_addr), now);
                             let _ = mgmt.client_kill(old_cid).await;
                             self.forget(old_cid).await;
-                            tracing::warn!(instance = %self.spec.name, credential = %name, "older admin session replaced");
+                            tracing::warn!(
+                                instance = %self.spec.name, credential = %name, from = %old_addr, to = %real_addr,
+                                "older admin session replaced"
+                            );
+                        }
+                        if suspend {
+                            self.suspend(credential_id, &name, now).await;
                         }
                     }
-                    let real_addr = self.real_addr(&env);
-                    self.sessions.insert(cid, Session { credential_id, name: name.clone(), tunnel_ip, real_addr });
-                    tracing::info!(instance = %self.spec.name, credential = %name, %tunnel_ip, "client allowed");
-                    mgmt.client_auth(cid, kid, &[format!("ifconfig-push {tunnel_ip} {netmask}")]).await
+                    if suspend {
+                        mgmt.client_deny(cid, kid, "credential suspended after repeated takeovers").await
+                    } else {
+                        self.sessions.insert(cid, Session { credential_id, name: name.clone(), tunnel_ip, real_addr });
+                        tracing::info!(instance = %self.spec.name, credential = %name, %tunnel_ip, "client allowed");
+                        mgmt.client_auth(cid, kid, &[format!("ifconfig-push {tunnel_ip} {netmask}")]).await
+                    }
                 }
                 Decision::Deny(reason) => {
                     tracing::warn!(instance = %self.spec.name, cn = ?env.get("common_name"), reason, "client denied");
@@ -349,6 +373,21 @@ impl Instance {
         if self.sessions.remove(&cid).is_some() {
             let _ = self.store.remove_session(self.spec.name.as_str(), cid as i64).await;
         }
+    }
+
+    /// Suspends an admin credential whose session is being fought over, and says so everywhere it counts.
+    async fn suspend(&mut self, credential_id: i64, name: &Name, now: i64) {
+        tracing::error!(
+            instance = %self.spec.name, credential = %name,
+            "admin credential SUSPENDED: its session was taken over repeatedly from different addresses \
+             (two parties hold it?); `cas-vpn admin-vpn resume {name}` or re-issue it"
+        );
+        if let Err(e) = self.store.set_admin_suspended(credential_id, Some(now)).await {
+            tracing::error!(credential = %name, error = %e, "cannot record the suspension");
+        }
+        let detail =
+            format!("{} takeovers from different addresses within {} s", takeover::LIMIT, takeover::WINDOW_SECS);
+        let _ = self.store.audit(&crate::domain::Actor::Vpn, "admin.suspended", name.as_str(), &detail, now).await;
     }
 
     fn real_addr(&self, env: &Env) -> String {

@@ -292,3 +292,44 @@ fn a_config_change_restarts_only_the_instances_it_touches() {
     d.set_vpn(&[("terminal_ports", "13000-13011")]);
     assert_eq!(pids(&d), after, "nothing restarted on a config that did not load");
 }
+
+/// Two parties holding one admin credential (a stolen profile): "newest wins" would have them kick each other
+/// forever; after `takeover::LIMIT` takeovers from different addresses the credential is suspended, both are
+/// refused, status and doctor say so, and once the operator resumes it the owner gets back in.
+#[test]
+#[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
+fn two_parties_fighting_over_an_admin_credential_get_it_suspended() {
+    require_root();
+    let mut d = Deployment::new(2, &[]);
+    d.start();
+    let (alice, _) = d.admin("alice");
+    d.wait_ready(CONNECT);
+    let _admin_ui = tcp_listener(d.server(), ADMIN_IP, 7777);
+    let state = |d: &Deployment| d.json(&["admin-vpn", "list"])[0]["state"].as_str().unwrap_or_default().to_owned();
+
+    let owner = d.connect(0, &alice);
+    wait_initialized(&owner, CONNECT);
+    let thief = d.connect(1, &alice);
+    wait_until("the fight gets alice suspended", Duration::from_secs(120), || state(&d) == "suspended");
+    wait_until("no alice session is left", CONNECT, || d.sessions_of("alice") == 0);
+    let (mark_owner, mark_thief) = (owner.mark(), thief.mark());
+    drop(thief);
+    // From now on every attempt is refused.
+    wait_until("the owner's next attempt is refused", CONNECT, || {
+        owner.lines()[mark_owner..].iter().any(|l| refused(l))
+    });
+    assert!(!owner.lines()[mark_owner..].iter().any(|l| l.contains(INIT_COMPLETED)), "a suspended credential got in");
+    let _ = mark_thief;
+    let warnings = d.status()["warnings"].to_string();
+    assert!(warnings.contains("alice is suspended"), "{warnings}");
+    let doctor = String::from_utf8(d.cli(&["doctor"]).stdout).unwrap();
+    assert!(doctor.contains("suspended after repeated takeovers: alice"), "{doctor}");
+    drop(owner);
+
+    // The operator resumes it; the owner connects again.
+    let r = d.json(&["admin-vpn", "resume", "alice"]);
+    assert_eq!(r["resumed"], true, "{r}");
+    let back = d.connect(0, &alice);
+    wait_initialized(&back, CONNECT);
+    assert_eq!(state(&d), "online");
+}

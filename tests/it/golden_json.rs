@@ -297,6 +297,7 @@ async fn golden_json_shapes() {
     g.check("terminal_show", &cli(i, &["terminal", "show", "atm-1", "--json"]).await, &[]);
     g.check("terminal_show_revoked", &cli(i, &["terminal", "show", "atm-2", "--json"]).await, &[]);
     g.check("admin_vpn_list", &cli(i, &["admin-vpn", "list", "--all", "--json"]).await, &[]);
+    g.check("admin_vpn_resume", &cli(i, &["admin-vpn", "resume", "alice", "--json"]).await, &[]);
     g.check("status", &cli(i, &["status", "--json"]).await, &[]);
     // What doctor finds depends on the machine (openvpn, nft, tun): its levels and details are not pinned, nor is
     // its exit code.
