@@ -1,5 +1,5 @@
 //! cas-vpn: an OpenVPN orchestrator for Bitcoin ATM fleets. See ARCHITECTURE.md for the map and the floors:
-//! `cli → ops/daemon → services (vpn, gate, master, agent) → app/http/wire/control → db/config/pkifiles/ovpn →
+//! `cli → ops/daemon → services (vpn, gate, master, net, firewall, agent) → app/http/wire/control → db/config/pkifiles/ovpn →
 //! domain/sys (and cas-pki)`. Nothing imports upward; services never import `ops` or each other
 //! (`tests/it/layers.rs` enforces it).
 
@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod ops;
 // Floor 4: the services (one process each) and the reference terminal.
 pub mod agent;
+pub mod firewall;
 pub mod gate;
 pub mod master;
 pub mod net;

@@ -91,6 +91,43 @@ pub enum Cmd {
     /// The reference terminal agent: pair with the gate, then keep the VPN and master heartbeat up.
     #[command(subcommand)]
     Agent(pairing::AgentCmd),
+    /// The firewall `serve net` keeps in force: show the rules, install them, compare with what is installed.
+    #[command(subcommand)]
+    Firewall(FirewallCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirewallCmd {
+    /// Print the exact rules and a diff against what is installed.
+    Plan {
+        /// Render for this backend instead of config/firewall's.
+        #[arg(long)]
+        backend: Option<crate::config::Backend>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Install the rules now (refused when they would cut the SSH session this runs in).
+    Apply {
+        #[arg(long)]
+        backend: Option<crate::config::Backend>,
+        /// Put the previous rules back after DUR unless `cas-vpn firewall confirm` runs first (waits until then).
+        #[arg(long, value_name = "DUR")]
+        confirm: Option<Dur>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Keep the rules of a pending `apply --confirm`.
+    Confirm {
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Installed against planned (drift), the pairing window and what the Internet can reach.
+    Status {
+        #[arg(long)]
+        backend: Option<crate::config::Backend>,
+        #[command(flatten)]
+        json: Json,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +359,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Pairing(p) => pairing::pairing(Ctx::open(&root, db).await?, p).await?,
         Cmd::UnbanIp { ip, json } => pairing::unban_ip(Ctx::open(&root, db).await?, ip, json).await?,
         Cmd::Agent(a) => pairing::agent(a).await?,
+        Cmd::Firewall(f) => firewall(Ctx::open(&root, db).await?, f).await?,
         Cmd::Crl { out } => {
             let ctx = open_lenient(&root, db).await?;
             let mut pem = String::new();
@@ -426,6 +464,99 @@ async fn terminal(ctx: Ctx, cmd: TerminalCmd) -> anyhow::Result<()> {
                 let state = c.revoked_at.as_ref().map_or("valid".to_owned(), |r| format!("revoked {r}"));
                 println!("certificate: {} until {} ({state})", c.serial, c.not_after);
             }
+        }
+    }
+    Ok(())
+}
+
+async fn firewall(ctx: Ctx, cmd: FirewallCmd) -> anyhow::Result<()> {
+    match cmd {
+        FirewallCmd::Plan { backend, json } => {
+            let r = ops::firewall::plan(&ctx, backend).await?;
+            if json.json {
+                return print_json(&r);
+            }
+            print!("{}", r.rules);
+            for w in &r.warnings {
+                println!("# WARNING: {w}");
+            }
+            println!("# plan {} ({}); {}", r.plan, r.backend, r.drift.summary());
+            if r.diff.is_empty() {
+                println!("# no difference with the installed script");
+            } else {
+                println!("# diff against the installed script:");
+                for l in &r.diff {
+                    println!("{l}");
+                }
+            }
+        }
+        FirewallCmd::Status { backend, json } => {
+            let r = ops::firewall::plan(&ctx, backend).await?;
+            if json.json {
+                return print_json(&r);
+            }
+            println!(
+                "backend:  {}{}",
+                r.backend,
+                if r.managed { "" } else { " (manage=no: serve net leaves it alone)" }
+            );
+            println!("plan:     {}", r.plan);
+            println!("drift:    {}", r.drift.summary());
+            if r.held {
+                println!("held:     an unconfirmed `firewall apply --confirm` pauses serve net's installs");
+            }
+            match &r.window {
+                crate::firewall::Window::Open { until, from } => {
+                    let who = if from.is_empty() {
+                        "everyone".to_owned()
+                    } else {
+                        from.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    };
+                    println!("window:   open until {} for {who}", ops::rfc3339(*until));
+                }
+                crate::firewall::Window::Closed => println!("window:   closed (7741 is not reachable)"),
+            }
+            println!("exposed to the Internet:");
+            for e in &r.exposure {
+                println!("  {e}");
+            }
+            for w in &r.warnings {
+                println!("WARNING: {w}");
+            }
+            if !r.drift.in_force() {
+                anyhow::bail!("the installed firewall is not the plan: {}", r.drift.summary());
+            }
+        }
+        FirewallCmd::Apply { backend, confirm, json } => {
+            let ssh = std::env::var("SSH_CONNECTION").ok();
+            let r = ops::firewall::apply(&ctx, backend, ssh.as_deref(), confirm.map(|d| d.0)).await?;
+            if json.json {
+                print_json(&r)?;
+            } else {
+                for w in &r.warnings {
+                    eprintln!("WARNING: {w}");
+                }
+                let what = if r.changed { "installed" } else { "already in force" };
+                println!("firewall plan {} {what} ({})", r.plan, r.backend);
+            }
+            if let Some(by) = &r.confirm_by {
+                eprintln!("run `cas-vpn firewall confirm` before {by}, or the previous rules come back");
+                // A lost SSH session must not stop the rollback: the terminal going away is exactly the case.
+                crate::sys::process::ignore_hangup();
+                if !ops::firewall::await_confirmation(&ctx).await? {
+                    anyhow::bail!(
+                        "not confirmed in time: the previous rules are back (serve net holds off until the next `firewall apply`)"
+                    );
+                }
+                eprintln!("confirmed");
+            }
+        }
+        FirewallCmd::Confirm { json } => {
+            let r = ops::firewall::confirm(&ctx).await?;
+            if json.json {
+                return print_json(&r);
+            }
+            println!("confirmed: the new rules stay");
         }
     }
     Ok(())

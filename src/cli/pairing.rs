@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::{Json, print_json};
-use crate::domain::{Dur, Name};
+use crate::domain::{Cidr, Dur, Name};
 use crate::ops::{self, Ctx};
 
 #[derive(Debug, Subcommand)]
@@ -16,6 +16,9 @@ pub enum PairingCmd {
         /// How long (e.g. 15m, 2h); default 15m.
         #[arg(long = "for", value_name = "DUR")]
         duration: Option<Dur>,
+        /// Only these sources may reach the pairing port (comma-separated a.b.c.d/len or a.b.c.d; repeatable).
+        #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+        from: Vec<Cidr>,
         #[command(flatten)]
         json: Json,
     },
@@ -50,12 +53,17 @@ pub enum PairingCmd {
 
 pub async fn pairing(ctx: Ctx, cmd: PairingCmd) -> anyhow::Result<()> {
     match cmd {
-        PairingCmd::Open { duration, json } => {
-            let r = ops::pairing::open_window(&ctx, duration).await?;
+        PairingCmd::Open { duration, from, json } => {
+            let r = ops::pairing::open_window(&ctx, duration, &from).await?;
             if json.json {
                 return print_json(&r);
             }
-            println!("pairing window open until {}", r.open_until.as_deref().unwrap_or("-"));
+            let who = if r.from.is_empty() {
+                String::new()
+            } else {
+                format!(" for {}", r.from.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+            };
+            println!("pairing window open until {}{who}", r.open_until.as_deref().unwrap_or("-"));
         }
         PairingCmd::Close { json } => {
             let r = ops::pairing::close_window(&ctx).await?;

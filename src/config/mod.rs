@@ -9,6 +9,7 @@
 //! parsed here can carry whitespace, quotes or newlines into an OpenVPN config (invariant 7, ARCHITECTURE.md).
 
 mod error;
+mod firewall;
 mod gate;
 mod network;
 mod vpn;
@@ -19,6 +20,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
+pub use firewall::{Backend, FIREWALL_KEYS, FirewallConfig, IfName};
 pub use gate::GateConfig;
 pub use network::NetworkConfig;
 pub use vpn::{Interface, Proto, VpnConfig};
@@ -67,6 +69,10 @@ impl Root {
     /// `<root>/config/vpn`
     pub fn vpn_file(&self) -> PathBuf {
         self.config_dir().join("vpn")
+    }
+    /// `<root>/config/firewall`
+    pub fn firewall_file(&self) -> PathBuf {
+        self.config_dir().join("firewall")
     }
     /// `<root>/pki` (0700; CA keys never leave it)
     pub fn pki_dir(&self) -> PathBuf {
@@ -149,6 +155,8 @@ pub struct Config {
     pub gate: GateConfig,
     /// `None` when `config/vpn` does not exist (Scenario B).
     pub vpn: Option<VpnConfig>,
+    /// `config/firewall` (defaults when missing).
+    pub firewall: FirewallConfig,
 }
 
 impl Config {
@@ -163,7 +171,8 @@ impl Config {
             Some((v, l)) => (Some(v), l),
             None => (None, KeyLines::default()),
         };
-        let config = Config { root: root.path().to_path_buf(), network, gate, vpn };
+        let firewall = FirewallConfig::load(root)?;
+        let config = Config { root: root.path().to_path_buf(), network, gate, vpn, firewall };
         config.check(Some((&net_lines, &vpn_lines)))?;
         Ok(config)
     }
@@ -191,7 +200,11 @@ impl Config {
                 (Some(VpnConfig::default()), KeyLines::default())
             }
         };
-        let config = Config { root: root.path().to_path_buf(), network, gate, vpn };
+        let firewall = FirewallConfig::load(root).unwrap_or_else(|e| {
+            warnings.push(e);
+            FirewallConfig::default()
+        });
+        let config = Config { root: root.path().to_path_buf(), network, gate, vpn, firewall };
         if warnings.is_empty()
             && let Err(e) = config.check(Some((&net_lines, &vpn_lines)))
         {
@@ -208,6 +221,7 @@ impl Config {
             network: NetworkConfig::default(),
             gate: GateConfig::default_for(root),
             vpn: Some(VpnConfig::default()),
+            firewall: FirewallConfig::default(),
         }
     }
 
@@ -291,6 +305,10 @@ impl Config {
     /// `<root>/config/vpn`
     pub fn vpn_path(&self) -> PathBuf {
         self.root_dir().vpn_file()
+    }
+    /// `<root>/config/firewall`
+    pub fn firewall_path(&self) -> PathBuf {
+        self.root_dir().firewall_file()
     }
     /// `<root>/pki`
     pub fn pki_dir(&self) -> PathBuf {

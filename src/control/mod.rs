@@ -2,6 +2,7 @@
 //! another cas-vpn process (the CLI's `revoke`, `admin-vpn issue`, `status`, the web UI) reaches the supervisor.
 //! One JSON line in, one JSON line out. The server side is `vpn::control`.
 
+pub mod net;
 pub mod signer;
 
 use std::path::{Path, PathBuf};
@@ -51,9 +52,17 @@ pub fn socket_path(root: &Path) -> PathBuf {
 
 /// Sends one request to the running `serve`. `Ok(None)` when none runs (no socket, or nobody listening).
 pub async fn request(root: &Path, req: &Request, timeout: Duration) -> Result<Option<Response>, ControlError> {
-    let path = socket_path(root);
-    let io = |source| ControlError::Io { path: path.clone(), source };
-    let mut stream = match UnixStream::connect(&path).await {
+    exchange(&socket_path(root), req, timeout).await
+}
+
+/// One JSON line out, one JSON line back over the unix socket at `path`; `Ok(None)` when nothing listens there.
+pub(crate) async fn exchange<Q: Serialize, A: serde::de::DeserializeOwned>(
+    path: &Path,
+    req: &Q,
+    timeout: Duration,
+) -> Result<Option<A>, ControlError> {
+    let io = |source| ControlError::Io { path: path.to_owned(), source };
+    let mut stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
             return Ok(None);

@@ -89,7 +89,11 @@ pub async fn serve(root: &Path, database_url: Option<&str>, what: Service) -> Re
     let ctx = Arc::new(ctx);
     let stop = stop_on_signals();
     match what {
-        Service::Net => crate::net::run_net(ctx, stop).await,
+        // One process, two halves: the service interface and the firewall (services never import each other).
+        Service::Net => {
+            tokio::try_join!(crate::net::run_net(ctx.clone(), stop.clone()), crate::firewall::service::run(ctx, stop))
+                .map(drop)
+        }
         Service::Signer => crate::signer::run_signer(ctx, stop).await,
         Service::Vpn => crate::vpn::service::run_vpn(ctx, stop).await,
         Service::Gate => crate::gate::run_gate(ctx, stop).await,

@@ -118,6 +118,56 @@ impl fmt::Display for Subnet {
     }
 }
 
+/// A source network for firewall rules: `a.b.c.d/len` with no host bits (any length, /0 to /32), or a bare address
+/// (read as `/32`). Unlike [`Subnet`] it may be a single host or the whole Internet, because it says who may knock,
+/// not where tunnels live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr(Ipv4Net);
+
+impl Cidr {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.0.contains(&ip)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = DomainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why: String| DomainError::Subnet { shown: shown(s), why };
+        if let Ok(ip) = s.parse::<Ipv4Addr>() {
+            return Ok(Cidr(Ipv4Net::from(ip)));
+        }
+        let net: Ipv4Net = s.parse().map_err(|_| err("expected a.b.c.d/len or a.b.c.d, e.g. 192.0.2.0/24".into()))?;
+        if net.addr() != net.network() {
+            return Err(err(format!("host bits are set; did you mean {}?", net.trunc())));
+        }
+        Ok(Cidr(net))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Always with its length, so a rule reads the same whether the operator wrote `/32` or not.
+        write!(f, "{}/{}", self.0.addr(), self.0.prefix_len())
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A comma-separated list of [`Cidr`]s (`192.0.2.0/24,198.51.100.7`); empty text is the empty list. Sorted and
+/// deduplicated, so two spellings of one list render the same rules.
+pub fn parse_cidrs(text: &str) -> Result<Vec<Cidr>, DomainError> {
+    let mut out =
+        text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::parse).collect::<Result<Vec<Cidr>, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 impl serde::Serialize for Subnet {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

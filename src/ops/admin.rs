@@ -53,6 +53,8 @@ pub async fn issue(ctx: &Ctx, name: &Name, out: Option<&Path>) -> Result<Issued,
     // A running `serve` starts the credential's instance now (it would within 30 s anyway).
     let _ =
         crate::control::request(&ctx.cfg.root, &crate::control::Request::Reload, super::revoke::RELOAD_TIMEOUT).await;
+    // And the firewall opens its port.
+    super::firewall::poke_net(ctx).await;
     let slice = admin_slice(vpn, port)?;
     Ok(Issued {
         name: name.clone(),

@@ -153,6 +153,24 @@ pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
             }
         }
     }
+    // The firewall: installed against planned. Rules edited by hand fail; anything else not in force warns
+    // (serve net installs the plan when it starts and repairs drift every drift_check).
+    if !ctx.cfg.firewall.manage {
+        add("firewall", Level::Warn, "manage=no in config/firewall: the firewall is left to the operator".into());
+    } else {
+        match super::firewall::plan(ctx, None).await {
+            Ok(p) => {
+                use crate::firewall::engine::Drift;
+                let level = match &p.drift {
+                    Drift::InForce => Level::Ok,
+                    Drift::Edited { .. } => Level::Fail,
+                    _ => Level::Warn,
+                };
+                add("firewall", level, format!("{} ({}): {}", p.plan, p.backend, p.drift.summary()));
+            }
+            Err(e) => add("firewall", Level::Warn, format!("cannot compare with what is installed: {e}")),
+        }
+    }
     let healthy = !checks.iter().any(|c| c.level == Level::Fail);
     Ok(Report { checks, healthy })
 }

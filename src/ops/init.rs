@@ -77,6 +77,12 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
         vpn.write(root)?;
         step("config/vpn", Action::Created);
     }
+    if root.join("config").join("firewall").exists() {
+        step("config/firewall", Action::Kept);
+    } else {
+        crate::config::FirewallConfig::default().write(root)?;
+        step("config/firewall", Action::Created);
+    }
 
     let store_is_new = database_url.is_none() && !root.join("db").join("cas-vpn.sqlite").exists();
     let ctx = Ctx::open(root, database_url).await?;

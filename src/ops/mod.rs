@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod doctor;
+pub mod firewall;
 pub mod init;
 pub mod ownership;
 pub mod pairing;

@@ -11,7 +11,7 @@ use super::{Ctx, OpsError, rfc3339};
 use crate::app::new_cert;
 use crate::config::VpnConfig;
 use crate::db::{DbError, NewTerminal, PendingPairing, TerminalLayout};
-use crate::domain::{Dur, Kind, Name, PairingState};
+use crate::domain::{Cidr, Dur, Kind, Name, PairingState, parse_cidrs};
 use crate::wire::{code_matches, pin_text};
 
 /// `pairing open` without `--for`.
@@ -25,16 +25,25 @@ pub struct WindowReport {
     /// RFC 3339 end of the window, when open.
     pub open_until: Option<String>,
     pub remaining_secs: Option<i64>,
+    /// Who may reach the pairing port while it is open (`--from`); empty: everyone.
+    pub from: Vec<Cidr>,
 }
 
-fn window_report(open_until: Option<i64>, now: i64) -> WindowReport {
+fn window_report(open_until: Option<i64>, from: Option<&str>, now: i64) -> WindowReport {
     match open_until.filter(|u| *u > now) {
-        Some(u) => WindowReport { open: true, open_until: Some(rfc3339(u)), remaining_secs: Some(u - now) },
-        None => WindowReport { open: false, open_until: None, remaining_secs: None },
+        Some(u) => WindowReport {
+            open: true,
+            open_until: Some(rfc3339(u)),
+            remaining_secs: Some(u - now),
+            from: parse_cidrs(from.unwrap_or("")).unwrap_or_default(),
+        },
+        None => WindowReport { open: false, open_until: None, remaining_secs: None, from: Vec::new() },
     }
 }
 
-pub async fn open_window(ctx: &Ctx, duration: Option<Dur>) -> Result<WindowReport, OpsError> {
+/// Opens the pairing window for `duration`; with `from`, the firewall lets only those sources reach the pairing
+/// port. Returns once a running `serve net` has the pairing door open.
+pub async fn open_window(ctx: &Ctx, duration: Option<Dur>, from: &[Cidr]) -> Result<WindowReport, OpsError> {
     let secs = duration.map_or(DEFAULT_WINDOW_SECS, Dur::as_secs);
     if secs == 0 || secs > MAX_WINDOW_SECS {
         return Err(OpsError::Other(format!(
@@ -44,16 +53,25 @@ pub async fn open_window(ctx: &Ctx, duration: Option<Dur>) -> Result<WindowRepor
     }
     let now = ctx.clock.now();
     let until = now + i64::try_from(secs).unwrap_or(i64::MAX / 2);
-    ctx.store.set_pairing_window(Some(until)).await?;
-    ctx.store.audit(&ctx.actor, "pairing.open", "gate", &format!("until {}", rfc3339(until)), now).await?;
-    Ok(window_report(Some(until), now))
+    let sources = from.iter().map(Cidr::to_string).collect::<Vec<_>>().join(",");
+    let stored = (!sources.is_empty()).then_some(sources.as_str());
+    ctx.store.set_pairing_window_from(Some(until), stored).await?;
+    let detail = match stored {
+        Some(s) => format!("until {}; from {s}", rfc3339(until)),
+        None => format!("until {}", rfc3339(until)),
+    };
+    ctx.store.audit(&ctx.actor, "pairing.open", "gate", &detail, now).await?;
+    super::firewall::poke_net(ctx).await;
+    Ok(window_report(Some(until), stored, now))
 }
 
+/// Closes the window; returns once a running `serve net` has the pairing door closed.
 pub async fn close_window(ctx: &Ctx) -> Result<WindowReport, OpsError> {
     let now = ctx.clock.now();
     ctx.store.set_pairing_window(None).await?;
     ctx.store.audit(&ctx.actor, "pairing.close", "gate", "", now).await?;
-    Ok(window_report(None, now))
+    super::firewall::poke_net(ctx).await;
+    Ok(window_report(None, None, now))
 }
 
 #[derive(Debug, Serialize)]
@@ -103,7 +121,8 @@ pub struct PairingStatus {
 
 pub async fn status(ctx: &Ctx) -> Result<PairingStatus, OpsError> {
     let now = ctx.clock.now();
-    let window = window_report(ctx.store.pairing_window().await?, now);
+    let (until, from) = ctx.store.pairing_window_from().await?;
+    let window = window_report(until, from.as_deref(), now);
     let pending = ctx.store.list_pending_pairings(false, now).await?.iter().map(PendingRow::from).collect();
     let banned = ctx
         .store

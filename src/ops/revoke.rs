@@ -70,6 +70,8 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
     if cred.kind == Kind::Admin {
         // Its instance stops and its port is free for the next credential.
         let _ = control::request(&ctx.cfg.root, &Request::Reload, RELOAD_TIMEOUT).await;
+        // And the firewall closes its port (serve net would within its drift check anyway).
+        super::firewall::poke_net(ctx).await;
     }
     Ok(Revoked {
         killed_sessions: killed,

@@ -5,6 +5,7 @@
 //! cas-vpn runs goes through one helper that logs its argv and keeps its stderr.
 
 pub mod cmd;
+pub mod firewall;
 pub mod fs;
 pub mod lock;
 pub mod net;

@@ -163,3 +163,10 @@ pub fn kill_orphan(pidfile: &Path, expected: &str) -> bool {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     true
 }
+
+/// Ignores SIGHUP from now on, so that a process that must finish a step (a firewall rollback) survives the end
+/// of the SSH session it was started from.
+pub fn ignore_hangup() {
+    // SAFETY: SIG_IGN installs no handler code; changing a disposition is async-signal-safe.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn) };
+}

@@ -6,6 +6,7 @@
 //! what it left behind (see `support/netns.rs` for the names).
 
 mod cleanup;
+mod firewall;
 mod pairing;
 mod privsep;
 mod smoke;

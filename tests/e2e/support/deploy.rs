@@ -71,6 +71,47 @@ impl Deployment {
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     }
 
+    /// Rewrites keys of config/firewall (replacing their lines).
+    pub fn set_firewall(&self, keys: &[(&str, &str)]) {
+        let path = self.root.path().join("config/firewall");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !keys.iter().any(|(k, _)| l.starts_with(&format!("{k}="))))
+            .map(str::to_owned)
+            .collect();
+        lines.extend(keys.iter().map(|(k, v)| format!("{k}={v}")));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// The CLI run inside the server namespace: for `firewall …`, which lists and installs rules in the namespace
+    /// it runs in (the host's firewall is never touched). `env` adds variables (e.g. `SSH_CONNECTION`).
+    pub fn server_cli(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.server().cmd(bin());
+        cmd.env("CAS_VPN_ROOT", self.root())
+            .env("CAS_VPN_SERVICE_USERS", &self.users)
+            .env_remove("CAS_VPN_DATABASE_URL")
+            .env_remove("SSH_CONNECTION")
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// `cas-vpn firewall status --json` in the server namespace.
+    pub fn firewall_status(&self) -> serde_json::Value {
+        let out = self.server_cli(&["firewall", "status", "--json"], &[]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!("firewall status: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        })
+    }
+
+    /// Waits until serve net has the plan in force.
+    pub fn wait_firewall(&self, timeout: Duration) {
+        wait_until("the firewall plan is in force", timeout, || self.firewall_status()["drift"]["drift"] == "in-force");
+    }
+
     pub fn root(&self) -> &Path {
         self.root.path()
     }
@@ -149,6 +190,11 @@ impl Deployment {
             let running = s["running"].as_array().cloned().unwrap_or_default();
             planned > 0 && running.len() == planned && running.iter().all(|i| i["ready"] == true)
         });
+    }
+
+    /// The running serve, to read its log.
+    pub fn serve_log(&self) -> &ChildGuard {
+        self.serve.as_ref().expect("serving")
     }
 
     pub fn serve_guard(&mut self) -> &mut ChildGuard {

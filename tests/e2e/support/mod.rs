@@ -29,5 +29,5 @@ pub use lan::Lan;
 pub use netns::{Netns, list_netns};
 pub use openvpn::{client_address, openvpn_client, openvpn_server, tun_device, tun_ipv4, wait_initialized};
 pub use pki::{TestPki, Usage};
-pub use reach::{ping, tcp_connect, tcp_listener};
+pub use reach::{Answer, ping, tcp_connect, tcp_listener, tcp_probe};
 pub use wait::{wait_for, wait_for_async, wait_until, wait_until_async};

@@ -58,3 +58,34 @@ pub fn tcp_listener(ns: &Netns, ip: impl Into<IpAddr>, port: u16) -> ChildGuard 
     guard.wait_for_text("listening on", Duration::from_secs(5));
     guard
 }
+
+/// What a TCP connection attempt got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The handshake completed: something listens and the firewall let it through.
+    Accepted,
+    /// A reset came back (nothing listens there, or a reject): the host answered.
+    Refused,
+    /// Nothing came back within the timeout (dropped): the host did not answer at all.
+    Silent,
+}
+
+/// Like [`tcp_connect`], telling a refusal (the host answered with a reset) from silence (dropped).
+pub fn tcp_probe(ns: &Netns, ip: impl Into<IpAddr>, port: u16, timeout: Duration) -> Answer {
+    let secs = format!("{:.3}", timeout.as_secs_f64());
+    let status = ns
+        .cmd("timeout")
+        .args(["--kill-after=1", &secs, "bash", "-c", "exec 3<>\"/dev/tcp/$0/$1\""])
+        .arg(ip.into().to_string())
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match status.ok().and_then(|s| s.code()) {
+        Some(0) => Answer::Accepted,
+        // coreutils' timeout exits 124 when the time ran out (137 when it had to kill).
+        Some(124 | 137) | None => Answer::Silent,
+        Some(_) => Answer::Refused,
+    }
+}

@@ -107,6 +107,12 @@ impl Install {
     pub fn on(database_url: Option<&str>) -> Install {
         let i = Install { database_url: database_url.map(str::to_owned), ..Install::empty() };
         i.ok(&["init", "--public-ip", PUBLIC_IP]);
+        // These tests run in the host's network namespace, whose firewall is never touched: a `serve net` started
+        // here (by `serve all`) must leave it alone. The firewall is tested in namespaces (tests/e2e/firewall.rs).
+        let fw = i.path("config/firewall");
+        let text = std::fs::read_to_string(&fw).unwrap().replace("\nmanage=yes\n", "\nmanage=no\n");
+        assert!(text.contains("\nmanage=no\n"), "config/firewall has no manage key");
+        std::fs::write(&fw, text).unwrap();
         i
     }
 
