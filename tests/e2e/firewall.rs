@@ -284,3 +284,36 @@ fn a_terminal_pairs_through_public_ip_during_a_window_and_not_after() {
     let mark = agent.mark();
     agent.wait_for_line_from(mark, |l| l.contains("heartbeat ok"), T);
 }
+
+#[test]
+#[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
+fn a_net_restart_during_a_window_keeps_it_open_until_its_end_and_no_longer() {
+    let fw = deploy(1);
+    let d = &fw.d;
+    let internet = d.lan.client(0);
+    let net_pid = |from: usize| -> (usize, i32) {
+        let (at, line) = d.serve_log().wait_for_line_from(from, |l| l.contains("service started service=\"net\""), T);
+        let pid = line.split("pid=").nth(1).and_then(|p| p.split_whitespace().next()).unwrap().parse().unwrap();
+        (at + 1, pid)
+    };
+    let (after_first, pid) = net_pid(0);
+
+    let r = d.json(&["pairing", "open", "--for", "8s"]);
+    let opened = Instant::now();
+    let remaining = Duration::from_secs(r["remaining_secs"].as_u64().unwrap());
+    assert!(tcp_connect(internet, PUBLIC_IP, 7741, PROBE));
+
+    // kill -9: no shutdown step runs; the launcher starts a new serve net, which plans from the store.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let (_, new_pid) = net_pid(after_first);
+    assert_ne!(new_pid, pid);
+    d.wait_firewall(T);
+    assert!(opened.elapsed() < remaining, "the restart took the whole window; make it longer");
+    assert!(tcp_connect(internet, PUBLIC_IP, 7741, PROBE), "still open after the restart");
+
+    // And no longer than its end.
+    wait_until("7741 is silent after the window's end", remaining + IN_FORCE + PROBE, || {
+        tcp_probe(internet, PUBLIC_IP, 7741, Duration::from_millis(300)) == Answer::Silent
+    });
+    assert!(opened.elapsed() <= remaining + IN_FORCE + Duration::from_millis(300), "{:?}", opened.elapsed());
+}
