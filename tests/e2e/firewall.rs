@@ -317,3 +317,46 @@ fn a_net_restart_during_a_window_keeps_it_open_until_its_end_and_no_longer() {
     });
     assert!(opened.elapsed() <= remaining + IN_FORCE + Duration::from_millis(300), "{:?}", opened.elapsed());
 }
+
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test runs it with --include-ignored"]
+fn apply_with_confirm_rolls_back_unless_confirmed() {
+    require_root();
+    // No serve: the CLI alone installs, in the server namespace.
+    let d = Deployment::new(1, &[]);
+    let srv = d.server();
+    let ok = |args: &[&str]| {
+        let out = d.server_cli(args, &[]);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let dnat = || srv.run(&["nft", "list", "chain", "inet", "cas_vpn", "prerouting"]).unwrap().contains("dnat ip to");
+    ok(&["firewall", "apply"]);
+    assert!(!dnat());
+
+    // A new plan (a window opened while no serve net runs), applied with --confirm and never confirmed: the
+    // previous rules come back by themselves, and the hold keeps serve net from reinstalling the refused plan.
+    d.ok(&["pairing", "open", "--for", "10m"]);
+    let t0 = Instant::now();
+    let out = d.server_cli(&["firewall", "apply", "--confirm", "2s"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not confirmed in time"));
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    assert!(!dnat(), "rolled back to the rules from before");
+    assert_eq!(d.firewall_status()["held"], true);
+
+    // Applied again with --confirm and confirmed from a second session: the new rules stay, the hold is gone.
+    let mut pending = d.server().cmd(bin());
+    pending.env("CAS_VPN_ROOT", d.root()).env("CAS_VPN_SERVICE_USERS", "none").args([
+        "firewall",
+        "apply",
+        "--confirm",
+        "20s",
+    ]);
+    let pending = ChildGuard::spawn("firewall apply --confirm", pending);
+    pending.wait_for_text("cas-vpn firewall confirm", T);
+    assert!(dnat(), "the new rules are in force while the confirmation is pending");
+    ok(&["firewall", "confirm"]);
+    pending.wait_for_text("confirmed", T);
+    assert!(dnat());
+    assert_eq!(d.firewall_status()["held"], false);
+}
