@@ -150,10 +150,20 @@ fn exposure_matrix(backend: &str) {
     });
     assert_eq!(open_ports(internet), public(&[22, 7742]), "admin revoked");
 
+    // A config change is in force within a second (serve net watches the files): 443 for everyone, 7743 only for
+    // the second Internet host.
+    d.set_firewall(&[("open_443", "yes"), ("open_7743", "yes"), ("open_7743_from", &d.lan.client_ip(1).to_string())]);
+    wait_until("443 answers after the config change", IN_FORCE + Duration::from_millis(300), || {
+        tcp_connect(internet, PUBLIC_IP, 443, Duration::from_millis(250))
+    });
+    assert_eq!(open_ports(internet), public(&[22, 443, 7742]), "443 opened, 7743 not for this host");
+    assert!(tcp_connect(other, PUBLIC_IP, 7743, PROBE), "7743 for its listed source");
+
     // `firewall status` says what is exposed and that it is in force.
     let s = d.firewall_status();
     assert_eq!(s["drift"]["drift"], "in-force", "{s}");
     assert_eq!(s["window"]["state"], "closed");
+    assert_eq!(s["exposure"].as_array().unwrap().len(), 4, "{s}");
 }
 
 #[test]
