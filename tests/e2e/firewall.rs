@@ -370,3 +370,26 @@ fn apply_with_confirm_rolls_back_unless_confirmed() {
     assert!(dnat());
     assert_eq!(d.firewall_status()["held"], false);
 }
+
+#[test]
+#[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
+fn per_source_connection_caps_hold_at_packet_level() {
+    let fw = deploy(2);
+    let d = &fw.d;
+    let (internet, other) = (d.lan.client(0), d.lan.client(1));
+    d.set_firewall(&[("front_max_conns", "2")]);
+    wait_until("the cap of 2 is in force", T, || {
+        let s = d.firewall_status();
+        s["rules"].as_str().unwrap_or("").contains("ct count over 2") && s["drift"]["drift"] == "in-force"
+    });
+    // Two connections held open from one source (the front waits 10 s for their first packet).
+    let script = format!("exec 3<>/dev/tcp/{PUBLIC_IP}/7742 && echo held && sleep 20");
+    let holders: Vec<ChildGuard> = (0..2).map(|_| internet.spawn("holder", "bash", &["-c", &script])).collect();
+    for h in &holders {
+        h.wait_for_text("held", T);
+    }
+    assert_eq!(tcp_probe(internet, PUBLIC_IP, 7742, PROBE), Answer::Silent, "a third one from the same source");
+    assert_eq!(tcp_probe(other, PUBLIC_IP, 7742, PROBE), Answer::Accepted, "another source is not affected");
+    drop(holders);
+    wait_until("the source may connect again", T, || tcp_connect(internet, PUBLIC_IP, 7742, PROBE));
+}
