@@ -33,7 +33,7 @@ fn deploy_with(clients: usize, backend: &str) -> Fw {
     require_root();
     let mut d = Deployment::new(clients, &[]);
     d.set_firewall(&[("drift_check", "1s"), ("backend", backend)]);
-    d.start();
+    d.start_service("all");
     d.wait_firewall(T);
     let any = Ipv4Addr::UNSPECIFIED;
     let listeners = vec![
