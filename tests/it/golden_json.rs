@@ -136,9 +136,11 @@ impl Serialize for Node {
 }
 
 /// The placeholder for a volatile value: `null` stays `null`, a string becomes `"<tag>"`, a number
-/// `"<tag:number>"`, a boolean `"<tag:bool>"`; arrays are redacted element by element.
+/// `"<tag:number>"`, a boolean `"<tag:bool>"`; arrays are redacted element by element, except under a tag ending in
+/// `...`, whose length is volatile too: such an array becomes `["<tag...>"]`.
 fn placeholder(n: &Node, tag: &str) -> Node {
     match n {
+        Node::Arr(_) if tag.ends_with("...") => Node::Arr(vec![Node::Str(format!("<{tag}>"))]),
         Node::Null => Node::Null,
         Node::Str(_) => Node::Str(format!("<{tag}>")),
         Node::Num(_) => Node::Str(format!("<{tag}:number>")),
@@ -155,9 +157,10 @@ fn redact(n: Node, root: &str, extra: &[(&str, &str)]) -> Node {
             v.into_iter()
                 .map(|(k, x)| {
                     let tag = VOLATILE.iter().chain(extra).find(|(key, _)| *key == k).map(|(_, tag)| *tag);
-                    let x = match tag {
-                        Some(tag) => placeholder(&x, tag),
-                        None => redact(x, root, extra),
+                    let x = match (tag, &x) {
+                        // An object under a volatile key keeps its shape: its own keys decide.
+                        (Some(_), Node::Obj(_)) | (None, _) => redact(x, root, extra),
+                        (Some(tag), _) => placeholder(&x, tag),
                     };
                     (k, x)
                 })
@@ -304,6 +307,11 @@ async fn golden_json_shapes() {
     let doctor = i.run(&["doctor", "--json"]);
     let doctor_extra = [("level", "level"), ("detail", "detail"), ("healthy", "healthy")];
     g.check("doctor", &String::from_utf8(doctor.stdout).unwrap(), &doctor_extra);
+    // The firewall's plan is pinned by its own golden files (tests/fixtures/golden/firewall/); what is installed
+    // (the diff, the drift) is this machine's.
+    let fw_extra = [("rules", "rules"), ("plan", "plan"), ("diff", "diff..."), ("drift", "drift")];
+    g.check("firewall_plan", &cli(i, &["firewall", "plan", "--json"]).await, &fw_extra);
+    g.check("firewall_status", &cli(i, &["firewall", "status", "--json"]).await, &fw_extra);
 
     // Pairing administration: two approval-flow pairings (one approved, one rejected) and a banned address.
     // Both from one address: they list in the order of their random ids when made in the same second, and must
