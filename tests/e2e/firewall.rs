@@ -392,4 +392,20 @@ fn per_source_connection_caps_hold_at_packet_level() {
     assert_eq!(tcp_probe(other, PUBLIC_IP, 7742, PROBE), Answer::Accepted, "another source is not affected");
     drop(holders);
     wait_until("the source may connect again", T, || tcp_connect(internet, PUBLIC_IP, 7742, PROBE));
+
+    // The same on the pairing door while a window is open (the gate waits 10 s for a TLS handshake).
+    d.set_firewall(&[("gate_max_conns", "2")]);
+    d.ok(&["pairing", "open", "--for", "5m"]);
+    wait_until("the gate's cap of 2 and the window are in force", T, || {
+        let s = d.firewall_status();
+        let rules = s["rules"].as_str().unwrap_or("");
+        rules.contains("7741") && rules.matches("ct count over 2").count() >= 2 && s["drift"]["drift"] == "in-force"
+    });
+    let script = format!("exec 3<>/dev/tcp/{PUBLIC_IP}/7741 && echo held && sleep 20");
+    let holders: Vec<ChildGuard> = (0..2).map(|_| internet.spawn("holder", "bash", &["-c", &script])).collect();
+    for h in &holders {
+        h.wait_for_text("held", T);
+    }
+    assert_eq!(tcp_probe(internet, PUBLIC_IP, 7741, PROBE), Answer::Silent, "a third one to 7741 from the same source");
+    assert_eq!(tcp_probe(other, PUBLIC_IP, 7741, PROBE), Answer::Accepted, "another source still pairs");
 }
