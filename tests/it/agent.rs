@@ -398,9 +398,12 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     crate::support::wait::wait_until_async("openvpn starts", within_30s(), async || !starts().is_empty()).await;
     assert!(starts()[0].ends_with(&format!("--cd {d} --config client.ovpn")), "{:?}", starts());
 
-    // Renewal: a new key and certificate in the profile, the old key gone, openvpn restarted.
+    // Renewal: a new key and certificate in the profile, the old key gone, openvpn restarted. The agent swaps the
+    // profile first and clears the old key and its renewal record right after: the renewal is over when both hold.
     crate::support::wait::wait_until_async("the renewal", within_30s(), async || {
         std::fs::read_to_string(dir.join("client.ovpn")).is_ok_and(|p| p.contains("client-"))
+            && !dir.join("renew.json").exists()
+            && !dir.join("client.key").exists()
     })
     .await;
     let ovpn = std::fs::read_to_string(dir.join("client.ovpn")).unwrap();
