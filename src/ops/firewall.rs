@@ -148,7 +148,6 @@ pub async fn apply(
     }
     let root = &ctx.cfg.root;
     let previous = engine::load_state(root).map_err(err)?;
-    let drift = engine::drift(root, &script).map_err(err)?;
     let hold = hold_path(root);
     let confirm_by = match confirm {
         Some(d) => {
@@ -163,10 +162,11 @@ pub async fn apply(
             None
         }
     };
-    let changed = !drift.in_force();
-    if changed {
-        engine::install(root, &script, previous.as_ref(), now()).map_err(err)?;
-    }
+    // An explicit apply always installs (atomically: whatever was edited by hand is put right too); reading the
+    // installed rules first would only cost another run of the tool. `changed`: the plan differs from the last one
+    // installed.
+    let changed = previous.as_ref().is_none_or(|p| p.script != script);
+    engine::install(root, &script, previous.as_ref(), now()).map_err(err)?;
     ctx.store.audit(&ctx.actor, "firewall.apply", script.backend().as_str(), &script.hash(), ctx.clock.now()).await?;
     let mut warnings = plan.warnings.clone();
     if script.backend() == Backend::Ufw {
