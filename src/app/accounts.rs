@@ -58,6 +58,20 @@ pub struct Accounts {
 }
 
 impl Accounts {
+    /// Accounts for unit tests: group 900, gate 901, master 902, admin 903, openvpn 904.
+    #[cfg(test)]
+    pub(crate) fn example() -> Accounts {
+        let acct = |uid, name: &str| Account { name: name.into(), uid, gid: 900 };
+        Accounts {
+            group: "batm".into(),
+            gid: 900,
+            gate: acct(901, "batmgate"),
+            master: acct(902, "batmmaster"),
+            admin: acct(903, "batmadmin"),
+            vpn: acct(904, "batmvpn"),
+        }
+    }
+
     /// Which service a uid belongs to, for logs and audit rows.
     pub fn service_of(&self, uid: u32) -> Option<&'static str> {
         [(&self.gate, "gate"), (&self.master, "master"), (&self.admin, "admin"), (&self.vpn, "openvpn")]

@@ -3,6 +3,7 @@
 //! One JSON line in, one JSON line out. The server side is `vpn::control`.
 
 pub mod net;
+pub mod server;
 pub mod signer;
 
 use std::path::{Path, PathBuf};

@@ -13,13 +13,10 @@
 //! While `<root>/run/firewall.hold` exists (an unconfirmed `firewall apply --confirm` or its rollback) nothing is
 //! installed automatically: the operator's manual step wins until `firewall apply` or `firewall confirm`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::engine::{self, Drift, Script};
@@ -28,6 +25,7 @@ use crate::app::accounts::Accounts;
 use crate::app::{AppError, Ctx};
 use crate::config::Config;
 use crate::control::net::{NetRequest, NetResponse, socket_path};
+use crate::control::server;
 
 /// How often the config files are looked at (so a config change is in force within a second).
 const CONFIG_POLL: Duration = Duration::from_millis(500);
@@ -177,35 +175,22 @@ fn config_stamp(root: &Path) -> Vec<Option<(SystemTime, u64)>> {
 /// Serves `run/net.sock` until aborted: `reload` from an allowed uid waits for the plan to be in force.
 async fn serve_socket(root: PathBuf, accounts: Option<Accounts>, reload: mpsc::Sender<oneshot::Sender<NetResponse>>) {
     let path = socket_path(&root);
-    let _ = std::fs::remove_file(&path);
-    let listener = match UnixListener::bind(&path) {
+    let listener = match server::bind(&path, accounts.as_ref().map(|a| a.gid)) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "net control socket: cannot listen");
             return;
         }
     };
-    let mode = if accounts.is_some() { 0o660 } else { 0o600 };
-    if let Some(a) = &accounts
-        && let Err(e) = std::os::unix::fs::chown(&path, Some(0), Some(a.gid))
-    {
-        tracing::error!(path = %path.display(), error = %e, "net control socket: chown");
-    }
-    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)) {
-        tracing::error!(path = %path.display(), error = %e, "net control socket: chmod");
-    }
     let own_uid = nix::unistd::geteuid().as_raw();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let (reload, accounts) = (reload.clone(), accounts.clone());
         tokio::spawn(async move {
-            let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else { return };
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            if BufReader::new(read.take(MAX_LINE)).read_line(&mut line).await.is_err() {
+            let Some((uid, req, mut write)) = server::read_request::<NetRequest>(stream, MAX_LINE).await else {
                 return;
-            }
-            let resp = match serde_json::from_str::<NetRequest>(&line) {
+            };
+            let resp = match req {
                 Ok(_) if !allowed(uid, own_uid, accounts.as_ref()) => {
                     tracing::warn!(uid, "net control socket: request refused");
                     NetResponse::Error { message: format!("uid {uid} may not do this") }
@@ -217,12 +202,9 @@ async fn serve_socket(root: PathBuf, accounts: Option<Accounts>, reload: mpsc::S
                         Err(_) => NetResponse::Error { message: "shutting down".into() },
                     }
                 }
-                Err(e) => NetResponse::Error { message: format!("bad request: {e}") },
+                Err(message) => NetResponse::Error { message },
             };
-            if let Ok(mut text) = serde_json::to_string(&resp) {
-                text.push('\n');
-                let _ = write.write_all(text.as_bytes()).await;
-            }
+            server::write_response(&mut write, &resp).await;
         });
     }
 }
@@ -230,19 +212,10 @@ async fn serve_socket(root: PathBuf, accounts: Option<Accounts>, reload: mpsc::S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::users::Account;
 
     #[test]
     fn only_root_own_uid_and_admin_may_reload() {
-        let acct = |uid| Account { name: format!("u{uid}"), uid, gid: 900 };
-        let a = Accounts {
-            group: "batm".into(),
-            gid: 900,
-            gate: acct(901),
-            master: acct(902),
-            admin: acct(903),
-            vpn: acct(904),
-        };
+        let a = Accounts::example();
         for (uid, may) in [(0, true), (500, true), (903, true), (901, false), (902, false), (77, false)] {
             assert_eq!(allowed(uid, 500, Some(&a)), may, "reload by {uid}");
         }

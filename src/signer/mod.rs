@@ -11,13 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cas_pki::{Ca, Validity};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::app::accounts::{self, Accounts, UserMode};
 use crate::app::{AppError, Ctx, crl, csr};
 use crate::config::VpnConfig;
+use crate::control::server;
 use crate::control::signer::{MAX_LINE, SignerRequest, SignerResponse, socket_path};
 use crate::domain::{Actor, Kind, Name};
 
@@ -122,50 +122,22 @@ pub async fn run_signer(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) -> Resul
 
 /// Binds the socket `root:batm 0660` (`0600` in single-uid mode), replacing a stale one.
 fn bind(root: &Path, accounts: Option<&Accounts>) -> Result<UnixListener, AppError> {
-    use std::os::unix::fs::PermissionsExt;
     let path = socket_path(root);
-    let err = |e: std::io::Error| AppError::Other(format!("signer socket {}: {e}", path.display()));
-    if let Some(dir) = path.parent()
-        && !dir.is_dir()
-    {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(err)?;
-    let mode = match accounts {
-        Some(a) => {
-            std::os::unix::fs::chown(&path, Some(0), Some(a.gid)).map_err(err)?;
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-    Ok(listener)
+    crate::control::server::bind(&path, accounts.map(|a| a.gid))
+        .map_err(|e| AppError::Other(format!("signer socket {}: {e}", path.display())))
 }
 
 impl Signer {
     async fn answer(&self, stream: UnixStream) {
-        let uid = match stream.peer_cred() {
-            Ok(c) => c.uid(),
-            Err(e) => {
-                tracing::warn!(error = %e, "signer: no peer credentials; closing");
-                return;
-            }
+        let Some((uid, req, mut write)) = server::read_request::<SignerRequest>(stream, MAX_LINE).await else {
+            return;
         };
         let caller = Caller::of(uid, self.own_uid, self.accounts.as_ref());
-        let (read, mut write) = stream.into_split();
-        let mut line = String::new();
-        if BufReader::new(read.take(MAX_LINE)).read_line(&mut line).await.is_err() {
-            return;
-        }
-        let resp = match serde_json::from_str::<SignerRequest>(&line) {
+        let resp = match req {
             Ok(req) => self.handle(caller, uid, req).await,
-            Err(e) => self.refuse(caller, uid, "request", "-", format!("unreadable request: {e}")).await,
+            Err(why) => self.refuse(caller, uid, "request", "-", why).await,
         };
-        if let Ok(mut text) = serde_json::to_string(&resp) {
-            text.push('\n');
-            let _ = write.write_all(text.as_bytes()).await;
-        }
+        server::write_response(&mut write, &resp).await;
     }
 
     async fn handle(&self, caller: Caller, uid: u32, req: SignerRequest) -> SignerResponse {

@@ -3,16 +3,13 @@
 //! authorised by the caller's uid (`SO_PEERCRED`): root, the service's own uid and the web UI's user may kill and
 //! reload; any service user may ask for the status; anything else is refused and audited.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Registry;
 use crate::app::accounts::Accounts;
-use crate::control::{ControlError, Request, Response, socket_path};
+use crate::control::{ControlError, Request, Response, server, socket_path};
 use crate::db::Store;
 use crate::domain::Actor;
 
@@ -54,27 +51,19 @@ pub async fn serve(
     let path = socket_path(&root);
     let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
     let io = |path: &Path, source: std::io::Error| ControlError::Io { path: path.to_owned(), source };
-    let (dir_mode, sock_mode) = if accounts.is_some() { (0o750, 0o660) } else { (0o700, 0o600) };
-    crate::sys::fs::ensure_dir(&dir, dir_mode).map_err(|e| io(&dir, std::io::Error::other(e.to_string())))?;
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|e| io(&path, e))?;
+    crate::sys::fs::ensure_dir(&dir, if accounts.is_some() { 0o750 } else { 0o700 })
+        .map_err(|e| io(&dir, std::io::Error::other(e.to_string())))?;
     if let Some(a) = &accounts {
         std::os::unix::fs::chown(&dir, Some(0), Some(a.gid)).map_err(|e| io(&dir, e))?;
-        std::os::unix::fs::chown(&path, Some(0), Some(a.gid)).map_err(|e| io(&path, e))?;
     }
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(sock_mode)).map_err(|e| io(&path, e))?;
+    let listener = server::bind(&path, accounts.as_ref().map(|a| a.gid)).map_err(|e| io(&path, e))?;
     let own_uid = nix::unistd::geteuid().as_raw();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let (registry, reload, store, accounts) = (registry.clone(), reload.clone(), store.clone(), accounts.clone());
         tokio::spawn(async move {
-            let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else { return };
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            if BufReader::new(read.take(MAX_LINE)).read_line(&mut line).await.is_err() {
-                return;
-            }
-            let resp = match serde_json::from_str::<Request>(&line) {
+            let Some((uid, req, mut write)) = server::read_request::<Request>(stream, MAX_LINE).await else { return };
+            let resp = match req {
                 Ok(req) if !allowed(&req, uid, own_uid, accounts.as_ref()) => {
                     let actor = actor_of(uid, accounts.as_ref());
                     tracing::warn!(%actor, ?req, "control socket: request refused");
@@ -91,12 +80,9 @@ pub async fn serve(
                     }
                 }
                 Ok(Request::Status) => Response::Status { instances: registry.status().await },
-                Err(e) => Response::Error { message: format!("bad request: {e}") },
+                Err(message) => Response::Error { message },
             };
-            if let Ok(mut text) = serde_json::to_string(&resp) {
-                text.push('\n');
-                let _ = write.write_all(text.as_bytes()).await;
-            }
+            server::write_response(&mut write, &resp).await;
         });
     }
 }
@@ -104,19 +90,10 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::users::Account;
 
     #[test]
     fn only_root_own_uid_and_admin_may_kill() {
-        let acct = |uid| Account { name: format!("u{uid}"), uid, gid: 900 };
-        let a = Accounts {
-            group: "batm".into(),
-            gid: 900,
-            gate: acct(901),
-            master: acct(902),
-            admin: acct(903),
-            vpn: acct(904),
-        };
+        let a = Accounts::example();
         let kill = Request::Kill { name: "atm-1".parse().unwrap() };
         for (uid, may_kill, may_status) in [
             (0, true, true),
@@ -134,15 +111,7 @@ mod tests {
 
     #[test]
     fn refused_callers_are_named_by_their_service_or_uid() {
-        let acct = |uid| Account { name: format!("u{uid}"), uid, gid: 900 };
-        let a = Accounts {
-            group: "batm".into(),
-            gid: 900,
-            gate: acct(901),
-            master: acct(902),
-            admin: acct(903),
-            vpn: acct(904),
-        };
+        let a = Accounts::example();
         assert_eq!(actor_of(901, Some(&a)), Actor::Gate);
         assert_eq!(actor_of(904, Some(&a)), Actor::Vpn);
         assert_eq!(actor_of(902, Some(&a)), Actor::Master);
