@@ -6,7 +6,8 @@
 //! - `mgmt`: the management protocol and client.
 //! - `front`: the terminal front port (7742), relaying each terminal to its home instance.
 //! - `control`: the server side of the control socket (`crate::control`) other cas-vpn processes use.
-//! - `service`: wires it all together with the CRL timer and graceful shutdown.
+//! - `service`: wires it all together with graceful shutdown (interfaces and the firewall belong to `serve net`,
+//!   CRLs to `serve signer`).
 
 pub mod auth;
 pub mod control;
