@@ -232,8 +232,14 @@ fn usage_error_line(e: &clap::Error) -> String {
         return format!("{arg}: {why}");
     }
     let text = e.render().to_string();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("bad usage");
-    first.trim_start_matches("error: ").chars().flat_map(char::escape_debug).collect::<String>().replace("\\'", "'")
+    let mut lines = text.lines().skip_while(|l| l.trim().is_empty());
+    let mut first = lines.next().unwrap_or("bad usage").trim_start_matches("error: ").to_owned();
+    // "the following required arguments were not provided:" lists them on the next lines: keep them on this one.
+    if first.ends_with(':') {
+        let listed: Vec<&str> = lines.take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+        first = format!("{first} {}", listed.join(", "));
+    }
+    first.chars().flat_map(char::escape_debug).collect::<String>().replace("\\'", "'")
 }
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {

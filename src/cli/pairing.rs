@@ -43,9 +43,12 @@ pub enum PairingCmd {
         #[command(flatten)]
         json: Json,
     },
-    /// Reject a waiting pairing.
+    /// Reject a waiting pairing, or with --all every one of them.
     Reject {
-        id: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         json: Json,
     },
@@ -110,7 +113,14 @@ pub async fn pairing(ctx: Ctx, cmd: PairingCmd) -> anyhow::Result<()> {
                 );
             }
         }
-        PairingCmd::Reject { id, json } => {
+        PairingCmd::Reject { id: None, json, .. } => {
+            let r = ops::pairing::reject_all(&ctx).await?;
+            if json.json {
+                return print_json(&r);
+            }
+            println!("{} pending pairing(s) rejected", r.rejected);
+        }
+        PairingCmd::Reject { id: Some(id), json, .. } => {
             let r = ops::pairing::reject(&ctx, &id).await?;
             if json.json {
                 return print_json(&r);

@@ -222,4 +222,31 @@ impl Store {
         });
         Ok(n == 1)
     }
+
+    /// Rejects every pending pairing (`pairing reject --all`: a queue filled by strangers). Returns how many.
+    pub async fn reject_all_pending_pairings(&self, now: i64) -> Result<u64, DbError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query("UPDATE pending_pairings SET state = 'rejected', decided_at = $1 WHERE state = 'pending' AND expires_at > $1")
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// Makes the pending pairings expire now (the window they were made in closed), optionally only those from
+    /// `source_ip` (a banned address). They poll as expired from then on. Returns how many.
+    pub async fn expire_pending_pairings(&self, source_ip: Option<&str>, now: i64) -> Result<u64, DbError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE pending_pairings SET expires_at = $1 \
+                 WHERE state = 'pending' AND expires_at > $1 AND ($2 IS NULL OR source_ip = $2)",
+            )
+            .bind(now)
+            .bind(source_ip)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
 }

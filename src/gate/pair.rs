@@ -110,6 +110,13 @@ pub(crate) async fn guarded<T>(
             if e.counts_as_failure() {
                 let _w = st.0.writes.lock().await;
                 banned = store.record_failure(ip, now, MAX_FAILURES, BAN_SECS).await?;
+                if banned {
+                    // What a banned address queued for approval goes too: it cannot fill the queue and leave.
+                    let dropped = store.expire_pending_pairings(Some(ip), now).await?;
+                    if dropped > 0 {
+                        tracing::info!(ip, dropped, "pending pairings of a banned address expired");
+                    }
+                }
             }
             tracing::info!(ip, what, outcome = e.code().as_str(), banned_now = banned);
         }
@@ -292,7 +299,13 @@ async fn approval_flow(st: &GateState, req: &PairRequest, ip: &str, now: i64) ->
         version: Some(req.terminal.version.clone()),
         source_ip: ip.to_owned(),
         created_at: now,
-        expires_at: now + PENDING_TTL_SECS,
+        // It ends with the window it was made in (or after the TTL, if that comes first).
+        expires_at: st
+            .ctx()
+            .store
+            .pairing_window()
+            .await?
+            .map_or(now + PENDING_TTL_SECS, |until| until.min(now + PENDING_TTL_SECS)),
         state: PairingState::Pending,
         decided_at: None,
         credential_id: None,

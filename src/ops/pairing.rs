@@ -69,6 +69,12 @@ pub async fn open_window(ctx: &Ctx, duration: Option<Dur>, from: &[Cidr]) -> Res
 pub async fn close_window(ctx: &Ctx) -> Result<WindowReport, OpsError> {
     let now = ctx.clock.now();
     ctx.store.set_pairing_window(None).await?;
+    // Pairings waiting for approval were made in this window: they end with it (a queue filled by strangers
+    // must not outlive the window and block the next one).
+    let expired = ctx.store.expire_pending_pairings(None, now).await?;
+    if expired > 0 {
+        tracing::info!(expired, "pairings waiting for approval expired with the window");
+    }
     ctx.store.audit(&ctx.actor, "pairing.close", "gate", "", now).await?;
     super::firewall::poke_net(ctx).await;
     Ok(window_report(None, None, now))
@@ -254,6 +260,20 @@ pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Res
 pub struct RejectReport {
     pub pairing_id: String,
     pub rejected: bool,
+}
+
+/// What `pairing reject --all` did.
+#[derive(Debug, Serialize)]
+pub struct RejectAllReport {
+    pub rejected: u64,
+}
+
+/// Rejects every pairing waiting for approval.
+pub async fn reject_all(ctx: &Ctx) -> Result<RejectAllReport, OpsError> {
+    let now = ctx.clock.now();
+    let rejected = ctx.store.reject_all_pending_pairings(now).await?;
+    ctx.store.audit(&ctx.actor, "pairing.reject", "*", &format!("{rejected} pending pairings"), now).await?;
+    Ok(RejectAllReport { rejected })
 }
 
 pub async fn reject(ctx: &Ctx, id: &str) -> Result<RejectReport, OpsError> {

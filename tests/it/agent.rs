@@ -475,3 +475,68 @@ async fn approval_requests_from_one_address_are_capped() {
     let (s, _) = f.pair("192.0.2.201", &body).await;
     assert_eq!(s, axum::http::StatusCode::ACCEPTED, "another address is not affected");
 }
+
+both_backends!(
+    #[tokio::test]
+    the_approval_queue_ends_with_its_window_with_a_ban_and_with_reject_all
+);
+
+/// A queue of pairings waiting for approval filled by strangers must not block real terminals: it ends when the
+/// window closes, a banned address's entries go with the ban, and `pairing reject --all` empties it.
+async fn the_approval_queue_ends_with_its_window_with_a_ban_and_with_reject_all(f: Fixture) {
+    use axum::http::{Method, StatusCode};
+    let queue = |ip: &'static str| {
+        let f = &f;
+        async move {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let (s, v) = f.pair(ip, &crate::gate::req(None, Some(&crate::gate::csr(&key)))).await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+            v["pairing_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let poll = |ip: &'static str, id: String| {
+        let f = &f;
+        async move { f.call(ip, Method::GET, &format!("/v1/pair/{id}"), vec![]).await.0 }
+    };
+    let pending = || async { f.install.json(&["pairing", "status"])["pending"].as_array().unwrap().len() };
+
+    // Closing the window ends what was queued in it.
+    f.open_window().await;
+    let a = queue("192.0.2.60").await;
+    let b = queue("192.0.2.61").await;
+    assert_eq!(pending().await, 2);
+    // Each ends with the window at the latest (the window here is shorter than the pending TTL).
+    let st = f.install.json(&["pairing", "status"]);
+    let until = st["window"]["open_until"].as_str().unwrap().to_owned();
+    for p in st["pending"].as_array().unwrap() {
+        assert!(p["expires_at"].as_str().unwrap() <= until.as_str(), "{p} outlives the window ending {until}");
+    }
+    // (Through the operation itself, so that the gate's clock and the closing agree.)
+    cas_vpn::ops::pairing::close_window(&f.ctx).await.unwrap();
+    assert_eq!(pending().await, 0);
+    f.open_window().await;
+    assert_eq!(poll("192.0.2.60", a).await, StatusCode::GONE, "expired with its window");
+    assert_eq!(poll("192.0.2.61", b).await, StatusCode::GONE);
+
+    // A source that gets itself banned loses what it queued; another source keeps its entry.
+    let mine = queue("192.0.2.62").await;
+    let theirs = queue("192.0.2.63").await;
+    for _ in 0..cas_vpn::gate::MAX_FAILURES {
+        let (s, _, _) = f.call("192.0.2.62", Method::GET, &format!("/v1/pair/{}", "0".repeat(32)), vec![]).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    let (s, _) = f.pair("192.0.2.62", &crate::gate::req(None, None)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "banned now");
+    assert_eq!(pending().await, 1, "only the other source's pairing waits");
+    assert_eq!(poll("192.0.2.63", theirs).await, StatusCode::ACCEPTED);
+    let _ = mine;
+
+    // `pairing reject --all` empties the queue; those terminals learn it on their next poll.
+    let c = queue("192.0.2.64").await;
+    let r = f.install.json(&["pairing", "reject", "--all"]);
+    assert_eq!(r["rejected"], 2, "{r}");
+    assert_eq!(pending().await, 0);
+    assert_eq!(poll("192.0.2.64", c).await, StatusCode::FORBIDDEN, "rejected");
+    let usage = f.install.fails(&["pairing", "reject"], 2);
+    assert!(usage.contains("--all") || usage.contains("<ID>"), "{usage}");
+}

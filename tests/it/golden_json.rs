@@ -329,6 +329,7 @@ async fn golden_json_shapes() {
     let approved = cli(i, &["pairing", "approve", id, "--code", code, "--name", "atm-a", "--json"]).await;
     g.check("pairing_approve", &approved, &[]);
     g.check("pairing_reject", &cli(i, &["pairing", "reject", &ids[1].0, "--json"]).await, &[]);
+    g.check("pairing_reject_all", &cli(i, &["pairing", "reject", "--all", "--json"]).await, &[]);
     g.check("unban_ip", &cli(i, &["unban-ip", "192.0.2.99", "--json"]).await, &[]);
     g.check("pairing_close", &cli(i, &["pairing", "close", "--json"]).await, &[]);
     g.check("pairing_status_closed", &cli(i, &["pairing", "status", "--json"]).await, &[]);
