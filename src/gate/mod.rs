@@ -8,6 +8,7 @@
 
 pub mod delivery;
 pub mod pair;
+pub mod per_source;
 pub mod upgrade;
 
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub(crate) struct Inner {
     /// in its busy handler (milliseconds each, growing), which under a burst of pairings costs far more than
     /// queueing them here.
     pub(crate) writes: tokio::sync::Mutex<()>,
+    /// One pairing attempt at a time per source address (see `pair::guarded`).
+    pub(crate) per_source: Arc<per_source::Locks>,
 }
 
 impl GateState {
@@ -61,6 +64,7 @@ impl GateState {
             master: MasterAddr { host, port: SERVICE_PORT },
             upgrades,
             writes: tokio::sync::Mutex::new(()),
+            per_source: Arc::default(),
             ctx,
         })))
     }
@@ -68,6 +72,11 @@ impl GateState {
     /// The SHA-256 pin of the gate's TLS public key (what tokens carry).
     pub fn pin(&self) -> [u8; 32] {
         self.0.pin
+    }
+
+    /// True when no source has an attempt in flight or waiting (tests: per-source entries do not pile up).
+    pub fn per_source_is_empty(&self) -> bool {
+        self.0.per_source.is_empty()
     }
 
     /// Counters of the upgrade downloads (for tests and `status`).

@@ -58,7 +58,7 @@ pub async fn pair(
 ) -> Result<Outcome, ApiError> {
     let ip = peer_ip(&peer).to_string();
     let now = st.ctx().clock.now();
-    guarded(&st, &ip, now, "pair", async {
+    guarded(&st, &ip, now, Request::Pair, async {
         if !window_open(&st, now).await? {
             return Err(ApiError::WindowClosed);
         }
@@ -79,7 +79,7 @@ pub async fn poll(
 ) -> Result<Outcome, ApiError> {
     let ip = peer_ip(&peer).to_string();
     let now = st.ctx().clock.now();
-    guarded(&st, &ip, now, "poll", async {
+    guarded(&st, &ip, now, Request::Poll, async {
         if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(ApiError::NotFound);
         }
@@ -90,13 +90,38 @@ pub async fn poll(
 }
 
 /// Refuses banned addresses up front, counts the client's failures, logs the outcome (never the body).
+/// What a guarded request is, for its log line and its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    Pair,
+    Poll,
+    Upgrade,
+}
+
+impl Request {
+    fn name(self) -> &'static str {
+        match self {
+            Request::Pair => "pair",
+            Request::Poll => "poll",
+            Request::Upgrade => "upgrade",
+        }
+    }
+}
+
 pub(crate) async fn guarded<T>(
     st: &GateState,
     ip: &str,
     now: i64,
-    what: &'static str,
+    what: Request,
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
+    // Pairing attempts (a token or a pairing id is a guess at a secret) are evaluated one at a time per source, so
+    // the ban a burst earns stops the rest of that burst (`per_source`); upgrade downloads are not attempts.
+    let _turn = match what {
+        Request::Upgrade => None,
+        Request::Pair | Request::Poll => Some(st.0.per_source.turn(ip).await),
+    };
+    let what = what.name();
     let store = &st.ctx().store;
     if store.is_banned(ip, now).await? {
         tracing::info!(ip, what, outcome = "banned");

@@ -356,7 +356,7 @@ pub async fn download(
     req: Request,
 ) -> Result<Response, ApiError> {
     let ip = peer_ip(&peer).to_string();
-    guarded(&st, &ip, st.ctx().clock.now(), "upgrade", async {
+    guarded(&st, &ip, st.ctx().clock.now(), super::pair::Request::Upgrade, async {
         let up = &st.0.upgrades;
         let pkg = up.pkg.as_ref().filter(|p| p.file == file).ok_or(ApiError::NotFound)?;
         let Ok(permit) = up.slots.clone().try_acquire_owned() else {

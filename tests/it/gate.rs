@@ -844,3 +844,45 @@ async fn pairing_store_additions_on_postgres() {
     pairing_store_story(&store).await;
     store.close().await;
 }
+
+/// A burst of 200 wrong tokens sent at once from one address: the attempts are evaluated one after another, so
+/// the ban the first five failures earn stops the other 195 before they are evaluated. Another address is not
+/// slowed down or refused meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_wrong_tokens_gets_at_most_five_evaluated() {
+    let f = Fixture::new().await;
+    f.open_window().await;
+    let token = f.add_terminal("atm-burst", &[]);
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let last = parts[2].pop().unwrap();
+    parts[2].push(if last == 'A' { 'B' } else { 'A' });
+    let wrong = parts.join(".");
+    let key = KeyPair::generate().unwrap();
+    let body = serde_json::to_vec(&req(Some(&wrong), Some(&csr(&key)))).unwrap();
+
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (state, body) = (f.state.clone(), body.clone());
+        burst.spawn(async move {
+            let peer: SocketAddr = "192.0.2.99:40000".parse().unwrap();
+            let r = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/pair")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let resp = router(state).layer(MockConnectInfo(peer)).oneshot(r).await.unwrap();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()["error"].as_str().unwrap_or_default().to_owned()
+        });
+    }
+    let codes: Vec<String> = burst.join_all().await;
+    let evaluated = codes.iter().filter(|c| *c == "invalid_token").count();
+    let banned = codes.iter().filter(|c| *c == "banned").count();
+    assert_eq!((evaluated, banned), (5, 195), "{codes:?}");
+    assert!(f.state.per_source_is_empty(), "no per-source entry is left behind");
+
+    // The token itself was never guessed, and its owner (another address) still pairs.
+    let (s, v) = f.pair("192.0.2.100", &req(Some(&token), Some(&csr(&key)))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
