@@ -60,6 +60,18 @@ impl Store {
                 WHEN ip_bans.failures + 1 >= $3 THEN $2 + $4 \
               END \
             RETURNING banned_until";
+        // Rows that no longer count for anything go first, so the table holds only live failures and bans.
+        on_pool!(self, pool => {
+            sqlx::query(
+                "DELETE FROM ip_bans WHERE ip <> $1 AND ((banned_until IS NOT NULL AND banned_until <= $2) \
+                 OR (banned_until IS NULL AND first_failure_at + $3 <= $2))",
+            )
+            .bind(ip)
+            .bind(now)
+            .bind(ban_secs)
+            .execute(pool)
+            .await?;
+        });
         let banned_until: Option<i64> = on_pool!(self, pool => {
             sqlx::query_scalar(SQL)
                 .bind(ip)

@@ -692,6 +692,12 @@ async fn bans_and_pairing_window(store: Store) {
     assert!(!store.is_banned("192.0.2.1", T0 + 1).await.unwrap());
     assert!(!store.unban("192.0.2.1").await.unwrap());
     assert!(!store.record_failure("192.0.2.1", T0 + 2, 5, BAN).await.unwrap(), "unban forgets the failures");
+    // Rows that no longer count for anything (ban over, failures too old) are deleted with the next failure.
+    assert!(!store.record_failure("192.0.2.9", T0 + 100_000, 5, BAN).await.unwrap());
+    for gone in [ip, slow, "192.0.2.1"] {
+        assert!(!store.unban(gone).await.unwrap(), "{gone}'s stale row is still there");
+    }
+    assert!(store.unban("192.0.2.9").await.unwrap(), "the live one stays");
 
     assert_eq!(store.pairing_window().await.unwrap(), None, "closed on a new install");
     store.set_pairing_window(Some(T0 + 900)).await.unwrap();
