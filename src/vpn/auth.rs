@@ -20,6 +20,12 @@ pub struct Claim {
     pub serial_hex: String,
 }
 
+/// The denial for a passing fault (the store did not answer): never a guess that lets a client in, but a
+/// *temporary* one. OpenVPN 2.6 and OpenVPN 3 core ≥ 3.8 retry a `TEMP[backoff N]` denial by themselves (after N
+/// seconds), where a plain AUTH_FAILED would stop an OpenVPN 3 terminal for good: an unattended ATM must come back
+/// once the store is back.
+pub const PASSING_FAULT: &str = "TEMP[backoff 10]:store temporarily unavailable";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow { credential_id: i64, name: Name, tunnel_ip: Ipv4Addr, netmask: Ipv4Addr },
@@ -232,5 +238,19 @@ mod tests {
         assert!(normalise_serial("").is_none());
         assert!(normalise_serial("zz").is_none());
         assert!(normalise_serial(&"1".repeat(33)).is_none());
+    }
+
+    #[test]
+    fn a_passing_fault_is_a_temporary_denial_and_a_verdict_is_not() {
+        // The form OpenVPN clients retry by themselves: TEMP[backoff N]:text, inside the management quotes.
+        assert!(PASSING_FAULT.starts_with("TEMP[backoff ") && PASSING_FAULT.contains("]:"));
+        assert!(!PASSING_FAULT.contains('"'));
+        let mut revoked = cred(Kind::Terminal, "atm-1");
+        revoked.revoked_at = Some(1);
+        let claim = Claim { common_name: "atm-1".into(), serial_hex: "00".repeat(16) };
+        match decide(&terminal_role(2), &claim, Some(&revoked), Some(&cert(Kind::Terminal))) {
+            Decision::Deny(why) => assert!(!why.starts_with("TEMP"), "a revoked credential is refused for good"),
+            other => panic!("{other:?}"),
+        }
     }
 }

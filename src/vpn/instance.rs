@@ -412,15 +412,15 @@ impl Instance {
         let cred = match self.store.credential_by_name(&name).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "store unavailable; denying");
-                return Decision::Deny("temporarily unavailable");
+                tracing::error!(error = %e, "store unavailable; denying for now");
+                return Decision::Deny(super::auth::PASSING_FAULT);
             }
         };
         let cert = match self.store.certificate_by_serial(&serial).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "store unavailable; denying");
-                return Decision::Deny("temporarily unavailable");
+                tracing::error!(error = %e, "store unavailable; denying for now");
+                return Decision::Deny(super::auth::PASSING_FAULT);
             }
         };
         let claim = Claim { common_name: cn.to_owned(), serial_hex: serial };
