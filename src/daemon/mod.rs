@@ -54,6 +54,17 @@ pub fn lock_path(root: &Path, what: Service) -> PathBuf {
     run_dir(root).join(format!("{}.lock", what.name()))
 }
 
+/// The pid of the running `serve SERVICE` of this root, from its lock file, checked against `/proc` (a pid a dead
+/// service left behind, or one the system gave to another program since, is not it). Reads only: it never takes
+/// the lock, so it cannot stop a service that is starting.
+pub fn running(root: &Path, what: Service) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(lock_path(root, what)).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let serves = args.windows(2).any(|w| w[0] == b"serve" && w[1] == what.name().as_bytes());
+    serves.then_some(pid)
+}
+
 /// Takes the service's single-instance lock, creating `run/` first when we may (root).
 pub fn take_lock(root: &Path, what: Service) -> Result<InstanceLock, AppError> {
     if !run_dir(root).is_dir() && nix::unistd::geteuid().is_root() {

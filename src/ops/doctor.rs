@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{Ctx, OpsError, status};
+use crate::daemon::Service;
 use crate::domain::Kind;
 use crate::pkifiles::ServerRole;
 
@@ -142,8 +143,29 @@ pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
             format!("suspended after repeated takeovers: {} (admin-vpn resume, or re-issue)", suspended.join(", ")),
         );
     }
+    // Every service of this root must run (`serve all`, or one unit each): a down service is a failure.
+    let mut wanted = vec![Service::Net, Service::Signer, Service::Gate, Service::Master];
+    if ctx.cfg.active_vpn().is_some() {
+        wanted.insert(2, Service::Vpn);
+    }
+    let down: Vec<&str> =
+        wanted.iter().filter(|s| crate::daemon::running(&ctx.cfg.root, **s).is_none()).map(|s| s.name()).collect();
+    if down.is_empty() {
+        add(
+            "services",
+            Level::Ok,
+            format!("{} running", wanted.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")),
+        );
+    } else {
+        add(
+            "services",
+            Level::Fail,
+            format!("not running: {} (start `cas-vpn serve all`, or their units)", down.join(", ")),
+        );
+    }
     match &s.running {
-        None => add("serve", Level::Warn, "not running".into()),
+        None if ctx.cfg.active_vpn().is_none() => add("serve", Level::Ok, "Scenario B: no VPN instances".into()),
+        None => add("serve", Level::Fail, "the VPN service does not answer: no terminal can connect".into()),
         Some(r) => {
             let bad: Vec<String> = r.iter().filter(|i| !i.ready || i.crash_loop).map(|i| i.name.to_string()).collect();
             if bad.is_empty() {

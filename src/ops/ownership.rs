@@ -10,7 +10,7 @@
 //! | `pki/gate.key`, `pki/tls-crypt-v2-terminal.key` | `batmgate:root 0600` | the gate's TLS key; the key it derives terminal profiles' tls-crypt-v2 keys with |
 //! | `pki/pending/`, its profiles | `batmgate:root 0700`, `0600` | server-made profiles the gate hands out once and deletes |
 //! | `db/` (SQLite) | `root:batm 2770`, files `0660` | every service writes the store; setgid keeps `-wal`/`-shm` in group `batm` |
-//! | `run/` | `root:batm 0750`, locks `root 0644` | single-instance locks (read-only `flock`), the signer's socket |
+//! | `run/` | `root:batm 0750`; `SERVICE.lock` `0644`, owned by that service's user | single-instance locks (`flock`, holding the holder's pid), the signer's and net's sockets |
 //! | `batm.download` | `batmgate:batm 0750` | the gate fetches the upgrade package into it |
 
 use std::os::unix::fs::PermissionsExt;
@@ -69,6 +69,14 @@ pub fn apply(root: &Path, a: &Accounts, download_dir: &Path) -> Result<(), OpsEr
         if !lock.exists() {
             crate::sys::fs::write_atomic(&lock, b"", 0o644)?;
         }
+        // Each service writes its pid into its own lock file (what `doctor` reads); nobody else can write it.
+        let owner = match s {
+            crate::daemon::Service::Gate => a.gate.uid,
+            crate::daemon::Service::Master => a.master.uid,
+            crate::daemon::Service::Admin => a.admin.uid,
+            _ => 0,
+        };
+        set(&lock, owner, 0, 0o644)?;
     }
     crate::sys::fs::ensure_dir(download_dir, 0o750)?;
     set(download_dir, gate, g, 0o750)?;

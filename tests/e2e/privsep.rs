@@ -126,6 +126,11 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
     d.start_service("all");
     let root = d.root().to_owned();
 
+    // doctor sees every service of the root running (each wrote its pid into its own lock file, as its own user).
+    let doctor: serde_json::Value = serde_json::from_slice(&d.cli(&["doctor", "--json"]).stdout).unwrap();
+    let services = doctor["checks"].as_array().unwrap().iter().find(|c| c["check"] == "services").unwrap().clone();
+    assert_eq!(services["level"], "ok", "{services}");
+
     // The gate and master run as their users, with no capabilities, and cannot open a CA key.
     let ca_key = root.join("pki/terminal-ca.key");
     // The needle: the CA's private scalar, the bytes every in-memory form of the key carries.

@@ -236,19 +236,28 @@ fn commands_before_init_fail_with_a_clear_error() {
 fn doctor_fails_on_a_readable_key_and_warns_before_a_crl_expires() {
     use std::os::unix::fs::PermissionsExt;
     let i = Install::new();
-    let r = i.json(&["doctor"]);
+    // Nothing serves this root: doctor says so and fails (a down service is an outage), but still reports the rest.
+    let doctor = |i: &Install| -> serde_json::Value {
+        let out = i.run(&["doctor", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "doctor must fail while the services are down");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let r = doctor(&i);
     let find = |r: &serde_json::Value, what: &str| {
         r["checks"].as_array().unwrap().iter().find(|c| c["check"] == what).cloned().unwrap()
     };
     assert_eq!(find(&r, "key modes")["level"], "ok");
     assert_eq!(find(&r, "terminal CRL")["level"], "ok");
-    assert_eq!(find(&r, "serve")["level"], "warn", "serve is not running here");
+    assert_eq!(find(&r, "serve")["level"], "fail", "the VPN service is not running here");
+    let services = find(&r, "services");
+    assert_eq!(services["level"], "fail");
+    assert!(services["detail"].as_str().unwrap().contains("net, signer, vpn, gate, master"), "{services}");
 
     // A CRL with less than three days left is a warning, long before it locks anyone out.
     let vpn = i.path("config/vpn");
     fs::write(&vpn, fs::read_to_string(&vpn).unwrap().replace("\ncrl_validity=\n", "\ncrl_validity=2d\n")).unwrap();
     i.ok(&["crl", "--out", i.path("crl.pem").to_str().unwrap()]);
-    let r = i.json(&["doctor"]);
+    let r = doctor(&i);
     let crl = find(&r, "terminal CRL");
     assert_eq!(crl["level"], "warn", "{crl}");
     assert!(crl["detail"].as_str().unwrap().contains("expires in"), "{crl}");
