@@ -60,20 +60,17 @@ impl Deployment {
 
     /// Rewrites keys of config/vpn (replacing their lines).
     pub fn set_vpn(&self, keys: &[(&str, &str)]) {
-        let path = self.root.path().join("config/vpn");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut lines: Vec<String> = text
-            .lines()
-            .filter(|l| !keys.iter().any(|(k, _)| l.starts_with(&format!("{k}="))))
-            .map(str::to_owned)
-            .collect();
-        lines.extend(keys.iter().map(|(k, v)| format!("{k}={v}")));
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        self.set_keys("config/vpn", keys);
     }
 
     /// Rewrites keys of config/firewall (replacing their lines).
     pub fn set_firewall(&self, keys: &[(&str, &str)]) {
-        let path = self.root.path().join("config/firewall");
+        self.set_keys("config/firewall", keys);
+    }
+
+    /// Rewrites keys of a `key=value` file under the root: their old lines go, the new ones are appended.
+    fn set_keys(&self, file: &str, keys: &[(&str, &str)]) {
+        let path = self.root.path().join(file);
         let text = std::fs::read_to_string(&path).unwrap();
         let mut lines: Vec<String> = text
             .lines()
