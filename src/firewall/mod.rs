@@ -93,6 +93,27 @@ pub struct Inputs {
     pub fw: FirewallConfig,
 }
 
+impl Inputs {
+    /// A complete set of inputs for tests (window closed, no admin port, defaults of `config/firewall`).
+    #[cfg(test)]
+    pub(crate) fn example() -> Inputs {
+        Inputs {
+            public_interface: Some("eth0".parse().unwrap()),
+            public_ip: Some("198.51.100.1".parse().unwrap()),
+            master_ip: "203.0.113.1".parse().unwrap(),
+            admin_ip: "203.0.113.2".parse().unwrap(),
+            gate_ip: "203.0.113.3".parse().unwrap(),
+            front_port: Some(7742),
+            admin_ports: Vec::new(),
+            terminal_subnet: Some("198.18.0.0/16".parse().unwrap()),
+            admin_subnet: Some("198.19.0.0/23".parse().unwrap()),
+            window: Window::Closed,
+            admin_ui_bootstrap: false,
+            fw: FirewallConfig::default(),
+        }
+    }
+}
+
 /// One opening on the public interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Door {

@@ -259,20 +259,7 @@ mod tests {
 
     fn plan_with(ssh_from: &str, ssh_port: u16) -> Plan {
         let fw = FirewallConfig { ssh_from: parse_cidrs(ssh_from).unwrap(), ssh_port, ..FirewallConfig::default() };
-        firewall::plan(&Inputs {
-            public_interface: Some("eth0".parse().unwrap()),
-            public_ip: Some("198.51.100.1".parse().unwrap()),
-            master_ip: "203.0.113.1".parse().unwrap(),
-            admin_ip: "203.0.113.2".parse().unwrap(),
-            gate_ip: "203.0.113.3".parse().unwrap(),
-            front_port: Some(7742),
-            admin_ports: vec![],
-            terminal_subnet: None,
-            admin_subnet: None,
-            window: Window::Closed,
-            admin_ui_bootstrap: false,
-            fw,
-        })
+        firewall::plan(&Inputs { fw, ..Inputs::example() })
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crate::support::deploy::{ADMIN_IP, Deployment, GATE_IP, MASTER_IP, PUBLIC_IP, bin};
+use crate::support::deploy::{ADMIN_IP, Deployment, GATE_IP, MASTER_IP, PUBLIC_IP, agent_pair, bin};
 use crate::support::{
     Answer, ChildGuard, Netns, require_root, tcp_connect, tcp_listener, tcp_probe, temp_dir, tun_device,
     wait_initialized, wait_until,
@@ -269,11 +269,7 @@ fn a_terminal_pairs_through_public_ip_during_a_window_and_not_after() {
     let dir = temp_dir("agent");
     let dir_s = dir.path().to_str().unwrap();
     let gate = format!("{PUBLIC_IP}:7741");
-    let out = internet
-        .cmd(bin())
-        .args(["agent", "pair", "--gate", &gate, "--token", &token, "--dir", dir_s])
-        .output()
-        .unwrap();
+    let out = agent_pair(internet, &gate, &token, dir.path());
     assert!(out.status.success(), "agent pair: {}", String::from_utf8_lossy(&out.stderr));
     let agent = internet.spawn("agent", bin(), &["agent", "run", "--dir", dir_s, "--heartbeat", "1s"]);
     agent.wait_for_text("heartbeat ok", T);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::deploy::{Deployment, GATE_IP, MASTER_IP, PUBLIC_IP, bin};
+use crate::support::deploy::{Deployment, GATE_IP, MASTER_IP, PUBLIC_IP, agent_pair, bin};
 use crate::support::{Netns, require_root, tcp_connect, temp_dir, wait_until};
 
 const T: Duration = Duration::from_secs(30);
@@ -39,11 +39,7 @@ fn a_new_terminal_pairs_through_the_gate_connects_and_heartbeats_master() {
     let dir = temp_dir("agent");
     let gate = format!("{PUBLIC_IP}:7741");
     let dir_s = dir.path().to_str().unwrap();
-    let out = internet
-        .cmd(bin())
-        .args(["agent", "pair", "--gate", &gate, "--token", &token, "--dir", dir_s])
-        .output()
-        .unwrap();
+    let out = agent_pair(internet, &gate, &token, dir.path());
     assert!(out.status.success(), "agent pair: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("paired as atm-new"));
     use std::os::unix::fs::PermissionsExt;

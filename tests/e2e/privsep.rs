@@ -262,14 +262,8 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
     let agent_dir = crate::support::env::temp_dir("agent");
     let banned = || d.json(&["pairing", "status"])["banned"].as_array().unwrap().len();
     for attempt in 1..=10 {
-        let out = d
-            .server()
-            .cmd(crate::support::deploy::bin())
-            .args(["agent", "pair", "--gate", &format!("{}:7741", crate::support::deploy::GATE_IP), "--token", &wrong])
-            .arg("--dir")
-            .arg(agent_dir.path())
-            .output()
-            .unwrap();
+        let gate = format!("{}:7741", crate::support::deploy::GATE_IP);
+        let out = crate::support::deploy::agent_pair(d.server(), &gate, &wrong, agent_dir.path());
         assert!(!out.status.success(), "a wrong secret paired");
         eprintln!("attempt {attempt}: {}", String::from_utf8_lossy(&out.stderr).trim());
         if banned() > 0 {

@@ -20,6 +20,11 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cas-vpn")
 }
 
+/// `cas-vpn agent pair --gate GATE --token TOKEN --dir DIR` run inside `ns` (a terminal on the Internet side).
+pub fn agent_pair(ns: &Netns, gate: &str, token: &str, dir: &Path) -> Output {
+    ns.cmd(bin()).args(["agent", "pair", "--gate", gate, "--token", token]).arg("--dir").arg(dir).output().unwrap()
+}
+
 pub struct Deployment {
     // Field order is drop order: serve stops before the namespaces go, the root goes last.
     serve: Option<ChildGuard>,
