@@ -197,7 +197,7 @@ async fn approval_flow_end_to_end_with_the_agent() {
     f.open_window().await;
     let gate = RunningGate::start(&f).await;
     let dir = f.install.path("agent");
-    let mut agent = Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
+    let agent = Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
         .env(crate::support::USERS_ENV, "none")
         .args(["agent", "pair", "--gate", &gate.addr(), "--wait-approval", "--poll", "1s", "--serial", "SN-77"])
         .args(["--dir", dir.to_str().unwrap()])
@@ -205,6 +205,7 @@ async fn approval_flow_end_to_end_with_the_agent() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut agent = crate::support::KillOnDrop::new(agent);
     let stdout = agent.stdout.take().unwrap();
     let first = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -217,7 +218,7 @@ async fn approval_flow_end_to_end_with_the_agent() {
     .await
     .unwrap();
     let Some((id, code)) = first else {
-        let out = agent.wait_with_output().unwrap();
+        let out = agent.take().wait_with_output().unwrap();
         panic!("the agent printed no pairing: {}", text(&out.stderr));
     };
     assert_eq!(id.len(), 32);
@@ -243,6 +244,7 @@ async fn approval_flow_end_to_end_with_the_agent() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((r["terminal"].as_str(), r["already_approved"].as_bool()), (Some("atm-a"), Some(false)));
+    let agent = agent.take();
     let agent_out = tokio::task::spawn_blocking(move || agent.wait_with_output().unwrap()).await.unwrap();
     assert!(agent_out.status.success(), "{}", text(&agent_out.stderr));
     assert!(text(&agent_out.stderr).contains("WARNING: no --gate-pin"), "TOFU is loud");
@@ -385,7 +387,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
 
     // Its stderr (one line per event: "heartbeat ok", "heartbeat failed: …") goes to a file the test reads.
     let agent_log = f.install.path("agent.log");
-    let mut agent = Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
+    let agent = Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
         .env(crate::support::USERS_ENV, "none")
         .args(["agent", "run", "--dir", &d, "--heartbeat", "1s", "--master", &format!("127.0.0.1:{port}")])
         .args(["--openvpn", fake.to_str().unwrap()])
@@ -393,6 +395,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
         .stderr(std::fs::File::create(&agent_log).unwrap())
         .spawn()
         .unwrap();
+    let agent = crate::support::KillOnDrop::new(agent);
     let within_30s = || Instant::now() + Duration::from_secs(30);
     let starts = || std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>();
     crate::support::wait::wait_until_async("openvpn starts", within_30s(), async || !starts().is_empty()).await;
@@ -442,6 +445,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
 
     // SIGTERM: the agent stops and takes openvpn with it.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut agent = agent.take();
     let status = tokio::task::spawn_blocking(move || agent.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
     let survivors = || {

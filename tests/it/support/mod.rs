@@ -223,3 +223,40 @@ pub fn inline_block(profile: &str, tag: &str) -> String {
     let end = profile.find(&format!("</{tag}>")).unwrap();
     profile[start..end].to_owned()
 }
+
+/// A child process a test started, killed (and reaped) when the guard is dropped unless the test took it back:
+/// a test that fails half-way leaves no process behind.
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    pub fn new(child: std::process::Child) -> KillOnDrop {
+        KillOnDrop(Some(child))
+    }
+
+    /// The child, for a test that ends it itself.
+    pub fn take(mut self) -> std::process::Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("not taken")
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("not taken")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
