@@ -256,8 +256,11 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
     d.ok(&["pairing", "open"]);
     let token = d.json(&["terminal", "add", "atm-bad"])["token"].as_str().unwrap().to_owned();
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-    let last = parts[2].pop().unwrap();
-    parts[2].push(if last == 'A' { 'B' } else { 'A' });
+    // Change the secret's first character: it carries six whole bits, so the token stays well-formed (the
+    // last one carries two bits and four zero bits; changing it can make the token malformed, refused by the
+    // agent before it reaches the gate).
+    let first = parts[2].remove(0);
+    parts[2].insert(0, if first == 'A' { 'B' } else { 'A' });
     let wrong = parts.join(".");
     let agent_dir = crate::support::env::temp_dir("agent");
     let banned = || d.json(&["pairing", "status"])["banned"].as_array().unwrap().len();
