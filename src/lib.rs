@@ -1,13 +1,14 @@
 //! cas-vpn: an OpenVPN orchestrator for Bitcoin ATM fleets. See ARCHITECTURE.md for the map and the floors:
-//! `cli → ops/daemon → services (vpn, gate, master, net, firewall, agent) → app/http/wire/control → db/config/pkifiles/ovpn →
+//! `cli → ops/daemon/web → services (vpn, gate, master, net, firewall, agent) → app/http/wire/control → db/config/pkifiles/ovpn →
 //! domain/sys (and cas-pki)`. Nothing imports upward; services never import `ops` or each other
 //! (`tests/it/layers.rs` enforces it).
 
 // Floor 6: the command line.
 pub mod cli;
-// Floor 5: use cases and the process launcher.
+// Floor 5: use cases, the process launcher, and the admin web UI (it calls the use cases, like the CLI).
 pub mod daemon;
 pub mod ops;
+pub mod web;
 // Floor 4: the services (one process each) and the reference terminal.
 pub mod agent;
 pub mod firewall;

@@ -192,6 +192,59 @@ impl PkiDir {
         TlsCryptV2ServerKey::from_pem(&pem).map_err(|e| PkiFilesError::Invalid { path: p, why: e.to_string() })
     }
 
+    /// The admin web UI's self-signed TLS certificate and key (`pki/web-ui.crt`, `pki/web-ui.key`).
+    pub fn web_cert_path(&self) -> PathBuf {
+        self.dir.join("web-ui.crt")
+    }
+    pub fn web_key_path(&self) -> PathBuf {
+        self.dir.join("web-ui.key")
+    }
+
+    /// The web UI's certificate, if it exists and names every one of `addresses`.
+    pub fn web_cert_covering(&self, addresses: &[std::net::IpAddr]) -> Option<String> {
+        let pem = read_optional(&self.web_cert_path()).ok()??;
+        if !self.web_key_path().is_file() {
+            return None;
+        }
+        let cert = openssl::x509::X509::from_pem(pem.as_bytes()).ok()?;
+        let sans: Vec<Vec<u8>> =
+            cert.subject_alt_names()?.iter().filter_map(|n| n.ipaddress().map(<[u8]>::to_vec)).collect();
+        let octets = |a: &std::net::IpAddr| match a {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        let unexpired = cert.not_after() > openssl::asn1::Asn1Time::days_from_now(30).ok()?;
+        (unexpired && addresses.iter().all(|a| sans.contains(&octets(a)))).then_some(pem)
+    }
+
+    /// Makes the web UI's certificate for `addresses` (key first, 0600).
+    pub fn create_web_cert(
+        &self,
+        addresses: &[std::net::IpAddr],
+        key_type: KeyType,
+        days: u32,
+    ) -> Result<String, PkiFilesError> {
+        let issued = cas_pki::self_signed_web("cas-vpn-admin-ui", addresses, key_type, Validity::days_from_now(days))
+            .map_err(pki_err)?;
+        write_atomic(&self.web_key_path(), issued.key.to_pem().as_bytes(), 0o600)?;
+        write_atomic(&self.web_cert_path(), issued.cert_pem.as_bytes(), 0o644)?;
+        Ok(issued.cert_pem)
+    }
+
+    /// The web UI's certificate and key (PEM).
+    pub fn read_web_tls(&self) -> Result<(String, zeroize::Zeroizing<String>), PkiFilesError> {
+        let (c, k) = (self.web_cert_path(), self.web_key_path());
+        let cert = read_optional(&c)?.ok_or(PkiFilesError::Missing { path: c })?;
+        let key = read_optional(&k)?.ok_or(PkiFilesError::Missing { path: k })?;
+        Ok((cert, zeroize::Zeroizing::new(key)))
+    }
+
+    /// SHA-256 fingerprint of the web UI's certificate, as a browser shows it; `None` before `init` made it.
+    pub fn web_fingerprint(&self) -> Option<String> {
+        let pem = read_optional(&self.web_cert_path()).ok()??;
+        cas_pki::sha256_fingerprint(&pem).ok()
+    }
+
     pub fn read_ca_cert(&self, kind: Kind) -> Result<String, PkiFilesError> {
         let p = self.ca_cert_path(kind);
         read_optional(&p)?.ok_or(PkiFilesError::Missing { path: p })

@@ -21,6 +21,7 @@ mod pin;
 mod serial;
 pub mod tls_crypt_v2;
 mod validity;
+mod web;
 
 #[cfg(test)]
 mod openvpn_interop;
@@ -37,3 +38,4 @@ pub use pin::{PinError, spki_sha256_pin};
 pub use serial::{Serial, SerialError};
 pub use tls_crypt_v2::{ClientMetadata, TlsCryptError, TlsCryptV2ClientKey, TlsCryptV2ServerKey, parse_client_key_pem};
 pub use validity::{CLOCK_SKEW_ALLOWANCE, Validity};
+pub use web::{self_signed_web, sha256_fingerprint};

@@ -11,6 +11,7 @@ pub mod csr;
 pub mod instances;
 pub mod pending;
 pub mod profile;
+pub mod secret;
 
 pub use clock::{Clock, now, rfc3339, to_datetime};
 
@@ -77,6 +78,8 @@ pub struct Ctx {
     pub clock: Clock,
     /// The PostgreSQL URL it was opened with; `None` for the embedded SQLite store.
     pub database_url: Option<String>,
+    /// Where the request came from (the web UI's client address), for audit rows; `None` for a local shell.
+    pub source: Option<String>,
 }
 
 impl Ctx {
@@ -104,6 +107,7 @@ impl Ctx {
             actor: cli_actor(),
             clock: Clock::system(),
             database_url: database_url.map(str::to_owned),
+            source: None,
         })
     }
 
@@ -127,7 +131,22 @@ impl Ctx {
             actor: self.actor.clone(),
             clock: self.clock.clone(),
             database_url: self.database_url.clone(),
+            source: self.source.clone(),
         }
+    }
+
+    /// The same installation, acting for someone else (a web user, from their address): what the operations run
+    /// with this context write to the audit trail names them.
+    pub fn acting_as(&self, actor: Actor, source: Option<String>) -> Ctx {
+        let mut ctx = self.with_config(self.cfg.clone());
+        ctx.actor = actor;
+        ctx.source = source;
+        ctx
+    }
+
+    /// Appends an audit row for what this context's actor did, from its source.
+    pub async fn audit(&self, action: &str, subject: &str, detail: &str, now: i64) -> Result<(), DbError> {
+        self.store.audit_from(&self.actor, self.source.as_deref(), action, subject, detail, now).await
     }
 
     /// The VPN settings, or a clear error naming what needed them under Scenario B.

@@ -2,6 +2,7 @@
 //! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
 
 pub mod pairing;
+pub mod web_user;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -66,6 +67,9 @@ pub enum Cmd {
     /// Administration VPN credentials.
     #[command(subcommand, name = "admin-vpn")]
     AdminVpn(AdminCmd),
+    /// Accounts of the admin web UI.
+    #[command(subcommand, name = "web-user")]
+    WebUser(web_user::WebUserCmd),
     /// End a terminal or admin credential (and its live session).
     Revoke {
         name: Name,
@@ -242,7 +246,7 @@ fn usage_error_line(e: &clap::Error) -> String {
     first.chars().flat_map(char::escape_debug).collect::<String>().replace("\\'", "'")
 }
 
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -266,6 +270,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("cas-vpn is initialised in {}", r.root);
             } else {
                 println!("nothing to do: {} was already initialised", r.root);
+            }
+            if let Some(fp) = &r.web_fingerprint {
+                println!("web UI certificate (SHA-256): {fp}");
             }
         }
         Cmd::Serve { what } => crate::daemon::serve(&root, db, what).await?,
@@ -297,6 +304,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             terminal(open_lenient(&root, db).await?, t).await?
         }
         Cmd::Terminal(t) => terminal(Ctx::open(&root, db).await?, t).await?,
+        Cmd::WebUser(w) => web_user::run(Ctx::open(&root, db).await?, w).await?,
         Cmd::AdminVpn(a) => {
             let ctx = Ctx::open(&root, db).await?;
             match a {
@@ -582,6 +590,7 @@ fn print_status(s: &ops::status::Status) {
     println!("database:  {}", s.database);
     println!("public ip: {}", s.public_ip.as_deref().unwrap_or("(not set)"));
     println!("master {}  gate {}  admin {}", s.master_bind_ip, s.gate_bind_ip, s.admin_bind_ip);
+    println!("web UI:    {} (certificate SHA-256 {})", s.web_url, s.web_fingerprint.as_deref().unwrap_or("missing"));
     let c = &s.counts;
     println!(
         "terminals: {} ({} paired)  admins: {}  revoked: {}  live sessions: {}",

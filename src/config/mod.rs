@@ -14,6 +14,9 @@ mod gate;
 mod network;
 mod vpn;
 
+/// The admin web UI's port (on `admin_bind_ip`; also on `public_ip` in bootstrap mode).
+pub const ADMIN_UI_PORT: u16 = 7777;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;

@@ -51,6 +51,11 @@ pub enum SignerRequest {
         kind: Kind,
         name: Name,
     },
+    /// Make a new admin VPN credential `name` (its port, key and certificate) in one step: the store row and its
+    /// certificate are written together, so no credential ever exists without its certificate.
+    IssueAdmin {
+        name: Name,
+    },
     /// Make and publish a fresh CRL for `kind` from the store.
     PublishCrl {
         kind: Kind,
@@ -71,6 +76,13 @@ pub enum SignerResponse {
         cert: String,
         key: String,
         serial: String,
+    },
+    /// An admin credential made by `IssueAdmin`: its port, and a key that is the caller's to deliver and forget.
+    IssuedAdmin {
+        cert: String,
+        key: String,
+        serial: String,
+        port: u16,
     },
     Published {
         crl_number: u64,
@@ -126,6 +138,23 @@ pub async fn sign(root: &Path, kind: Kind, name: &Name, csr_pem: &str) -> Result
 pub async fn issue(root: &Path, kind: Kind, name: &Name) -> Result<(String, String, String), SignerError> {
     match call(root, &SignerRequest::Issue { kind, name: name.clone() }).await? {
         SignerResponse::Issued { cert, key, serial } => Ok((key, cert, serial)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// What `issue_admin` made.
+pub struct IssuedAdmin {
+    pub cert_pem: String,
+    pub key_pem: zeroize::Zeroizing<String>,
+    pub port: u16,
+}
+
+/// Asks for a new admin VPN credential; refusals (name taken, ports exhausted) and failures as errors.
+pub async fn issue_admin(root: &Path, name: &Name) -> Result<IssuedAdmin, SignerError> {
+    match call(root, &SignerRequest::IssueAdmin { name: name.clone() }).await? {
+        SignerResponse::IssuedAdmin { cert, key, port, .. } => {
+            Ok(IssuedAdmin { cert_pem: cert, key_pem: zeroize::Zeroizing::new(key), port })
+        }
         other => Err(unexpected(other)),
     }
 }

@@ -1,9 +1,10 @@
 //! `serve all`: one command that runs every service as its own child process, each under its own user where the
-//! service users exist (gate as `batmgate`, master as `batmmaster`; net, signer and vpn as root), restarts a
+//! service users exist (gate as `batmgate`, master as `batmmaster`, the web UI as `batmadmin`; net, signer and
+//! vpn as root), restarts a
 //! child that dies (the backoff of `domain::lifecycle`), and stops them all together.
 //!
 //! - Order: `net` first (the service addresses must exist before anything binds them), then `signer` (answering
-//!   a ping), then vpn, gate and master.
+//!   a ping), then vpn, gate, master and admin (the web UI).
 //! - A child that exits with an error within its first seconds, before ever having run, is a configuration error,
 //!   not a crash: everything stops and `serve all` exits 1 (its own message is already on stderr). A child killed
 //!   by a signal, or one that fails later, is restarted.
@@ -45,7 +46,7 @@ pub async fn run(root: &Path, database_url: Option<&str>) -> Result<(), AppError
     };
     match &accounts {
         Ok(a) => {
-            tracing::info!(group = %a.group, gate = %a.gate.name, master = %a.master.name, "services run under their own users")
+            tracing::info!(group = %a.group, gate = %a.gate.name, master = %a.master.name, admin = %a.admin.name, "services run under their own users")
         }
         Err(why) => tracing::warn!(
             uid = nix::unistd::geteuid().as_raw(),
@@ -94,6 +95,17 @@ pub async fn run(root: &Path, database_url: Option<&str>) -> Result<(), AppError
         }
         start(Child { service: Service::Gate, creds: creds(|a| &a.gate) });
         start(Child { service: Service::Master, creds: creds(|a| &a.master) });
+        // The web UI needs its certificate (made by `init`) and its address (net's, or the operator's VPN's under
+        // Scenario B); without either it is left out, loudly, rather than stopping everything else.
+        let pki = crate::pkifiles::PkiDir::new(root, None);
+        let web_addr = std::net::UdpSocket::bind((net.admin_bind_ip, 0)).is_ok();
+        if !pki.web_cert_path().is_file() {
+            tracing::warn!("the web UI does not start: it has no certificate yet (run `cas-vpn init`)");
+        } else if !web_addr {
+            tracing::warn!(admin_bind_ip = %net.admin_bind_ip, "the web UI does not start: admin_bind_ip is not an address of this host");
+        } else {
+            start(Child { service: Service::Admin, creds: creds(|a| &a.admin) });
+        }
         let mut stop = stop.clone();
         tokio::select! {
             _ = stop.changed() => {}

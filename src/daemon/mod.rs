@@ -109,7 +109,7 @@ pub async fn serve(root: &Path, database_url: Option<&str>, what: Service) -> Re
         Service::Vpn => crate::vpn::service::run_vpn(ctx, stop).await,
         Service::Gate => crate::gate::run_gate(ctx, stop).await,
         Service::Master => crate::master::run_master(ctx, stop).await,
-        Service::Admin => Err(AppError::Other("`serve admin` (the web UI) is not available in this version".into())),
+        Service::Admin => crate::web::run_admin(ctx, stop).await,
         Service::All => unreachable!("handled above"),
     }
 }

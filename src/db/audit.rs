@@ -13,6 +13,8 @@ pub struct AuditRow {
     pub action: String,
     pub subject: String,
     pub detail: String,
+    /// Where the actor was (a web client's address); `None` for a local shell or a service.
+    pub source: Option<String>,
 }
 
 impl Store {
@@ -24,15 +26,31 @@ impl Store {
         detail: &str,
         now: i64,
     ) -> Result<(), DbError> {
+        self.audit_from(actor, None, action, subject, detail, now).await
+    }
+
+    /// As `audit`, naming where the actor was.
+    pub async fn audit_from(
+        &self,
+        actor: &Actor,
+        source: Option<&str>,
+        action: &str,
+        subject: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
         on_pool!(self, pool => {
-            sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
-                .bind(now)
-                .bind(actor.to_string())
-                .bind(action)
-                .bind(subject)
-                .bind(detail)
-                .execute(pool)
-                .await?;
+            sqlx::query(
+                "INSERT INTO audit (at, actor, action, subject, detail, source) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(now)
+            .bind(actor.to_string())
+            .bind(action)
+            .bind(subject)
+            .bind(detail)
+            .bind(source)
+            .execute(pool)
+            .await?;
         });
         Ok(())
     }
@@ -40,7 +58,7 @@ impl Store {
     /// The newest `limit` audit rows, newest first.
     pub async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRow>, DbError> {
         Ok(on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, at, actor, action, subject, detail FROM audit ORDER BY id DESC LIMIT $1")
+            sqlx::query_as("SELECT id, at, actor, action, subject, detail, source FROM audit ORDER BY id DESC LIMIT $1")
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?

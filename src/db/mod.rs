@@ -64,6 +64,8 @@ mod pairing;
 mod pairing_ext;
 mod sessions;
 mod tokens;
+mod views;
+mod web;
 
 pub use audit::AuditRow;
 pub use certificates::{CertRow, NewCert};
@@ -71,6 +73,8 @@ pub use credentials::{Credential, NewTerminal, TerminalLayout};
 pub use pairing_ext::{PendingPairing, Submitted};
 pub use sessions::{NewSession, SessionRow};
 pub use tokens::{NewToken, Redeemed, TokenRefusal, TokenRow};
+pub use views::{AuditQuery, ExpiringCert, TerminalFilter, TerminalListRow, TerminalQuery};
+pub use web::{ApiToken, Download, Scope, Stage, WebSession, WebUser};
 
 /// Errors of the store, each one a message an operator can act on. None carries a secret or a database URL.
 #[derive(Debug, thiserror::Error)]

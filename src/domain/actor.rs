@@ -2,7 +2,7 @@
 //!
 //! The text form is what the store keeps and what an operator reads, so it is stable and parses back to the same
 //! value: `cli:root` (the CLI, run by unix user root; `cli:uid:1000` when the uid has no name), `web:alice` (a user
-//! logged in to the admin web UI), `admin` (the web UI service itself), `gate`, `master`, `vpn`, `signer`, `net`
+//! logged in to the admin web UI), `api:alice` (one of alice's API tokens), `admin` (the web UI service itself), `gate`, `master`, `vpn`, `signer`, `net`
 //! (the services), `uid:1234` (a socket caller that is none of these). Anything else is refused, so a row can
 //! never name an actor the code does not know.
 
@@ -20,6 +20,8 @@ pub enum Actor {
     },
     /// A user logged in to the admin web UI.
     WebUser(Name),
+    /// An API token of that web user.
+    ApiUser(Name),
     /// The admin web UI service itself (its service account called a socket).
     Admin,
     Gate,
@@ -44,6 +46,7 @@ impl fmt::Display for Actor {
         match self {
             Actor::Cli { unix_user } => write!(f, "cli:{unix_user}"),
             Actor::WebUser(name) => write!(f, "web:{name}"),
+            Actor::ApiUser(name) => write!(f, "api:{name}"),
             Actor::Admin => f.write_str("admin"),
             Actor::Gate => f.write_str("gate"),
             Actor::Master => f.write_str("master"),
@@ -72,6 +75,8 @@ impl FromStr for Actor {
                     Actor::Cli { unix_user: user.parse().map_err(|_| refused())? }
                 } else if let Some(name) = s.strip_prefix("web:") {
                     Actor::WebUser(name.parse().map_err(|_| refused())?)
+                } else if let Some(name) = s.strip_prefix("api:") {
+                    Actor::ApiUser(name.parse().map_err(|_| refused())?)
                 } else if let Some(uid) = s.strip_prefix("uid:") {
                     Actor::Uid(parse_uid(uid).ok_or_else(refused)?)
                 } else {
@@ -140,6 +145,7 @@ mod tests {
             (Actor::cli(0, Some("root")), "cli:root"),
             (Actor::cli(1000, None), "cli:uid:1000"),
             (Actor::WebUser("alice".parse().unwrap()), "web:alice"),
+            (Actor::ApiUser("alice".parse().unwrap()), "api:alice"),
             (Actor::Admin, "admin"),
             (Actor::Gate, "gate"),
             (Actor::Master, "master"),

@@ -19,7 +19,7 @@ pub use actor::{Actor, UnixUser};
 pub use duration::Dur;
 pub use kind::Kind;
 pub use name::Name;
-pub use net::{Cidr, Host, PortRange, Subnet, parse_cidrs};
+pub use net::{Cidr, Host, PortRange, Subnet, check_tunnel_side_ip, parse_cidrs};
 pub use pairing_state::PairingState;
 pub use path::ConfPath;
 pub use token::PairingToken;

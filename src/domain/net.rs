@@ -273,3 +273,51 @@ mod tests {
         }
     }
 }
+
+/// Whether a service reachable only through the tunnels (master, the web UI) may listen on `ip`: one concrete,
+/// non-public address. Private, loopback, link-local, shared
+/// (100.64/10), benchmarking (198.18/15) and documentation ranges are non-public (tests use the last ones).
+pub fn check_tunnel_side_ip(ip: Ipv4Addr, service: &str) -> Result<(), String> {
+    if ip.is_unspecified() {
+        return Err(format!("0.0.0.0 would expose {service} on every address; give it a tunnel-side address"));
+    }
+    if ip.is_broadcast() || ip.is_multicast() {
+        return Err(format!("{ip} is not a single unicast address"));
+    }
+    let o = ip.octets();
+    let shared = o[0] == 100 && (o[1] & 0xc0) == 64;
+    let benchmarking = o[0] == 198 && (o[1] & 0xfe) == 18;
+    let non_public =
+        ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_documentation() || shared || benchmarking;
+    if !non_public {
+        return Err(format!("{ip} is a public address; {service} must listen on a tunnel-side (private) address only"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tunnel_side_tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_side_addresses() {
+        for ok in [
+            "10.3.2.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "198.18.0.1",
+            "198.19.255.1",
+            "203.0.113.5",
+            "192.0.2.1",
+            "198.51.100.1",
+        ] {
+            assert!(check_tunnel_side_ip(ok.parse().unwrap(), "master").is_ok(), "{ok}");
+        }
+        for bad in ["0.0.0.0", "8.8.8.8", "1.1.1.1", "255.255.255.255", "224.0.0.1", "100.128.0.1", "198.20.0.1"] {
+            assert!(check_tunnel_side_ip(bad.parse().unwrap(), "admin").is_err(), "{bad}");
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! The HTTP(S) accept loop shared by the gate (TLS) and master (plain HTTP inside the tunnel).
 //!
 //! What a hostile or broken client can hold is bounded: a capped number of connections, a TLS handshake timeout,
-//! a header timeout (hyper), a body timeout and size cap (the handlers), no keep-alive (a terminal makes a handful
-//! of requests; an idle connection is nothing but a held slot), and a ceiling on any connection's lifetime. The
+//! a header timeout (hyper, also between requests on a kept-alive connection), a body timeout and size cap (the
+//! handlers), no keep-alive for the gate and master (a terminal makes a handful of requests; an idle connection is
+//! nothing but a held slot), and a ceiling on any connection's lifetime. The
 //! peer address of the TCP connection goes into every request as `ConnectInfo<SocketAddr>`: bans and master's
 //! identification use it, never a header.
 
@@ -31,6 +32,8 @@ pub struct ServeLimits {
     pub max_connection_time: Duration,
     /// How long a graceful shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// Keep connections open between requests (the admin UI: a browser makes many; the gate and master: no).
+    pub keep_alive: bool,
 }
 
 impl Default for ServeLimits {
@@ -41,6 +44,7 @@ impl Default for ServeLimits {
             header_timeout: Duration::from_secs(10),
             max_connection_time: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(10),
+            keep_alive: false,
         }
     }
 }
@@ -98,7 +102,7 @@ pub async fn serve(
                 app.clone().oneshot(req)
             });
             let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(false);
+            http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(limits.keep_alive);
             let served = async {
                 match tls {
                     Some(acceptor) => {

@@ -167,24 +167,9 @@ fn spki_sha256(cert_pem: &str) -> Option<[u8; 32]> {
     Some(Sha256::digest(x.public_key().ok()?.public_key_to_der().ok()?).into())
 }
 
-/// Whether master may listen on `ip`: one concrete, non-public address. Private, loopback, link-local, shared
-/// (100.64/10), benchmarking (198.18/15) and documentation ranges are non-public (tests use the last ones).
+/// Whether master may listen on `ip` (see `domain::check_tunnel_side_ip`).
 pub fn check_bind_ip(ip: Ipv4Addr) -> Result<(), String> {
-    if ip.is_unspecified() {
-        return Err("0.0.0.0 would expose master on every address; set master_bind_ip to a tunnel-side address".into());
-    }
-    if ip.is_broadcast() || ip.is_multicast() {
-        return Err(format!("{ip} is not a single unicast address"));
-    }
-    let o = ip.octets();
-    let shared = o[0] == 100 && (o[1] & 0xc0) == 64;
-    let benchmarking = o[0] == 198 && (o[1] & 0xfe) == 18;
-    let non_public =
-        ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_documentation() || shared || benchmarking;
-    if !non_public {
-        return Err(format!("{ip} is a public address; master must listen on a tunnel-side (private) address only"));
-    }
-    Ok(())
+    crate::domain::check_tunnel_side_ip(ip, "master")
 }
 
 /// Checks `ip` and binds `ip:port`; refuses an address this host does not have.
@@ -222,31 +207,4 @@ pub async fn run_master_on(
     server::serve(listener, None, router(state), stop, limits)
         .await
         .map_err(|e| AppError::Other(format!("master: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bind_addresses() {
-        for ok in [
-            "10.3.2.1",
-            "172.16.0.1",
-            "192.168.1.1",
-            "127.0.0.1",
-            "169.254.1.1",
-            "100.64.0.1",
-            "198.18.0.1",
-            "198.19.255.1",
-            "203.0.113.5",
-            "192.0.2.1",
-            "198.51.100.1",
-        ] {
-            assert!(check_bind_ip(ok.parse().unwrap()).is_ok(), "{ok}");
-        }
-        for bad in ["0.0.0.0", "8.8.8.8", "1.1.1.1", "255.255.255.255", "224.0.0.1", "100.128.0.1", "198.20.0.1"] {
-            assert!(check_bind_ip(bad.parse().unwrap()).is_err(), "{bad}");
-        }
-    }
 }

@@ -167,7 +167,7 @@ pub async fn apply(
     // installed.
     let changed = previous.as_ref().is_none_or(|p| p.script != script);
     engine::install(root, &script, previous.as_ref(), now()).map_err(err)?;
-    ctx.store.audit(&ctx.actor, "firewall.apply", script.backend().as_str(), &script.hash(), ctx.clock.now()).await?;
+    ctx.audit("firewall.apply", script.backend().as_str(), &script.hash(), ctx.clock.now()).await?;
     let mut warnings = plan.warnings.clone();
     if script.backend() == Backend::Ufw {
         warnings.extend(firewall::ufw::unsupported(&plan));
@@ -200,7 +200,7 @@ pub async fn confirm(ctx: &Ctx) -> Result<ConfirmReport, OpsError> {
         ));
     }
     std::fs::remove_file(&hold).map_err(|e| OpsError::Other(format!("{}: {e}", hold.display())))?;
-    ctx.store.audit(&ctx.actor, "firewall.confirm", "-", "", ctx.clock.now()).await?;
+    ctx.audit("firewall.confirm", "-", "", ctx.clock.now()).await?;
     let _ = crate::control::net::reload(&ctx.cfg.root).await;
     Ok(ConfirmReport { confirmed: true })
 }
@@ -230,7 +230,7 @@ pub async fn await_confirmation(ctx: &Ctx) -> Result<bool, OpsError> {
             let rolled = Hold { deadline: None, previous: None };
             let text = serde_json::to_string(&rolled).map_err(|e| OpsError::Other(e.to_string()))?;
             crate::sys::fs::write_atomic(&hold, text.as_bytes(), 0o600)?;
-            ctx.store.audit(&ctx.actor, "firewall.rollback", "-", "not confirmed in time", ctx.clock.now()).await?;
+            ctx.audit("firewall.rollback", "-", "not confirmed in time", ctx.clock.now()).await?;
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -35,7 +35,12 @@ pub struct InitReport {
     pub steps: Vec<Step>,
     /// False when the run changed nothing.
     pub changed: bool,
+    /// SHA-256 fingerprint of the web UI's certificate, to compare with what the browser shows.
+    pub web_fingerprint: Option<String>,
 }
+
+/// The web UI's self-signed certificate lives two years; `init` remakes it in its last 30 days.
+const WEB_CERT_DAYS: u32 = 730;
 
 pub struct InitOptions {
     pub public_ip: Option<Ipv4Addr>,
@@ -137,6 +142,18 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
             step(&format!("pki/crl-{kind}"), Action::Created);
         }
     }
+    // The web UI's TLS certificate names its address (and the public one, for bootstrap); remade when either
+    // changed or it nears its end.
+    let web_addresses: Vec<std::net::IpAddr> = std::iter::once(ctx.cfg.network.admin_bind_ip)
+        .chain(ctx.cfg.network.public_ip)
+        .map(std::net::IpAddr::V4)
+        .collect();
+    if pki.web_cert_covering(&web_addresses).is_some() {
+        step("pki/web-ui", Action::Kept);
+    } else {
+        pki.create_web_cert(&web_addresses, key_type, WEB_CERT_DAYS)?;
+        step("pki/web-ui", Action::Created);
+    }
     step(&format!("store ({})", ctx.store.backend()), if store_is_new { Action::Created } else { Action::Kept });
 
     // Service users and who owns what: only as root, and only when services get their own users.
@@ -149,5 +166,5 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
     }
 
     let changed = steps.iter().any(|s| s.action != Action::Kept);
-    Ok(InitReport { root: root.display().to_string(), steps, changed })
+    Ok(InitReport { root: root.display().to_string(), steps, changed, web_fingerprint: pki.web_fingerprint() })
 }

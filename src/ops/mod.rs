@@ -2,6 +2,7 @@
 //! revocation, CRLs, status. They never print (`cli.rs` does); the web UI and the gate call the same functions.
 
 pub mod admin;
+pub mod browse;
 pub mod doctor;
 pub mod firewall;
 pub mod init;
@@ -10,5 +11,6 @@ pub mod pairing;
 pub mod revoke;
 pub mod status;
 pub mod terminal;
+pub mod web_users;
 
 pub use crate::app::{AppError as OpsError, Ctx, crl, instances, now, profile, rfc3339, to_datetime};

@@ -60,7 +60,7 @@ pub async fn open_window(ctx: &Ctx, duration: Option<Dur>, from: &[Cidr]) -> Res
         Some(s) => format!("until {}; from {s}", rfc3339(until)),
         None => format!("until {}", rfc3339(until)),
     };
-    ctx.store.audit(&ctx.actor, "pairing.open", "gate", &detail, now).await?;
+    ctx.audit("pairing.open", "gate", &detail, now).await?;
     super::firewall::poke_net(ctx).await;
     Ok(window_report(Some(until), stored, now))
 }
@@ -75,7 +75,7 @@ pub async fn close_window(ctx: &Ctx) -> Result<WindowReport, OpsError> {
     if expired > 0 {
         tracing::info!(expired, "pairings waiting for approval expired with the window");
     }
-    ctx.store.audit(&ctx.actor, "pairing.close", "gate", "", now).await?;
+    ctx.audit("pairing.close", "gate", "", now).await?;
     super::firewall::poke_net(ctx).await;
     Ok(window_report(None, None, now))
 }
@@ -244,9 +244,7 @@ pub async fn approve(ctx: &Ctx, id: &str, code: &str, name: Option<Name>) -> Res
             p.id, cred.name
         )));
     }
-    ctx.store
-        .audit(&ctx.actor, "pairing.approve", name.as_str(), &format!("pairing {}; serial {serial}", p.id), now)
-        .await?;
+    ctx.audit("pairing.approve", name.as_str(), &format!("pairing {}; serial {serial}", p.id), now).await?;
     Ok(ApproveReport {
         pairing_id: p.id,
         tunnel_ip: tunnel_ip(ctx, cred.home_instance, cred.host_index),
@@ -272,7 +270,7 @@ pub struct RejectAllReport {
 pub async fn reject_all(ctx: &Ctx) -> Result<RejectAllReport, OpsError> {
     let now = ctx.clock.now();
     let rejected = ctx.store.reject_all_pending_pairings(now).await?;
-    ctx.store.audit(&ctx.actor, "pairing.reject", "*", &format!("{rejected} pending pairings"), now).await?;
+    ctx.audit("pairing.reject", "*", &format!("{rejected} pending pairings"), now).await?;
     Ok(RejectAllReport { rejected })
 }
 
@@ -283,7 +281,7 @@ pub async fn reject(ctx: &Ctx, id: &str) -> Result<RejectReport, OpsError> {
         return Err(DbError::NotFound { what: format!("pairing {}", crate::domain::shown(id)) }.into());
     }
     if rejected {
-        ctx.store.audit(&ctx.actor, "pairing.reject", id, "", now).await?;
+        ctx.audit("pairing.reject", id, "", now).await?;
     }
     Ok(RejectReport { pairing_id: id.to_owned(), rejected })
 }
@@ -299,7 +297,7 @@ pub async fn unban(ctx: &Ctx, ip: IpAddr) -> Result<UnbanReport, OpsError> {
     let ip = ip.to_canonical().to_string();
     let was_listed = ctx.store.unban(&ip).await?;
     if was_listed {
-        ctx.store.audit(&ctx.actor, "unban-ip", &ip, "", ctx.clock.now()).await?;
+        ctx.audit("unban-ip", &ip, "", ctx.clock.now()).await?;
     }
     Ok(UnbanReport { ip, was_listed })
 }

@@ -66,7 +66,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
         Some(n) => format!("crl #{}; {n} live session(s) ended", report.crl_number),
         None => format!("crl #{}; no serve running", report.crl_number),
     };
-    ctx.store.audit(&ctx.actor, "revoke.sessions", name.as_str(), &detail, ctx.clock.now()).await?;
+    ctx.audit("revoke.sessions", name.as_str(), &detail, ctx.clock.now()).await?;
     if cred.kind == Kind::Admin {
         // Its instance stops and its port is free for the next credential.
         let _ = control::request(&ctx.cfg.root, &Request::Reload, RELOAD_TIMEOUT).await;

@@ -46,6 +46,9 @@ pub struct Status {
     pub counts: Counts,
     pub expiry: Vec<Expiry>,
     pub warnings: Vec<String>,
+    /// The admin web UI: its address (through an admin tunnel) and its certificate's SHA-256 fingerprint.
+    pub web_url: String,
+    pub web_fingerprint: Option<String>,
 }
 
 /// A live session as `status --json` shows it. Mapped field by field from the store row, so a new column in the
@@ -128,6 +131,15 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
             CERT_WARN_SECS,
         ));
     }
+    exp.push(expiry(
+        "web UI certificate".into(),
+        cert_not_after(
+            std::fs::read_to_string(ctx.pki.web_cert_path())
+                .map_err(|e| crate::pkifiles::PkiFilesError::Pki(e.to_string())),
+        ),
+        now,
+        CERT_WARN_SECS,
+    ));
     let mut warnings: Vec<String> = exp.iter().filter_map(|e| e.warning.clone()).collect();
     let running = match crate::control::request(
         &ctx.cfg.root,
@@ -173,5 +185,7 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
         counts,
         expiry: exp,
         warnings,
+        web_url: format!("https://{}:{}/", net.admin_bind_ip, crate::config::ADMIN_UI_PORT),
+        web_fingerprint: ctx.pki.web_fingerprint(),
     })
 }

@@ -188,9 +188,7 @@ async fn create_batch(
     }
     let action = if names.len() == 1 { "terminal.add" } else { "terminal.import" };
     let subject = if names.len() == 1 { names[0].to_string() } else { format!("{} terminals", names.len()) };
-    ctx.store
-        .audit(&ctx.actor, action, &subject, if opts.server_keygen { "server-keygen" } else { "token" }, now)
-        .await?;
+    ctx.audit(action, &subject, if opts.server_keygen { "server-keygen" } else { "token" }, now).await?;
 
     let by_name: HashMap<&Name, &Credential> = created.iter().map(|c| (&c.name, c)).collect();
     Ok(made

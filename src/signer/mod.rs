@@ -51,6 +51,7 @@ impl Caller {
             (Caller::Other, _) => false,
             (_, SignerRequest::Ping) | (Caller::Owner, _) => true,
             (Caller::Admin, _) => true,
+            (Caller::Gate | Caller::Master, SignerRequest::IssueAdmin { .. }) => false,
             (Caller::Gate | Caller::Master, SignerRequest::Sign { kind: Kind::Terminal, .. }) => true,
             (Caller::Gate | Caller::Master, _) => false,
         }
@@ -145,11 +146,14 @@ impl Signer {
             let what = match &req {
                 SignerRequest::Sign { kind, .. } => format!("{kind} certificates"),
                 SignerRequest::Issue { kind, .. } => format!("server-made {kind} keys"),
+                SignerRequest::IssueAdmin { .. } => "admin VPN credentials".into(),
                 SignerRequest::PublishCrl { .. } => "CRLs".into(),
                 SignerRequest::Ping => "anything".into(),
             };
             let subject = match &req {
-                SignerRequest::Sign { name, .. } | SignerRequest::Issue { name, .. } => name.to_string(),
+                SignerRequest::Sign { name, .. }
+                | SignerRequest::Issue { name, .. }
+                | SignerRequest::IssueAdmin { name } => name.to_string(),
                 _ => "-".into(),
             };
             return self.refuse(caller, uid, "request", &subject, format!("uid {uid} may not ask for {what}")).await;
@@ -181,6 +185,7 @@ impl Signer {
                     Err(e) => SignerResponse::Error { message: e.to_string() },
                 }
             }
+            SignerRequest::IssueAdmin { name } => self.issue_admin(caller, uid, &name).await,
             SignerRequest::Issue { kind, name } => {
                 if let Err(why) = self.active(kind, &name).await {
                     return self.answer_refusal(caller, uid, "issue", &name, why).await;
@@ -200,6 +205,39 @@ impl Signer {
                     Err(e) => SignerResponse::Error { message: e.to_string() },
                 }
             }
+        }
+    }
+
+    /// A new admin credential: key and certificate made here, the store row and certificate committed together
+    /// (the lowest free port), the signature audited; a name in use or no free port is a refusal.
+    async fn issue_admin(&self, caller: Caller, uid: u32, name: &Name) -> SignerResponse {
+        let Some(vpn) = self.ctx.cfg.active_vpn() else {
+            return self.refuse(caller, uid, "issue", name.as_str(), "no VPN is configured (Scenario B)".into()).await;
+        };
+        let (ca, validity) = self.ca_and_validity(Kind::Admin);
+        let issued = match ca.issue_client(name.as_str(), vpn.key_type, validity) {
+            Ok(i) => i,
+            Err(e) => return SignerResponse::Error { message: e.to_string() },
+        };
+        let cert = match crate::app::new_cert(&issued.cert_pem) {
+            Ok(c) => c,
+            Err(e) => return SignerResponse::Error { message: e.to_string() },
+        };
+        let port = match self.ctx.store.create_admin(name, vpn.admin_ports, &cert, self.ctx.clock.now()).await {
+            Ok(cred) => cred.admin_port.unwrap_or_default(),
+            Err(e @ (crate::db::DbError::NameTaken { .. } | crate::db::DbError::PortsExhausted { .. })) => {
+                return self.refuse(caller, uid, "issue", name.as_str(), e.to_string()).await;
+            }
+            Err(e) => return SignerResponse::Error { message: e.to_string() },
+        };
+        match self.audited(caller, uid, Kind::Admin, name, &issued.serial.to_hex()).await {
+            Ok(serial) => SignerResponse::IssuedAdmin {
+                cert: issued.cert_pem,
+                key: issued.key.to_pem().to_string(),
+                serial,
+                port,
+            },
+            Err(e) => e,
         }
     }
 
@@ -298,6 +336,11 @@ mod tests {
         assert!(Caller::Admin.may(&issue(Kind::Admin)) && Caller::Owner.may(&issue(Kind::Terminal)));
         assert!(Caller::Admin.may(&sign(Kind::Admin)) && Caller::Admin.may(&crl));
         assert!(Caller::Owner.may(&sign(Kind::Admin)));
+        let admin = SignerRequest::IssueAdmin { name: "alice".parse::<Name>().unwrap() };
+        assert!(Caller::Admin.may(&admin) && Caller::Owner.may(&admin));
+        for c in [Caller::Gate, Caller::Master, Caller::Other] {
+            assert!(!c.may(&admin), "{c:?} may not make admin credentials");
+        }
         for r in [sign(Kind::Terminal), crl, SignerRequest::Ping] {
             assert!(!Caller::Other.may(&r));
         }

@@ -20,8 +20,8 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("domain/sys", &["domain", "sys"]),
     ("store/config/pki files/ovpn", &["db", "config", "pkifiles", "ovpn"]),
     ("app/http/wire/control", &["app", "http", "wire", "control"]),
-    ("services", &["vpn", "gate", "master", "signer", "net", "agent", "web", "firewall", "cluster"]),
-    ("use cases", &["ops", "daemon"]),
+    ("services", &["vpn", "gate", "master", "signer", "net", "agent", "firewall", "cluster"]),
+    ("use cases", &["ops", "daemon", "web"]),
     ("cli", &["cli"]),
 ];
 const SERVICES: usize = 3;
