@@ -1,10 +1,12 @@
 //! End-to-end tests: real `openvpn` (and later the `cas-vpn` binary) in network namespaces.
 //!
-//! Needs root, iproute2, openvpn, openssl and iputils-ping. Every test is `#[ignore]`d (a plain `cargo test` shows
-//! it as ignored); `scripts/test` runs them with `--include-ignored`, and a test run without its prerequisites
-//! fails, naming what is missing. After a run that was killed (Ctrl-C, timeout), `scripts/e2e-cleanup` removes
-//! what it left behind (see `support/netns.rs` for the names).
+//! Needs root, iproute2, openvpn, openssl and iputils-ping (and chromium and chromium-driver for the browser tests).
+//! Every test is `#[ignore]`d (a plain `cargo test` shows it as ignored); `scripts/test` runs them with
+//! `--include-ignored`, and a test run without its prerequisites fails, naming what is missing. After a run that
+//! was killed (Ctrl-C, timeout), `scripts/e2e-cleanup` removes what it left behind (see `support/netns.rs` for the
+//! names).
 
+mod browser;
 mod cleanup;
 mod firewall;
 mod pairing;

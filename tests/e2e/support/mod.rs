@@ -1,9 +1,9 @@
 //! The e2e harness: network namespaces, a bridged test LAN, guarded child processes, polling waits, openvpn and
-//! reachability helpers, and a throwaway openssl PKI.
+//! reachability helpers, a throwaway openssl PKI, and a headless browser inside a namespace.
 //!
-//! It depends on std, tokio, nix and tempfile only, never on the cas-vpn library: the tests drive the `cas-vpn`
-//! binary (`env!("CARGO_BIN_EXE_cas-vpn")`) like an operator would, and the harness keeps working while the
-//! library is being changed.
+//! It depends on std, tokio, nix and tempfile (and fantoccini and serde_json for the browser) only, never on the
+//! cas-vpn library: the tests drive the `cas-vpn` binary (`env!("CARGO_BIN_EXE_cas-vpn")`) like an operator would,
+//! and the harness keeps working while the library is being changed.
 //!
 //! Rules: names start with `cv<run id>-` (one id per test process, see `netns.rs`);
 //! addresses only from 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 and 198.18.0.0/15, and only inside
@@ -13,6 +13,7 @@
 // Not every test uses every helper (nor every re-export below); unused ones must not turn into warnings.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod child;
 pub mod deploy;
 pub mod env;
@@ -23,6 +24,7 @@ pub mod pki;
 pub mod reach;
 pub mod wait;
 
+pub use browser::{Browser, require_browser, spawn_in_netns};
 pub use child::ChildGuard;
 pub use env::{require_root, temp_dir};
 pub use lan::Lan;
