@@ -18,8 +18,8 @@ const PROBE: Duration = Duration::from_millis(1500);
 /// The bound for a window change, a credential change or the window's end to be in force.
 const IN_FORCE: Duration = Duration::from_secs(1);
 
-/// A deployment serving with the firewall in force, drift checked every second, and test listeners standing in
-/// for services on 0.0.0.0 (SSH, CAS's 7743, 443, an arbitrary port) and for the admin UI on admin_bind_ip.
+/// A deployment serving with the firewall in force, drift checked every second, the real admin UI on
+/// admin_bind_ip, and test listeners standing in for services on 0.0.0.0 (SSH, CAS's 7743, 443, an arbitrary port).
 struct Fw {
     d: Deployment,
     _listeners: Vec<ChildGuard>,
@@ -41,9 +41,9 @@ fn deploy_with(clients: usize, backend: &str) -> Fw {
         tcp_listener(d.server(), any, 7743),
         tcp_listener(d.server(), any, 443),
         tcp_listener(d.server(), any, 9999),
-        tcp_listener(d.server(), ADMIN_IP, 7777),
     ];
     wait_until("the gate listens", T, || tcp_connect(d.server(), GATE_IP, 7741, PROBE));
+    wait_until("the admin UI listens", T, || tcp_connect(d.server(), ADMIN_IP, 7777, PROBE));
     Fw { d, _listeners: listeners }
 }
 

@@ -14,3 +14,4 @@ mod privsep;
 mod smoke;
 mod support;
 mod vpn;
+mod web;

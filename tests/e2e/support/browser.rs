@@ -131,6 +131,12 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium inside `ns`. Panics (naming the packages) when they are not
     /// installed, or when either does not start within 30 s.
     pub fn start(ns: &Netns) -> Browser {
+        Browser::start_with(ns, &[])
+    }
+
+    /// As `start`, with more Chromium flags (e.g. `--ignore-certificate-errors-spki-list=…` to trust exactly one
+    /// self-signed certificate).
+    pub fn start_with(ns: &Netns, extra_flags: &[String]) -> Browser {
         require_browser();
         let label = format!("browser@{}", ns.name());
         let dir = temp_dir("browser");
@@ -155,7 +161,7 @@ impl Browser {
         let driver = ChildGuard::spawn(format!("chromedriver@{}", ns.name()), cmd);
         driver.wait_for_text("started successfully", START_TIMEOUT);
 
-        let caps = capabilities(&profile, &downloads);
+        let caps = capabilities(&profile, &downloads, extra_flags);
         let url = format!("http://127.0.0.1:{port}");
         let client = run_job(&jobs, &label, move |rt| {
             within(rt, START_TIMEOUT, async move { ClientBuilder::native().capabilities(caps).connect(&url).await })
@@ -312,8 +318,9 @@ impl Browser {
 
 /// WebDriver capabilities: Chromium with [`CHROMIUM_FLAGS`], a fresh profile, downloads saved into `downloads`
 /// without a prompt.
-fn capabilities(profile: &Path, downloads: &Path) -> fantoccini::wd::Capabilities {
+fn capabilities(profile: &Path, downloads: &Path, extra_flags: &[String]) -> fantoccini::wd::Capabilities {
     let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| (*f).to_owned()).collect();
+    args.extend(extra_flags.iter().cloned());
     args.push(format!("--user-data-dir={}", profile.display()));
     let caps = json!({
         "browserName": "chrome",
@@ -325,8 +332,8 @@ fn capabilities(profile: &Path, downloads: &Path) -> fantoccini::wd::Capabilitie
                 "download.default_directory": downloads,
                 "download.prompt_for_download": false,
                 // "Insecure content: allowed" on every site. Without it Chromium holds back any download whose page
-                // or file came over plain HTTP (it stays a `.crdownload` until a person clicks "Keep"), and the
-                // admin UI is plain HTTP by design: it is only reachable through the admin VPN tunnel.
+                // or file came over plain HTTP (it stays a `.crdownload` until a person clicks "Keep"): the
+                // harness's own test page is plain HTTP. (The admin UI is HTTPS, so admins never meet this.)
                 "profile.default_content_setting_values.mixed_script": 1,
             },
         },
