@@ -147,6 +147,8 @@ pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
     let mut wanted = vec![Service::Net, Service::Signer, Service::Gate, Service::Master];
     if ctx.cfg.active_vpn().is_some() {
         wanted.insert(2, Service::Vpn);
+        // The web UI: through the admin tunnels, so with the VPN (under Scenario B it runs where it can).
+        wanted.push(Service::Admin);
     }
     let down: Vec<&str> =
         wanted.iter().filter(|s| crate::daemon::running(&ctx.cfg.root, **s).is_none()).map(|s| s.name()).collect();

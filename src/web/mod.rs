@@ -251,3 +251,21 @@ pub async fn run_admin(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(),
     sweeper.abort();
     served.map_err(|e| AppError::Other(format!("admin: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn admin_binds_only_a_tunnel_side_address() {
+        for refused in ["0.0.0.0", "8.8.8.8", "1.1.1.1"] {
+            let err = bind_admin(refused.parse().unwrap(), 0).await.expect_err(refused).to_string();
+            assert!(err.starts_with("admin refuses to start"), "{err}");
+        }
+        // A private address this host does not have: refused, naming why.
+        let err = bind_admin("10.255.254.253".parse().unwrap(), 0).await.expect_err("not local").to_string();
+        assert!(err.contains("is not an address of this host"), "{err}");
+        let l = bind_admin("127.0.0.1".parse().unwrap(), 0).await.unwrap();
+        assert_eq!(l.local_addr().unwrap().ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+}

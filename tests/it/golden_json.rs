@@ -36,6 +36,8 @@ const VOLATILE: &[(&str, &str)] = &[
     ("code", "code"),
     ("pairing_id", "pairing_id"),
     ("gate_pin", "pin"),
+    ("web_fingerprint", "fingerprint"),
+    ("setup_url", "url"),
     ("serial", "serial"),
     ("serials", "serial"),
     ("crl_number", "crl_number"),
@@ -302,6 +304,8 @@ async fn golden_json_shapes() {
     g.check("admin_vpn_list", &cli(i, &["admin-vpn", "list", "--all", "--json"]).await, &[]);
     g.check("admin_vpn_resume", &cli(i, &["admin-vpn", "resume", "alice", "--json"]).await, &[]);
     g.check("status", &cli(i, &["status", "--json"]).await, &[]);
+    g.check("web_user_add", &cli(i, &["web-user", "add", "carol", "--json"]).await, &[]);
+    g.check("web_user_list", &cli(i, &["web-user", "list", "--json"]).await, &[]);
     // What doctor finds depends on the machine (openvpn, nft, tun): its levels and details are not pinned, nor is
     // its exit code.
     let doctor = i.run(&["doctor", "--json"]);
