@@ -20,7 +20,7 @@ async fn main() {
     ops::init::init(
         root,
         None,
-        ops::init::InitOptions { public_ip: Some("198.51.100.1".parse().unwrap()), key_type: None },
+        ops::init::InitOptions { public_ip: Some("198.51.100.1".parse().unwrap()), ..Default::default() },
     )
     .await
     .unwrap();

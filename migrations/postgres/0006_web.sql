@@ -72,3 +72,10 @@ CREATE TABLE web_downloads (
 
 ALTER TABLE audit ADD COLUMN source TEXT;
 CREATE INDEX audit_actor ON audit (actor);
+
+-- Bootstrap mode (config/firewall admin_ui_bootstrap=yes) ends for good with the first admin VPN session: one row,
+-- written by the store when it records that session; the firewall then closes public 7777.
+CREATE TABLE web_bootstrap (
+    id       BIGINT PRIMARY KEY CHECK (id = 1),
+    ended_at BIGINT NOT NULL
+);

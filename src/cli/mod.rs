@@ -43,6 +43,10 @@ pub enum Cmd {
         public_ip: Option<Ipv4Addr>,
         #[arg(long)]
         key_type: Option<KeyType>,
+        /// Open the web UI on public_ip:7777 until the first admin VPN session, and make the first web user
+        /// (`admin`) with a one-time setup link there.
+        #[arg(long)]
+        web_bootstrap: bool,
         #[command(flatten)]
         json: Json,
     },
@@ -258,8 +262,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let root = cli.root.clone();
     let db = cli.database_url.as_deref();
     match cli.cmd {
-        Cmd::Init { public_ip, key_type, json } => {
-            let r = ops::init::init(&root, db, ops::init::InitOptions { public_ip, key_type }).await?;
+        Cmd::Init { public_ip, key_type, web_bootstrap, json } => {
+            let r = ops::init::init(&root, db, ops::init::InitOptions { public_ip, key_type, web_bootstrap }).await?;
             if json.json {
                 return print_json(&r);
             }
@@ -273,6 +277,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(fp) = &r.web_fingerprint {
                 println!("web UI certificate (SHA-256): {fp}");
+            }
+            if let Some(url) = &r.bootstrap_url {
+                println!("BOOTSTRAP MODE: the web UI answers on the Internet until the first admin VPN session.");
+                println!("first web user `admin`, one-time setup link (24 h): {url}");
             }
         }
         Cmd::Serve { what } => crate::daemon::serve(&root, db, what).await?,

@@ -13,7 +13,7 @@ use crate::domain::{Cidr, Dur, parse_cidrs, shown};
 use crate::sys::fs::{read_optional, write_atomic};
 
 /// Every key of `config/firewall`, in the order `render` writes them, with the comment written above it.
-pub const FIREWALL_KEYS: [(&str, &str); 12] = [
+pub const FIREWALL_KEYS: [(&str, &str); 13] = [
     (
         "manage",
         "yes: serve net installs the firewall and keeps it in force (drift is repaired); no: the firewall, tunnel \
@@ -36,6 +36,11 @@ pub const FIREWALL_KEYS: [(&str, &str); 12] = [
     ),
     ("gate_max_conns", "Most concurrent connections one source address may hold to 7741 during a window; 0: no cap."),
     ("drift_check", "How often serve net compares the installed rules with the plan and repairs them, e.g. 30s."),
+    (
+        "admin_ui_bootstrap",
+        "yes opens the admin web UI (7777) on public_ip, forwarded to admin_bind_ip, until the first admin VPN \
+         session; then it closes for good. For the first setup only (`cas-vpn init --web-bootstrap`).",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +60,8 @@ pub struct FirewallConfig {
     pub front_max_conns: u32,
     pub gate_max_conns: u32,
     pub drift_check: Dur,
+    /// The web UI on public 7777 until the first admin VPN session.
+    pub admin_ui_bootstrap: bool,
 }
 
 impl Default for FirewallConfig {
@@ -74,6 +81,7 @@ impl Default for FirewallConfig {
             // Pairing is one request per terminal; a site pairing a batch behind one address stays well below.
             gate_max_conns: 10,
             drift_check: Dur(std::time::Duration::from_secs(30)),
+            admin_ui_bootstrap: false,
         }
     }
 }
@@ -129,6 +137,7 @@ impl FirewallConfig {
             "front_max_conns" => self.front_max_conns.to_string(),
             "gate_max_conns" => self.gate_max_conns.to_string(),
             "drift_check" => self.drift_check.to_string(),
+            "admin_ui_bootstrap" => yes_no(self.admin_ui_bootstrap),
             _ => unreachable!("only FIREWALL_KEYS are rendered"),
         }
     }
@@ -154,6 +163,7 @@ impl FirewallConfig {
             "gate_max_conns" => self.gate_max_conns = parse_cap(v)?,
             // `Dur` is at least one second: tests use 1s, production 30s.
             "drift_check" => self.drift_check = v.parse().map_err(|e: crate::domain::DomainError| e.to_string())?,
+            "admin_ui_bootstrap" => self.admin_ui_bootstrap = parse_yes_no(v)?,
             _ => unreachable!("only FIREWALL_KEYS are applied"),
         }
         Ok(())

@@ -682,4 +682,27 @@ impl Store {
             Ok(Download::Take(name))
         })
     }
+
+    /// When bootstrap mode ended (the first admin VPN session), if it has.
+    pub async fn bootstrap_ended(&self) -> Result<Option<i64>, DbError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT ended_at FROM web_bootstrap WHERE id = 1").fetch_optional(pool).await?
+        }))
+    }
+
+    /// Ends bootstrap mode if the credential is an admin one; `true` when this call ended it.
+    pub async fn end_bootstrap_by(&self, credential_id: i64, now: i64) -> Result<bool, DbError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO web_bootstrap (id, ended_at) SELECT 1, $1 \
+                 WHERE EXISTS (SELECT 1 FROM credentials WHERE id = $2 AND kind = 'admin') \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(now)
+            .bind(credential_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }) == 1)
+    }
 }

@@ -14,8 +14,9 @@
 //!   `admin_bind_ip:7777` and nothing else; nothing is forwarded into, out of or between tunnels;
 //! - `master_bind_ip` and `admin_bind_ip` answer only their tunnels (and the host itself, over `lo`).
 //!
-//! The admin UI's bootstrap mode (7777 on `public_ip`) is modelled but off: the UI is not built, so
-//! [`Inputs::admin_ui_bootstrap`] is false and that door is absent.
+//! The admin UI's bootstrap mode: with `admin_ui_bootstrap=yes` in `config/firewall`, and only until the first
+//! admin VPN session (the store records it), 7777 on `public_ip` is DNATed to `admin_bind_ip:7777`, so the very
+//! first admin can set up their account from the Internet. The web UI still binds `admin_bind_ip` only.
 
 pub mod engine;
 pub mod iptables;
@@ -88,7 +89,7 @@ pub struct Inputs {
     pub terminal_subnet: Option<Subnet>,
     pub admin_subnet: Option<Subnet>,
     pub window: Window,
-    /// The admin UI's bootstrap mode. Always false today: the UI is not built.
+    /// The admin UI's bootstrap mode: `admin_ui_bootstrap=yes` in `config/firewall` and no admin VPN session yet.
     pub admin_ui_bootstrap: bool,
     pub fw: FirewallConfig,
 }
@@ -305,7 +306,7 @@ pub async fn inputs(cfg: &Config, ctx: &Ctx, now: i64) -> Result<Inputs, Firewal
         terminal_subnet: vpn.map(|v| v.terminal_subnet),
         admin_subnet: vpn.map(|v| v.admin_subnet),
         window,
-        admin_ui_bootstrap: false,
+        admin_ui_bootstrap: cfg.firewall.admin_ui_bootstrap && ctx.store.bootstrap_ended().await?.is_none(),
         fw: cfg.firewall.clone(),
     })
 }

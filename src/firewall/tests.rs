@@ -94,7 +94,7 @@ fn no_public_interface_still_isolates_the_tunnels() {
 }
 
 #[test]
-fn the_admin_ui_bootstrap_door_is_modelled_but_off() {
+fn the_admin_ui_bootstrap_door_opens_only_in_bootstrap_mode() {
     assert!(plan(&busy()).doors.iter().all(|d| d.name != "admin-ui-bootstrap"));
     let mut i = base();
     i.admin_ui_bootstrap = true;

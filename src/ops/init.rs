@@ -11,7 +11,7 @@ use super::{Ctx, OpsError, crl};
 use crate::app::accounts::{self, UserMode};
 use crate::app::new_cert;
 use crate::config::{GateConfig, NetworkConfig, VpnConfig};
-use crate::domain::Kind;
+use crate::domain::{Kind, Name};
 use crate::pkifiles::{PkiDir, ServerRole};
 use crate::sys::fs::ensure_dir;
 
@@ -37,14 +37,20 @@ pub struct InitReport {
     pub changed: bool,
     /// SHA-256 fingerprint of the web UI's certificate, to compare with what the browser shows.
     pub web_fingerprint: Option<String>,
+    /// `--web-bootstrap`: the first web user's one-time setup link, on the public address.
+    pub bootstrap_url: Option<String>,
 }
 
 /// The web UI's self-signed certificate lives two years; `init` remakes it in its last 30 days.
 const WEB_CERT_DAYS: u32 = 730;
 
+#[derive(Default)]
 pub struct InitOptions {
     pub public_ip: Option<Ipv4Addr>,
     pub key_type: Option<KeyType>,
+    /// Turn the web UI's bootstrap mode on (public 7777 until the first admin VPN session) and, when there is no
+    /// web user yet, make the first one (`admin`) with a setup link on the public address.
+    pub web_bootstrap: bool,
 }
 
 pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) -> Result<InitReport, OpsError> {
@@ -165,6 +171,43 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
         super::ownership::apply(root, &accounts, &ctx.cfg.gate.download_dir)?;
     }
 
+    let bootstrap_url = if opts.web_bootstrap { web_bootstrap(&ctx, &mut step).await? } else { None };
     let changed = steps.iter().any(|s| s.action != Action::Kept);
-    Ok(InitReport { root: root.display().to_string(), steps, changed, web_fingerprint: pki.web_fingerprint() })
+    Ok(InitReport {
+        root: root.display().to_string(),
+        steps,
+        changed,
+        web_fingerprint: pki.web_fingerprint(),
+        bootstrap_url,
+    })
+}
+
+/// `init --web-bootstrap`: bootstrap mode on in `config/firewall`, and the first web user with a one-time setup link
+/// on the public address (none when a web user exists already: `web-user add NAME --renew` makes new links).
+async fn web_bootstrap(ctx: &Ctx, step: &mut impl FnMut(&str, Action)) -> Result<Option<String>, OpsError> {
+    let public_ip =
+        ctx.cfg.network.public_ip.ok_or_else(|| OpsError::NoPublicAddress { path: ctx.cfg.network_path() })?;
+    if ctx.store.bootstrap_ended().await?.is_some() {
+        return Err(OpsError::Other(
+            "bootstrap mode has ended for good (an admin VPN session was seen): use `cas-vpn web-user add NAME` and \
+             open the link through an admin tunnel"
+                .into(),
+        ));
+    }
+    let mut fw = ctx.cfg.firewall.clone();
+    if fw.admin_ui_bootstrap {
+        step("web UI bootstrap mode", Action::Kept);
+    } else {
+        fw.admin_ui_bootstrap = true;
+        fw.write(&ctx.cfg.root)?;
+        step("web UI bootstrap mode", Action::Updated);
+    }
+    if !ctx.store.list_web_users().await?.is_empty() {
+        step("first web user", Action::Kept);
+        return Ok(None);
+    }
+    let admin: Name = "admin".parse()?;
+    let added = super::web_users::add_at(ctx, &admin, false, public_ip).await?;
+    step("first web user (admin)", Action::Created);
+    Ok(Some(added.setup_url))
 }

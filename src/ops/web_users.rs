@@ -20,13 +20,18 @@ pub struct Added {
     pub expires_at: String,
 }
 
-fn setup_url(ctx: &Ctx, secret: &str) -> String {
-    format!("https://{}:{}/setup/{secret}", ctx.cfg.network.admin_bind_ip, crate::config::ADMIN_UI_PORT)
+fn setup_url(host: std::net::Ipv4Addr, secret: &str) -> String {
+    format!("https://{host}:{}/setup/{secret}", crate::config::ADMIN_UI_PORT)
 }
 
 /// Adds a user with a setup link; or, for an existing user who never finished setting up (or whose account an
 /// admin wants to start afresh), `renew` gives a new link.
 pub async fn add(ctx: &Ctx, name: &Name, renew: bool) -> Result<Added, OpsError> {
+    add_at(ctx, name, renew, ctx.cfg.network.admin_bind_ip).await
+}
+
+/// As `add`, with the link pointing at `host` (the public address in bootstrap mode).
+pub async fn add_at(ctx: &Ctx, name: &Name, renew: bool, host: std::net::Ipv4Addr) -> Result<Added, OpsError> {
     let secret = new_secret();
     let now = ctx.clock.now();
     let expires = now + SETUP_LINK_HOURS * 3600;
@@ -42,7 +47,7 @@ pub async fn add(ctx: &Ctx, name: &Name, renew: bool) -> Result<Added, OpsError>
         }
     }
     ctx.audit("web_user.add", name.as_str(), if renew { "new setup link" } else { "setup link" }, now).await?;
-    Ok(Added { name: name.clone(), setup_url: setup_url(ctx, &secret), expires_at: rfc3339(expires) })
+    Ok(Added { name: name.clone(), setup_url: setup_url(host, &secret), expires_at: rfc3339(expires) })
 }
 
 #[derive(Debug, Serialize)]

@@ -331,6 +331,9 @@ impl Instance {
                     if let Err(e) = self.store.upsert_session(&row).await {
                         tracing::error!(instance = %self.spec.name, error = %e, "cannot record session");
                     }
+                    if self.spec.role.kind == Kind::Admin {
+                        self.end_bootstrap(s.credential_id, row.since).await;
+                    }
                     if self.spec.role.kind == Kind::Terminal {
                         match self.store.mark_paired_by_session(s.credential_id, row.since).await {
                             Ok(true) => tracing::info!(
@@ -366,6 +369,16 @@ impl Instance {
                 .store
                 .update_session_bytes(self.spec.name.as_str(), cid as i64, c.bytes_received, c.bytes_sent)
                 .await;
+        }
+    }
+
+    /// The first admin VPN session ends the web UI's bootstrap mode for good (the firewall then closes public
+    /// 7777: the web UI tells `serve net` at once, its drift check would within its period).
+    async fn end_bootstrap(&self, credential_id: i64, now: i64) {
+        match self.store.end_bootstrap_by(credential_id, now).await {
+            Ok(true) => tracing::info!("first admin VPN session: the web UI's bootstrap mode has ended"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot record the end of the web UI's bootstrap mode"),
         }
     }
 

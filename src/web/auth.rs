@@ -75,6 +75,8 @@ pub struct Session {
     pub row: WebSession,
     pub user: WebUser,
     pub source: IpAddr,
+    /// Bootstrap mode is on: pages show the banner.
+    pub bootstrap: bool,
 }
 
 impl Session {
@@ -111,7 +113,7 @@ pub async fn current(state: &WebState, parts: &Parts) -> Result<Option<Session>,
     if now - row.last_seen >= TOUCH_EVERY {
         state.ctx.store.touch_web_session(&id_hash, now).await?;
     }
-    Ok(Some(Session { row, user, source: source(parts) }))
+    Ok(Some(Session { row, user, source: source(parts), bootstrap: state.bootstrap_active().await }))
 }
 
 /// Starts a session for `user` at `stage` (ending the request's old one, if any); returns the cookie to set.
@@ -188,8 +190,10 @@ pub async fn same_origin_only(State(state): State<WebState>, req: Request, next:
         if site.is_some_and(|s| s != "same-origin" && s != "none") {
             return Err(WebError::Forbidden("cross-site requests are refused".into()));
         }
+        // `null`: what a browser sends for a same-origin form under `Referrer-Policy: no-referrer`; a cross-site
+        // one is caught by `Sec-Fetch-Site` above (and by the CSRF token and the SameSite cookie behind it).
         if let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok())
-            && origin != state.origin
+            && !state.origins.iter().any(|o| o == origin)
             && origin != "null"
         {
             return Err(WebError::Forbidden("requests from another origin are refused".into()));

@@ -43,6 +43,7 @@ pub async fn dashboard(State(state): State<WebState>, Authed(s): Authed) -> Resu
         window_open: pairing.window.open,
         window_until: pairing.window.open_until.clone().unwrap_or_default(),
         window_minutes_left: pairing.window.remaining_secs.unwrap_or(0).div_euclid(60),
+        window_seconds_left: pairing.window.remaining_secs.unwrap_or(0),
         pending: pairing
             .pending
             .iter()
@@ -132,6 +133,56 @@ pub async fn pairing_reject(
     s.check_csrf(&f.csrf)?;
     ops::pairing::reject(&s.ctx(&state), &id).await?;
     Ok(Redirect::to("/").into_response())
+}
+
+/// What the dashboard shows live (`/events`, one server-sent event every `LIVE_EVERY`).
+#[derive(serde::Serialize)]
+struct Live {
+    terminals: i64,
+    admins: i64,
+    sessions: usize,
+    pending: usize,
+    /// Seconds the pairing window stays open; `null` when closed.
+    window_left: Option<i64>,
+}
+
+const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn live(state: &WebState) -> Result<Live, WebError> {
+    let store = &state.ctx.store;
+    let now = state.now();
+    let (until, _) = store.pairing_window_from().await?;
+    Ok(Live {
+        terminals: store.count_active(crate::domain::Kind::Terminal).await?,
+        admins: store.count_active(crate::domain::Kind::Admin).await?,
+        sessions: store.list_sessions().await?.len(),
+        pending: store.list_pending_pairings(false, now).await?.len(),
+        window_left: until.filter(|u| *u > now).map(|u| u - now),
+    })
+}
+
+/// Server-sent events for the dashboard's live counters and the pairing window's countdown (`static/app.js`
+/// reads them; without JavaScript the page is simply as fresh as its last load). The stream ends with the
+/// session: every event re-checks it.
+pub async fn events(State(state): State<WebState>, Authed(s): Authed) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let id_hash = s.row.id_hash.clone();
+    let stream = futures_util::stream::unfold((state, id_hash, true), |(state, id_hash, first)| async move {
+        if !first {
+            tokio::time::sleep(LIVE_EVERY).await;
+        }
+        // A session that ended (logout, timeout, disabled user) ends its stream.
+        let alive = state.ctx.store.web_session(&id_hash).await.ok().flatten().is_some();
+        if !alive {
+            return None;
+        }
+        let event = match live(&state).await {
+            Ok(l) => Event::default().event("live").json_data(&l).unwrap_or_default(),
+            Err(_) => Event::default().comment("store unavailable"),
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (state, id_hash, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 pub async fn sessions(State(state): State<WebState>, Authed(s): Authed) -> Result<Response, WebError> {

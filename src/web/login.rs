@@ -27,10 +27,10 @@ fn redirect_with_cookie(to: &str, cookie: axum::http::HeaderValue) -> Response {
     (h, Redirect::to(to)).into_response()
 }
 
-pub async fn login_page(AnySession(s): AnySession) -> Response {
+pub async fn login_page(State(state): State<WebState>, AnySession(s): AnySession) -> Response {
     match s.map(|s| s.row.stage) {
         Some(Stage::Full) => Redirect::to("/").into_response(),
-        _ => LoginPage { error: None }.into_response(),
+        _ => LoginPage { error: None, bootstrap: state.bootstrap_active().await }.into_response(),
     }
 }
 
@@ -90,7 +90,7 @@ pub async fn login(
         failed(&state, src, known.as_ref(), "wrong user name or password").await?;
         return Ok((
             axum::http::StatusCode::UNAUTHORIZED,
-            LoginPage { error: Some("Wrong user name or password.".into()) },
+            LoginPage { error: Some("Wrong user name or password.".into()), bootstrap: state.bootstrap_active().await },
         )
             .into_response());
     };
@@ -157,7 +157,8 @@ pub async fn setup_page(State(state): State<WebState>, Path(token): Path<String>
     let user = user.ok_or_else(|| {
         WebError::Gone("This setup link is unknown, used or expired: ask an administrator for a new one.".into())
     })?;
-    Ok(SetupPage { name: user.name.to_string(), error: None }.into_response())
+    Ok(SetupPage { name: user.name.to_string(), error: None, bootstrap: state.bootstrap_active().await }
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -178,7 +179,11 @@ pub async fn setup(
         WebError::Gone("This setup link is unknown, used or expired: ask an administrator for a new one.".into())
     })?;
     if let Err(e) = password::check_policy(user.name.as_str(), &f.password, &f.password2) {
-        let page = SetupPage { name: user.name.to_string(), error: Some(e.to_string()) };
+        let page = SetupPage {
+            name: user.name.to_string(),
+            error: Some(e.to_string()),
+            bootstrap: state.bootstrap_active().await,
+        };
         return Ok((axum::http::StatusCode::BAD_REQUEST, page).into_response());
     }
     let pw = f.password;

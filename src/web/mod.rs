@@ -52,8 +52,9 @@ pub struct Inner {
     pub ctx: Arc<Ctx>,
     pub throttle: Mutex<throttle::Throttle>,
     pub replay: totp::Replay,
-    /// `https://admin_bind_ip:7777`: where links point, and the only `Origin` a state change may come from.
-    pub origin: String,
+    /// `https://admin_bind_ip:7777` (and `https://public_ip:7777` in bootstrap mode): the only `Origin`s a state
+    /// change may come from.
+    pub origins: Vec<String>,
 }
 
 impl std::ops::Deref for WebState {
@@ -65,13 +66,24 @@ impl std::ops::Deref for WebState {
 
 impl WebState {
     pub fn new(ctx: Arc<Ctx>) -> WebState {
-        let origin = format!("https://{}:{}", ctx.cfg.network.admin_bind_ip, crate::config::ADMIN_UI_PORT);
+        let net = &ctx.cfg.network;
+        let origin = |ip| format!("https://{ip}:{}", crate::config::ADMIN_UI_PORT);
+        let mut origins = vec![origin(net.admin_bind_ip)];
+        if let Some(public) = net.public_ip.filter(|_| ctx.cfg.firewall.admin_ui_bootstrap) {
+            origins.push(origin(public));
+        }
         WebState(Arc::new(Inner {
             ctx,
             throttle: Mutex::new(throttle::Throttle::default()),
             replay: totp::Replay::default(),
-            origin,
+            origins,
         }))
+    }
+
+    /// Bootstrap mode is on (`config/firewall`) and no admin VPN session has ended it yet: the UI is also on the
+    /// Internet, and every page says so.
+    pub async fn bootstrap_active(&self) -> bool {
+        self.ctx.cfg.firewall.admin_ui_bootstrap && matches!(self.ctx.store.bootstrap_ended().await, Ok(None))
     }
     pub fn now(&self) -> i64 {
         self.ctx.clock.now()
@@ -178,7 +190,9 @@ pub fn router(state: WebState) -> Router {
         .route("/account/logout-everywhere", post(account::logout_everywhere))
         .route("/account/tokens", post(account::create_token))
         .route("/account/tokens/{id}/revoke", post(account::revoke_token))
+        .route("/events", get(dashboard::events))
         .route("/static/app.css", get(static_css))
+        .route("/static/app.js", get(static_js))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::same_origin_only));
     Router::new()
         .merge(pages)
@@ -216,6 +230,17 @@ async fn static_css() -> Response {
         .into_response()
 }
 
+async fn static_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600")),
+        ],
+        include_str!("../../templates/web/app.js"),
+    )
+        .into_response()
+}
+
 /// Checks `ip` and binds `ip:7777`; refuses an address this host does not have (invariant 1).
 pub async fn bind_admin(ip: std::net::Ipv4Addr, port: u16) -> Result<tokio::net::TcpListener, AppError> {
     crate::domain::check_tunnel_side_ip(ip, "the admin UI")
@@ -246,10 +271,29 @@ pub async fn run_admin(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(),
     let state = WebState::new(ctx.clone());
     tracing::info!(addr = ?listener.local_addr().ok(), "admin UI listening");
     let sweeper = tokio::spawn(auth::sweep_forever(state.clone()));
+    let bootstrap = tokio::spawn(watch_bootstrap(state.clone()));
     let limits = ServeLimits { max_connections: 256, keep_alive: true, ..ServeLimits::default() };
     let served = crate::http::server::serve(listener, Some(tls), router(state), stop, limits).await;
     sweeper.abort();
+    bootstrap.abort();
     served.map_err(|e| AppError::Other(format!("admin: {e}")))
+}
+
+/// In bootstrap mode, waits for the first admin VPN session (the vpn service records it) and then has `serve net`
+/// close public 7777 at once (its drift check would, within its period).
+async fn watch_bootstrap(state: WebState) {
+    if !state.bootstrap_active().await {
+        return;
+    }
+    tracing::warn!("BOOTSTRAP MODE: the web UI answers on public_ip:7777 until the first admin VPN session");
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    while state.bootstrap_active().await {
+        tick.tick().await;
+    }
+    tracing::info!("bootstrap mode ended: public 7777 closes");
+    if let Err(e) = crate::control::net::reload(&state.ctx.cfg.root).await {
+        tracing::warn!(error = %e, "could not tell serve net to close public 7777 (its drift check will)");
+    }
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@ pub struct Nav {
     pub user: String,
     pub csrf: String,
     pub active: &'static str,
+    pub bootstrap: bool,
 }
 
 impl Nav {
     pub fn new(s: &super::auth::Session, active: &'static str) -> Nav {
-        Nav { user: s.user.name.to_string(), csrf: s.csrf().to_owned(), active }
+        Nav { user: s.user.name.to_string(), csrf: s.csrf().to_owned(), active, bootstrap: s.bootstrap }
     }
 }
 
@@ -48,6 +49,7 @@ impl Message {
 #[template(path = "web/login.html")]
 pub struct LoginPage {
     pub error: Option<String>,
+    pub bootstrap: bool,
 }
 
 #[derive(Template, WebTemplate)]
@@ -62,6 +64,7 @@ pub struct TotpPage {
 pub struct SetupPage {
     pub name: String,
     pub error: Option<String>,
+    pub bootstrap: bool,
 }
 
 #[derive(Template, WebTemplate)]
@@ -104,6 +107,7 @@ pub struct Dashboard {
     pub window_open: bool,
     pub window_until: String,
     pub window_minutes_left: i64,
+    pub window_seconds_left: i64,
     pub pending: Vec<PendingView>,
     pub expiries: Vec<ExpiryItem>,
     pub warnings: Vec<String>,

@@ -210,3 +210,49 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `curl -k` inside `ns` (the UI's certificate is self-signed; this test is about the door, not the trust).
+fn fetch(ns: &crate::support::Netns, url: &str) -> Option<String> {
+    let out = ns.cmd("curl").args(["-sk", "--max-time", "3", url]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+#[ignore = "needs root, network namespaces, openvpn and nft: scripts/test runs it with --include-ignored"]
+fn bootstrap_mode_opens_public_7777_until_the_first_admin_vpn_session() {
+    require_root();
+    let mut d = Deployment::new(2, &[]);
+    d.set_firewall(&[("drift_check", "1s")]);
+    let r = d.json(&["init", "--web-bootstrap"]);
+    let url = r["bootstrap_url"].as_str().expect("a bootstrap link").to_owned();
+    assert!(url.starts_with(&format!("https://{PUBLIC_IP}:7777/setup/")), "{url}");
+    d.start_service("all");
+    wait_until("the admin UI listens", T, || tcp_connect(d.server(), ADMIN_IP, 7777, PROBE));
+
+    // From the Internet, the public address answers with the UI, which says loudly that it is exposed.
+    let internet = d.lan.client(1);
+    wait_until("public 7777 answers", T, || tcp_connect(internet, PUBLIC_IP, 7777, PROBE));
+    let login = fetch(internet, &format!("https://{PUBLIC_IP}:7777/login")).expect("the login page");
+    assert!(login.contains("Bootstrap mode"), "no bootstrap banner: {login}");
+    let setup = fetch(internet, &url).expect("the setup page");
+    assert!(setup.contains("Welcome, admin"), "{setup}");
+    // Still nothing else: admin_bind_ip itself stays out of reach.
+    internet.ip(&["route", "replace", &format!("{ADMIN_IP}/32"), "via", &PUBLIC_IP.to_string()]).unwrap();
+    assert!(!tcp_connect(internet, ADMIN_IP, 7777, PROBE), "admin_bind_ip answers the Internet");
+
+    // The first admin VPN session closes the public door, for good.
+    let (profile, _) = d.admin("first-admin");
+    let vpn = d.connect(0, &profile);
+    wait_initialized(&vpn, T);
+    let t0 = Instant::now();
+    wait_until("public 7777 closes", Duration::from_secs(5), || !tcp_connect(internet, PUBLIC_IP, 7777, PROBE));
+    eprintln!("public 7777 closed {:?} after the admin session came up", t0.elapsed());
+    assert!(tcp_connect(d.lan.client(0), ADMIN_IP, 7777, PROBE), "the UI answers through the admin tunnel");
+    let again = d.cli(&["init", "--web-bootstrap"]);
+    assert!(!again.status.success(), "bootstrap mode came back");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("ended for good"));
+    // A restart of everything keeps it closed.
+    drop(vpn);
+    let status = d.json(&["firewall", "status"]);
+    assert!(!status.to_string().contains("admin-ui-bootstrap"), "{status}");
+}
