@@ -79,6 +79,37 @@ pub async fn password(
 }
 
 #[derive(Deserialize)]
+pub struct RenewTotpForm {
+    csrf: String,
+    current: String,
+}
+
+/// Replaces my authenticator: after the current password, TOTP and recovery codes are taken away, every session
+/// of mine ends, and this browser continues at the enrolment step.
+pub async fn renew_totp(
+    State(state): State<WebState>,
+    Authed(s): Authed,
+    Form(f): Form<RenewTotpForm>,
+) -> Result<Response, WebError> {
+    s.check_csrf(&f.csrf)?;
+    let phc = s.user.password_hash.clone().unwrap_or_default();
+    let current = f.current;
+    let ok = tokio::task::spawn_blocking(move || password::verify(&current, &phc))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    if !ok {
+        let p = page(&state, &s, None, Some("the current password is wrong".into()), None).await?;
+        return Ok((axum::http::StatusCode::BAD_REQUEST, p).into_response());
+    }
+    state.ctx.store.reset_totp(s.user.id).await?;
+    s.ctx(&state).audit("web.totp_renewed", s.user.name.as_str(), "by the user", state.now()).await?;
+    let cookie = auth::start(&state, &s.user, crate::db::Stage::Enroll, None, None, s.source).await?;
+    let mut h = HeaderMap::new();
+    h.insert(header::SET_COOKIE, cookie);
+    Ok((h, Redirect::to("/enroll")).into_response())
+}
+
+#[derive(Deserialize)]
 pub struct CsrfOnly {
     csrf: String,
 }

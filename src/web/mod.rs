@@ -187,6 +187,7 @@ pub fn router(state: WebState) -> Router {
         .route("/users/{name}/reset-totp", post(users::reset_totp))
         .route("/account", get(account::page_get))
         .route("/account/password", post(account::password))
+        .route("/account/totp", post(account::renew_totp))
         .route("/account/logout-everywhere", post(account::logout_everywhere))
         .route("/account/tokens", post(account::create_token))
         .route("/account/tokens/{id}/revoke", post(account::revoke_token))
