@@ -73,7 +73,7 @@ pub use credentials::{Credential, NewTerminal, TerminalLayout};
 pub use pairing_ext::{PendingPairing, Submitted};
 pub use sessions::{NewSession, SessionRow};
 pub use tokens::{NewToken, Redeemed, TokenRefusal, TokenRow};
-pub use views::{AuditQuery, ExpiringCert, TerminalFilter, TerminalListRow, TerminalQuery};
+pub use views::{AuditQuery, CredentialCounts, ExpiringCert, TerminalFilter, TerminalListRow, TerminalQuery};
 pub use web::{ApiToken, Download, Scope, Stage, WebSession, WebUser};
 
 /// Errors of the store, each one a message an operator can act on. None carries a secret or a database URL.

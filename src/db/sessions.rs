@@ -115,6 +115,21 @@ impl Store {
         Ok(on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?))
     }
 
+    /// Every live session with its credential's kind (`terminal`/`admin`), in one query.
+    pub async fn list_sessions_with_kind(&self) -> Result<Vec<(SessionRow, String)>, DbError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            session: SessionRow,
+            kind: String,
+        }
+        const SQL: &str = "SELECT s.id, s.instance, s.credential_id, s.common_name, s.tunnel_ip, s.real_addr, s.since, \
+                           s.bytes_in, s.bytes_out, s.client_id, c.kind FROM sessions s \
+                           JOIN credentials c ON c.id = s.credential_id ORDER BY s.instance, s.client_id";
+        let rows: Vec<Row> = on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|r| (r.session, r.kind)).collect())
+    }
+
     /// The sessions of one credential, oldest first.
     pub async fn sessions_of(&self, credential_id: i64) -> Result<Vec<SessionRow>, DbError> {
         const SQL: &str = session_select!("WHERE credential_id = $1 ORDER BY since, id");

@@ -135,7 +135,32 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
+/// How many credentials there are, by kind and state (what `status` and the dashboard count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct CredentialCounts {
+    pub terminals: i64,
+    pub terminals_paired: i64,
+    pub admins: i64,
+    pub revoked: i64,
+}
+
 impl Store {
+    /// Counts in one pass of the table (a fleet's worth of rows is never loaded to be counted).
+    pub async fn credential_counts(&self) -> Result<CredentialCounts, DbError> {
+        const SQL: &str = "SELECT \
+            COALESCE(SUM(CASE WHEN kind = 'terminal' AND revoked_at IS NULL THEN 1 ELSE 0 END), 0) AS terminals, \
+            COALESCE(SUM(CASE WHEN kind = 'terminal' AND revoked_at IS NULL AND paired_at IS NOT NULL THEN 1 ELSE 0 END), 0) \
+              AS terminals_paired, \
+            COALESCE(SUM(CASE WHEN kind = 'admin' AND revoked_at IS NULL THEN 1 ELSE 0 END), 0) AS admins, \
+            COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS revoked \
+            FROM credentials";
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL).fetch_one(pool).await?))
+    }
+
+    pub async fn count_sessions(&self) -> Result<i64, DbError> {
+        Ok(on_pool!(self, pool => sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(pool).await?))
+    }
+
     /// One page of terminals and how many match in all.
     pub async fn terminals_page(&self, q: &TerminalQuery) -> Result<(Vec<TerminalListRow>, u64), DbError> {
         // $1 search pattern (name substring), $2 serial prefix, $3/$5 address, $4 expiry horizon, $6 version.

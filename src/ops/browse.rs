@@ -132,21 +132,26 @@ pub struct SessionItem {
 }
 
 pub async fn sessions(ctx: &Ctx) -> Result<Vec<SessionItem>, OpsError> {
-    let mut out = Vec::new();
-    for s in ctx.store.list_sessions().await? {
-        let kind = ctx.store.credential_by_id(s.credential_id).await?.map(|c| c.kind.to_string());
-        out.push(SessionItem {
-            name: s.common_name,
-            kind: kind.unwrap_or_else(|| "unknown".into()),
-            instance: s.instance,
-            tunnel_ip: s.tunnel_ip,
-            real_addr: s.real_addr,
-            since: rfc3339(s.since),
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-        });
+    Ok(ctx.store.list_sessions_with_kind().await?.into_iter().map(|(s, kind)| item(s, kind)).collect())
+}
+
+/// The live sessions of one credential.
+pub async fn sessions_of(ctx: &Ctx, name: &Name) -> Result<Vec<SessionItem>, OpsError> {
+    let Some(c) = ctx.store.credential_by_name(name).await? else { return Ok(Vec::new()) };
+    Ok(ctx.store.sessions_of(c.id).await?.into_iter().map(|s| item(s, c.kind.to_string())).collect())
+}
+
+fn item(s: crate::db::SessionRow, kind: String) -> SessionItem {
+    SessionItem {
+        name: s.common_name,
+        kind,
+        instance: s.instance,
+        tunnel_ip: s.tunnel_ip,
+        real_addr: s.real_addr,
+        since: rfc3339(s.since),
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
     }
-    Ok(out)
 }
 
 /// Something that ends: a CA, a server or web certificate, a CRL, or a client certificate.

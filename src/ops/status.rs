@@ -106,16 +106,14 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
     let now = ctx.clock.now();
     let scenario = if ctx.vpn("status").is_ok() { "A" } else { "B" };
     let instances = if scenario == "A" { plan(ctx).await? } else { Vec::new() };
-    let all = ctx.store.list_credentials(None, true).await?;
+    let c = ctx.store.credential_counts().await?;
+    let n = |v: i64| usize::try_from(v).unwrap_or(0);
     let counts = Counts {
-        terminals: all.iter().filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none()).count(),
-        terminals_paired: all
-            .iter()
-            .filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none() && c.paired_at.is_some())
-            .count(),
-        admins: all.iter().filter(|c| c.kind == Kind::Admin && c.revoked_at.is_none()).count(),
-        revoked: all.iter().filter(|c| c.revoked_at.is_some()).count(),
-        sessions: ctx.store.list_sessions().await?.len(),
+        terminals: n(c.terminals),
+        terminals_paired: n(c.terminals_paired),
+        admins: n(c.admins),
+        revoked: n(c.revoked),
+        sessions: n(ctx.store.count_sessions().await?),
     };
     let mut exp = Vec::new();
     for kind in [Kind::Terminal, Kind::Admin] {

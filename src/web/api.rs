@@ -334,7 +334,7 @@ async fn get_terminal(
     )
     .await?;
     let item = page.terminals.into_iter().find(|i| i.name == name).ok_or(ApiError::NotFound)?;
-    let sessions = ops::browse::sessions(&ctx).await?.into_iter().filter(|s| s.name == name.as_str()).collect();
+    let sessions = ops::browse::sessions_of(&ctx, &name).await?;
     Ok(Json(TerminalInfo {
         item,
         hw_serial: d.hw_serial,

@@ -155,7 +155,7 @@ async fn live(state: &WebState) -> Result<Live, WebError> {
     Ok(Live {
         terminals: store.count_active(crate::domain::Kind::Terminal).await?,
         admins: store.count_active(crate::domain::Kind::Admin).await?,
-        sessions: store.list_sessions().await?.len(),
+        sessions: usize::try_from(store.count_sessions().await?).unwrap_or(0),
         pending: store.list_pending_pairings(false, now).await?.len(),
         window_left: until.filter(|u| *u > now).map(|u| u - now),
     })

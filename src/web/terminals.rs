@@ -110,13 +110,13 @@ pub async fn add(
     };
     let added = match ops::terminal::add(&s.ctx(&state), name, &ops::terminal::AddOptions::default()).await {
         Ok(a) => a,
-        Err(e) => {
-            let WebError::BadRequest(msg) = WebError::from(e) else {
-                return Err(WebError::Internal("add failed".into()));
-            };
-            let page = list_page(&state, &s, &ListParams::default(), Some(msg)).await?;
-            return Ok((axum::http::StatusCode::BAD_REQUEST, page).into_response());
-        }
+        Err(e) => match WebError::from(e) {
+            WebError::BadRequest(msg) => {
+                let page = list_page(&state, &s, &ListParams::default(), Some(msg)).await?;
+                return Ok((axum::http::StatusCode::BAD_REQUEST, page).into_response());
+            }
+            other => return Err(other),
+        },
     };
     Ok(TerminalAdded {
         nav: Nav::new(&s, "terminals"),
@@ -140,7 +140,7 @@ pub async fn show(
     let name = parse_name(&name)?;
     let ctx = s.ctx(&state);
     let d = ops::terminal::show(&ctx, &name).await?;
-    let sessions = ops::browse::sessions(&ctx).await?.into_iter().filter(|x| x.name == name.as_str()).collect();
+    let sessions = ops::browse::sessions_of(&ctx, &name).await?;
     let audit = state
         .ctx
         .store
