@@ -42,6 +42,7 @@ pub async fn page_get(State(state): State<WebState>, Authed(s): Authed) -> Resul
 
 #[derive(Deserialize)]
 pub struct PasswordForm {
+    #[serde(default)]
     csrf: String,
     current: String,
     password: String,
@@ -111,6 +112,7 @@ pub async fn renew_totp(
 
 #[derive(Deserialize)]
 pub struct CsrfOnly {
+    #[serde(default)]
     csrf: String,
 }
 
@@ -129,6 +131,7 @@ pub async fn logout_everywhere(
 
 #[derive(Deserialize)]
 pub struct TokenForm {
+    #[serde(default)]
     csrf: String,
     label: String,
     scope: String,

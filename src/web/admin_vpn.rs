@@ -45,6 +45,7 @@ pub async fn list(State(state): State<WebState>, Authed(s): Authed) -> Result<Re
 
 #[derive(Deserialize)]
 pub struct IssueForm {
+    #[serde(default)]
     csrf: String,
     name: String,
 }
@@ -118,6 +119,7 @@ pub async fn download(
 
 #[derive(Deserialize)]
 pub struct RevokeForm {
+    #[serde(default)]
     csrf: String,
     confirm: String,
 }

@@ -84,7 +84,8 @@ impl Session {
     pub fn ctx(&self, state: &WebState) -> Ctx {
         state.ctx.acting_as(Actor::WebUser(self.user.name.clone()), Some(self.source.to_string()))
     }
-    /// The CSRF token a form sent must be this session's.
+    /// The CSRF token a form sent must be this session's. Forms default a missing `csrf` field to "" so that a
+    /// form without one is refused here (403) like a wrong one, not by the form extractor (422).
     pub fn check_csrf(&self, sent: &str) -> Result<(), WebError> {
         if same(sent, &self.row.csrf) {
             Ok(())

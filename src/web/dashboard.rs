@@ -64,6 +64,7 @@ pub async fn dashboard(State(state): State<WebState>, Authed(s): Authed) -> Resu
 
 #[derive(Deserialize)]
 pub struct OpenForm {
+    #[serde(default)]
     csrf: String,
     minutes: u32,
 }
@@ -88,6 +89,7 @@ pub async fn pairing_open(
 
 #[derive(Deserialize)]
 pub struct CsrfOnly {
+    #[serde(default)]
     csrf: String,
 }
 
@@ -103,6 +105,7 @@ pub async fn pairing_close(
 
 #[derive(Deserialize)]
 pub struct ApproveForm {
+    #[serde(default)]
     csrf: String,
     code: String,
     #[serde(default)]

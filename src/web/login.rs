@@ -110,6 +110,7 @@ pub async fn totp_page(AnySession(s): AnySession) -> Result<Response, WebError> 
 
 #[derive(Deserialize)]
 pub struct CodeForm {
+    #[serde(default)]
     csrf: String,
     code: String,
 }
@@ -255,6 +256,7 @@ pub async fn enroll(
 
 #[derive(Deserialize)]
 pub struct CsrfForm {
+    #[serde(default)]
     csrf: String,
 }
 

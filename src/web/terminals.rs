@@ -91,6 +91,7 @@ pub async fn list(
 
 #[derive(Deserialize)]
 pub struct AddForm {
+    #[serde(default)]
     csrf: String,
     name: String,
 }
@@ -172,6 +173,7 @@ pub async fn show(
 
 #[derive(Deserialize)]
 pub struct RevokeForm {
+    #[serde(default)]
     csrf: String,
     confirm: String,
 }

@@ -23,6 +23,7 @@ pub async fn list(State(state): State<WebState>, Authed(s): Authed) -> Result<Re
 
 #[derive(Deserialize)]
 pub struct AddForm {
+    #[serde(default)]
     csrf: String,
     name: String,
 }
@@ -54,6 +55,7 @@ pub async fn add(
 
 #[derive(Deserialize)]
 pub struct CsrfOnly {
+    #[serde(default)]
     csrf: String,
 }
 
