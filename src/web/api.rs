@@ -31,6 +31,8 @@ use crate::ops::browse::{ExpiryItem, SessionItem, TerminalItem, TerminalPage};
 #[openapi(
     info(title = "cas-vpn admin API", description = "The admin UI's actions for scripts. Authenticate with an API token \
         made under My account: `Authorization: Bearer cvapi_…`. Read-only tokens may use every GET."),
+    // The paths below are relative to the router's mount point; without this a client would call `/status`.
+    servers((url = "/api/v1")),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     components(schemas(ApiErrorBody, ErrorDetail))
