@@ -10,3 +10,4 @@ mod master;
 mod signer;
 mod store;
 mod support;
+mod web;

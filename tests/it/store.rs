@@ -9,7 +9,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cas_pki::RevocationReason::{CessationOfOperation, KeyCompromise, Superseded, Unspecified};
-use cas_vpn::db::{DbError, NewCert, NewSession, NewTerminal, NewToken, Redeemed, Store, TerminalLayout, TokenRefusal};
+use cas_vpn::db::{
+    AuditQuery, DbError, Download, NewCert, NewSession, NewTerminal, NewToken, Redeemed, Scope, Stage, Store,
+    TerminalFilter, TerminalLayout, TerminalQuery, TokenRefusal, WebSession,
+};
 use cas_vpn::domain::{Actor, Kind, Name, PortRange};
 use sha2::{Digest, Sha256};
 
@@ -58,6 +61,9 @@ both_backends!(
     sessions_crud_and_heartbeat,
     bans_and_pairing_window,
     audit_rows,
+    web_tables,
+    terminals_page_filters_and_search,
+    audit_page_filters,
 );
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -118,7 +124,21 @@ fn address(c: &cas_vpn::db::Credential) -> (u32, u32) {
 /// Row counts of every table, to prove that a refused change left nothing behind.
 async fn counts(store: &Store) -> BTreeMap<&'static str, i64> {
     let mut out = BTreeMap::new();
-    for table in ["credentials", "certificates", "pairing_tokens", "audit", "sessions", "crl_state", "ip_bans"] {
+    for table in [
+        "credentials",
+        "certificates",
+        "pairing_tokens",
+        "audit",
+        "sessions",
+        "crl_state",
+        "ip_bans",
+        "web_users",
+        "web_setup_links",
+        "web_recovery_codes",
+        "web_sessions",
+        "api_tokens",
+        "web_downloads",
+    ] {
         let sql = format!("SELECT COUNT(*) FROM {table}");
         let n: i64 = match store {
             Store::Sqlite(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap(),
@@ -719,6 +739,375 @@ async fn audit_rows(store: Store) {
         (&web("alice"), "terminal.add", "token expires in 24h")
     );
     assert_eq!(store.list_audit(100).await.unwrap().len(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// the admin web UI's rows
+
+/// A web session of `user` as the UI makes it (only the hash of the cookie is stored).
+fn web_session(id: &str, user_id: i64, stage: Stage, created_at: i64, last_seen: i64) -> WebSession {
+    WebSession {
+        id_hash: sha256_hex(id),
+        user_id,
+        stage,
+        csrf: format!("csrf of {id}"),
+        source: "192.0.2.7".into(),
+        created_at,
+        last_seen,
+        pending_totp: None,
+    }
+}
+
+async fn web_tables(store: Store) {
+    let h = sha256_hex;
+    // A user and their one-time setup link (24 h); the name is taken once, and a refused second one adds nothing.
+    let alice = store.create_web_user(&name("alice"), &h("link-a"), T0 + DAY, T0).await.unwrap();
+    assert_eq!((alice.password_hash.as_deref(), alice.totp_secret.as_deref()), (None, None));
+    let before = counts(&store).await;
+    let err = store.create_web_user(&name("alice"), &h("link-x"), T0 + DAY, T0).await.unwrap_err();
+    assert!(matches!(err, DbError::NameTaken { .. }), "{err:?}");
+    assert_eq!(counts(&store).await, before);
+    let bob = store.create_web_user(&name("bob"), &h("link-b"), T0 + DAY, T0).await.unwrap();
+    assert_eq!(store.count_active_web_users().await.unwrap(), 0, "no one has a password yet");
+
+    // The link works until its end, once.
+    assert_eq!(store.setup_link_user(&h("link-a"), T0 + DAY - 1).await.unwrap().map(|u| u.id), Some(alice.id));
+    assert_eq!(store.setup_link_user(&h("link-a"), T0 + DAY).await.unwrap(), None, "expired at its end");
+    assert_eq!(store.setup_link_user(&h("link-b"), T0).await.unwrap().map(|u| u.id), Some(bob.id));
+    assert_eq!(store.setup_link_user(&h("unknown"), T0).await.unwrap(), None);
+    let set = store.use_setup_link(&h("link-a"), "phc-1", T0 + 10).await.unwrap().unwrap();
+    assert_eq!((set.id, set.password_hash.as_deref()), (alice.id, Some("phc-1")));
+    assert_eq!(store.use_setup_link(&h("link-a"), "phc-2", T0 + 11).await.unwrap(), None, "a second use");
+    assert_eq!(store.setup_link_user(&h("link-a"), T0 + 11).await.unwrap(), None);
+    assert_eq!(store.web_user(alice.id).await.unwrap().unwrap().password_hash.as_deref(), Some("phc-1"));
+    assert_eq!(store.use_setup_link(&h("link-b"), "phc-b", T0 + DAY).await.unwrap(), None, "an expired one");
+    assert_eq!(store.web_user(bob.id).await.unwrap().unwrap().password_hash, None);
+    // A new link for bob ends his earlier unused ones.
+    store.new_setup_link(bob.id, &h("link-b2"), T0 + 2 * DAY, T0 + 20).await.unwrap();
+    store.new_setup_link(bob.id, &h("link-b3"), T0 + 2 * DAY, T0 + 21).await.unwrap();
+    assert_eq!(store.use_setup_link(&h("link-b2"), "phc-b", T0 + 22).await.unwrap(), None, "superseded");
+    assert!(store.use_setup_link(&h("link-b3"), "phc-b", T0 + 22).await.unwrap().is_some());
+    assert_eq!(store.count_active_web_users().await.unwrap(), 2);
+    assert_eq!(store.web_user_by_name("bob").await.unwrap().map(|u| u.id), Some(bob.id));
+    let listed: Vec<String> = store.list_web_users().await.unwrap().iter().map(|u| u.name.to_string()).collect();
+    assert_eq!(listed, ["alice", "bob"]);
+
+    // TOTP enrolment with recovery codes; each code works once, for its user only.
+    store.set_totp(alice.id, "SEEDA", &[h("r1"), h("r2"), h("r3")]).await.unwrap();
+    store.set_totp(bob.id, "SEEDB", &[h("rb")]).await.unwrap();
+    assert_eq!(store.web_user(alice.id).await.unwrap().unwrap().totp_secret.as_deref(), Some("SEEDA"));
+    assert_eq!(store.unused_recovery_codes(alice.id).await.unwrap(), 3);
+    assert!(store.use_recovery_code(alice.id, &h("r1"), T0 + 30).await.unwrap());
+    assert!(!store.use_recovery_code(alice.id, &h("r1"), T0 + 31).await.unwrap(), "used once");
+    assert!(!store.use_recovery_code(alice.id, &h("rb"), T0 + 31).await.unwrap(), "bob's code");
+    assert!(!store.use_recovery_code(alice.id, &h("nope"), T0 + 31).await.unwrap());
+    assert_eq!(store.unused_recovery_codes(alice.id).await.unwrap(), 2);
+    // Enrolling again replaces the codes.
+    store.set_totp(alice.id, "SEEDA2", &[h("n1")]).await.unwrap();
+    assert_eq!(store.unused_recovery_codes(alice.id).await.unwrap(), 1);
+    assert!(!store.use_recovery_code(alice.id, &h("r2"), T0 + 32).await.unwrap(), "an old code");
+
+    // Failed logins slow a user; a good one clears that.
+    store.web_login_failed(alice.id, None).await.unwrap();
+    store.web_login_failed(alice.id, Some(T0 + 41)).await.unwrap();
+    let a = store.web_user(alice.id).await.unwrap().unwrap();
+    assert_eq!((a.failed_logins, a.slow_until), (2, Some(T0 + 41)));
+    store.web_login_succeeded(alice.id).await.unwrap();
+    let a = store.web_user(alice.id).await.unwrap().unwrap();
+    assert_eq!((a.failed_logins, a.slow_until), (0, None));
+
+    // Sessions: created, read back, moved on a stage, touched, listed newest first, ended.
+    let s1 = web_session("s1", alice.id, Stage::Password, T0, T0);
+    store.create_web_session(&s1).await.unwrap();
+    assert_eq!(store.web_session(&s1.id_hash).await.unwrap(), Some(s1.clone()));
+    assert_eq!(store.web_session(&h("s-unknown")).await.unwrap(), None);
+    store.set_web_session_stage(&s1.id_hash, Stage::Enroll, Some("PENDING")).await.unwrap();
+    store.touch_web_session(&s1.id_hash, T0 + 100).await.unwrap();
+    let got = store.web_session(&s1.id_hash).await.unwrap().unwrap();
+    assert_eq!((got.stage, got.pending_totp.as_deref(), got.last_seen), (Stage::Enroll, Some("PENDING"), T0 + 100));
+    store.set_web_session_stage(&s1.id_hash, Stage::Full, None).await.unwrap();
+    assert_eq!(store.web_session(&s1.id_hash).await.unwrap().unwrap().pending_totp, None);
+    let s2 = web_session("s2", alice.id, Stage::Full, T0 + 50, T0 + 200);
+    let s3 = web_session("s3", bob.id, Stage::Full, T0 + 60, T0 + 60);
+    store.create_web_session(&s2).await.unwrap();
+    store.create_web_session(&s3).await.unwrap();
+    let of_alice: Vec<String> = store.web_sessions_of(alice.id).await.unwrap().into_iter().map(|s| s.id_hash).collect();
+    assert_eq!(of_alice, [s2.id_hash.clone(), s1.id_hash.clone()], "most recently active first");
+    // Expiry: idle since before T0+150 (s1 at T0+100 and s3 at T0+60), or created before T0+45 (s1).
+    assert_eq!(store.expire_web_sessions(T0 + 150, T0 + 45, T0 + 300).await.unwrap(), 2);
+    assert_eq!(store.web_session(&s2.id_hash).await.unwrap().map(|s| s.id_hash), Some(s2.id_hash.clone()));
+    assert_eq!(store.web_session(&s3.id_hash).await.unwrap(), None);
+    // Created-before alone ends a session however active it is.
+    assert_eq!(store.expire_web_sessions(T0, T0 + 51, T0 + 300).await.unwrap(), 1);
+    assert_eq!(store.web_session(&s2.id_hash).await.unwrap(), None);
+    for id in ["s4", "s5"] {
+        store.create_web_session(&web_session(id, alice.id, Stage::Full, T0 + 300, T0 + 300)).await.unwrap();
+    }
+    store.create_web_session(&web_session("s6", bob.id, Stage::Full, T0 + 300, T0 + 300)).await.unwrap();
+    store.delete_web_session(&h("s4")).await.unwrap();
+    assert_eq!(store.web_session(&h("s4")).await.unwrap(), None);
+    assert_eq!(store.delete_web_sessions_of(alice.id).await.unwrap(), 1, "log out everywhere");
+    assert_eq!(store.web_sessions_of(bob.id).await.unwrap().len(), 1, "other users keep theirs");
+
+    // API tokens: live until revoked or expired; revoked only by their owner; used marks last_used_at.
+    let t = store.create_api_token(alice.id, "ci", &h("tok-a"), Scope::Write, T0 + DAY, T0).await.unwrap();
+    assert_eq!(
+        (t.user_id, t.label.as_str(), t.scope, t.revoked_at, t.last_used_at),
+        (alice.id, "ci", Scope::Write, None, None)
+    );
+    let (used, by) = store.use_api_token(&h("tok-a"), T0 + 10).await.unwrap().unwrap();
+    assert_eq!((used.id, by.id), (t.id, alice.id));
+    assert_eq!(store.api_tokens_of(alice.id).await.unwrap()[0].last_used_at, Some(T0 + 10));
+    assert_eq!(store.use_api_token(&h("tok-a"), T0 + DAY).await.unwrap(), None, "expired at its end");
+    assert_eq!(store.use_api_token(&h("tok-unknown"), T0).await.unwrap(), None);
+    assert!(!store.revoke_api_token(bob.id, t.id, T0 + 20).await.unwrap(), "not bob's");
+    assert!(store.use_api_token(&h("tok-a"), T0 + 21).await.unwrap().is_some());
+    assert!(store.revoke_api_token(alice.id, t.id, T0 + 22).await.unwrap());
+    assert!(!store.revoke_api_token(alice.id, t.id, T0 + 23).await.unwrap(), "already revoked");
+    assert_eq!(store.use_api_token(&h("tok-a"), T0 + 24).await.unwrap(), None);
+    assert_eq!(store.api_tokens_of(alice.id).await.unwrap()[0].revoked_at, Some(T0 + 22));
+
+    // Disabling bob ends his sessions and tokens; a second disable is no change; enabling revives no token.
+    let tb = store.create_api_token(bob.id, "bob's", &h("tok-b"), Scope::Read, T0 + DAY, T0).await.unwrap();
+    assert!(store.set_web_user_disabled(bob.id, Some(T0 + 30)).await.unwrap());
+    assert!(!store.set_web_user_disabled(bob.id, Some(T0 + 31)).await.unwrap());
+    assert!(store.web_sessions_of(bob.id).await.unwrap().is_empty());
+    assert_eq!(store.api_tokens_of(bob.id).await.unwrap()[0].revoked_at, Some(T0 + 30));
+    assert_eq!(store.count_active_web_users().await.unwrap(), 1);
+    assert!(store.set_web_user_disabled(bob.id, None).await.unwrap());
+    assert!(!store.set_web_user_disabled(bob.id, None).await.unwrap());
+    assert_eq!(store.use_api_token(&h("tok-b"), T0 + 40).await.unwrap(), None);
+    // A token whose user is disabled does not work even if it was never revoked.
+    let tb2 = store.create_api_token(bob.id, "bob's 2", &h("tok-b2"), Scope::Read, T0 + DAY, T0 + 41).await.unwrap();
+    assert_ne!(tb2.id, tb.id);
+    // (Disabled behind the store's back, tokens left alone: use_api_token's own check is what is tested.)
+    let sql = "UPDATE web_users SET disabled_at = 1 WHERE name = 'bob'";
+    match &store {
+        Store::Sqlite(p) => assert_eq!(sqlx::query(sql).execute(p).await.unwrap().rows_affected(), 1),
+        Store::Postgres(p) => assert_eq!(sqlx::query(sql).execute(p).await.unwrap().rows_affected(), 1),
+    }
+    assert_eq!(store.use_api_token(&h("tok-b2"), T0 + 42).await.unwrap(), None);
+    // Nor does a disabled user's setup link.
+    store.new_setup_link(bob.id, &h("link-b4"), T0 + DAY, T0 + 43).await.unwrap();
+    assert_eq!(store.setup_link_user(&h("link-b4"), T0 + 44).await.unwrap(), None);
+    assert_eq!(store.use_setup_link(&h("link-b4"), "phc-x", T0 + 44).await.unwrap(), None);
+
+    // One-time downloads: only from their session, once, before their end; expired ones are swept.
+    store.create_download(&h("d1"), &h("s5"), &name("ops-laptop"), T0 + 600, T0).await.unwrap();
+    store.create_download(&h("d2"), &h("s5"), &name("ops-desktop"), T0 + 600, T0).await.unwrap();
+    assert_eq!(store.take_download(&h("d1"), &h("s-other"), T0 + 1).await.unwrap(), Download::Unknown);
+    assert_eq!(store.take_download(&h("d-unknown"), &h("s5"), T0 + 1).await.unwrap(), Download::Unknown);
+    assert_eq!(store.take_download(&h("d1"), &h("s5"), T0 + 2).await.unwrap(), Download::Take(name("ops-laptop")));
+    assert_eq!(store.take_download(&h("d1"), &h("s5"), T0 + 3).await.unwrap(), Download::Used);
+    assert_eq!(store.take_download(&h("d2"), &h("s5"), T0 + 600).await.unwrap(), Download::Expired);
+    store.expire_web_sessions(0, 0, T0 + 601).await.unwrap();
+    assert_eq!(store.take_download(&h("d2"), &h("s5"), T0 + 601).await.unwrap(), Download::Unknown, "swept");
+
+    // Resetting TOTP takes the seed and codes and ends the sessions; an unknown user is no change.
+    store.create_web_session(&web_session("s7", alice.id, Stage::Full, T0 + 700, T0 + 700)).await.unwrap();
+    assert!(store.reset_totp(alice.id).await.unwrap());
+    let a = store.web_user(alice.id).await.unwrap().unwrap();
+    assert_eq!((a.totp_secret, a.password_hash.as_deref()), (None, Some("phc-1")), "the password stays");
+    assert_eq!(store.unused_recovery_codes(alice.id).await.unwrap(), 0);
+    assert!(store.web_sessions_of(alice.id).await.unwrap().is_empty());
+    assert!(!store.reset_totp(987_654).await.unwrap());
+    store.set_web_password(alice.id, "phc-new").await.unwrap();
+    assert_eq!(store.web_user(alice.id).await.unwrap().unwrap().password_hash.as_deref(), Some("phc-new"));
+}
+
+/// A layout roomy enough for the page tests, with instance and host index never equal (a swapped pair of
+/// parameters finds nothing).
+const ROOMY: TerminalLayout = TerminalLayout { instances: 2, hosts_per_instance: 64 };
+
+/// The names a page query lists, and how many match in all.
+async fn page(store: &Store, q: TerminalQuery) -> (Vec<String>, u64) {
+    let (rows, total) = store.terminals_page(&q).await.unwrap();
+    (rows.into_iter().map(|r| r.name.to_string()).collect(), total)
+}
+
+fn query(filter: TerminalFilter, search: Option<&str>) -> TerminalQuery {
+    TerminalQuery {
+        filter,
+        search: search.map(str::to_owned),
+        expiring_before: T0 + 30 * DAY,
+        limit: 50,
+        ..TerminalQuery::default()
+    }
+}
+
+async fn terminals_page_filters_and_search(store: Store) {
+    let soon = |days: i64, serial: &str, cn: &str| NewCert { not_after: T0 + days * DAY, ..cert(serial, cn) };
+    let with_cert = |n: &str, c: NewCert| NewTerminal { name: name(n), cert: Some(c), token: None };
+    let created = store
+        .create_terminals(
+            &[
+                terminal("atm-1"),
+                terminal("atm-2"),
+                terminal("atm-3"),
+                terminal("a_b"),
+                terminal("axb"),
+                terminal("on-1"),
+                terminal("off-1"),
+                terminal("rev-1"),
+                with_cert("exp-1", soon(10, "abcdef0123456789abcdef0123456789", "exp-1")),
+                with_cert("exp-2", soon(11, "abcdef99", "exp-2")),
+                with_cert("long-1", cert("abcdee0000", "long-1")),
+            ],
+            ROOMY,
+            T0,
+        )
+        .await
+        .unwrap();
+    let id = |n: &str| created.iter().find(|c| c.name.as_str() == n).unwrap().id;
+    let at = |n: &str| address(created.iter().find(|c| c.name.as_str() == n).unwrap());
+    store
+        .upsert_session(&NewSession {
+            instance: "terminal-0".into(),
+            credential_id: id("on-1"),
+            common_name: "on-1".into(),
+            tunnel_ip: "198.18.0.9".into(),
+            real_addr: "203.0.113.9:1".into(),
+            since: T0,
+            client_id: 1,
+        })
+        .await
+        .unwrap();
+    store.mark_paired(id("off-1"), None, T0).await.unwrap();
+    store.revoke(&name("rev-1"), Unspecified, &root(), T0).await.unwrap();
+    store.touch_terminal(id("atm-2"), "20240115", T0).await.unwrap();
+    store.touch_terminal(id("exp-2"), "20240115", T0).await.unwrap();
+    store.touch_terminal(id("atm-3"), "20230101", T0).await.unwrap();
+    // An admin credential is never a terminal.
+    store
+        .create_admin(&name("atm-admin"), PortRange::new(12000, 12001).unwrap(), &cert("ff01", "atm-admin"), T0)
+        .await
+        .unwrap();
+
+    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    use TerminalFilter::*;
+    // Filters.
+    let all = ["a_b", "atm-1", "atm-2", "atm-3", "axb", "exp-1", "exp-2", "long-1", "off-1", "on-1"];
+    assert_eq!(page(&store, query(Active, None)).await, (names(&all), 10));
+    assert_eq!(page(&store, query(Online, None)).await.0, names(&["on-1"]));
+    assert_eq!(page(&store, query(Offline, None)).await.0, names(&["off-1"]));
+    assert_eq!(page(&store, query(Revoked, None)).await.0, names(&["rev-1"]));
+    assert_eq!(page(&store, query(Expiring, None)).await.0, names(&["exp-1", "exp-2"]));
+    let never: Vec<&str> = all.iter().copied().filter(|n| !["on-1", "off-1"].contains(n)).collect();
+    assert_eq!(page(&store, query(NeverPaired, None)).await.0, names(&never));
+    // A horizon before the certificates' end: nothing is expiring.
+    let early = TerminalQuery { expiring_before: T0 + 10 * DAY, ..query(Expiring, None) };
+    assert_eq!(page(&store, early).await.0, names(&[]));
+
+    // Search: name substring (LIKE's `_` and `%` taken literally), serial prefix, tunnel address.
+    assert_eq!(page(&store, query(Active, Some("atm"))).await.0, names(&["atm-1", "atm-2", "atm-3"]));
+    assert_eq!(page(&store, query(Active, Some("a_b"))).await.0, names(&["a_b"]));
+    assert_eq!(page(&store, query(Active, Some("%"))).await.0, names(&[]));
+    assert_eq!(page(&store, query(Active, Some("abcdef"))).await.0, names(&["exp-1", "exp-2"]));
+    assert_eq!(page(&store, query(Active, Some("ABCDEF0"))).await.0, names(&["exp-1"]), "serials in either case");
+    assert_eq!(page(&store, query(Active, Some("bcdef"))).await.0, names(&[]), "a prefix, not a substring");
+    assert_eq!(page(&store, query(Active, Some("abcde"))).await.0, names(&["exp-1", "exp-2", "long-1"]));
+    let (i, h) = at("atm-2");
+    assert_ne!(i, h);
+    let by_address = TerminalQuery { address: Some((i, h)), ..query(Active, Some("198.18.x.y")) };
+    assert_eq!(page(&store, by_address).await.0, names(&["atm-2"]));
+
+    // Search and filter together: $1, $2, $3 and $5 (search) bound beside $4 (the horizon), which the filter's
+    // text mentions first. Bound by position instead of number, these would find nothing or the wrong rows.
+    assert_eq!(page(&store, query(Expiring, Some("exp"))).await.0, names(&["exp-1", "exp-2"]));
+    assert_eq!(page(&store, query(Expiring, Some("exp-2"))).await.0, names(&["exp-2"]));
+    assert_eq!(page(&store, query(Expiring, Some("abcdef0"))).await.0, names(&["exp-1"]));
+    assert_eq!(page(&store, query(Expiring, Some("long"))).await.0, names(&[]));
+    assert_eq!(page(&store, query(Expiring, Some("abcdee"))).await.0, names(&[]), "long-1 is not expiring");
+    assert_eq!(page(&store, query(Expiring, Some("atm"))).await.0, names(&[]));
+    let (i, h) = at("exp-2");
+    let exp2_address = TerminalQuery { address: Some((i, h)), ..query(Expiring, Some("198.18.x.y")) };
+    assert_eq!(page(&store, exp2_address).await.0, names(&["exp-2"]));
+    // Version ($6) with search and filter.
+    let v = |filter, search: Option<&str>, version: &str| TerminalQuery {
+        version: Some(version.to_owned()),
+        ..query(filter, search)
+    };
+    assert_eq!(page(&store, v(Active, None, "20240115")).await.0, names(&["atm-2", "exp-2"]));
+    assert_eq!(page(&store, v(Expiring, None, "20240115")).await.0, names(&["exp-2"]));
+    assert_eq!(page(&store, v(Active, Some("atm"), "20240115")).await.0, names(&["atm-2"]));
+    assert_eq!(page(&store, v(Expiring, Some("exp"), "20230101")).await.0, names(&[]));
+    assert_eq!(store.terminal_versions().await.unwrap(), ["20230101", "20240115"]);
+
+    // Paging ($7 limit, $8 offset): the total counts every match.
+    let paged = |offset| TerminalQuery { offset, limit: 3, ..query(Active, None) };
+    assert_eq!(page(&store, paged(0)).await, (names(&["a_b", "atm-1", "atm-2"]), 10));
+    assert_eq!(page(&store, paged(9)).await, (names(&["on-1"]), 10));
+    assert_eq!(page(&store, paged(10)).await, (names(&[]), 10));
+    let (rows, _) = store.terminals_page(&query(Online, None)).await.unwrap();
+    assert_eq!((rows[0].sessions, rows[0].home_instance.is_some()), (1, true));
+    let (rows, _) = store.terminals_page(&query(Expiring, Some("exp-1"))).await.unwrap();
+    assert_eq!(rows[0].cert_not_after, Some(T0 + 10 * DAY));
+    let soonest: Vec<String> =
+        store.expiring_certificates(T0 + 30 * DAY, 10).await.unwrap().into_iter().map(|c| c.common_name).collect();
+    assert_eq!(soonest, ["exp-1", "exp-2"]);
+}
+
+async fn audit_page_filters(store: Store) {
+    let rows = [
+        (web("alice"), "terminal.add", "atm-1"),
+        (Actor::ApiUser(name("alice")), "terminal.add", "atm-2"),
+        (web("alice"), "revoke", "atm-1"),
+        (web("bob"), "web_user.add", "carol"),
+        (web("bob"), "webxuser.add", "dave"),
+        (root(), "terminal.import", "3 terminals"),
+    ];
+    for (i, (actor, action, subject)) in rows.iter().enumerate() {
+        let source = Some("192.0.2.9").filter(|_| i % 2 == 0);
+        store.audit_from(actor, source, action, subject, "", T0 + i as i64).await.unwrap();
+    }
+    let all = store.audit_page(&AuditQuery { limit: 100, ..AuditQuery::default() }).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert_eq!((all[5].source.as_deref(), all[4].source.as_deref()), (Some("192.0.2.9"), None));
+    let ids = |q: AuditQuery| {
+        let store = store.clone();
+        async move {
+            let q = AuditQuery { limit: if q.limit == 0 { 100 } else { q.limit }, ..q };
+            store.audit_page(&q).await.unwrap().into_iter().map(|r| r.subject).collect::<Vec<_>>()
+        }
+    };
+    let s = |v: &str| Some(v.to_owned());
+    assert_eq!(ids(AuditQuery { actor: s("web:alice"), ..AuditQuery::default() }).await, ["atm-1", "atm-1"]);
+    assert_eq!(ids(AuditQuery { actor: s("api:alice"), ..AuditQuery::default() }).await, ["atm-2"]);
+    assert_eq!(
+        ids(AuditQuery { action: s("terminal."), ..AuditQuery::default() }).await,
+        ["3 terminals", "atm-2", "atm-1"]
+    );
+    assert_eq!(ids(AuditQuery { action: s("terminal.add"), ..AuditQuery::default() }).await, ["atm-2", "atm-1"]);
+    assert_eq!(ids(AuditQuery { action: s("web_user"), ..AuditQuery::default() }).await, ["carol"], "`_` is literal");
+    assert_eq!(ids(AuditQuery { action: s("%"), ..AuditQuery::default() }).await, Vec::<String>::new());
+    assert_eq!(ids(AuditQuery { subject: s("atm-1"), ..AuditQuery::default() }).await, ["atm-1", "atm-1"]);
+    assert_eq!(ids(AuditQuery { since: Some(T0 + 4), ..AuditQuery::default() }).await, ["3 terminals", "dave"]);
+    // Paging back from an id; and filters that skip parameters ($1 and $5 without $2–$4).
+    let before = all[1].id;
+    assert_eq!(
+        ids(AuditQuery { before_id: Some(before), limit: 2, ..AuditQuery::default() }).await,
+        ["carol", "atm-1"]
+    );
+    let q = AuditQuery { actor: s("web:alice"), before_id: Some(all[3].id), ..AuditQuery::default() };
+    assert_eq!(ids(q).await, ["atm-1"]);
+    let q = AuditQuery {
+        actor: s("web:bob"),
+        action: s("web"),
+        since: Some(T0 + 3),
+        subject: s("dave"),
+        ..AuditQuery::default()
+    };
+    assert_eq!(ids(q).await, ["dave"]);
+    let q = AuditQuery {
+        actor: s("web:alice"),
+        action: s("terminal"),
+        subject: s("atm-1"),
+        since: Some(T0),
+        before_id: Some(all[0].id),
+        limit: 1,
+    };
+    assert_eq!(ids(q).await, ["atm-1"]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
