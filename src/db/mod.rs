@@ -58,6 +58,7 @@ macro_rules! in_tx {
 }
 
 mod audit;
+mod bans;
 mod certificates;
 mod credentials;
 mod pairing;
@@ -68,6 +69,7 @@ mod views;
 mod web;
 
 pub use audit::AuditRow;
+pub use bans::{BanKey, Reserved};
 pub use certificates::{CertRow, NewCert};
 pub use credentials::{Credential, NewTerminal, TerminalLayout};
 pub use pairing_ext::{PendingPairing, Submitted};

@@ -5,6 +5,7 @@
 
 mod actor;
 pub mod addressing;
+pub mod budget;
 mod duration;
 mod kind;
 pub mod lifecycle;

@@ -11,6 +11,8 @@ pub mod pair;
 pub mod per_source;
 pub mod upgrade;
 
+pub use pair::ban_keys;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -28,6 +30,10 @@ use delivery::Delivery;
 /// Failures from one address before it is banned, and for how long.
 pub const MAX_FAILURES: u32 = 5;
 pub const BAN_SECS: i64 = 15 * 60;
+/// Failures from one IPv4 /24 (on top of each address's own 5) that ban the whole /24.
+pub const MAX_NET_FAILURES_V4: u32 = 20;
+/// Failures from one IPv6 /64 that ban it (one host usually holds a whole /64, and can change address in it).
+pub const MAX_NET_FAILURES_V6: u32 = 10;
 
 /// Everything the gate's handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -114,7 +120,7 @@ pub async fn run_gate(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), 
         };
         AppError::Other(format!("gate: cannot listen on {addr}: {e}{hint}"))
     })?;
-    run_gate_on(state, listener, stop, ServeLimits::default()).await
+    run_gate_on(state, listener, stop, ServeLimits::gate()).await
 }
 
 /// Serves the gate on an already bound listener (tests bind 127.0.0.1:0).

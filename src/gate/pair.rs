@@ -12,10 +12,11 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{BAN_SECS, GateState, MAX_FAILURES};
+use super::{BAN_SECS, GateState, MAX_FAILURES, MAX_NET_FAILURES_V4, MAX_NET_FAILURES_V6};
 use crate::app::csr::{self, CheckedCsr};
 use crate::app::new_cert;
 use crate::control::signer;
+use crate::db::{BanKey, Reserved};
 use crate::db::{Credential, DbError, PendingPairing, Redeemed, Submitted, TokenRefusal};
 use crate::domain::{Kind, Name, PairingState, PairingToken};
 use crate::http::ApiError;
@@ -121,32 +122,75 @@ pub(crate) async fn guarded<T>(
         Request::Upgrade => None,
         Request::Pair | Request::Poll => Some(st.0.per_source.turn(ip).await),
     };
-    let what = what.name();
+    let name = what.name();
     let store = &st.ctx().store;
-    if store.is_banned(ip, now).await? {
-        tracing::info!(ip, what, outcome = "banned");
-        return Err(ApiError::Banned);
+    let keys = ban_keys(ip);
+    if what == Request::Upgrade {
+        // Downloads are not guesses: they are not counted, but a banned source gets none.
+        if let Some((key, _)) = store.banned_key(&keys, now).await? {
+            tracing::info!(ip, what = name, outcome = "banned", key);
+            return Err(ApiError::Banned);
+        }
+        let result = work.await;
+        log_outcome(ip, name, &result, &[]);
+        return result;
     }
-    let result = work.await;
-    match &result {
-        Ok(_) => tracing::info!(ip, what, outcome = "ok"),
-        Err(e) => {
-            let mut banned = false;
-            if e.counts_as_failure() {
-                let _w = st.0.writes.lock().await;
-                banned = store.record_failure(ip, now, MAX_FAILURES, BAN_SECS).await?;
-                if banned {
-                    // What a banned address queued for approval goes too: it cannot fill the queue and leave.
-                    let dropped = store.expire_pending_pairings(Some(ip), now).await?;
-                    if dropped > 0 {
-                        tracing::info!(ip, dropped, "pending pairings of a banned address expired");
-                    }
-                }
-            }
-            tracing::info!(ip, what, outcome = e.code().as_str(), banned_now = banned);
+    // Counted before it is evaluated, in the store (shared by every gate): see `db::bans`.
+    match store.reserve_attempt(&keys, now, BAN_SECS).await? {
+        Reserved::Go => {}
+        Reserved::Banned { key, .. } => {
+            tracing::info!(ip, what = name, outcome = "banned", key);
+            return Err(ApiError::Banned);
+        }
+        Reserved::Busy { key } => {
+            tracing::info!(ip, what = name, outcome = "too_many_attempts", key);
+            return Err(ApiError::TooManyAttempts);
         }
     }
+    let result = work.await;
+    let failed = matches!(&result, Err(e) if e.counts_as_failure());
+    let banned = {
+        let _w = st.0.writes.lock().await;
+        store.settle_attempt(&keys, failed, now, BAN_SECS).await?
+    };
+    if banned.iter().any(|k| k == ip) {
+        // What a banned address queued for approval goes too: it cannot fill the queue and leave.
+        let dropped = store.expire_pending_pairings(Some(ip), now).await?;
+        if dropped > 0 {
+            tracing::info!(ip, dropped, "pending pairings of a banned address expired");
+        }
+    }
+    log_outcome(ip, name, &result, &banned);
     result
+}
+
+/// The keys a source is counted under: its address (5 failures) and its /24 or /64 (more: a site or a carrier NAT
+/// holds several terminals; an IPv6 host usually holds its whole /64).
+pub fn ban_keys(ip: &str) -> Vec<BanKey> {
+    let mut keys = vec![BanKey { key: ip.to_owned(), max: MAX_FAILURES }];
+    match ip.parse::<std::net::IpAddr>().map(|a| a.to_canonical()) {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            keys.push(BanKey { key: format!("{}.{}.{}.0/24", o[0], o[1], o[2]), max: MAX_NET_FAILURES_V4 });
+        }
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            keys.push(BanKey { key: format!("{net}/64"), max: MAX_NET_FAILURES_V6 });
+        }
+        Err(_) => {}
+    }
+    keys
+}
+
+fn log_outcome<T>(ip: &str, what: &'static str, result: &Result<T, ApiError>, banned: &[String]) {
+    match result {
+        Ok(_) => tracing::info!(ip, what, outcome = "ok"),
+        Err(e) => {
+            let banned_now = banned.join(",");
+            tracing::info!(ip, what, outcome = e.code().as_str(), banned_now)
+        }
+    }
 }
 
 async fn window_open(st: &GateState, now: i64) -> Result<bool, ApiError> {

@@ -26,6 +26,8 @@ pub enum ApiError {
     WindowClosed,
     #[error("too many failed attempts from this address: try again later")]
     Banned,
+    #[error("too many attempts from this address are being evaluated at once: retry in a few seconds")]
+    TooManyAttempts,
     #[error("invalid CSR: {0}")]
     InvalidCsr(String),
     #[error("weak key: {0}")]
@@ -68,6 +70,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             Timeout => StatusCode::REQUEST_TIMEOUT,
             InvalidToken(_) | TokenExpired | WindowClosed | Banned | Rejected | Forbidden => StatusCode::FORBIDDEN,
             TokenUsed(_) | KeyMismatch | NotInRenewalWindow(_) => StatusCode::CONFLICT,
@@ -93,6 +96,7 @@ impl ApiError {
             KeyMismatch => ErrorCode::KeyMismatch,
             WindowClosed => ErrorCode::WindowClosed,
             Banned => ErrorCode::Banned,
+            TooManyAttempts => ErrorCode::TooManyAttempts,
             InvalidCsr(_) => ErrorCode::InvalidCsr,
             WeakKey(_) => ErrorCode::WeakKey,
             CsrCaRequested => ErrorCode::CsrCaRequested,
@@ -154,6 +158,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::SlotsFull { retry_after } | ApiError::UpgradeUnavailable { retry_after } => Some(*retry_after),
             ApiError::TooManyPending => Some(60),
+            ApiError::TooManyAttempts => Some(2),
             _ => None,
         };
         let upgrade = match &self {

@@ -2,6 +2,7 @@
 //! budgets and TLS (`server`), the one error type that maps to the wire contract's codes (`error`), bounded
 //! JSON bodies (`read_json`), and the pinned HTTPS client (`client`).
 
+pub mod budget;
 pub mod client;
 pub mod error;
 pub mod server;

@@ -1,9 +1,10 @@
 //! The HTTP(S) accept loop shared by the gate (TLS) and master (plain HTTP inside the tunnel).
 //!
-//! What a hostile or broken client can hold is bounded: a capped number of connections, a TLS handshake timeout,
-//! a header timeout (hyper, also between requests on a kept-alive connection), a body timeout and size cap (the
-//! handlers), no keep-alive for the gate and master (a terminal makes a handful of requests; an idle connection is
-//! nothing but a held slot), and a ceiling on any connection's lifetime. The
+//! What a hostile or broken client can hold is bounded: the connection budgets of `http::budget` (per source and in
+//! all, a connection is pending until its first request head has arrived, established after), a TLS handshake
+//! timeout, a header timeout (hyper, from the accept, and also between requests on a kept-alive connection), a body
+//! timeout and size cap (the handlers), no keep-alive for the gate and master (a terminal makes a handful of
+//! requests; an idle connection is nothing but a held slot), and a ceiling on any connection's lifetime. The
 //! peer address of the TCP connection goes into every request as `ConnectInfo<SocketAddr>`: bans and master's
 //! identification use it, never a header.
 
@@ -18,14 +19,19 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use openssl::ssl::{Ssl, SslAcceptor, SslMethod, SslVersion};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_openssl::SslStream;
 use tower::ServiceExt;
+
+use super::budget::Doorman;
+use crate::domain::budget::Limits;
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
-    pub max_connections: usize,
+    /// The listener's name in log lines.
+    pub name: &'static str,
+    pub budget: Limits,
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
     /// No connection lives longer than this (a download on a very slow link included).
@@ -39,13 +45,55 @@ pub struct ServeLimits {
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
-            max_connections: 1024,
-            handshake_timeout: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(10),
+            name: "http",
+            // A stranger's pending connections live at most handshake + header timeouts (10 s): 8 per source and
+            // 512 in all keep a flood from 60 sources from filling the door while one legitimate client waits.
+            budget: Limits {
+                per_source_pending: 8,
+                per_source_rate: 10.0,
+                per_source_burst: 40,
+                pending: 512,
+                total: 4096,
+            },
+            handshake_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
             max_connection_time: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(10),
             keep_alive: false,
         }
+    }
+}
+
+impl ServeLimits {
+    /// The gate (Internet-facing while a window is open): the default budgets.
+    pub fn gate() -> ServeLimits {
+        ServeLimits { name: "gate", ..ServeLimits::default() }
+    }
+
+    /// Master. Scenario A: every terminal has its own tunnel address, so per-source budgets are per terminal and
+    /// one compromised terminal cannot starve the others. Scenario B: every terminal may arrive through one VPN
+    /// router address, so the per-source budgets must fit a whole fleet's heartbeats (2,000 terminals every 60 s
+    /// with retries) and the global pending budget and short deadlines do the work.
+    pub fn master(one_source_per_terminal: bool) -> ServeLimits {
+        let mut l =
+            ServeLimits { name: "master", max_connection_time: Duration::from_secs(120), ..ServeLimits::default() };
+        if !one_source_per_terminal {
+            l.budget.per_source_pending = 256;
+            l.budget.per_source_rate = 400.0;
+            l.budget.per_source_burst = 2000;
+        }
+        l
+    }
+
+    /// The admin UI: a browser opens several kept-alive connections at once and many over a session.
+    pub fn admin() -> ServeLimits {
+        let mut l = ServeLimits { name: "admin", keep_alive: true, ..ServeLimits::default() };
+        l.budget.per_source_pending = 16;
+        l.budget.per_source_rate = 20.0;
+        l.budget.per_source_burst = 100;
+        l.budget.pending = 256;
+        l.budget.total = 1024;
+        l
     }
 }
 
@@ -71,7 +119,7 @@ pub async fn serve(
     limits: ServeLimits,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let door = Doorman::new(limits.name, limits.budget);
     let tls = tls.map(Arc::new);
     loop {
         let accepted = tokio::select! {
@@ -87,17 +135,18 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing a new connection");
-            continue;
-        };
+        // Refused connections are dropped (closed) at once; the door logs them, summed per source.
+        let Some(pass) = door.admit(peer) else { continue };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _permit = permit;
+            let pass = Arc::new(pass);
+            let proven = pass.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                // A whole request head arrived (after the TLS handshake): the connection is no stranger's idle slot.
+                proven.establish();
                 req.extensions_mut().insert(ConnectInfo(peer));
                 app.clone().oneshot(req)
             });
@@ -126,9 +175,14 @@ pub async fn serve(
                     }
                 }
             };
-            if tokio::time::timeout(limits.max_connection_time, served).await.is_err() {
-                tracing::info!(%peer, "connection closed after the maximum connection time");
+            tokio::select! {
+                r = tokio::time::timeout(limits.max_connection_time, served) => if r.is_err() {
+                    tracing::info!(%peer, "connection closed after the maximum connection time");
+                },
+                // Shed for a newcomer while still pending (the door logged it).
+                () = pass.shed() => {}
             }
+            drop(pass);
         });
     }
     drop(listener);

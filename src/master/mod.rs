@@ -12,7 +12,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -202,7 +201,7 @@ pub async fn run_master_on(
     listener: TcpListener,
     stop: watch::Receiver<bool>,
 ) -> Result<(), AppError> {
-    let limits = ServeLimits { max_connection_time: Duration::from_secs(120), ..ServeLimits::default() };
+    let limits = ServeLimits::master(state.0.ctx.cfg.active_vpn().is_some());
     tracing::info!(addr = ?listener.local_addr().ok(), "master listening");
     server::serve(listener, None, router(state), stop, limits)
         .await

@@ -293,9 +293,13 @@ pub struct UnbanReport {
     pub was_listed: bool,
 }
 
+/// Lifts the ban of `ip` and of its network (the operator wants this source through).
 pub async fn unban(ctx: &Ctx, ip: IpAddr) -> Result<UnbanReport, OpsError> {
     let ip = ip.to_canonical().to_string();
-    let was_listed = ctx.store.unban(&ip).await?;
+    let mut was_listed = false;
+    for k in crate::gate::ban_keys(&ip) {
+        was_listed |= ctx.store.unban(&k.key).await?;
+    }
     if was_listed {
         ctx.audit("unban-ip", &ip, "", ctx.clock.now()).await?;
     }

@@ -17,7 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use super::instance::RealAddrs;
 use crate::app::profile::parse_metadata;
 use crate::db::Store;
+use crate::domain::budget::Limits;
 use crate::domain::{Kind, Name};
+use crate::http::budget::{Doorman, Pass};
 
 /// P_CONTROL_HARD_RESET_CLIENT_V3: the first packet of a tls-crypt-v2 client.
 const OPCODE_RESET_V3: u8 = 10;
@@ -25,10 +27,13 @@ const OPCODE_RESET_V3: u8 = 10;
 const HEADER: usize = 1 + 8 + 8 + 32;
 /// Longest first packet accepted (WKc is at most ~1 KiB).
 const MAX_FIRST_PACKET: usize = 4096;
-/// A client must send its first packet within this time.
-const FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(10);
-/// At most this many relayed connections at once (2000 terminals plus headroom).
-const MAX_CONNECTIONS: usize = 4096;
+/// A client must send its first packet within this time (an openvpn client sends it right after connecting).
+const FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(5);
+/// The front's budgets (invariant 13). A connection is pending until its first packet carried a genuine key of a
+/// known terminal. Per source: a site with a few terminals behind one NAT reconnecting at once fits; a flood from
+/// one host holds 16 slots for at most 5 s each. In all: 11 instances × 200 terminals with room to spare.
+const LIMITS: Limits =
+    Limits { per_source_pending: 16, per_source_rate: 20.0, per_source_burst: 64, pending: 1024, total: 8192 };
 
 /// Extracts the wrapped client key (WKc) from a first packet (without its 2-byte TCP length prefix).
 pub fn wrapped_key(packet: &[u8]) -> Option<&[u8]> {
@@ -63,50 +68,66 @@ pub struct Front {
 
 impl Front {
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
-        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let door = Doorman::new("front", LIMITS);
         loop {
-            let Ok((conn, peer)) = listener.accept().await else { continue };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "front: too many connections; dropping");
-                continue;
-            };
-            let me = self.clone();
-            tokio::spawn(async move {
-                if let Err(why) = me.relay(conn, peer).await {
-                    tracing::debug!(%peer, why, "front: connection closed");
+            let (conn, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: wait a little rather than spin.
+                    tracing::warn!(error = %e, "front: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-                drop(permit);
+            };
+            let Some(pass) = door.admit(peer) else { continue };
+            let (me, door) = (self.clone(), door.clone());
+            tokio::spawn(async move {
+                let relayed = tokio::select! {
+                    r = me.relay(conn, peer, &pass) => r,
+                    // Shed for a newcomer while still pending (the door logged it).
+                    () = pass.shed() => return,
+                };
+                match relayed {
+                    // Refusals are logged at INFO, summed per source (a fleet of clients too old for tls-crypt-v2
+                    // leaves a trace without filling the log).
+                    Err(Refused(why)) => door.refused(peer.ip(), why),
+                    Ok(ended) => tracing::debug!(%peer, ended, "front: relayed connection closed"),
+                }
+                drop(pass);
             });
         }
     }
 
-    async fn relay(&self, mut conn: TcpStream, peer: SocketAddr) -> Result<(), &'static str> {
+    /// Relays one connection; `Err` when it was refused before relaying, `Ok` with why the relay ended.
+    async fn relay(&self, mut conn: TcpStream, peer: SocketAddr, pass: &Pass) -> Result<&'static str, Refused> {
         let mut first = Vec::new();
         let read = async {
-            let len = usize::from(conn.read_u16().await.map_err(|_| "no length")?);
+            let len = usize::from(conn.read_u16().await.map_err(|_| Refused("closed before a first packet"))?);
             if len == 0 || len > MAX_FIRST_PACKET {
-                return Err("bad first packet length");
+                return Err(Refused("bad first packet length"));
             }
             first.resize(len, 0);
-            conn.read_exact(&mut first).await.map_err(|_| "short first packet")?;
+            conn.read_exact(&mut first).await.map_err(|_| Refused("short first packet"))?;
             Ok(())
         };
-        tokio::time::timeout(FIRST_PACKET_TIMEOUT, read).await.map_err(|_| "first packet timeout")??;
-        let name = terminal_of(&first, &self.key).ok_or("no valid tls-crypt-v2 client key")?;
-        let cred = self.store.credential_by_name(&name).await.map_err(|_| "store unavailable")?;
+        tokio::time::timeout(FIRST_PACKET_TIMEOUT, read).await.map_err(|_| Refused("no first packet in time"))??;
+        let name = terminal_of(&first, &self.key)
+            .ok_or(Refused("no valid tls-crypt-v2 client key (a client older than OpenVPN 2.5, or not ours)"))?;
+        let cred = self.store.credential_by_name(&name).await.map_err(|_| Refused("store unavailable"))?;
         let home = cred
             .filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none())
             .and_then(|c| c.home_instance)
-            .ok_or("unknown or revoked terminal")?;
+            .ok_or(Refused("unknown or revoked terminal"))?;
+        pass.establish();
         let port = self
             .instance_ports
             .read()
             .ok()
             .and_then(|p| p.get(home as usize).copied())
-            .ok_or("home instance out of range")?;
+            .ok_or(Refused("home instance out of range"))?;
         let mut upstream =
-            TcpStream::connect((self.instance_ip, port)).await.map_err(|_| "home instance unreachable")?;
-        let local_port = upstream.local_addr().map_err(|_| "no local address")?.port();
+            TcpStream::connect((self.instance_ip, port)).await.map_err(|_| Refused("home instance unreachable"))?;
+        let local_port = upstream.local_addr().map_err(|_| Refused("no local address"))?.port();
         if let Ok(mut m) = self.real_addrs.lock() {
             m.insert(local_port, peer);
         }
@@ -119,9 +140,13 @@ impl Front {
         if let Ok(mut m) = self.real_addrs.lock() {
             m.remove(&local_port);
         }
-        result.map(drop).map_err(|_| "relay ended")
+        Ok(if result.is_ok() { "closed" } else { "relay error" })
     }
 }
+
+/// Why the front refused a connection before relaying it (a log line's reason).
+#[derive(Debug)]
+struct Refused(&'static str);
 
 #[cfg(test)]
 mod tests {

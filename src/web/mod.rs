@@ -273,7 +273,7 @@ pub async fn run_admin(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(),
     tracing::info!(addr = ?listener.local_addr().ok(), "admin UI listening");
     let sweeper = tokio::spawn(auth::sweep_forever(state.clone()));
     let bootstrap = tokio::spawn(watch_bootstrap(state.clone()));
-    let limits = ServeLimits { max_connections: 256, keep_alive: true, ..ServeLimits::default() };
+    let limits = ServeLimits::admin();
     let served = crate::http::server::serve(listener, Some(tls), router(state), stop, limits).await;
     sweeper.abort();
     bootstrap.abort();

@@ -79,6 +79,7 @@ pub enum ErrorCode {
     KeyMismatch,
     WindowClosed,
     Banned,
+    TooManyAttempts,
     InvalidCsr,
     WeakKey,
     CsrCaRequested,
@@ -103,7 +104,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server sends.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::InvalidRequest,
         ErrorCode::TooLarge,
         ErrorCode::Timeout,
@@ -113,6 +114,7 @@ impl ErrorCode {
         ErrorCode::KeyMismatch,
         ErrorCode::WindowClosed,
         ErrorCode::Banned,
+        ErrorCode::TooManyAttempts,
         ErrorCode::InvalidCsr,
         ErrorCode::WeakKey,
         ErrorCode::CsrCaRequested,
@@ -143,6 +145,7 @@ impl ErrorCode {
             ErrorCode::KeyMismatch => "key_mismatch",
             ErrorCode::WindowClosed => "window_closed",
             ErrorCode::Banned => "banned",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::InvalidCsr => "invalid_csr",
             ErrorCode::WeakKey => "weak_key",
             ErrorCode::CsrCaRequested => "csr_ca_requested",

@@ -6,17 +6,29 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::netns::{LOCK_DIR, run_cmd, run_lock_path};
+use crate::support::netns::{LOCK_DIR, make_id, run_cmd, run_lock_path};
 use crate::support::{Netns, list_netns, require_root, temp_dir};
 
 /// A run id nobody holds: its lock file is created here and never locked, as a run killed with -9 leaves it.
 fn dead_run() -> (String, PathBuf) {
     loop {
-        let id = format!("{:06x}", RandomState::new().build_hasher().finish() & 0xff_ffff);
+        let id = make_id(RandomState::new().build_hasher().finish());
         let lock = Path::new(LOCK_DIR).join(format!("{id}.lock"));
         if std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).is_ok() {
             return (id, lock);
         }
+    }
+}
+
+/// Run ids never start with a letter, so no test interface (`cv<id>-…`) matches the firewall's tunnel globs
+/// `cva*` and `cvt*`; and they still match the cleanup script's `^cv[0-9a-f]{6}-`.
+#[test]
+fn run_ids_never_look_like_tunnel_devices() {
+    for r in [0, 9, 10, 0xa0, 0xffff_ffff_ffff_ffff, 0x1234_5678_9abc_def0] {
+        let id = make_id(r);
+        assert_eq!(id.len(), 6, "{id}");
+        assert!(id.starts_with(|c: char| c.is_ascii_digit()), "{id}");
+        assert!(id.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)), "{id}");
     }
 }
 

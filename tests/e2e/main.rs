@@ -9,6 +9,7 @@
 mod browser;
 mod cleanup;
 mod firewall;
+mod flood;
 mod pairing;
 mod privsep;
 mod smoke;

@@ -574,7 +574,12 @@ async fn upgrade_downloads_share_the_slots_fetch_once_and_resume_with_range() {
     const SLOTS: u32 = 8;
     let (f, pkg, hits) = upgrade_fixture(SLOTS, Vec::new()).await;
     assert!(!f.install.path("dl/batm.pkg").exists());
-    let gate = crate::agent::RunningGate::start_with(&f, cas_vpn::http::ServeLimits::default()).await;
+    // All 200 downloaders come from 127.0.0.1: the per-source budgets (tested in tests/e2e/flood.rs and
+    // domain::budget) would refuse most of them at the door, and the slots are what this test is about.
+    let mut limits = cas_vpn::http::ServeLimits::gate();
+    limits.budget.per_source_pending = 1000;
+    limits.budget.per_source_burst = 1000;
+    let gate = crate::agent::RunningGate::start_with(&f, limits).await;
     let target = Target { host: "127.0.0.1".into(), port: gate.port, tls: Some(Trust::Pin(f.state.pin())) };
     let pkg = Arc::new(pkg);
 
@@ -843,6 +848,61 @@ async fn pairing_store_additions_on_postgres() {
     let store = Store::open(&pg.url).await.unwrap();
     pairing_store_story(&store).await;
     store.close().await;
+}
+
+/// The same burst spread over four gates (four nodes) sharing one store: each gate orders only its own requests, so
+/// only the store's reservation (counted before evaluation) holds the line. Exactly five are evaluated; the rest are
+/// banned or told to retry (`too_many_attempts`) while the five are in flight.
+async fn a_burst_over_four_gates_gets_five_evaluated(f: Fixture) {
+    f.open_window().await;
+    let token = f.add_terminal("atm-burst2", &[]);
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let first = parts[2].remove(0);
+    parts[2].insert(0, if first == 'A' { 'B' } else { 'A' });
+    let wrong = parts.join(".");
+    let key = KeyPair::generate().unwrap();
+    let body = serde_json::to_vec(&req(Some(&wrong), Some(&csr(&key)))).unwrap();
+    let mut gates = vec![f.state.clone()];
+    for _ in 0..3 {
+        let mut other = Ctx::open(f.install.root(), f.install.database_url.as_deref()).await.unwrap();
+        other.clock = f.ctx.clock.clone();
+        gates.push(GateState::new(Arc::new(other)).unwrap());
+    }
+
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (state, body) = (gates[i % gates.len()].clone(), body.clone());
+        burst.spawn(async move {
+            let peer: SocketAddr = "192.0.2.98:40000".parse().unwrap();
+            let r = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/pair")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let resp = router(state).layer(MockConnectInfo(peer)).oneshot(r).await.unwrap();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()["error"].as_str().unwrap_or_default().to_owned()
+        });
+    }
+    let codes: Vec<String> = burst.join_all().await;
+    let count = |c: &str| codes.iter().filter(|x| *x == c).count();
+    assert_eq!(count("invalid_token"), 5, "{codes:?}");
+    assert_eq!(count("invalid_token") + count("banned") + count("too_many_attempts"), 200, "{codes:?}");
+    assert!(f.ctx.store.is_banned("192.0.2.98", f.ctx.clock.now()).await.unwrap());
+    let (s, v) = f.pair("192.0.2.100", &req(Some(&token), Some(&csr(&key)))).await;
+    assert_eq!(s, StatusCode::OK, "another address still pairs: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_four_gates_gets_five_evaluated_on_sqlite() {
+    a_burst_over_four_gates_gets_five_evaluated(Fixture::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (CAS_VPN_TEST_PG_URL): scripts/test runs it with --include-ignored"]
+async fn a_burst_over_four_gates_gets_five_evaluated_on_postgres() {
+    a_burst_over_four_gates_gets_five_evaluated(Fixture::on_postgres().await).await;
 }
 
 /// A burst of 200 wrong tokens sent at once from one address: the attempts are evaluated one after another, so

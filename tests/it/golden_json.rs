@@ -326,7 +326,9 @@ async fn golden_json_shapes() {
         assert_eq!(s.as_u16(), 202, "{v}");
         ids.push((v["pairing_id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned()));
     }
-    f.ctx.store.record_failure("192.0.2.99", unix_now(), 1, 900).await.unwrap();
+    let k = [cas_vpn::db::BanKey { key: "192.0.2.99".into(), max: 1 }];
+    f.ctx.store.reserve_attempt(&k, unix_now(), 900).await.unwrap();
+    f.ctx.store.settle_attempt(&k, true, unix_now(), 900).await.unwrap();
     g.check("pairing_open", &cli(i, &["pairing", "open", "--for", "10m", "--json"]).await, &[]);
     g.check("pairing_status", &cli(i, &["pairing", "status", "--json"]).await, &[]);
     let (id, code) = &ids[0];

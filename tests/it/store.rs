@@ -683,38 +683,69 @@ async fn sessions_crud_and_heartbeat(store: Store) {
 }
 
 async fn bans_and_pairing_window(store: Store) {
+    use cas_vpn::db::{BanKey, Reserved};
     const BAN: i64 = 900;
+    let key = |k: &str, max: u32| BanKey { key: k.to_owned(), max };
     let ip = "203.0.113.50";
-    for i in 0..4 {
-        assert!(!store.record_failure(ip, T0 + i, 5, BAN).await.unwrap(), "failure {} does not ban", i + 1);
+    let keys = [key(ip, 5), key("203.0.113.0/24", 20)];
+    // Five attempts reserved at once (a burst in flight): the sixth is refused before any is evaluated.
+    for i in 0..5 {
+        assert_eq!(store.reserve_attempt(&keys, T0 + i, BAN).await.unwrap(), Reserved::Go, "attempt {}", i + 1);
     }
-    assert!(!store.is_banned(ip, T0 + 4).await.unwrap());
-    assert!(store.record_failure(ip, T0 + 4, 5, BAN).await.unwrap(), "the fifth failure bans");
-    assert!(store.is_banned(ip, T0 + 5).await.unwrap());
-    assert_eq!(store.banned_ips(T0 + 5).await.unwrap(), [(ip.to_owned(), T0 + 4 + BAN)]);
-    // Failures during the ban neither fail to report it nor extend it.
-    assert!(store.record_failure(ip, T0 + 100, 5, BAN).await.unwrap());
-    assert!(store.is_banned(ip, T0 + 4 + BAN - 1).await.unwrap());
-    assert!(!store.is_banned(ip, T0 + 4 + BAN).await.unwrap());
-    // After the ban the count starts afresh.
-    assert!(!store.record_failure(ip, T0 + 2000, 5, BAN).await.unwrap());
-    assert!(!store.is_banned(ip, T0 + 2001).await.unwrap());
-    // Failures further apart than the window never add up.
-    let slow = "198.51.100.60";
-    for i in 0..10 {
-        assert!(!store.record_failure(slow, T0 + i * (BAN + 1), 5, BAN).await.unwrap());
+    assert_eq!(store.reserve_attempt(&keys, T0 + 5, BAN).await.unwrap(), Reserved::Busy { key: ip.to_owned() });
+    // One succeeds (its attempt is given back), four fail: not banned yet, one attempt left.
+    assert!(store.settle_attempt(&keys, false, T0 + 5, BAN).await.unwrap().is_empty());
+    for _ in 0..4 {
+        assert!(store.settle_attempt(&keys, true, T0 + 5, BAN).await.unwrap().is_empty());
     }
-    // Other addresses are unaffected; one allowed failure bans at once.
-    assert!(!store.is_banned("192.0.2.1", T0).await.unwrap());
-    assert!(store.record_failure("192.0.2.1", T0, 1, BAN).await.unwrap());
+    assert!(!store.is_banned(ip, T0 + 5).await.unwrap());
+    assert_eq!(store.reserve_attempt(&keys, T0 + 6, BAN).await.unwrap(), Reserved::Go);
+    assert_eq!(
+        store.settle_attempt(&keys, true, T0 + 6, BAN).await.unwrap(),
+        [ip.to_owned()],
+        "the fifth failure bans"
+    );
+    assert!(store.is_banned(ip, T0 + 7).await.unwrap());
+    assert!(!store.is_banned("203.0.113.0/24", T0 + 7).await.unwrap(), "the /24 is below its own limit");
+    assert_eq!(store.banned_ips(T0 + 7).await.unwrap(), [(ip.to_owned(), T0 + 6 + BAN)]);
+    assert_eq!(
+        store.reserve_attempt(&keys, T0 + 100, BAN).await.unwrap(),
+        Reserved::Banned { key: ip.to_owned(), until: T0 + 6 + BAN },
+        "refused during the ban, which it does not extend"
+    );
+    assert!(store.is_banned(ip, T0 + 6 + BAN - 1).await.unwrap());
+    assert!(!store.is_banned(ip, T0 + 6 + BAN).await.unwrap());
+    // After the ban the count starts afresh (the expired row is deleted by the next reservation).
+    assert_eq!(store.reserve_attempt(&keys, T0 + 2000, BAN).await.unwrap(), Reserved::Go);
+    assert!(store.settle_attempt(&keys, true, T0 + 2000, BAN).await.unwrap().is_empty());
 
+    // The network: 20 failures from 20 addresses of one /24 ban the /24, and then every address in it.
+    for i in 0..20 {
+        let k = [key(&format!("198.51.100.{i}"), 5), key("198.51.100.0/24", 20)];
+        assert_eq!(store.reserve_attempt(&k, T0 + 3000, BAN).await.unwrap(), Reserved::Go);
+        let banned = store.settle_attempt(&k, true, T0 + 3000, BAN).await.unwrap();
+        assert_eq!(banned.is_empty(), i < 19, "failure {}: {banned:?}", i + 1);
+    }
+    let fresh = [key("198.51.100.200", 5), key("198.51.100.0/24", 20)];
+    assert!(matches!(
+        store.reserve_attempt(&fresh, T0 + 3001, BAN).await.unwrap(),
+        Reserved::Banned { key, .. } if key == "198.51.100.0/24"
+    ));
+    assert!(store.unban("198.51.100.0/24").await.unwrap());
+    assert_eq!(store.reserve_attempt(&fresh, T0 + 3002, BAN).await.unwrap(), Reserved::Go);
+    store.settle_attempt(&fresh, false, T0 + 3002, BAN).await.unwrap();
+
+    // One allowed failure bans at once; unban forgets it.
+    let one = [key("192.0.2.1", 1)];
+    assert_eq!(store.reserve_attempt(&one, T0, BAN).await.unwrap(), Reserved::Go);
+    assert_eq!(store.settle_attempt(&one, true, T0, BAN).await.unwrap().len(), 1);
     assert!(store.unban("192.0.2.1").await.unwrap());
     assert!(!store.is_banned("192.0.2.1", T0 + 1).await.unwrap());
     assert!(!store.unban("192.0.2.1").await.unwrap());
-    assert!(!store.record_failure("192.0.2.1", T0 + 2, 5, BAN).await.unwrap(), "unban forgets the failures");
-    // Rows that no longer count for anything (ban over, failures too old) are deleted with the next failure.
-    assert!(!store.record_failure("192.0.2.9", T0 + 100_000, 5, BAN).await.unwrap());
-    for gone in [ip, slow, "192.0.2.1"] {
+    // Rows that no longer count for anything (ban over, failures too old) are deleted by the next reservation.
+    let late = [key("192.0.2.9", 5)];
+    assert_eq!(store.reserve_attempt(&late, T0 + 100_000, BAN).await.unwrap(), Reserved::Go);
+    for gone in [ip, "203.0.113.0/24", "198.51.100.0", "198.51.100.0/24"] {
         assert!(!store.unban(gone).await.unwrap(), "{gone}'s stale row is still there");
     }
     assert!(store.unban("192.0.2.9").await.unwrap(), "the live one stays");

@@ -17,6 +17,7 @@ pub mod browser;
 pub mod child;
 pub mod deploy;
 pub mod env;
+pub mod flood;
 pub mod lan;
 pub mod netns;
 pub mod openvpn;

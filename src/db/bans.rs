@@ -1,0 +1,150 @@
+//! Failure bans of pairing sources, kept in the store so that every gate (every node) shares them.
+//!
+//! An attempt is counted *before* it is evaluated: `reserve_attempt` takes one of the source's allowed attempts in
+//! one write transaction, and `settle_attempt` keeps it as a failure (banning the source at its limit) or gives it
+//! back on success. So however many requests a source sends at once, to however many gates, at most `max` of them
+//! are ever evaluated before its ban. A source is several keys at once (the address and its /24 or /64, each with
+//! its own limit); an attempt goes ahead only if every key has room. A crash between the two steps leaves the
+//! attempt counted as a failure: the cautious side. Rows that no longer count (ban over, first failure older than
+//! the window) are deleted by every reservation.
+
+use super::{DbError, Store};
+
+/// One key of a source and how many attempts it may have in a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanKey {
+    pub key: String,
+    pub max: u32,
+}
+
+/// What `reserve_attempt` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// Evaluate the attempt, then settle it.
+    Go,
+    /// A key is banned until then (unix seconds); the key is named.
+    Banned { key: String, until: i64 },
+    /// A key's allowed attempts are all taken by attempts still being evaluated: retry in a moment.
+    Busy { key: String },
+}
+
+/// A row still counts: a ban not over, or failures inside their window.
+const LIVE: &str = "((banned_until IS NOT NULL AND banned_until > $1) \
+                     OR (banned_until IS NULL AND first_failure_at + $2 > $1))";
+
+impl Store {
+    /// Takes one attempt for every key of a source at `now`, or says why not (nothing changes then).
+    pub async fn reserve_attempt(&self, keys: &[BanKey], now: i64, window_secs: i64) -> Result<Reserved, DbError> {
+        in_tx!(self, tx => async {
+            sqlx::query(&format!("DELETE FROM ip_bans WHERE NOT {LIVE}"))
+                .bind(now)
+                .bind(window_secs)
+                .execute(&mut *tx)
+                .await?;
+            for k in keys {
+                let row: Option<(i64, Option<i64>)> =
+                    sqlx::query_as("SELECT failures, banned_until FROM ip_bans WHERE ip = $1")
+                        .bind(&k.key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match row {
+                    Some((_, Some(until))) => return Ok(Reserved::Banned { key: k.key.clone(), until }),
+                    Some((n, None)) if n >= i64::from(k.max) => return Ok(Reserved::Busy { key: k.key.clone() }),
+                    _ => {}
+                }
+            }
+            for k in keys {
+                sqlx::query(
+                    "INSERT INTO ip_bans (ip, failures, first_failure_at, banned_until) VALUES ($1, 1, $2, NULL) \
+                     ON CONFLICT (ip) DO UPDATE SET failures = ip_bans.failures + 1",
+                )
+                .bind(&k.key)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(Reserved::Go)
+        })
+    }
+
+    /// Settles an attempt `reserve_attempt` let go: a failure stays counted and bans each key that reached its
+    /// limit for `ban_secs` from `now`; a success gives the attempt back. Returns the keys banned by this call.
+    pub async fn settle_attempt(
+        &self,
+        keys: &[BanKey],
+        failed: bool,
+        now: i64,
+        ban_secs: i64,
+    ) -> Result<Vec<String>, DbError> {
+        in_tx!(self, tx => async {
+            let mut banned = Vec::new();
+            for k in keys {
+                if failed {
+                    let hit: Option<String> = sqlx::query_scalar(
+                        "UPDATE ip_bans SET banned_until = $2 \
+                         WHERE ip = $1 AND banned_until IS NULL AND failures >= $3 RETURNING ip",
+                    )
+                    .bind(&k.key)
+                    .bind(now + ban_secs)
+                    .bind(i64::from(k.max))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    banned.extend(hit);
+                } else {
+                    sqlx::query(
+                        "UPDATE ip_bans SET failures = failures - 1 \
+                         WHERE ip = $1 AND banned_until IS NULL AND failures > 0",
+                    )
+                    .bind(&k.key)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 0")
+                        .bind(&k.key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            Ok(banned)
+        })
+    }
+
+    /// The first key of `keys` banned at `now`, with the end of its ban.
+    pub async fn banned_key(&self, keys: &[BanKey], now: i64) -> Result<Option<(String, i64)>, DbError> {
+        for k in keys {
+            let until: Option<Option<i64>> = on_pool!(self, pool => {
+                sqlx::query_scalar("SELECT banned_until FROM ip_bans WHERE ip = $1")
+                    .bind(&k.key)
+                    .fetch_optional(pool)
+                    .await?
+            });
+            if let Some(until) = until.flatten().filter(|u| *u > now) {
+                return Ok(Some((k.key.clone(), until)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `key` (an address or a network) is banned at `now`.
+    pub async fn is_banned(&self, key: &str, now: i64) -> Result<bool, DbError> {
+        let k = BanKey { key: key.to_owned(), max: 0 };
+        Ok(self.banned_key(std::slice::from_ref(&k), now).await?.is_some())
+    }
+
+    /// Lifts a ban and forgets the key's failures. Returns whether there was anything to forget.
+    pub async fn unban(&self, key: &str) -> Result<bool, DbError> {
+        let n = on_pool!(self, pool => {
+            sqlx::query("DELETE FROM ip_bans WHERE ip = $1").bind(key).execute(pool).await?.rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Keys (addresses and networks) banned at `now`, with the end of their ban, in order.
+    pub async fn banned_ips(&self, now: i64) -> Result<Vec<(String, i64)>, DbError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as("SELECT ip, banned_until FROM ip_bans WHERE banned_until > $1 ORDER BY ip")
+                .bind(now)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+}
