@@ -6,6 +6,7 @@
 //! Nothing is trusted here: openvpn still does the whole TLS handshake, CRL check and the CONNECT question. A
 //! connection whose first packet does not carry a valid wrapped key is closed without an answer.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,8 @@ const OPCODE_RESET_V3: u8 = 10;
 const HEADER: usize = 1 + 8 + 8 + 32;
 /// Longest first packet accepted (WKc is at most ~1 KiB).
 const MAX_FIRST_PACKET: usize = 4096;
+/// The store must answer a lookup within this time; after it, the fault is a passing one.
+pub const STORE_DEADLINE: Duration = Duration::from_secs(3);
 /// A client must send its first packet within this time (an openvpn client sends it right after connecting).
 const FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(5);
 /// The front's budgets (invariant 13). A connection is pending until its first packet carried a genuine key of a
@@ -64,6 +67,8 @@ pub struct Front {
     pub instance_ports: Arc<std::sync::RwLock<Vec<u16>>>,
     pub instance_ip: Ipv4Addr,
     pub real_addrs: RealAddrs,
+    /// Home instances of the terminals looked up so far (the answer when the store does not answer in time).
+    pub homes: std::sync::Mutex<HashMap<Name, u32>>,
 }
 
 impl Front {
@@ -113,11 +118,27 @@ impl Front {
         tokio::time::timeout(FIRST_PACKET_TIMEOUT, read).await.map_err(|_| Refused("no first packet in time"))??;
         let name = terminal_of(&first, &self.key)
             .ok_or(Refused("no valid tls-crypt-v2 client key (a client older than OpenVPN 2.5, or not ours)"))?;
-        let cred = self.store.credential_by_name(&name).await.map_err(|_| Refused("store unavailable"))?;
-        let home = cred
-            .filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none())
-            .and_then(|c| c.home_instance)
-            .ok_or(Refused("unknown or revoked terminal"))?;
+        let looked_up = tokio::time::timeout(STORE_DEADLINE, self.store.credential_by_name(&name)).await;
+        let home = match looked_up {
+            Ok(Ok(cred)) => {
+                let home = cred
+                    .filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none())
+                    .and_then(|c| c.home_instance);
+                let mut known = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+                match home {
+                    Some(h) => known.insert(name, h),
+                    None => known.remove(&name),
+                };
+                home.ok_or(Refused("unknown or revoked terminal"))?
+            }
+            // A passing fault: a terminal seen before still reaches its instance, whose openvpn asks the store again
+            // and answers a temporary denial (`TEMP[backoff N]`) the client retries by itself; routing on a stale
+            // home is harmless, openvpn decides. A terminal never seen here waits for the store (the client retries).
+            _ => {
+                let known = self.homes.lock().unwrap_or_else(|e| e.into_inner()).get(&name).copied();
+                known.ok_or(Refused("store unavailable"))?
+            }
+        };
         pass.establish();
         let port = self
             .instance_ports

@@ -421,18 +421,28 @@ impl Instance {
         };
         let Ok(name) = cn.parse::<Name>() else { return Decision::Deny("unknown credential") };
         let Some(serial) = normalise_serial(serial) else { return Decision::Deny("unknown certificate") };
-        // Store errors deny: never let a client in on a guess.
-        let cred = match self.store.credential_by_name(&name).await {
-            Ok(c) => c,
-            Err(e) => {
+        // Store errors deny: never let a client in on a guess. A store that does not answer within the deadline
+        // is a passing fault too (openvpn would otherwise wait for the answer until its hand-window ends).
+        let deadline = super::front::STORE_DEADLINE;
+        let cred = match tokio::time::timeout(deadline, self.store.credential_by_name(&name)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "store unavailable; denying for now");
                 return Decision::Deny(super::auth::PASSING_FAULT);
             }
+            Err(_) => {
+                tracing::error!("store did not answer in time; denying for now");
+                return Decision::Deny(super::auth::PASSING_FAULT);
+            }
         };
-        let cert = match self.store.certificate_by_serial(&serial).await {
-            Ok(c) => c,
-            Err(e) => {
+        let cert = match tokio::time::timeout(deadline, self.store.certificate_by_serial(&serial)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "store unavailable; denying for now");
+                return Decision::Deny(super::auth::PASSING_FAULT);
+            }
+            Err(_) => {
+                tracing::error!("store did not answer in time; denying for now");
                 return Decision::Deny(super::auth::PASSING_FAULT);
             }
         };

@@ -69,6 +69,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
         instance_ports: ports.clone(),
         instance_ip: vpn.instance_listen_ip,
         real_addrs,
+        homes: Default::default(),
     });
     let front_addr = std::net::SocketAddr::from(([0, 0, 0, 0], vpn.terminal_front_port));
     let listener = tokio::net::TcpListener::bind(front_addr)
