@@ -101,7 +101,7 @@ async fn one(base: &Target, token: &PairingToken) -> Result<Duration, String> {
     let req = PairRequest {
         token: Some(token.expose()),
         csr: Some(make_csr(&key).map_err(|e| e.to_string())?),
-        terminal: TerminalInfo { serial: None, version: super::AGENT_VERSION.to_owned() },
+        terminal: TerminalInfo { serial: None, version: super::AGENT_VERSION.to_owned(), openvpn: None },
     };
     let target = Target { tls: Some(Trust::Pin(*token.pin())), ..base.clone() };
     let t = Instant::now();

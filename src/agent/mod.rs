@@ -92,9 +92,20 @@ pub struct PairOptions {
     pub dir: PathBuf,
     pub serial: Option<String>,
     pub version: String,
+    /// The local OpenVPN's version, reported to the gate (see [`openvpn_version`]).
+    pub openvpn: Option<String>,
     pub poll_every: Duration,
     /// Give up waiting for approval after this (`None`: wait as long as the pairing lives).
     pub wait_timeout: Option<Duration>,
+}
+
+/// The version `program --version` prints (`OpenVPN 2.6.14 x86_64-pc-linux-gnu …` → `2.6.14`), if it runs and the
+/// version is one the gate would understand.
+pub fn openvpn_version(program: &str) -> Option<String> {
+    let out = crate::sys::process::output_of(program, &["--version"]).ok()?;
+    let first = out.lines().next()?;
+    let version = first.split_whitespace().skip_while(|w| !w.eq_ignore_ascii_case("openvpn")).nth(1)?;
+    version.parse::<crate::domain::OpenVpnVersion>().ok().map(|_| version.to_owned())
 }
 
 /// What `pair` tells its caller while it works (the CLI prints these).
@@ -188,7 +199,11 @@ pub async fn pair(opts: &PairOptions, events: &(dyn Fn(PairEvent) + Sync)) -> Re
     let request = PairRequest {
         token: opts.token.as_ref().map(PairingToken::expose),
         csr: Some(csr),
-        terminal: TerminalInfo { serial: opts.serial.clone(), version: opts.version.clone() },
+        terminal: TerminalInfo {
+            serial: opts.serial.clone(),
+            version: opts.version.clone(),
+            openvpn: opts.openvpn.clone(),
+        },
     };
 
     let saved_pairing: Option<PairingFile> =

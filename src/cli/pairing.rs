@@ -180,6 +180,9 @@ pub enum AgentCmd {
         /// The firmware version to report (YYYYMMDD).
         #[arg(long, default_value = crate::agent::AGENT_VERSION)]
         report_version: String,
+        /// The openvpn program whose version is reported (the gate refuses a client too old for the profile).
+        #[arg(long, default_value = "openvpn")]
+        openvpn: String,
         /// How often to poll while waiting for approval.
         #[arg(long, default_value = "3s")]
         poll: Dur,
@@ -234,10 +237,15 @@ pub async fn agent(cmd: AgentCmd) -> anyhow::Result<()> {
             gate_pin,
             serial,
             report_version,
+            openvpn,
             poll,
             wait_timeout,
             json,
         } => {
+            let openvpn_version = crate::agent::openvpn_version(&openvpn);
+            if openvpn_version.is_none() {
+                eprintln!("could not read the version of {openvpn}; pairing without reporting it");
+            }
             let opts = PairOptions {
                 gate,
                 token,
@@ -245,6 +253,7 @@ pub async fn agent(cmd: AgentCmd) -> anyhow::Result<()> {
                 dir,
                 serial,
                 version: report_version,
+                openvpn: openvpn_version,
                 poll_every: poll.0,
                 wait_timeout: wait_timeout.map(|d| d.0),
             };

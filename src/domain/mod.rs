@@ -11,6 +11,7 @@ mod kind;
 pub mod lifecycle;
 mod name;
 mod net;
+mod openvpn_version;
 mod pairing_state;
 mod path;
 pub mod takeover;
@@ -21,6 +22,7 @@ pub use duration::Dur;
 pub use kind::Kind;
 pub use name::Name;
 pub use net::{Cidr, Host, PortRange, Subnet, check_tunnel_side_ip, parse_cidrs};
+pub use openvpn_version::OpenVpnVersion;
 pub use pairing_state::PairingState;
 pub use path::ConfPath;
 pub use token::PairingToken;
@@ -48,6 +50,8 @@ pub enum DomainError {
     Actor { shown: String },
     #[error("invalid pairing state {shown}: expected pending, approved or rejected")]
     PairingState { shown: String },
+    #[error("invalid OpenVPN version {shown}: {why}")]
+    OpenVpnVersion { shown: String, why: &'static str },
 }
 
 /// Renders untrusted input for an error message: escaped (so a newline cannot forge a log line) and cut short.

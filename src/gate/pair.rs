@@ -18,6 +18,7 @@ use crate::app::new_cert;
 use crate::control::signer;
 use crate::db::{BanKey, Reserved};
 use crate::db::{Credential, DbError, PendingPairing, Redeemed, Submitted, TokenRefusal};
+use crate::domain::OpenVpnVersion;
 use crate::domain::{Kind, Name, PairingState, PairingToken};
 use crate::http::ApiError;
 use crate::http::{read_json, server::peer_ip};
@@ -213,6 +214,15 @@ fn check_terminal_info(st: &GateState, req: &PairRequest) -> Result<(), ApiError
     if date < min {
         let upgrade: Option<UpgradeInfo> = st.0.upgrades.info();
         return Err(ApiError::UpgradeRequired { version: v.clone(), min, upgrade });
+    }
+    if let Some(text) = &req.terminal.openvpn {
+        let ovpn: OpenVpnVersion = text
+            .parse()
+            .map_err(|e: crate::domain::DomainError| ApiError::InvalidRequest(format!("terminal.openvpn: {e}")))?;
+        // Only a profile needs tls-crypt-v2: under Scenario B the gate hands out none.
+        if st.0.delivery.is_some() && !ovpn.supports_tls_crypt_v2() {
+            return Err(ApiError::OpenVpnTooOld(ovpn.to_string()));
+        }
     }
     Ok(())
 }

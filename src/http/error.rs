@@ -38,6 +38,11 @@ pub enum ApiError {
     CsrNameMismatch(String),
     #[error("terminal version {version} is older than {min}: upgrade first")]
     UpgradeRequired { version: String, min: u32, upgrade: Option<UpgradeInfo> },
+    #[error(
+        "OpenVPN {0} cannot use the issued profile (it needs tls-crypt-v2): install OpenVPN 2.5.0 or newer, or \
+         OpenVPN 3 core 3.4 or newer, then pair again"
+    )]
+    OpenVpnTooOld(String),
     #[error("every download slot is busy: retry later")]
     SlotsFull { retry_after: u64 },
     #[error("the upgrade package is not available yet: retry later")]
@@ -74,7 +79,7 @@ impl ApiError {
             Timeout => StatusCode::REQUEST_TIMEOUT,
             InvalidToken(_) | TokenExpired | WindowClosed | Banned | Rejected | Forbidden => StatusCode::FORBIDDEN,
             TokenUsed(_) | KeyMismatch | NotInRenewalWindow(_) => StatusCode::CONFLICT,
-            UpgradeRequired { .. } => StatusCode::UPGRADE_REQUIRED,
+            UpgradeRequired { .. } | OpenVpnTooOld(_) => StatusCode::UPGRADE_REQUIRED,
             SlotsFull { .. } | UpgradeUnavailable { .. } | TooManyPending => StatusCode::SERVICE_UNAVAILABLE,
             Expired | AlreadyDelivered => StatusCode::GONE,
             NotFound => StatusCode::NOT_FOUND,
@@ -102,6 +107,7 @@ impl ApiError {
             CsrCaRequested => ErrorCode::CsrCaRequested,
             CsrNameMismatch(_) => ErrorCode::CsrNameMismatch,
             UpgradeRequired { .. } => ErrorCode::UpgradeRequired,
+            OpenVpnTooOld(_) => ErrorCode::OpenvpnTooOld,
             SlotsFull { .. } => ErrorCode::SlotsFull,
             UpgradeUnavailable { .. } => ErrorCode::UpgradeUnavailable,
             NotInRenewalWindow(_) => ErrorCode::NotInRenewalWindow,

@@ -134,6 +134,13 @@ pub fn spawn_service(
     cmd.spawn()
 }
 
+/// Runs `program args` to completion and returns its standard output (lossy UTF-8). Standard error is discarded;
+/// a non-zero exit is still an answer (`openvpn --version` exits 1).
+pub fn output_of(program: &str, args: &[&str]) -> std::io::Result<String> {
+    let out = std::process::Command::new(program).args(args).stdin(std::process::Stdio::null()).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Restores the default action of SIGPIPE (the Rust runtime ignores it): a command whose stdout reader went away
 /// then ends silently with status 141, like any Unix tool, instead of panicking in `println!`.
 pub fn default_sigpipe() {

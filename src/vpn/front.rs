@@ -121,9 +121,8 @@ impl Front {
         let looked_up = tokio::time::timeout(STORE_DEADLINE, self.store.credential_by_name(&name)).await;
         let home = match looked_up {
             Ok(Ok(cred)) => {
-                let home = cred
-                    .filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none())
-                    .and_then(|c| c.home_instance);
+                let home =
+                    cred.filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none()).and_then(|c| c.home_instance);
                 let mut known = self.homes.lock().unwrap_or_else(|e| e.into_inner());
                 match home {
                     Some(h) => known.insert(name, h),

@@ -33,6 +33,11 @@ pub struct TerminalInfo {
     pub serial: Option<String>,
     /// Firmware version, `YYYYMMDD` optionally followed by more (`20240115`, `20240115.2`).
     pub version: String,
+    /// The terminal's OpenVPN version as `openvpn --version` prints it (`2.6.14`; OpenVPN 3 core: `3.8.1`).
+    /// Optional (older agents do not send it); when sent, a client that cannot use the issued profile is refused
+    /// with `426 openvpn_too_old` instead of being handed a profile it cannot connect with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openvpn: Option<String>,
 }
 
 /// 200 answer of `POST /v1/pair` and of `GET /v1/pair/{id}` once approved.
@@ -85,6 +90,7 @@ pub enum ErrorCode {
     CsrCaRequested,
     CsrNameMismatch,
     UpgradeRequired,
+    OpenvpnTooOld,
     SlotsFull,
     UpgradeUnavailable,
     NotInRenewalWindow,
@@ -104,7 +110,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server sends.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::InvalidRequest,
         ErrorCode::TooLarge,
         ErrorCode::Timeout,
@@ -120,6 +126,7 @@ impl ErrorCode {
         ErrorCode::CsrCaRequested,
         ErrorCode::CsrNameMismatch,
         ErrorCode::UpgradeRequired,
+        ErrorCode::OpenvpnTooOld,
         ErrorCode::SlotsFull,
         ErrorCode::UpgradeUnavailable,
         ErrorCode::NotInRenewalWindow,
@@ -151,6 +158,7 @@ impl ErrorCode {
             ErrorCode::CsrCaRequested => "csr_ca_requested",
             ErrorCode::CsrNameMismatch => "csr_name_mismatch",
             ErrorCode::UpgradeRequired => "upgrade_required",
+            ErrorCode::OpenvpnTooOld => "openvpn_too_old",
             ErrorCode::SlotsFull => "slots_full",
             ErrorCode::UpgradeUnavailable => "upgrade_unavailable",
             ErrorCode::NotInRenewalWindow => "not_in_renewal_window",

@@ -215,6 +215,36 @@ async fn a_closed_window_refuses_and_is_not_held_against_the_terminal() {
     assert_eq!(code(&v), "window_closed");
 }
 
+/// A terminal whose OpenVPN cannot use the issued profile (no tls-crypt-v2) is told so with its own code, before
+/// anything is written or counted; once upgraded, the same token pairs.
+#[tokio::test]
+async fn a_client_too_old_for_the_profile_is_refused_with_its_own_code() {
+    let f = Fixture::new().await;
+    f.open_window().await;
+    let token = f.add_terminal("atm-old", &[]);
+    let key = KeyPair::generate().unwrap();
+    let with = |openvpn: &str| {
+        let mut body = req(Some(&token), Some(&csr(&key)));
+        body["terminal"]["openvpn"] = json!(openvpn);
+        body
+    };
+    let before = (f.rows().await, f.install.snapshot());
+    for old in ["2.4.12", "3.3.6"] {
+        let (s, v) = f.pair("192.0.2.30", &with(old)).await;
+        assert_eq!((s, code(&v)), (StatusCode::UPGRADE_REQUIRED, "openvpn_too_old"), "{old}: {v}");
+        assert!(v["message"].as_str().unwrap().contains("2.5.0"), "{v}");
+    }
+    assert_eq!((f.rows().await, f.install.snapshot()), before, "nothing written");
+    // Not counted as failures: the reservations were given back, so the address has no row to lift.
+    assert!(!f.ctx.store.unban("192.0.2.30").await.unwrap(), "a too-old client is not counted as a failure");
+    // A version that is not one is a malformed request.
+    let (s, v) = f.pair("192.0.2.30", &with("two.four")).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("terminal.openvpn"), "{v}");
+    let (s, v) = f.pair("192.0.2.30", &with("2.6.14")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
 both_backends!(
     #[tokio::test]
     expired_unknown_wrong_secret_and_wrong_pin_tokens_are_refused_and_change_nothing
