@@ -46,15 +46,27 @@ pub fn read_tokens(path: &Path) -> Result<Vec<PairingToken>, AgentError> {
     Ok(out)
 }
 
-pub async fn bench(gate: &str, tokens: Vec<PairingToken>, concurrency: usize) -> Result<BenchReport, AgentError> {
+/// Pairs every token against `gate` with `concurrency` clients. With `spread`, client k connects from its own
+/// loopback address in its own /24 (`127.<1 + k % 250>.<k / 250>.1`), as a fleet comes from many addresses: the
+/// gate's per-source budgets and ban keys then see what they would see in the field (the gate must be on
+/// loopback).
+pub async fn bench(
+    gate: &str,
+    tokens: Vec<PairingToken>,
+    concurrency: usize,
+    spread: bool,
+) -> Result<BenchReport, AgentError> {
     let base = Target::parse(gate, SERVICE_PORT, None)?;
     let n = tokens.len();
     let queue = Arc::new(Mutex::new(tokens));
     let results = Arc::new(Mutex::new(Vec::<Result<Duration, String>>::with_capacity(n)));
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.max(1) {
-        let (queue, results, base) = (queue.clone(), results.clone(), base.clone());
+    for k in 0..concurrency.max(1) {
+        let (queue, results, mut base) = (queue.clone(), results.clone(), base.clone());
+        if spread {
+            base.source = Some(std::net::Ipv4Addr::new(127, 1 + (k % 250) as u8, (k / 250) as u8, 1).into());
+        }
         workers.spawn(async move {
             loop {
                 let Some(token) = queue.lock().await.pop() else { return };

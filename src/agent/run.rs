@@ -69,7 +69,7 @@ pub async fn run(
         .ok_or_else(|| AgentError::Usage(format!("{} is not paired: run `cas-vpn agent pair` first", dir.display())))?;
     let target = match &opts.master {
         Some(hp) => Target::parse(hp, crate::wire::SERVICE_PORT, None)?,
-        None => Target { host: master.host.clone(), port: master.port, tls: None },
+        None => Target { host: master.host.clone(), port: master.port, tls: None, source: None },
     };
     sweep_keys(&dir);
     let profile_path = dir.join(OVPN_FILE);

@@ -217,6 +217,9 @@ pub enum AgentCmd {
         tokens: PathBuf,
         #[arg(long, default_value_t = 100)]
         concurrency: usize,
+        /// Each client connects from its own loopback address (the gate must listen on loopback).
+        #[arg(long)]
+        spread_loopback: bool,
         #[command(flatten)]
         json: Json,
     },
@@ -321,9 +324,9 @@ pub async fn agent(cmd: AgentCmd) -> anyhow::Result<()> {
             };
             crate::agent::run::run(&opts, stop, &events).await?;
         }
-        AgentCmd::Bench { gate, tokens, concurrency, json } => {
+        AgentCmd::Bench { gate, tokens, concurrency, spread_loopback, json } => {
             let tokens = crate::agent::bench::read_tokens(&tokens)?;
-            let r = crate::agent::bench::bench(&gate, tokens, concurrency).await?;
+            let r = crate::agent::bench::bench(&gate, tokens, concurrency, spread_loopback).await?;
             if json.json {
                 return print_json(&r);
             }

@@ -284,7 +284,7 @@ fn hash_file(path: &Path) -> Option<(u64, [u8; 32])> {
 /// fsynced, renamed only when size and SHA-256 match, directory fsynced.
 async fn fetch(up: &Upstream, pkg: &Package, dir: &Path) -> Result<(), String> {
     crate::sys::fs::ensure_dir(dir, 0o755).or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e.to_string()) })?;
-    let target = Target { host: up.host.clone(), port: up.port, tls: up.https.then_some(Trust::System) };
+    let target = Target { host: up.host.clone(), port: up.port, tls: up.https.then_some(Trust::System), source: None };
     let (resp, _) =
         crate::http::client::open(&target, hyper::Method::GET, &up.path, Default::default(), bytes::Bytes::new())
             .await

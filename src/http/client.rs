@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use openssl::ssl::{Ssl, SslConnector, SslContext, SslMethod, SslVerifyMode, SslVersion};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_openssl::SslStream;
 
 /// How a TLS server is trusted.
@@ -36,6 +36,9 @@ pub struct Target {
     pub port: u16,
     /// `None`: plain HTTP.
     pub tls: Option<Trust>,
+    /// The local address to connect from (`None`: the route's). The pairing benchmark spreads its clients over
+    /// loopback addresses, as terminals come from many addresses.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Target {
@@ -62,7 +65,7 @@ impl Target {
         {
             return Err(bad());
         }
-        Ok(Target { host, port, tls })
+        Ok(Target { host, port, tls, source: None })
     }
 }
 
@@ -147,9 +150,16 @@ pub async fn open(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(Response<Incoming>, Option<[u8; 32]>), HttpError> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| HttpError::Connect { target: name(target), why: e.to_string() })?;
+    let connect_err = |e: std::io::Error| HttpError::Connect { target: name(target), why: e.to_string() };
+    let tcp = match target.source {
+        None => TcpStream::connect((target.host.as_str(), target.port)).await.map_err(connect_err)?,
+        Some(source) => {
+            let ip: std::net::IpAddr = target.host.parse().map_err(|_| HttpError::Address(target.host.clone()))?;
+            let sock = if ip.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(connect_err)?;
+            sock.bind(std::net::SocketAddr::new(source, 0)).map_err(connect_err)?;
+            sock.connect(std::net::SocketAddr::new(ip, target.port)).await.map_err(connect_err)?
+        }
+    };
     let _ = tcp.set_nodelay(true);
     let mut req = Request::builder().method(method).uri(path);
     let host_header = if target.host.contains(':') {

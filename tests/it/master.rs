@@ -208,7 +208,7 @@ async fn master_over_a_real_socket_identifies_by_the_tcp_peer() {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let state = MasterState::new(f.ctx.clone()).unwrap();
     let server = tokio::spawn(cas_vpn::master::run_master_on(state, listener, stop));
-    let target = cas_vpn::http::client::Target { host: "127.0.0.1".into(), port, tls: None };
+    let target = cas_vpn::http::client::Target { host: "127.0.0.1".into(), port, tls: None, source: None };
     let send = |body: Value, headers: Vec<(&'static str, &'static str)>| {
         let target = target.clone();
         async move {
