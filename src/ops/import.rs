@@ -269,9 +269,6 @@ async fn finish(ctx: &Ctx, mut j: Journal, dir: &Path, resumed: bool) -> Result<
     publish(&j, dir, &tokens)?;
     failpoint("import.before_cleanup");
     discard(ctx, &j.id, dir)?;
-    if resumed {
-        tracing::warn!(import = %j.id, "finished an interrupted import");
-    }
     report(ctx, &j, &tokens, resumed).await
 }
 

@@ -141,6 +141,13 @@ fn a_killed_import_with_out_is_rolled_back_or_finished() {
             None => format!("round {round}"),
         };
 
+        // The operator's own files in DIR, a temp-looking one included, are none of the import's business.
+        fs::create_dir_all(&out).unwrap();
+        let foreign = [".notes.txt.tmp-1-00000000", "notes.txt"];
+        for f in foreign {
+            fs::write(out.join(f), "mine").unwrap();
+        }
+
         let started = Instant::now();
         let (mut child, lines) = spawn(&i, &args, failpoint);
         match (round, failpoint) {
@@ -246,8 +253,9 @@ fn a_killed_import_with_out_is_rolled_back_or_finished() {
         published.sort();
         let mut want_files: Vec<String> = names.iter().map(|n| format!("{n}.ovpn")).collect();
         want_files.push("tokens.csv".into());
+        want_files.extend(foreign.map(String::from));
         want_files.sort();
-        assert_eq!(published, want_files, "{what}: DIR holds every profile and tokens.csv, nothing else");
+        assert_eq!(published, want_files, "{what}: DIR holds every profile, tokens.csv and the operator's own files");
         let csv_names: BTreeSet<String> = fs::read_to_string(&tokens)
             .unwrap()
             .lines()
