@@ -235,7 +235,22 @@ fn a_killed_import_with_out_is_rolled_back_or_finished() {
         // before its kill needs neither (and a re-run would find its names taken).
         let done = stored == names && staging.is_empty() && tokens.exists();
         if round % 2 == 1 {
-            i.ok(&["terminal", "import", "--resume"]);
+            let r = i.json(&["terminal", "import", "--resume"]);
+            let (finished, rolled_back) = (r["finished"].as_array().unwrap(), r["rolled_back"].as_array().unwrap());
+            if stored.is_empty() {
+                assert!(finished.is_empty() && rolled_back.len() == staging.len(), "{what}: {r}");
+            } else if !done {
+                assert_eq!(finished.len(), 1, "{what}: {r}");
+                let f = &finished[0];
+                assert_eq!(f["import_id"].as_str(), staging.first().map(String::as_str), "{what}: {f}");
+                assert_eq!((f["created"].as_u64(), f["out_dir"].as_str()), (Some(N as u64), out.to_str()), "{what}");
+                let first = &f["terminals"][0];
+                assert_eq!(first["name"], format!("{prefix}0000"), "{what}: {first}");
+                assert!(first["token"].as_str().unwrap().starts_with("cv1."), "{what}: {first}");
+                assert!(first["tunnel_ip"].as_str().unwrap().starts_with("10.8."), "{what}: {first}");
+                let profile = out.join(format!("{prefix}0000.ovpn"));
+                assert_eq!(first["profile"].as_str(), profile.to_str(), "{what}: {first}");
+            }
             assert!(staging_dirs(&i).is_empty(), "{what}: --resume left {:?}", staging_dirs(&i));
             if terminals(&i, &prefix).is_empty() {
                 assert!(!tokens.exists(), "{what}: tokens.csv of a rolled-back import");
