@@ -46,14 +46,16 @@ const AUDIT_ACTION: &str = "terminal.import";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("another terminal import is running on this root ({0})")]
-    Busy(LockError),
+    #[error("another terminal import is running on this root (it holds {path}): try again when it has ended")]
+    Busy { path: PathBuf },
     #[error(
         "import {id} of {names} names into {out} is committed but not published: run `cas-vpn terminal import \
          --resume` (nothing was changed)"
     )]
     Unfinished { id: String, names: usize, out: String },
-    #[error("{path}: unreadable import journal ({why}); its staged files are kept, remove the directory by hand")]
+    #[error(
+        "{path}: unreadable import journal ({why}); nothing was changed: its import's staged profiles and tokens.csv are beside it"
+    )]
     Journal { path: PathBuf, why: String },
 }
 
@@ -99,7 +101,11 @@ pub fn imports_dir(ctx: &Ctx) -> PathBuf {
 pub fn lock(ctx: &Ctx) -> Result<Lock, OpsError> {
     let dir = imports_dir(ctx);
     sysfs::ensure_dir(&dir, 0o700)?;
-    crate::sys::lock::try_lock_dir(&dir).map(|held| Lock { _held: held }).map_err(|e| ImportError::Busy(e).into())
+    match crate::sys::lock::try_lock_dir(&dir) {
+        Ok(held) => Ok(Lock { _held: held }),
+        Err(LockError::Held { path, .. }) => Err(ImportError::Busy { path }.into()),
+        Err(e) => Err(OpsError::Other(e.to_string())),
+    }
 }
 
 /// What an earlier import left behind.

@@ -171,6 +171,16 @@ fn a_killed_import_with_out_is_rolled_back_or_finished() {
                     }
                 };
                 assert!(reached, "{what}: the failpoint was not reached");
+                // While it runs, another import waits its turn and doctor says one is running.
+                let other = i.path("other.csv");
+                fs::write(&other, "other-1\n").unwrap();
+                let err = i.fails(&["terminal", "import", other.to_str().unwrap()], 1);
+                assert!(err.contains("another terminal import is running"), "{what}: {err}");
+                let check = imports_check(&i);
+                assert_eq!(
+                    (check["level"].as_str(), check["detail"].as_str()),
+                    (Some("warn"), Some("an import is running"))
+                );
             }
         }
         let _ = child.kill();
