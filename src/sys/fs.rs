@@ -221,6 +221,29 @@ mod tests {
     }
 
     #[test]
+    fn a_temp_file_is_exclusive_private_and_recognisable_until_renamed() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("atm-1.ovpn");
+        fs::write(&target, "old").unwrap();
+        let tmp = write_temp(&target, b"new", 0o600).unwrap();
+        assert_eq!(fs::metadata(&tmp).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(temp_target(&tmp), Some(target.clone()), "a leftover maps back to its file");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "old", "the target is untouched until the rename");
+        rename_into(&tmp, &target).unwrap();
+        sync_fs(d.path()).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "new");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+
+        let sub = d.path().join("staging");
+        ensure_dir(&sub, 0o700).unwrap();
+        fs::write(sub.join("f"), "x").unwrap();
+        remove_dir(&sub).unwrap();
+        remove_dir(&sub).unwrap();
+        assert!(!sub.exists());
+    }
+
+    #[test]
     fn temp_names_map_back_to_their_target() {
         let d = tempfile::tempdir().unwrap();
         let target = d.path().join("atm-1.ovpn");
