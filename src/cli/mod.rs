@@ -154,12 +154,16 @@ pub enum TerminalCmd {
     },
     /// Create many terminals from a CSV file (one name per line), all or none.
     Import {
-        file: PathBuf,
+        #[arg(required_unless_present = "resume")]
+        file: Option<PathBuf>,
         #[arg(long)]
         server_keygen: bool,
         /// Write tokens.csv (and .ovpn files with --server-keygen) here, 0600.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Finish an interrupted import (publish a committed one, roll back one killed before its commit).
+        #[arg(long, conflicts_with_all = ["file", "server_keygen", "out"])]
+        resume: bool,
         #[command(flatten)]
         json: Json,
     },
@@ -425,7 +429,27 @@ async fn terminal(ctx: Ctx, cmd: TerminalCmd) -> anyhow::Result<()> {
                 t.token_expires_at
             );
         }
-        TerminalCmd::Import { file, server_keygen, out, json } => {
+        TerminalCmd::Import { resume: true, json, .. } => {
+            let r = ops::import::resume(&ctx).await?;
+            if json.json {
+                return print_json(&r);
+            }
+            for id in &r.rolled_back {
+                eprintln!("import {id} was killed before its store commit: rolled back (its staged files deleted)");
+            }
+            for f in &r.finished {
+                let dir = f.report.out_dir.as_deref().unwrap_or("?");
+                eprintln!(
+                    "import {}: {} terminals published; tokens in {dir}/tokens.csv",
+                    f.import_id, f.report.created
+                );
+            }
+            if r.rolled_back.is_empty() && r.finished.is_empty() {
+                eprintln!("no unfinished import");
+            }
+        }
+        TerminalCmd::Import { file, server_keygen, out, json, .. } => {
+            let file = file.ok_or_else(|| anyhow::anyhow!("a CSV file (or --resume) is required"))?;
             let names = ops::terminal::read_names(&file)?;
             let bar = indicatif::ProgressBar::new(names.len() as u64);
             bar.set_style(
@@ -438,6 +462,9 @@ async fn terminal(ctx: Ctx, cmd: TerminalCmd) -> anyhow::Result<()> {
             let r = r?;
             if json.json {
                 return print_json(&r);
+            }
+            if let Some(id) = &r.resumed {
+                eprintln!("finished the interrupted import {id} of these names instead of starting a new one");
             }
             match &r.out_dir {
                 Some(d) => eprintln!("{} terminals created; tokens in {d}/tokens.csv", r.created),

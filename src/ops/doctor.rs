@@ -1,5 +1,6 @@
 //! `cas-vpn doctor`: checks what an operator would check by hand before a terminal outage does it for them:
-//! tools present, key and directory modes, CRLs and certificates far from expiry, the running service healthy.
+//! tools present, key and directory modes, CRLs and certificates far from expiry, no import left unfinished, the
+//! running service healthy.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,7 +12,7 @@ use crate::daemon::Service;
 use crate::domain::Kind;
 use crate::pkifiles::ServerRole;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
@@ -142,6 +143,35 @@ pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
             Level::Warn,
             format!("suspended after repeated takeovers: {} (admin-vpn resume, or re-issue)", suspended.join(", ")),
         );
+    }
+    // An import killed midway: committed but unpublished means terminals exist whose profiles and tokens the
+    // operator does not have (a failure); one killed before its commit only left staged files to delete.
+    use super::import::Leftover;
+    let leftovers = super::import::leftovers(ctx).await?;
+    let resume = "run `cas-vpn terminal import --resume`";
+    let mut worst = Level::Ok;
+    let mut details = Vec::new();
+    for l in &leftovers {
+        let (level, detail) = match l {
+            Leftover::Running => (Level::Warn, "an import is running".to_owned()),
+            Leftover::Committed { id, names, out } => (
+                Level::Fail,
+                format!("import {id} of {names} names is committed but not published to {}: {resume}", out.display()),
+            ),
+            Leftover::Uncommitted { id } => (
+                Level::Warn,
+                format!(
+                    "import {id} was killed before its store commit; its staged keys wait in pki/imports/: {resume}"
+                ),
+            ),
+        };
+        worst = worst.max(level);
+        details.push(detail);
+    }
+    if details.is_empty() {
+        add("imports", Level::Ok, "no unfinished import".into());
+    } else {
+        add("imports", worst, details.join("; "));
     }
     // Every service of this root must run (`serve all`, or one unit each): a down service is a failure.
     let mut wanted = vec![Service::Net, Service::Signer, Service::Gate, Service::Master];

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod browse;
 pub mod doctor;
 pub mod firewall;
+pub mod import;
 pub mod init;
 pub mod ownership;
 pub mod pairing;

@@ -10,6 +10,7 @@
 //! | `pki/gate.key`, `pki/tls-crypt-v2-terminal.key` | `batmgate:root 0600` | the gate's TLS key; the key it derives terminal profiles' tls-crypt-v2 keys with |
 //! | `pki/web-ui.key`, `pki/tls-crypt-v2-admin.key` | `batmadmin:root 0600` | the web UI's TLS key; the key it derives admin profiles' tls-crypt-v2 keys with |
 //! | `pki/pending/`, its profiles | `batmgate:root 0700`, `0600` | server-made profiles the gate hands out once and deletes |
+//! | `pki/imports/`, its staging directories and files | `root:root 0700`, `0700`, `0600` | `terminal import --out`: profiles (with their private keys), tokens and journal of an import until it is published (`ops::import`); no service reads them |
 //! | `db/` (SQLite) | `root:batm 2770`, files `0660` | every service writes the store; setgid keeps `-wal`/`-shm` in group `batm` |
 //! | `run/` | `root:batm 0750`; `SERVICE.lock` `0644`, owned by that service's user | single-instance locks (`flock`, holding the holder's pid), the signer's and net's sockets |
 //! | `batm.download` | `batmgate:batm 0750` | the gate fetches the upgrade package into it |
@@ -56,6 +57,10 @@ pub fn apply(root: &Path, a: &Accounts, download_dir: &Path) -> Result<(), OpsEr
     for f in files(&pending) {
         set(&f, gate, 0, 0o600)?;
     }
+    // The CLI (root) makes it 0700 when it imports; made here too so that its owner and mode are known.
+    let imports = pki.join("imports");
+    crate::sys::fs::ensure_dir(&imports, 0o700)?;
+    set(&imports, 0, 0, 0o700)?;
     let db = root.join("db");
     if db.is_dir() {
         set(&db, 0, g, 0o2770)?;

@@ -2,7 +2,8 @@
 //!
 //! Everything for a batch (keys, certificates, tokens, profiles) is made in memory, the files are staged under
 //! temp names, the store commits the batch in one transaction, and only then do the files appear. A failure at
-//! any step leaves no row and no file.
+//! any step leaves no row and no file. An import with `--out` stages in the root's private `pki/imports/` and is
+//! journaled, so a kill at any moment is rolled back or finished (`ops::import`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,10 @@ pub struct ImportReport {
     pub created: usize,
     pub out_dir: Option<String>,
     pub terminals: Vec<Added>,
+    /// The id of an interrupted import this run finished instead of starting a new one (not part of the JSON
+    /// shape: the report is the same as if it had never been interrupted).
+    #[serde(skip)]
+    pub resumed: Option<String>,
 }
 
 /// What a caller wants to see while a batch is made (the CLI draws a progress bar).
@@ -57,12 +62,15 @@ impl Progress for () {
 }
 
 pub async fn add(ctx: &Ctx, name: Name, opts: &AddOptions) -> Result<Added, OpsError> {
-    let mut added = create_batch(ctx, vec![name], opts, None, &()).await?;
+    let mut added = create_batch(ctx, vec![name], opts, &()).await?;
     Ok(added.pop().expect("a batch of one yields one"))
 }
 
 /// Reads names from a CSV file (first column; one per line; an optional `name` header; blank lines skipped) and
-/// creates them all or none. Every bad line is reported with its line number before anything is made.
+/// creates them all or none. Every bad line is reported with its line number before anything is made. An earlier
+/// import of this root left unfinished (killed) is dealt with first (`ops::import`): rolled back when it never
+/// reached the store, finished when this is the same import again, reported otherwise. With `--out` the import is
+/// journaled and resumable (`ops::import`); without it the tokens are only in the report.
 pub async fn import(
     ctx: &Ctx,
     csv_path: &Path,
@@ -71,18 +79,15 @@ pub async fn import(
     progress: &dyn Progress,
 ) -> Result<ImportReport, OpsError> {
     let names = read_names(csv_path)?;
-    if let Some(dir) = out {
-        crate::sys::fs::ensure_dir(dir, 0o700)?;
+    let lock = super::import::lock(ctx)?;
+    if let Some(resumed) = super::import::settle_before(ctx, &lock, &names, out, opts.server_keygen).await? {
+        return Ok(resumed);
     }
-    let terminals = create_batch(ctx, names, opts, out, progress).await?;
     if let Some(dir) = out {
-        let mut csv = String::from("name,token,expires_at\n");
-        for t in &terminals {
-            csv.push_str(&format!("{},{},{}\n", t.name, t.token, t.token_expires_at));
-        }
-        crate::sys::fs::write_atomic(&dir.join("tokens.csv"), csv.as_bytes(), 0o600)?;
+        return super::import::run(ctx, &lock, names, opts, dir, progress).await;
     }
-    Ok(ImportReport { created: terminals.len(), out_dir: out.map(|d| d.display().to_string()), terminals })
+    let terminals = create_batch(ctx, names, opts, progress).await?;
+    Ok(ImportReport { created: terminals.len(), out_dir: None, terminals, resumed: None })
 }
 
 pub fn read_names(csv_path: &Path) -> Result<Vec<Name>, OpsError> {
@@ -122,89 +127,145 @@ struct Made {
     profile: Option<String>,
 }
 
+/// A batch made in memory (keys, certificates, tokens, profiles), not yet in the store.
+pub(super) struct Batch {
+    made: Vec<Made>,
+    new: Vec<NewTerminal>,
+    layout: TerminalLayout,
+    slices: Option<Vec<crate::domain::Subnet>>,
+    /// When the batch is created (the store's `created_at`).
+    pub(super) now: i64,
+    expires_at: i64,
+}
+
+impl Batch {
+    /// Makes everything for `names`; touches neither the store nor a file.
+    pub(super) fn make(
+        ctx: &Ctx,
+        names: &[Name],
+        opts: &AddOptions,
+        progress: &dyn Progress,
+    ) -> Result<Batch, OpsError> {
+        let vpn = match (ctx.vpn("--server-keygen"), opts.server_keygen) {
+            (Ok(v), _) => Some(v),
+            (Err(e), true) => return Err(e),
+            (Err(_), false) => None,
+        };
+        let pin = ctx.pki.gate_pin()?;
+        let ttl = opts.expires.map(|d| d.as_secs()).or(vpn.map(|v| v.token_ttl.as_secs())).unwrap_or(DEFAULT_TOKEN_TTL);
+        let now = ctx.clock.now();
+        let expires_at = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+
+        // Keys and certificates: CPU-bound, so made on every core before the store is touched.
+        let keygen = match (opts.server_keygen, vpn) {
+            (true, Some(v)) => Some((ctx.pki.load_ca(Kind::Terminal)?, ProfileMaker::new(ctx, Kind::Terminal)?, v)),
+            _ => None,
+        };
+        let made = make_all(
+            names,
+            pin,
+            keygen.as_ref().map(|(ca, maker, v)| (ca, maker, v.key_type, v.terminal_cert_days)),
+            progress,
+        )?;
+        let new: Vec<NewTerminal> = made
+            .iter()
+            .map(|m| {
+                Ok(NewTerminal {
+                    name: m.name.clone(),
+                    cert: m.issued.as_ref().map(|i| new_cert(&i.cert_pem)).transpose()?,
+                    token: Some(NewToken {
+                        id: m.token.id().to_owned(),
+                        secret_hash: m.token.secret_hash(),
+                        expires_at,
+                    }),
+                })
+            })
+            .collect::<Result<_, OpsError>>()?;
+        let slices = vpn.map(terminal_slices).transpose()?;
+        let layout = match &slices {
+            Some(s) => TerminalLayout { instances: s.len() as u32, hosts_per_instance: hosts_per_slice(&s[0]) },
+            // Scenario B: no tunnel addresses are handed out; one roomy pseudo-instance keeps the store's rules
+            // simple.
+            None => TerminalLayout { instances: 1, hosts_per_instance: 1 << 24 },
+        };
+        Ok(Batch { made, new, layout, slices, now, expires_at })
+    }
+
+    /// Each server-made profile with its terminal's name.
+    pub(super) fn profiles(&self) -> impl Iterator<Item = (&Name, &str)> {
+        self.made.iter().filter_map(|m| m.profile.as_deref().map(|p| (&m.name, p)))
+    }
+
+    /// `tokens.csv`: the secrets, one terminal a line, as `terminal import --out` writes it.
+    pub(super) fn tokens_csv(&self) -> String {
+        let mut csv = String::from("name,token,expires_at\n");
+        for m in &self.made {
+            csv.push_str(&format!("{},{},{}\n", m.name, m.token.expose(), rfc3339(self.expires_at)));
+        }
+        csv
+    }
+
+    /// The id of the first terminal's token: once the store holds it, the whole batch is committed (the batch is
+    /// one transaction), which is how a resumed import tells a committed batch from a rolled-back one.
+    pub(super) fn marker_token(&self) -> Option<&str> {
+        self.made.first().map(|m| m.token.id())
+    }
+
+    /// Commits the batch: one store transaction, all or nothing.
+    pub(super) async fn commit(&self, ctx: &Ctx) -> Result<Vec<Credential>, OpsError> {
+        Ok(ctx.store.create_terminals(&self.new, self.layout, self.now).await?)
+    }
+}
+
+/// The home instance and tunnel address of a stored terminal, under the current layout (`None` under Scenario B).
+pub(super) fn placement(c: &Credential, slices: Option<&[crate::domain::Subnet]>) -> (Option<u32>, Option<String>) {
+    let ip = match (slices, c.home_instance.zip(c.host_index)) {
+        (Some(s), Some((home, host))) => terminal_ip(s, home, host).map(|ip| ip.to_string()),
+        _ => None,
+    };
+    (slices.and(c.home_instance), ip)
+}
+
+/// `terminal add` and an import without `--out`: profiles go to `pki/pending/` (staged beside their final names,
+/// renamed after the commit; `app::pending` recovers a crash in between), tokens only into the report.
 async fn create_batch(
     ctx: &Ctx,
     names: Vec<Name>,
     opts: &AddOptions,
-    out: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<Vec<Added>, OpsError> {
-    let vpn = match (ctx.vpn("--server-keygen"), opts.server_keygen) {
-        (Ok(v), _) => Some(v),
-        (Err(e), true) => return Err(e),
-        (Err(_), false) => None,
-    };
-    let pin = ctx.pki.gate_pin()?;
-    let ttl = opts.expires.map(|d| d.as_secs()).or(vpn.map(|v| v.token_ttl.as_secs())).unwrap_or(DEFAULT_TOKEN_TTL);
-    let now = ctx.clock.now();
-    let expires_at = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
-
-    // Keys and certificates: CPU-bound, so made on every core before the store is touched.
-    let keygen = match (opts.server_keygen, vpn) {
-        (true, Some(v)) => Some((ctx.pki.load_ca(Kind::Terminal)?, ProfileMaker::new(ctx, Kind::Terminal)?, v)),
-        _ => None,
-    };
-    let made = make_all(
-        &names,
-        pin,
-        keygen.as_ref().map(|(ca, maker, v)| (ca, maker, v.key_type, v.terminal_cert_days)),
-        progress,
-    )?;
-
+    let batch = Batch::make(ctx, &names, opts, progress)?;
     let mut staged = Staged::default();
-    let mut profile_paths = Vec::with_capacity(made.len());
-    for m in &made {
+    let mut profile_paths = Vec::with_capacity(batch.made.len());
+    for m in &batch.made {
         let path = m.profile.as_ref().map(|text| {
-            let path = out.map_or_else(
-                || ctx.pki.pending_dir().join(format!("{}.ovpn", m.name)),
-                |d| d.join(format!("{}.ovpn", m.name)),
-            );
+            let path = ctx.pki.pending_dir().join(format!("{}.ovpn", m.name));
             staged.stage(&path, text.as_bytes(), 0o600).map(|()| path)
         });
         profile_paths.push(path.transpose()?);
     }
-
-    let new: Vec<NewTerminal> = made
-        .iter()
-        .map(|m| {
-            Ok(NewTerminal {
-                name: m.name.clone(),
-                cert: m.issued.as_ref().map(|i| new_cert(&i.cert_pem)).transpose()?,
-                token: Some(NewToken { id: m.token.id().to_owned(), secret_hash: m.token.secret_hash(), expires_at }),
-            })
-        })
-        .collect::<Result<_, OpsError>>()?;
-    let slices = vpn.map(terminal_slices).transpose()?;
-    let layout = match &slices {
-        Some(s) => TerminalLayout { instances: s.len() as u32, hosts_per_instance: hosts_per_slice(&s[0]) },
-        // Scenario B: no tunnel addresses are handed out; one roomy pseudo-instance keeps the store's rules simple.
-        None => TerminalLayout { instances: 1, hosts_per_instance: 1 << 24 },
-    };
-    let created = ctx.store.create_terminals(&new, layout, now).await?;
+    let created = batch.commit(ctx).await?;
     staged.publish()?;
-    if out.is_none() {
-        let pending: Vec<&Path> = profile_paths.iter().flatten().map(PathBuf::as_path).collect();
-        super::ownership::give_pending(&ctx.pki.pending_dir(), &pending)?;
-    }
+    let pending: Vec<&Path> = profile_paths.iter().flatten().map(PathBuf::as_path).collect();
+    super::ownership::give_pending(&ctx.pki.pending_dir(), &pending)?;
+    let now = batch.now;
     let action = if names.len() == 1 { "terminal.add" } else { "terminal.import" };
     let subject = if names.len() == 1 { names[0].to_string() } else { format!("{} terminals", names.len()) };
     ctx.audit(action, &subject, if opts.server_keygen { "server-keygen" } else { "token" }, now).await?;
 
     let by_name: HashMap<&Name, &Credential> = created.iter().map(|c| (&c.name, c)).collect();
+    let Batch { made, slices, expires_at, .. } = batch;
     Ok(made
         .into_iter()
         .zip(profile_paths)
         .map(|(m, path)| {
-            let c = by_name.get(&m.name);
-            let ip = match (&slices, c.and_then(|c| c.home_instance.zip(c.host_index))) {
-                (Some(s), Some((home, host))) => terminal_ip(s, home, host).map(|ip| ip.to_string()),
-                _ => None,
-            };
+            let (home_instance, tunnel_ip) =
+                by_name.get(&m.name).map_or((None, None), |c| placement(c, slices.as_deref()));
             Added {
                 token: m.token.expose(),
                 token_expires_at: rfc3339(expires_at),
-                home_instance: slices.as_ref().and(c.and_then(|c| c.home_instance)),
-                tunnel_ip: ip,
+                home_instance,
+                tunnel_ip,
                 server_keygen: m.issued.is_some(),
                 profile: path.map(|p: PathBuf| p.display().to_string()),
                 name: m.name,

@@ -48,16 +48,7 @@ impl Staged {
     /// Writes `data` to a hidden temp file beside `path`, created with `mode`. Not fsynced: `publish` syncs the
     /// whole file system once, which is what makes writing thousands of profiles fast.
     pub fn stage(&mut self, path: &Path, data: &[u8], mode: u32) -> Result<(), FsError> {
-        let tmp = temp_name(path).map_err(|source| FsError::Write { path: path.to_owned(), source })?;
-        let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-            f.write_all(data)
-        })();
-        if let Err(source) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(FsError::Write { path: path.to_owned(), source });
-        }
+        let tmp = write_temp(path, data, mode)?;
         self.files.push((tmp, path.to_owned()));
         Ok(())
     }
@@ -78,6 +69,49 @@ impl Staged {
             fs::File::open(&d).and_then(|f| f.sync_all()).map_err(|e| err(&d, e))?;
         }
         Ok(())
+    }
+}
+
+/// Writes `data` to a new hidden temp file beside `path` (created exclusively, with `mode` from the start, so a
+/// secret is never readable by others) and returns its name; not fsynced and not renamed: the caller renames it
+/// with `rename_into` and makes it durable with `sync_fs`. A failure removes the temp file. Its name is one
+/// `temp_target` maps back to `path`, so leftovers of a kill can be found and swept.
+pub fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, FsError> {
+    let tmp = temp_name(path).map_err(|source| FsError::Write { path: path.to_owned(), source })?;
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(data)
+    })();
+    if let Err(source) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(FsError::Write { path: path.to_owned(), source });
+    }
+    Ok(tmp)
+}
+
+/// Renames a temp file from `write_temp` over `path` (same directory, so same file system).
+pub fn rename_into(tmp: &Path, path: &Path) -> Result<(), FsError> {
+    fs::rename(tmp, path).map_err(|source| {
+        let _ = fs::remove_file(tmp);
+        FsError::Write { path: path.to_owned(), source }
+    })
+}
+
+/// Makes everything written on the file system holding `dir` durable (one `syncfs`), and `dir`'s entries with it
+/// (an fsync of the directory, for the renames in it).
+pub fn sync_fs(dir: &Path) -> Result<(), FsError> {
+    let err = |source| FsError::Write { path: dir.to_owned(), source };
+    let d = fs::File::open(dir).map_err(err)?;
+    nix::unistd::syncfs(&d).map_err(|e| err(e.into()))?;
+    d.sync_all().map_err(err)
+}
+
+/// Removes `dir` and everything in it; a directory already gone is fine.
+pub fn remove_dir(dir: &Path) -> Result<(), FsError> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(FsError::Write { path: dir.to_owned(), source: e }),
+        _ => Ok(()),
     }
 }
 
@@ -184,6 +218,29 @@ mod tests {
         s.stage(&c, b"C", 0o600).unwrap();
         drop(s);
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2, "dropped staging leaves nothing");
+    }
+
+    #[test]
+    fn a_temp_file_is_exclusive_private_and_recognisable_until_renamed() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("atm-1.ovpn");
+        fs::write(&target, "old").unwrap();
+        let tmp = write_temp(&target, b"new", 0o600).unwrap();
+        assert_eq!(fs::metadata(&tmp).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(temp_target(&tmp), Some(target.clone()), "a leftover maps back to its file");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "old", "the target is untouched until the rename");
+        rename_into(&tmp, &target).unwrap();
+        sync_fs(d.path()).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "new");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+
+        let sub = d.path().join("staging");
+        ensure_dir(&sub, 0o700).unwrap();
+        fs::write(sub.join("f"), "x").unwrap();
+        remove_dir(&sub).unwrap();
+        remove_dir(&sub).unwrap();
+        assert!(!sub.exists());
     }
 
     #[test]

@@ -54,6 +54,19 @@ pub fn try_lock(path: &Path) -> Result<InstanceLock, LockError> {
     }
 }
 
+/// Takes an exclusive lock on the directory `dir` itself without waiting, writing nothing (so taking it changes no
+/// file); a holder is reported with an unknown pid.
+pub fn try_lock_dir(dir: &Path) -> Result<InstanceLock, LockError> {
+    let file = File::open(dir).map_err(|source| LockError::Open { path: dir.to_owned(), source })?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(InstanceLock { _lock: lock }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            Err(LockError::Held { path: dir.to_owned(), pid: "unknown".into() })
+        }
+        Err((_, source)) => Err(LockError::Lock { path: dir.to_owned(), source }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +82,15 @@ mod tests {
         }
         drop(first);
         try_lock(&p).unwrap();
+    }
+
+    #[test]
+    fn a_directory_lock_is_exclusive_and_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let first = try_lock_dir(d.path()).unwrap();
+        assert!(matches!(try_lock_dir(d.path()), Err(LockError::Held { .. })));
+        drop(first);
+        try_lock_dir(d.path()).unwrap();
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 }

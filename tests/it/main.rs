@@ -5,6 +5,7 @@ mod cli;
 mod gate;
 mod golden_json;
 mod hostile;
+mod import;
 mod layers;
 mod master;
 mod signer;
