@@ -13,6 +13,7 @@ mod flood;
 mod pairing;
 mod privsep;
 mod smoke;
+mod store_fault;
 mod support;
 mod vpn;
 mod web;

@@ -90,10 +90,18 @@ impl Mgmt {
         self.command(&format!("client-auth-nt {cid} {kid}")).await.map(drop)
     }
 
-    /// `reason` is one of our static strings (no quotes); openvpn logs it and tells the client AUTH_FAILED.
+    /// `reason` is one of our static strings (no quotes); openvpn logs it and tells the client AUTH_FAILED. A
+    /// temporary denial (`TEMP[backoff N]:…`) is also sent to the client as openvpn's client-reason: that text is
+    /// what makes a client retry by itself (a plain AUTH_FAILED carries no reason, and permanent denials give a
+    /// stranger none).
     pub async fn client_deny(&self, cid: u64, kid: u64, reason: &'static str) -> Result<(), MgmtError> {
         debug_assert!(!reason.contains('"'));
-        self.command(&format!("client-deny {cid} {kid} \"{reason}\"")).await.map(drop)
+        let command = if reason.starts_with("TEMP[") {
+            format!("client-deny {cid} {kid} \"{reason}\" \"{reason}\"")
+        } else {
+            format!("client-deny {cid} {kid} \"{reason}\"")
+        };
+        self.command(&command).await.map(drop)
     }
 
     /// Ends a session now (the client may reconnect; it is then asked again, and denied if revoked).

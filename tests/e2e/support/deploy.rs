@@ -32,6 +32,8 @@ pub struct Deployment {
     helpers: Vec<ChildGuard>,
     /// `CAS_VPN_SERVICE_USERS` for every command: `none` (one uid) unless a test asks for real users.
     users: String,
+    /// `CAS_VPN_DATABASE_URL` for every command (`None`: the root's SQLite store).
+    database_url: Option<String>,
     pub lan: Lan,
     pub root: tempfile::TempDir,
 }
@@ -44,6 +46,15 @@ impl Deployment {
 
     /// As `new`, with the services under the users of `users` (a prefix, or `none`).
     pub fn with_users(clients: usize, vpn: &[(&str, &str)], users: &str) -> Deployment {
+        Deployment::build(clients, vpn, users, None)
+    }
+
+    /// As `new`, on the PostgreSQL database at `database_url` (see `support::pg`).
+    pub fn on_postgres(clients: usize, vpn: &[(&str, &str)], database_url: &str) -> Deployment {
+        Deployment::build(clients, vpn, "none", Some(database_url.to_owned()))
+    }
+
+    fn build(clients: usize, vpn: &[(&str, &str)], users: &str, database_url: Option<String>) -> Deployment {
         let lan = Lan::new(clients);
         let root = temp_dir("root");
         std::fs::create_dir_all(root.path().join("config")).unwrap();
@@ -54,7 +65,7 @@ impl Deployment {
             ),
         )
         .unwrap();
-        let d = Deployment { serve: None, helpers: Vec::new(), users: users.to_owned(), lan, root };
+        let d = Deployment { serve: None, helpers: Vec::new(), users: users.to_owned(), database_url, lan, root };
         d.ok(&["init"]);
         let mut keys =
             vec![("terminal_subnet", "198.18.0.0/16"), ("admin_subnet", "198.19.0.0/23"), ("interface", "cvsvc0")];
@@ -92,9 +103,9 @@ impl Deployment {
         let mut cmd = self.server().cmd(bin());
         cmd.env("CAS_VPN_ROOT", self.root())
             .env("CAS_VPN_SERVICE_USERS", &self.users)
-            .env_remove("CAS_VPN_DATABASE_URL")
             .env_remove("SSH_CONNECTION")
             .args(args);
+        self.set_database(&mut cmd);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -123,13 +134,17 @@ impl Deployment {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .env("CAS_VPN_ROOT", self.root())
-            .env("CAS_VPN_SERVICE_USERS", &self.users)
-            .env_remove("CAS_VPN_DATABASE_URL")
-            .args(args)
-            .output()
-            .unwrap()
+        let mut cmd = Command::new(bin());
+        cmd.env("CAS_VPN_ROOT", self.root()).env("CAS_VPN_SERVICE_USERS", &self.users).args(args);
+        self.set_database(&mut cmd);
+        cmd.output().unwrap()
+    }
+
+    fn set_database(&self, cmd: &mut Command) {
+        match &self.database_url {
+            Some(url) => cmd.env("CAS_VPN_DATABASE_URL", url),
+            None => cmd.env_remove("CAS_VPN_DATABASE_URL"),
+        };
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
@@ -169,6 +184,7 @@ impl Deployment {
             .env("CAS_VPN_SERVICE_USERS", &self.users)
             .env("RUST_LOG", "info")
             .args(["serve", what]);
+        self.set_database(&mut cmd);
         cmd
     }
 

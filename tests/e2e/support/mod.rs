@@ -21,6 +21,7 @@ pub mod flood;
 pub mod lan;
 pub mod netns;
 pub mod openvpn;
+pub mod pg;
 pub mod pki;
 pub mod reach;
 pub mod wait;
