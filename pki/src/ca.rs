@@ -10,7 +10,7 @@ use std::fmt;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
-    KeyUsagePurpose, PublicKeyData, SerialNumber,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use thiserror::Error;
@@ -59,6 +59,13 @@ pub struct Issued {
     pub key: PrivateKey,
     pub serial: Serial,
     pub not_after: OffsetDateTime,
+}
+
+/// A subject alternative name of a server certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AltName {
+    Ip(std::net::IpAddr),
+    Dns(String),
 }
 
 /// What an end-entity certificate is for.
@@ -210,12 +217,28 @@ impl Ca {
 
     /// Issues a server certificate with a new key (EKU serverAuth).
     pub fn issue_server(&self, common_name: &str, kt: KeyType, validity: Validity) -> Result<Issued, CaError> {
-        self.issue(common_name, kt, validity, Role::Server)
+        self.issue(common_name, kt, validity, Role::Server, &[])
+    }
+
+    /// Issues a server certificate with a new key (EKU serverAuth) that also names `alt_names` as subject
+    /// alternative names: for a TLS server its clients reach by address or host name (master), where the client
+    /// checks the name against the certificate.
+    pub fn issue_server_named(
+        &self,
+        common_name: &str,
+        alt_names: &[AltName],
+        kt: KeyType,
+        validity: Validity,
+    ) -> Result<Issued, CaError> {
+        if alt_names.is_empty() {
+            return Err(CaError::Sign("a named server certificate needs at least one name".into()));
+        }
+        self.issue(common_name, kt, validity, Role::Server, alt_names)
     }
 
     /// Issues a client certificate with a new key (EKU clientAuth), for when the server makes the key.
     pub fn issue_client(&self, common_name: &str, kt: KeyType, validity: Validity) -> Result<Issued, CaError> {
-        self.issue(common_name, kt, validity, Role::Client)
+        self.issue(common_name, kt, validity, Role::Client, &[])
     }
 
     /// Signs a client certificate for the public key of a verified CSR. Only the key is taken from the
@@ -227,7 +250,7 @@ impl Ca {
         validity: Validity,
     ) -> Result<(String, Serial), CaError> {
         let rsa = csr.kind() == CsrKeyKind::Rsa;
-        let (cert_pem, serial) = self.sign_leaf(csr, rsa, common_name, validity, Role::Client)?;
+        let (cert_pem, serial) = self.sign_leaf(csr, rsa, common_name, validity, Role::Client, &[])?;
         // The certificate must carry exactly the key that proved possession in the CSR.
         let der = pem::decode(&cert_pem, &["CERTIFICATE"]).map_err(|e| CaError::Sign(e.to_string()))?.der;
         let (_, cert) = X509Certificate::from_der(&der).map_err(|e| CaError::Sign(e.to_string()))?;
@@ -249,12 +272,19 @@ impl Ca {
         Ok(crl::build(&self.issuer, &self.key_id, revoked, crl_number, this_update, next_update)?)
     }
 
-    fn issue(&self, common_name: &str, kt: KeyType, validity: Validity, role: Role) -> Result<Issued, CaError> {
+    fn issue(
+        &self,
+        common_name: &str,
+        kt: KeyType,
+        validity: Validity,
+        role: Role,
+        alt_names: &[AltName],
+    ) -> Result<Issued, CaError> {
         // Check the cheap things before spending time on a key.
         validate_common_name(common_name)?;
         let validity = self.checked_leaf_validity(validity)?;
         let key = PrivateKey::generate(kt)?;
-        let (cert_pem, serial) = self.sign_leaf(&key, kt.is_rsa(), common_name, validity, role)?;
+        let (cert_pem, serial) = self.sign_leaf(&key, kt.is_rsa(), common_name, validity, role, alt_names)?;
         Ok(Issued { cert_pem, key, serial, not_after: validity.not_after })
     }
 
@@ -265,6 +295,7 @@ impl Ca {
         common_name: &str,
         validity: Validity,
         role: Role,
+        alt_names: &[AltName],
     ) -> Result<(String, Serial), CaError> {
         validate_common_name(common_name)?;
         let validity = self.checked_leaf_validity(validity)?;
@@ -288,6 +319,17 @@ impl Ca {
         }];
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
+        params.subject_alt_names = alt_names
+            .iter()
+            .map(|n| match n {
+                AltName::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+                AltName::Dns(host) => host
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|_| CaError::Sign(format!("{host:?} is not a DNS name"))),
+            })
+            .collect::<Result<_, _>>()?;
 
         let cert = params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
         Ok((cert.pem(), serial))

@@ -1,11 +1,12 @@
-//! The HTTP(S) accept loop shared by the gate (TLS) and master (plain HTTP inside the tunnel).
+//! The HTTP(S) accept loop shared by the gate (TLS) and master (mutual TLS).
 //!
 //! What a hostile or broken client can hold is bounded: a capped number of connections, a TLS handshake timeout,
 //! a header timeout (hyper, also between requests on a kept-alive connection), a body timeout and size cap (the
 //! handlers), no keep-alive for the gate and master (a terminal makes a handful of requests; an idle connection is
 //! nothing but a held slot), and a ceiling on any connection's lifetime. The
 //! peer address of the TCP connection goes into every request as `ConnectInfo<SocketAddr>`: bans and master's
-//! identification use it, never a header.
+//! identification use it, never a header; a client certificate the handshake verified goes in as
+//! `mtls::PeerCertificate` (master's acceptor requires one).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_openssl::SslStream;
 use tower::ServiceExt;
+
+use super::mtls::PeerCertificate;
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -97,8 +100,14 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
+            // Set once the handshake verified a client certificate (master's mutual TLS), before any request.
+            let client_cert = Arc::new(std::sync::OnceLock::<PeerCertificate>::new());
+            let cert_for_requests = client_cert.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(c) = cert_for_requests.get() {
+                    req.extensions_mut().insert(c.clone());
+                }
                 app.clone().oneshot(req)
             });
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -118,6 +127,9 @@ pub async fn serve(
                                 tracing::debug!(%peer, "TLS handshake timed out");
                                 return;
                             }
+                        }
+                        if let Some(der) = s.ssl().peer_certificate().and_then(|c| c.to_der().ok()) {
+                            let _ = client_cert.set(PeerCertificate(Arc::new(der)));
                         }
                         let _ = watcher.watch(http.serve_connection(TokioIo::new(s), svc)).await;
                     }

@@ -1,7 +1,7 @@
 //! Pairing end to end (issue "Gate pairing, master on the tunnel, and the reference terminal agent"): a new
 //! terminal in an "Internet" namespace pairs through the gate during a window with `cas-vpn agent pair`, runs
-//! `cas-vpn agent run` (openvpn + heartbeats), and shows up online; master gives nothing to a non-tunnel address
-//! nor to a revoked terminal's old tunnel address.
+//! `cas-vpn agent run` (openvpn + heartbeats over master's mutual TLS), and shows up online; master gives nothing
+//! to a non-tunnel address nor to a revoked terminal's old tunnel address, even with the terminal's certificate.
 
 use std::time::Duration;
 
@@ -10,17 +10,20 @@ use crate::support::{Netns, require_root, tcp_connect, temp_dir, wait_until};
 
 const T: Duration = Duration::from_secs(30);
 
-/// POSTs a heartbeat to master from namespace `ns` with plain bash (no HTTP client needed); returns what came
-/// back (empty when nothing did).
-fn master_heartbeat(ns: &Netns) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/{MASTER_IP}/7741 || exit 0; \
-         body='{{\"version\":\"20240115\",\"status\":{{}}}}'; \
-         printf 'POST /v1/heartbeat HTTP/1.1\\r\\nHost: master\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s' ${{#body}} \"$body\" >&3; \
-         timeout 3 cat <&3"
-    );
-    let out = ns.cmd("timeout").args(["5", "bash", "-c", &script]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// POSTs a heartbeat to master from namespace `ns` with curl, over master's mutual TLS with the agent's
+/// certificate and key from `dir` (master verified against the terminal CA the agent got at pairing); returns the
+/// HTTP status (`000` when nothing answered, the handshake included).
+fn master_heartbeat(ns: &Netns, dir: &std::path::Path) -> String {
+    let file = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let out = ns
+        .cmd("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args(["--cacert", &file("terminal-ca.crt"), "--cert", &file("client.crt"), "--key", &file("client.key")])
+        .args(["-H", "content-type: application/json", "-d", r#"{"version":"20240115","status":{}}"#])
+        .arg(format!("https://{MASTER_IP}:7741/v1/heartbeat"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[test]
@@ -54,12 +57,12 @@ fn a_new_terminal_pairs_through_the_gate_connects_and_heartbeats_master() {
     });
     let old_ip = d.tunnel_ip("atm-new");
     // The probe itself works: through the tunnel master answers.
-    assert!(master_heartbeat(internet).contains(" 200 "), "through the tunnel master answers");
+    assert_eq!(master_heartbeat(internet, dir.path()), "200", "through the tunnel master answers");
 
-    // A non-tunnel address gets nothing.
     other.ip(&["route", "add", &format!("{MASTER_IP}/32"), "via", &PUBLIC_IP.to_string()]).unwrap();
-    let answer = master_heartbeat(other);
-    assert!(!answer.contains(" 200 "), "master answered a non-tunnel address: {answer}");
+    // A non-tunnel address gets nothing, even with the terminal's certificate.
+    let answer = master_heartbeat(other, dir.path());
+    assert_ne!(answer, "200", "master answered a non-tunnel address");
 
     // After revocation, the old tunnel address (spoofed from the LAN) gets nothing either.
     drop(agent);
@@ -80,8 +83,8 @@ fn a_new_terminal_pairs_through_the_gate_connects_and_heartbeats_master() {
             &old_ip.to_string(),
         ])
         .unwrap();
-    let answer = master_heartbeat(other);
-    assert!(!answer.contains(" 200 "), "master answered a revoked terminal's old address: {answer}");
+    let answer = master_heartbeat(other, dir.path());
+    assert_ne!(answer, "200", "master answered a revoked terminal's old address");
     let t = d.json(&["terminal", "show", "atm-new"]);
     assert_eq!(t["state"], "revoked");
 }
