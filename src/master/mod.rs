@@ -5,7 +5,8 @@
 //! paired, non-revoked terminal, and that terminal is the caller. Under Scenario A (cas-vpn runs the VPN) the TCP
 //! source must in addition be the tunnel address of a live session of that same terminal, so a certificate copied
 //! off one terminal is useless from another's tunnel or from outside the VPN. Under Scenario B there is no tunnel
-//! (the operator's own VPN router is in front), and the certificate alone identifies the terminal. Anything else
+//! (the operator's own VPN router is in front), and the certificate alone identifies the terminal. The scenario
+//! follows the configuration while master runs (re-read every 30 s and on SIGHUP). Anything else
 //! gets 403 on every path, or no TLS session at all (invariant 2). master listens on that one address only and
 //! refuses to start on 0.0.0.0, `::`, a public address or an address this host does not have (invariant 1).
 //!
@@ -15,6 +16,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -45,8 +47,9 @@ pub struct MasterState(Arc<Inner>);
 struct Inner {
     ctx: Arc<Ctx>,
     renew_before_secs: i64,
-    /// Scenario A: a caller must also come from its own live tunnel address.
-    tunnel_required: bool,
+    /// Scenario A: a caller must also come from its own live tunnel address. Follows the configuration while
+    /// master runs (`recheck_scenario`), so a switch of `batm.vpn-skip` needs no restart.
+    tunnel_required: AtomicBool,
     /// master's certificate and key, client certificates verified against the terminal CA.
     tls: SslAcceptor,
 }
@@ -70,9 +73,59 @@ impl MasterState {
         Ok(MasterState(Arc::new(Inner {
             ctx,
             renew_before_secs: i64::from(renew_days) * 86_400,
-            tunnel_required,
+            tunnel_required: AtomicBool::new(tunnel_required),
             tls,
         })))
+    }
+}
+
+impl MasterState {
+    /// Re-reads the configuration and takes its scenario: Scenario A requires the caller's own tunnel address,
+    /// Scenario B the certificate alone. Logs one INFO line when that changed and returns whether it did; a
+    /// configuration that does not load changes nothing (logged).
+    pub fn recheck_scenario(&self) -> bool {
+        let cfg = match crate::config::Config::load(&self.0.ctx.cfg.root) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "master: the configuration does not load; keeping the scenario");
+                return false;
+            }
+        };
+        let required = cfg.active_vpn().is_some();
+        if self.0.tunnel_required.swap(required, Ordering::Relaxed) == required {
+            return false;
+        }
+        if required {
+            tracing::info!(
+                "master: Scenario A now (cas-vpn runs the VPN): a terminal must also come from its own tunnel"
+            );
+        } else {
+            tracing::info!(
+                why = cfg.scenario_reason(),
+                "master: Scenario B now (no VPN): the certificate alone identifies a terminal"
+            );
+        }
+        true
+    }
+}
+
+/// How often master re-reads the configuration's scenario (also on SIGHUP).
+const RECHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// Keeps `state`'s scenario in step with the configuration until `stop` turns true.
+async fn follow_config(state: MasterState, mut stop: watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("master: no SIGHUP handler; the scenario is re-read every 30 s only");
+        return;
+    };
+    let mut every = tokio::time::interval(RECHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = every.tick() => {}
+            _ = hup.recv() => {}
+        }
+        state.recheck_scenario();
     }
 }
 
@@ -136,7 +189,7 @@ async fn caller(
     if c.kind != Kind::Terminal || c.is_revoked() || c.paired_at.is_none() {
         return Ok(Err("terminal revoked or not paired"));
     }
-    if st.0.tunnel_required {
+    if st.0.tunnel_required.load(Ordering::Relaxed) {
         let Some(session) = store.session_by_tunnel_ip(ip).await? else {
             return Ok(Err("not the address of a live tunnel"));
         };
@@ -248,7 +301,11 @@ pub async fn bind_master(ip: Ipv4Addr, port: u16) -> Result<TcpListener, AppErro
 /// `serve master`: `master_bind_ip:7741` until `stop` turns true.
 pub async fn run_master(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), AppError> {
     let listener = bind_master(ctx.cfg.network.master_bind_ip, SERVICE_PORT).await?;
-    run_master_on(MasterState::new(ctx)?, listener, stop).await
+    let state = MasterState::new(ctx)?;
+    let follow = tokio::spawn(follow_config(state.clone(), stop.clone()));
+    let served = run_master_on(state, listener, stop).await;
+    follow.abort();
+    served
 }
 
 /// Serves master on an already bound listener (use [`bind_master`] to get one).

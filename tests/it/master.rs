@@ -236,6 +236,33 @@ async fn scenario_b_identifies_by_the_certificate_alone() {
     assert_eq!(call(&m, "192.0.2.9", Some(&t.der()), "/v1/heartbeat", hb()).await.0, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn master_follows_a_live_switch_between_the_scenarios() {
+    let f = Fixture::new().await;
+    let t = paired(&f, "atm-1", Some("10.8.0.2"), 1).await;
+    let m = MasterState::new(f.ctx.clone()).unwrap();
+    let props = f.install.path("config/gate.properties");
+    let original = std::fs::read_to_string(&props).unwrap();
+    let mine = t.der();
+    let from_outside = || call(&m, "192.0.2.9", Some(&mine), "/v1/heartbeat", hb());
+    assert_eq!(from_outside().await.0, StatusCode::FORBIDDEN);
+    assert!(!m.recheck_scenario(), "nothing changed");
+
+    // batm.vpn-skip=true while master runs: the certificate alone identifies the terminal.
+    std::fs::write(&props, original.replace("batm.vpn-skip=false", "batm.vpn-skip=true")).unwrap();
+    assert!(m.recheck_scenario());
+    assert_eq!(from_outside().await.0, StatusCode::OK);
+    // A configuration that does not load changes nothing.
+    std::fs::write(&props, "batm.vpn-skip=maybe\n").unwrap();
+    assert!(!m.recheck_scenario());
+    assert_eq!(from_outside().await.0, StatusCode::OK);
+    // Back to Scenario A: the tunnel is required again.
+    std::fs::write(&props, &original).unwrap();
+    assert!(m.recheck_scenario());
+    assert_eq!(from_outside().await.0, StatusCode::FORBIDDEN);
+    assert_eq!(call(&m, "10.8.0.2", Some(&mine), "/v1/heartbeat", hb()).await.0, StatusCode::OK);
+}
+
 both_backends!(
     #[tokio::test]
     renewal_only_within_the_window_retry_safe_and_for_this_terminal_only
