@@ -128,7 +128,9 @@ pub async fn serve(
                                 return;
                             }
                         }
-                        if let Some(der) = s.ssl().peer_certificate().and_then(|c| c.to_der().ok()) {
+                        let verified = s.ssl().verify_result() == openssl::x509::X509VerifyResult::OK;
+                        let der = s.ssl().peer_certificate().filter(|_| verified).and_then(|c| c.to_der().ok());
+                        if let Some(der) = der {
                             let _ = client_cert.set(PeerCertificate(Arc::new(der)));
                         }
                         let _ = watcher.watch(http.serve_connection(TokioIo::new(s), svc)).await;
