@@ -19,8 +19,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
 use super::{
-    AgentError, CERT_FILE, KEY_FILE, MasterFile, OVPN_FILE, cert_spki, identity, key_line, make_csr, read_master,
-    set_cert, set_key_line,
+    AgentError, CERT_FILE, Identity, KEY_FILE, MasterFile, OVPN_FILE, cert_spki, identity, key_line, make_csr,
+    read_master, set_cert, set_key_line,
 };
 use crate::http::client::{self as http, Target, Trust};
 use crate::http::mtls::ClientTls;
@@ -196,8 +196,7 @@ async fn stop_child(mut c: tokio::process::Child) {
 }
 
 /// `target` with master's mutual TLS set up from the current identity (re-read: a renewal changes it).
-fn mutual(target: &Target, master: &MasterFile, dir: &Path) -> Result<Target, AgentError> {
-    let id = identity(dir)?;
+fn mutual(target: &Target, master: &MasterFile, id: &Identity) -> Result<Target, AgentError> {
     let tls = ClientTls::new(&id.ca_pem, &id.cert_pem, &id.key_pem, &master.host)
         .map_err(|e| AgentError::Local(format!("master's TLS: {e}")))?;
     Ok(Target { tls: Some(Trust::Mutual(tls)), ..target.clone() })
@@ -210,9 +209,9 @@ async fn heartbeat(
     version: &str,
     running: bool,
 ) -> Result<HeartbeatResponse, AgentError> {
-    let target = mutual(target, master, dir)?;
-    let not_after = identity(dir)?;
-    let not_after = cas_pki::cert_info(&not_after.cert_pem).ok().map(|i| i.not_after.unix_timestamp());
+    let id = identity(dir)?;
+    let target = mutual(target, master, &id)?;
+    let not_after = cas_pki::cert_info(&id.cert_pem).ok().map(|i| i.not_after.unix_timestamp());
     let mut status = serde_json::Map::new();
     status.insert("openvpn".into(), (if running { "running" } else { "stopped" }).into());
     if let Some(t) = not_after {
@@ -232,8 +231,9 @@ async fn heartbeat(
 async fn renew(target: &Target, master: &MasterFile, dir: &Path) -> Result<Option<Option<String>>, AgentError> {
     let profile_path = dir.join(OVPN_FILE);
     let profile = read_optional(&profile_path)?;
-    let old_key = identity(dir)?.key_path;
-    let target = mutual(target, master, dir)?;
+    let id = identity(dir)?;
+    let target = mutual(target, master, &id)?;
+    let old_key = id.key_path;
 
     // The new key and its record exist before the request leaves, so a retry presents the same key.
     let state_path = dir.join(RENEW_FILE);
