@@ -65,6 +65,7 @@ pub struct Issued {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AltName {
     Ip(std::net::IpAddr),
+    /// A host name, already validated by the caller (only its ASCII-ness is checked here).
     Dns(String),
 }
 
@@ -327,7 +328,7 @@ impl Ca {
                     .clone()
                     .try_into()
                     .map(SanType::DnsName)
-                    .map_err(|_| CaError::Sign(format!("{host:?} is not a DNS name"))),
+                    .map_err(|_| CaError::Sign(format!("{host:?} is not ASCII"))),
             })
             .collect::<Result<_, _>>()?;
 
@@ -542,6 +543,29 @@ mod tests {
         let r = openssl(&["x509", "-in", path.to_str().unwrap(), "-noout", "-serial"]);
         let printed = r.text.trim().strip_prefix("serial=").unwrap().to_string();
         assert_eq!(printed.parse::<Serial>().unwrap(), issued.serial, "{printed}");
+    }
+
+    #[test]
+    fn named_server_certificates_carry_exactly_their_names() {
+        let ca = ca("fleet-ca", KeyType::EcP256);
+        let ip: std::net::IpAddr = "10.3.2.1".parse().unwrap();
+        let names = [AltName::Ip(ip), AltName::Dns("master.example".into())];
+        let issued = ca.issue_server_named("cas-vpn-master", &names, KeyType::EcP256, days(30)).unwrap();
+        let der = parse(&issued.cert_pem);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap().value;
+        let got: Vec<String> = san.general_names.iter().map(|n| format!("{n:?}")).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().any(|n| n.contains("master.example")), "{got:?}");
+        assert!(san.general_names.iter().any(|n| matches!(n, GeneralName::IPAddress(b) if *b == [10, 3, 2, 1])));
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        let r = openssl_verify(ca.cert_pem(), &issued.cert_pem, &["-purpose", "sslserver", "-verify_ip", "10.3.2.1"]);
+        assert!(r.ok, "{}", r.text);
+        let r = openssl_verify(ca.cert_pem(), &issued.cert_pem, &["-purpose", "sslserver", "-verify_ip", "10.3.2.2"]);
+        assert!(!r.ok, "another address must not verify");
+        // No names: refused (a named certificate without names would verify for nothing).
+        assert!(ca.issue_server_named("cas-vpn-master", &[], KeyType::EcP256, days(30)).is_err());
     }
 
     #[test]
