@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use cas_pki::{Ca, KeyType, PrivateKey, Revoked, TlsCryptV2ServerKey, Validity};
+use cas_pki::{AltName, Ca, KeyType, PrivateKey, Revoked, TlsCryptV2ServerKey, Validity};
 use time::OffsetDateTime;
 
 use crate::domain::Kind;
@@ -33,12 +33,14 @@ fn pki_err(e: impl std::fmt::Display) -> PkiFilesError {
     PkiFilesError::Pki(e.to_string())
 }
 
-/// Which server identity: the terminal VPN, the admin VPN or the gate (the gate's cert hangs off the terminal CA).
+/// Which server identity: the terminal VPN, the admin VPN, the gate or master (the gate's and master's certs hang
+/// off the terminal CA: terminals verify master by that CA, and master's certificate names its addresses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerRole {
     TerminalVpn,
     AdminVpn,
     Gate,
+    Master,
 }
 
 impl ServerRole {
@@ -47,6 +49,7 @@ impl ServerRole {
             ServerRole::TerminalVpn => "terminal-server",
             ServerRole::AdminVpn => "admin-server",
             ServerRole::Gate => "gate",
+            ServerRole::Master => "master",
         }
     }
     /// The certificate CN; clients check it with `verify-x509-name … name`.
@@ -55,12 +58,13 @@ impl ServerRole {
             ServerRole::TerminalVpn => "cas-vpn-terminal-server",
             ServerRole::AdminVpn => "cas-vpn-admin-server",
             ServerRole::Gate => "cas-vpn-gate",
+            ServerRole::Master => "cas-vpn-master",
         }
     }
     pub fn ca(self) -> Kind {
         match self {
             ServerRole::AdminVpn => Kind::Admin,
-            ServerRole::TerminalVpn | ServerRole::Gate => Kind::Terminal,
+            ServerRole::TerminalVpn | ServerRole::Gate | ServerRole::Master => Kind::Terminal,
         }
     }
 }
@@ -155,6 +159,54 @@ impl PkiDir {
         write_atomic(&self.server_key_path(role), issued.key.to_pem().as_bytes(), 0o600)?;
         write_atomic(&self.server_cert_path(role), issued.cert_pem.as_bytes(), 0o644)?;
         Ok(issued)
+    }
+
+    /// Issues and writes a server certificate that names `alt_names` (master: its address and host name).
+    pub fn create_named_server(
+        &self,
+        ca: &Ca,
+        role: ServerRole,
+        alt_names: &[AltName],
+        key_type: KeyType,
+        days: u32,
+    ) -> Result<cas_pki::Issued, PkiFilesError> {
+        let issued = ca
+            .issue_server_named(role.common_name(), alt_names, key_type, Validity::days_from_now(days))
+            .map_err(pki_err)?;
+        write_atomic(&self.server_key_path(role), issued.key.to_pem().as_bytes(), 0o600)?;
+        write_atomic(&self.server_cert_path(role), issued.cert_pem.as_bytes(), 0o644)?;
+        Ok(issued)
+    }
+
+    /// The subject alternative names of the server certificate of `role` (`None` when there is none), so that
+    /// `init` remakes master's when its address or host name changed.
+    pub fn server_cert_names(&self, role: ServerRole) -> Option<Vec<AltName>> {
+        let pem = read_optional(&self.server_cert_path(role)).ok()??;
+        let cert = openssl::x509::X509::from_pem(pem.as_bytes()).ok()?;
+        let Some(sans) = cert.subject_alt_names() else { return Some(Vec::new()) };
+        Some(
+            sans.iter()
+                .filter_map(|n| {
+                    if let Some(ip) = n.ipaddress() {
+                        match ip.len() {
+                            4 => <[u8; 4]>::try_from(ip).ok().map(|o| AltName::Ip(o.into())),
+                            16 => <[u8; 16]>::try_from(ip).ok().map(|o| AltName::Ip(o.into())),
+                            _ => None,
+                        }
+                    } else {
+                        n.dnsname().map(|d| AltName::Dns(d.to_owned()))
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// master's TLS certificate and key (PEM), and the terminal CA it verifies clients against.
+    pub fn read_master_tls(&self) -> Result<(String, zeroize::Zeroizing<String>, String), PkiFilesError> {
+        let cert = self.read_server_cert(ServerRole::Master)?;
+        let k = self.server_key_path(ServerRole::Master);
+        let key = read_optional(&k)?.ok_or(PkiFilesError::Missing { path: k })?;
+        Ok((cert, zeroize::Zeroizing::new(key), self.read_ca_cert(Kind::Terminal)?))
     }
 
     pub fn read_server_cert(&self, role: ServerRole) -> Result<String, PkiFilesError> {

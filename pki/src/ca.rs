@@ -10,7 +10,7 @@ use std::fmt;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
-    KeyUsagePurpose, PublicKeyData, SerialNumber,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use thiserror::Error;
@@ -59,6 +59,14 @@ pub struct Issued {
     pub key: PrivateKey,
     pub serial: Serial,
     pub not_after: OffsetDateTime,
+}
+
+/// A subject alternative name of a server certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AltName {
+    Ip(std::net::IpAddr),
+    /// A host name, already validated by the caller (only its ASCII-ness is checked here).
+    Dns(String),
 }
 
 /// What an end-entity certificate is for.
@@ -210,12 +218,28 @@ impl Ca {
 
     /// Issues a server certificate with a new key (EKU serverAuth).
     pub fn issue_server(&self, common_name: &str, kt: KeyType, validity: Validity) -> Result<Issued, CaError> {
-        self.issue(common_name, kt, validity, Role::Server)
+        self.issue(common_name, kt, validity, Role::Server, &[])
+    }
+
+    /// Issues a server certificate with a new key (EKU serverAuth) that also names `alt_names` as subject
+    /// alternative names: for a TLS server its clients reach by address or host name (master), where the client
+    /// checks the name against the certificate.
+    pub fn issue_server_named(
+        &self,
+        common_name: &str,
+        alt_names: &[AltName],
+        kt: KeyType,
+        validity: Validity,
+    ) -> Result<Issued, CaError> {
+        if alt_names.is_empty() {
+            return Err(CaError::Sign("a named server certificate needs at least one name".into()));
+        }
+        self.issue(common_name, kt, validity, Role::Server, alt_names)
     }
 
     /// Issues a client certificate with a new key (EKU clientAuth), for when the server makes the key.
     pub fn issue_client(&self, common_name: &str, kt: KeyType, validity: Validity) -> Result<Issued, CaError> {
-        self.issue(common_name, kt, validity, Role::Client)
+        self.issue(common_name, kt, validity, Role::Client, &[])
     }
 
     /// Signs a client certificate for the public key of a verified CSR. Only the key is taken from the
@@ -227,7 +251,7 @@ impl Ca {
         validity: Validity,
     ) -> Result<(String, Serial), CaError> {
         let rsa = csr.kind() == CsrKeyKind::Rsa;
-        let (cert_pem, serial) = self.sign_leaf(csr, rsa, common_name, validity, Role::Client)?;
+        let (cert_pem, serial) = self.sign_leaf(csr, rsa, common_name, validity, Role::Client, &[])?;
         // The certificate must carry exactly the key that proved possession in the CSR.
         let der = pem::decode(&cert_pem, &["CERTIFICATE"]).map_err(|e| CaError::Sign(e.to_string()))?.der;
         let (_, cert) = X509Certificate::from_der(&der).map_err(|e| CaError::Sign(e.to_string()))?;
@@ -249,12 +273,19 @@ impl Ca {
         Ok(crl::build(&self.issuer, &self.key_id, revoked, crl_number, this_update, next_update)?)
     }
 
-    fn issue(&self, common_name: &str, kt: KeyType, validity: Validity, role: Role) -> Result<Issued, CaError> {
+    fn issue(
+        &self,
+        common_name: &str,
+        kt: KeyType,
+        validity: Validity,
+        role: Role,
+        alt_names: &[AltName],
+    ) -> Result<Issued, CaError> {
         // Check the cheap things before spending time on a key.
         validate_common_name(common_name)?;
         let validity = self.checked_leaf_validity(validity)?;
         let key = PrivateKey::generate(kt)?;
-        let (cert_pem, serial) = self.sign_leaf(&key, kt.is_rsa(), common_name, validity, role)?;
+        let (cert_pem, serial) = self.sign_leaf(&key, kt.is_rsa(), common_name, validity, role, alt_names)?;
         Ok(Issued { cert_pem, key, serial, not_after: validity.not_after })
     }
 
@@ -265,6 +296,7 @@ impl Ca {
         common_name: &str,
         validity: Validity,
         role: Role,
+        alt_names: &[AltName],
     ) -> Result<(String, Serial), CaError> {
         validate_common_name(common_name)?;
         let validity = self.checked_leaf_validity(validity)?;
@@ -288,6 +320,17 @@ impl Ca {
         }];
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
+        params.subject_alt_names = alt_names
+            .iter()
+            .map(|n| match n {
+                AltName::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+                AltName::Dns(host) => host
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|_| CaError::Sign(format!("{host:?} is not ASCII"))),
+            })
+            .collect::<Result<_, _>>()?;
 
         let cert = params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
         Ok((cert.pem(), serial))
@@ -500,6 +543,29 @@ mod tests {
         let r = openssl(&["x509", "-in", path.to_str().unwrap(), "-noout", "-serial"]);
         let printed = r.text.trim().strip_prefix("serial=").unwrap().to_string();
         assert_eq!(printed.parse::<Serial>().unwrap(), issued.serial, "{printed}");
+    }
+
+    #[test]
+    fn named_server_certificates_carry_exactly_their_names() {
+        let ca = ca("fleet-ca", KeyType::EcP256);
+        let ip: std::net::IpAddr = "10.3.2.1".parse().unwrap();
+        let names = [AltName::Ip(ip), AltName::Dns("master.example".into())];
+        let issued = ca.issue_server_named("cas-vpn-master", &names, KeyType::EcP256, days(30)).unwrap();
+        let der = parse(&issued.cert_pem);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap().value;
+        let got: Vec<String> = san.general_names.iter().map(|n| format!("{n:?}")).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().any(|n| n.contains("master.example")), "{got:?}");
+        assert!(san.general_names.iter().any(|n| matches!(n, GeneralName::IPAddress(b) if *b == [10, 3, 2, 1])));
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        let r = openssl_verify(ca.cert_pem(), &issued.cert_pem, &["-purpose", "sslserver", "-verify_ip", "10.3.2.1"]);
+        assert!(r.ok, "{}", r.text);
+        let r = openssl_verify(ca.cert_pem(), &issued.cert_pem, &["-purpose", "sslserver", "-verify_ip", "10.3.2.2"]);
+        assert!(!r.ok, "another address must not verify");
+        // No names: refused (a named certificate without names would verify for nothing).
+        assert!(ca.issue_server_named("cas-vpn-master", &[], KeyType::EcP256, days(30)).is_err());
     }
 
     #[test]

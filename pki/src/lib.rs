@@ -28,7 +28,7 @@ mod openvpn_interop;
 #[cfg(test)]
 mod testutil;
 
-pub use ca::{Ca, CaError, Issued};
+pub use ca::{AltName, Ca, CaError, Issued};
 pub use crl::{CrlError, RevocationReason, Revoked};
 pub use csr::{CsrError, MAX_CSR_PEM_LEN, VerifiedCsr};
 pub use info::{CertInfo, CertInfoError, cert_info};

@@ -3,7 +3,11 @@
 //!
 //! Files in the agent's directory (0700):
 //! - `client.key` (0600): the terminal's key, made before anything is sent, reused by every retry;
-//! - `client.ovpn` (0600): the profile from the gate, plus a `key` line naming the current key file;
+//! - `client.ovpn` (0600): the profile from the gate, plus a `key` line naming the current key file (Scenario A
+//!   only: under Scenario B the gate hands out no profile);
+//! - `client.crt`: the terminal's current certificate, and `terminal-ca.crt`: the terminal CA, both from the
+//!   gate's answer in either scenario: master's mutual TLS presents the first (with the key file whose public key
+//!   it certifies) and verifies master against the second;
 //! - `master.json`: where master is (written last: its presence means "paired");
 //! - `gate.pin`: the gate's key pin (from the token, or recorded on first use in the approval flow);
 //! - `pairing.json`: an approval-flow pairing in progress (to resume polling);
@@ -39,6 +43,8 @@ use crate::wire::{
 pub const AGENT_VERSION: &str = "20261101";
 pub const KEY_FILE: &str = "client.key";
 pub const OVPN_FILE: &str = "client.ovpn";
+pub const CERT_FILE: &str = "client.crt";
+pub const CA_FILE: &str = "terminal-ca.crt";
 pub const MASTER_FILE: &str = "master.json";
 pub const PIN_FILE: &str = "gate.pin";
 pub const PAIRING_FILE: &str = "pairing.json";
@@ -195,7 +201,7 @@ pub async fn pair(opts: &PairOptions, events: &(dyn Fn(PairEvent) + Sync)) -> Re
         (None, Some(p)) => Trust::Pin(p),
         (None, None) => saved_pin.map_or(Trust::FirstUse, Trust::Pin),
     };
-    let mut target = Target::parse(&opts.gate, SERVICE_PORT, Some(trust))?;
+    let mut target = Target::parse(&opts.gate, SERVICE_PORT, Some(trust.clone()))?;
     let request = PairRequest {
         token: opts.token.as_ref().map(PairingToken::expose),
         csr: Some(csr),
@@ -289,26 +295,45 @@ async fn wait_for_approval(
     }
 }
 
-/// Writes what the gate sent: the profile (with a `key` line for our key unless the server made the key) and then
-/// `master.json`, each atomically and 0600.
+/// Writes what the gate sent: the profile (with a `key` line for our key unless the server made the key), the
+/// certificate and the CA master's mutual TLS needs, and then `master.json`, each atomically.
 fn finish(dir: &Path, key: &PrivateKey, answer: PairResponse) -> Result<PairReport, AgentError> {
     let mut ovpn_path = None;
-    if let Some(text) = &answer.ovpn {
-        let profile = if text.contains("<key>") {
-            text.clone()
-        } else {
-            // The certificate must be for the key we hold.
-            let cert = inline_block(text, "cert")
-                .ok_or_else(|| AgentError::Protocol("the profile has no certificate".into()))?;
-            if cert_spki(&cert) != Some(key.public_key_der()) {
-                return Err(AgentError::Protocol("the gate certified a key that is not this terminal's".into()));
+    // A server-made profile carries the key: it goes to a file of its own, like a renewed key, for master's TLS.
+    let server_key = answer.ovpn.as_deref().and_then(|t| inline_block(t, "key"));
+    let cert = answer
+        .cert
+        .clone()
+        .or_else(|| answer.ovpn.as_deref().and_then(|t| inline_block(t, "cert")))
+        .ok_or_else(|| AgentError::Protocol("the gate sent no certificate".into()))?;
+    let ca = answer
+        .ca
+        .clone()
+        .or_else(|| answer.ovpn.as_deref().and_then(|t| inline_block(t, "ca")))
+        .ok_or_else(|| AgentError::Protocol("the gate sent no CA certificate".into()))?;
+    match &server_key {
+        Some(pem) => {
+            let k = PrivateKey::from_pem(pem).map_err(|e| AgentError::Protocol(format!("the server-made key: {e}")))?;
+            if cert_spki(&cert) != Some(k.public_key_der()) {
+                return Err(AgentError::Protocol("the server-made key does not match its certificate".into()));
             }
-            set_key_line(text, &dir.join(KEY_FILE))?
-        };
+            let file = format!("client-{}.key", hex::encode(rand::random::<[u8; 6]>()));
+            write_atomic(&dir.join(file), k.to_pem().as_bytes(), 0o600)?;
+        }
+        // The certificate must be for the key we hold.
+        None if cert_spki(&cert) != Some(key.public_key_der()) => {
+            return Err(AgentError::Protocol("the gate certified a key that is not this terminal's".into()));
+        }
+        None => {}
+    }
+    if let Some(text) = &answer.ovpn {
+        let profile = if server_key.is_some() { text.clone() } else { set_key_line(text, &dir.join(KEY_FILE))? };
         let p = dir.join(OVPN_FILE);
         write_atomic(&p, profile.as_bytes(), 0o600)?;
         ovpn_path = Some(p.display().to_string());
     }
+    write_atomic(&dir.join(CA_FILE), ca.as_bytes(), 0o644)?;
+    write_atomic(&dir.join(CERT_FILE), cert.as_bytes(), 0o600)?;
     let m =
         MasterFile { terminal: answer.terminal.clone(), host: answer.master.host.clone(), port: answer.master.port };
     let text = serde_json::to_string_pretty(&m).map_err(|e| AgentError::Local(e.to_string()))?;
@@ -321,6 +346,56 @@ fn finish(dir: &Path, key: &PrivateKey, answer: PairResponse) -> Result<PairRepo
         master: answer.master,
         already_paired: false,
     })
+}
+
+/// What the terminal presents to master and checks master with.
+pub(crate) struct Identity {
+    pub cert_pem: String,
+    /// The key file certified by `cert_pem`; `None` when the key is inline in a server-made profile.
+    pub key_path: Option<PathBuf>,
+    pub key_pem: zeroize::Zeroizing<String>,
+    pub ca_pem: String,
+}
+
+/// The current identity: `client.crt` and `terminal-ca.crt` (or, for a directory paired before they existed, the
+/// profile's `<cert>` and `<ca>`), and the key file among `client.key` and `client-*.key` whose public key the
+/// certificate carries (or the profile's inline key). Found by the key, not by a name, so that a renewal
+/// interrupted at any point leaves a consistent pair.
+pub(crate) fn identity(dir: &Path) -> Result<Identity, AgentError> {
+    let profile = read_optional(&dir.join(OVPN_FILE))?;
+    let from_profile = |tag: &str| profile.as_deref().and_then(|p| inline_block(p, tag));
+    let cert_pem = read_optional(&dir.join(CERT_FILE))?
+        .or_else(|| from_profile("cert"))
+        .ok_or_else(|| AgentError::Local(format!("{}: no certificate: pair again", dir.display())))?;
+    let ca_pem = read_optional(&dir.join(CA_FILE))?
+        .or_else(|| from_profile("ca"))
+        .ok_or_else(|| AgentError::Local(format!("{}: no terminal CA certificate: pair again", dir.display())))?;
+    let spki = cert_spki(&cert_pem)
+        .ok_or_else(|| AgentError::Local(format!("{}: unreadable certificate", dir.join(CERT_FILE).display())))?;
+    let mut candidates = vec![dir.join(KEY_FILE)];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut more: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("client-") && n.ends_with(".key"))
+            })
+            .collect();
+        more.sort();
+        candidates.extend(more);
+    }
+    for p in candidates {
+        let Some(pem) = read_optional(&p)? else { continue };
+        if PrivateKey::from_pem(&pem).is_ok_and(|k| k.public_key_der() == spki) {
+            return Ok(Identity { cert_pem, key_path: Some(p), key_pem: zeroize::Zeroizing::new(pem), ca_pem });
+        }
+    }
+    if let Some(pem) = from_profile("key")
+        && PrivateKey::from_pem(&pem).is_ok_and(|k| k.public_key_der() == spki)
+    {
+        return Ok(Identity { cert_pem, key_path: None, key_pem: zeroize::Zeroizing::new(pem), ca_pem });
+    }
+    Err(AgentError::Local(format!("{}: no key file belongs to the current certificate", dir.display())))
 }
 
 pub(crate) fn read_master(dir: &Path) -> Result<Option<MasterFile>, AgentError> {

@@ -1,11 +1,13 @@
-//! `agent run`: keeps the terminal connected. Runs the openvpn client (restarted with backoff whenever it exits),
-//! heartbeats master through the tunnel every period (plain HTTP: the tunnel authenticates and encrypts; master
-//! identifies the terminal by its tunnel address), and renews the certificate once master says the renewal window
-//! has begun. Server restarts are ridden out: openvpn reconnects by itself, failed heartbeats are retried sooner.
+//! `agent run`: keeps the terminal connected. Runs the openvpn client when there is a profile (Scenario A;
+//! restarted with backoff whenever it exits), heartbeats master every period over mutual TLS (its certificate and
+//! key, master verified against the terminal CA and the name in `master.json`: `http::mtls`), and renews the
+//! certificate once master says the renewal window has begun. Server restarts are ridden out: openvpn reconnects
+//! by itself, failed heartbeats are retried sooner.
 //!
 //! Renewal is crash-safe: the new key is written (0600) and recorded in `renew.json` before the CSR is sent, so a
-//! retry presents the same key and master answers with the same certificate; the profile is then rewritten
-//! atomically (new `<cert>`, `key` line naming the new key file), and only then is the old key deleted.
+//! retry presents the same key and master answers with the same certificate; the profile (if any) is then
+//! rewritten atomically (new `<cert>`, `key` line naming the new key file), then `client.crt`, and only then is
+//! the old key deleted. The next connection to master presents the new certificate.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,9 +19,11 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
 use super::{
-    AgentError, KEY_FILE, OVPN_FILE, cert_spki, inline_block, key_line, make_csr, read_master, set_cert, set_key_line,
+    AgentError, CERT_FILE, Identity, KEY_FILE, MasterFile, OVPN_FILE, cert_spki, identity, key_line, make_csr,
+    read_master, set_cert, set_key_line,
 };
-use crate::http::client::{self as http, Target};
+use crate::http::client::{self as http, Target, Trust};
+use crate::http::mtls::ClientTls;
 use crate::sys::fs::{read_optional, write_atomic};
 use crate::wire::{ErrorBody, HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse};
 
@@ -71,6 +75,7 @@ pub async fn run(
         Some(hp) => Target::parse(hp, crate::wire::SERVICE_PORT, None)?,
         None => Target { host: master.host.clone(), port: master.port, tls: None, source: None },
     };
+    identity(&dir)?;
     sweep_keys(&dir);
     let profile_path = dir.join(OVPN_FILE);
 
@@ -111,14 +116,14 @@ pub async fn run(
             }
             Wake::Beat => {
                 let running = child.is_some();
-                match heartbeat(&target, &dir, &opts.version, running).await {
+                match heartbeat(&target, &master, &dir, &opts.version, running).await {
                     Ok(hb) => {
                         backoff = Duration::from_secs(1);
                         events(RunEvent::Heartbeat { terminal: hb.terminal.clone(), renew_after: hb.renew_after });
                         next_beat = tokio::time::Instant::now() + opts.heartbeat;
                         let due = hb.renew_after.is_some_and(|t| t <= crate::app::now());
-                        if due && profile_path.is_file() {
-                            match renew(&target, &dir).await {
+                        if due {
+                            match renew(&target, &master, &dir).await {
                                 Ok(Some(not_after)) => {
                                     events(RunEvent::Renewed { not_after });
                                     // The new certificate takes effect with a fresh openvpn.
@@ -190,11 +195,23 @@ async fn stop_child(mut c: tokio::process::Child) {
     let _ = c.kill().await;
 }
 
-async fn heartbeat(target: &Target, dir: &Path, version: &str, running: bool) -> Result<HeartbeatResponse, AgentError> {
-    let not_after = read_optional(&dir.join(OVPN_FILE))?
-        .and_then(|p| inline_block(&p, "cert"))
-        .and_then(|c| cas_pki::cert_info(&c).ok())
-        .map(|i| i.not_after.unix_timestamp());
+/// `target` with master's mutual TLS set up from the current identity (re-read: a renewal changes it).
+fn mutual(target: &Target, master: &MasterFile, id: &Identity) -> Result<Target, AgentError> {
+    let tls = ClientTls::new(&id.ca_pem, &id.cert_pem, &id.key_pem, &master.host)
+        .map_err(|e| AgentError::Local(format!("master's TLS: {e}")))?;
+    Ok(Target { tls: Some(Trust::Mutual(tls)), ..target.clone() })
+}
+
+async fn heartbeat(
+    target: &Target,
+    master: &MasterFile,
+    dir: &Path,
+    version: &str,
+    running: bool,
+) -> Result<HeartbeatResponse, AgentError> {
+    let id = identity(dir)?;
+    let target = mutual(target, master, &id)?;
+    let not_after = cas_pki::cert_info(&id.cert_pem).ok().map(|i| i.not_after.unix_timestamp());
     let mut status = serde_json::Map::new();
     status.insert("openvpn".into(), (if running { "running" } else { "stopped" }).into());
     if let Some(t) = not_after {
@@ -202,7 +219,8 @@ async fn heartbeat(target: &Target, dir: &Path, version: &str, running: bool) ->
     }
     let body = HeartbeatRequest { version: version.to_owned(), status };
     let reply =
-        http::send_json(target, Method::POST, "/v1/heartbeat", Some(&body), Duration::from_secs(20), 64 * 1024).await?;
+        http::send_json(&target, Method::POST, "/v1/heartbeat", Some(&body), Duration::from_secs(20), 64 * 1024)
+            .await?;
     if reply.status != StatusCode::OK {
         return Err(master_refusal(&reply));
     }
@@ -210,10 +228,12 @@ async fn heartbeat(target: &Target, dir: &Path, version: &str, running: bool) ->
 }
 
 /// Renews the certificate. `Ok(None)`: master says it is not time yet.
-async fn renew(target: &Target, dir: &Path) -> Result<Option<Option<String>>, AgentError> {
+async fn renew(target: &Target, master: &MasterFile, dir: &Path) -> Result<Option<Option<String>>, AgentError> {
     let profile_path = dir.join(OVPN_FILE);
-    let profile = crate::sys::fs::read(&profile_path)?;
-    let old_key = key_line(&profile);
+    let profile = read_optional(&profile_path)?;
+    let id = identity(dir)?;
+    let target = mutual(target, master, &id)?;
+    let old_key = id.key_path;
 
     // The new key and its record exist before the request leaves, so a retry presents the same key.
     let state_path = dir.join(RENEW_FILE);
@@ -236,7 +256,7 @@ async fn renew(target: &Target, dir: &Path) -> Result<Option<Option<String>>, Ag
     };
     let body = RenewRequest { csr: make_csr(&key)? };
     let reply =
-        http::send_json(target, Method::POST, "/v1/renew", Some(&body), Duration::from_secs(30), 64 * 1024).await?;
+        http::send_json(&target, Method::POST, "/v1/renew", Some(&body), Duration::from_secs(30), 64 * 1024).await?;
     match reply.status {
         StatusCode::OK => {}
         StatusCode::CONFLICT => return Ok(None),
@@ -246,10 +266,13 @@ async fn renew(target: &Target, dir: &Path) -> Result<Option<Option<String>>, Ag
     if cert_spki(&cert) != Some(key.public_key_der()) {
         return Err(AgentError::Protocol("master certified a key that is not the one sent".into()));
     }
-    let new_profile =
-        set_cert(&profile, &cert).ok_or_else(|| AgentError::Protocol("the profile has no <cert> block".into()))?;
-    let new_profile = set_key_line(&new_profile, &dir.join(&file))?;
-    write_atomic(&profile_path, new_profile.as_bytes(), 0o600)?;
+    if let Some(profile) = profile {
+        let new_profile =
+            set_cert(&profile, &cert).ok_or_else(|| AgentError::Protocol("the profile has no <cert> block".into()))?;
+        let new_profile = set_key_line(&new_profile, &dir.join(&file))?;
+        write_atomic(&profile_path, new_profile.as_bytes(), 0o600)?;
+    }
+    write_atomic(&dir.join(CERT_FILE), cert.as_bytes(), 0o600)?;
     let _ = std::fs::remove_file(&state_path);
     if let Some(old) = old_key
         && old.parent() == Some(dir)
@@ -261,10 +284,12 @@ async fn renew(target: &Target, dir: &Path) -> Result<Option<Option<String>>, Ag
     Ok(Some(not_after))
 }
 
-/// Removes key files a crash left behind: neither the profile's key nor the one a renewal is waiting for.
+/// Removes key files a crash left behind: neither the profile's key, nor the one `client.crt` certifies, nor the
+/// one a renewal is waiting for.
 fn sweep_keys(dir: &Path) {
     let profile = read_optional(&dir.join(OVPN_FILE)).ok().flatten();
     let current = profile.as_deref().and_then(key_line);
+    let certified = identity(dir).ok().and_then(|i| i.key_path);
     let pending = read_optional(&dir.join(RENEW_FILE))
         .ok()
         .flatten()
@@ -278,7 +303,11 @@ fn sweep_keys(dir: &Path) {
             continue;
         }
         let p = e.path();
-        if Some(&p) != current.as_ref() && Some(&p) != pending.as_ref() && p != dir.join(KEY_FILE) {
+        if Some(&p) != current.as_ref()
+            && Some(&p) != pending.as_ref()
+            && Some(&p) != certified.as_ref()
+            && p != dir.join(KEY_FILE)
+        {
             let _ = std::fs::remove_file(p);
         }
     }

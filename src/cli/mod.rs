@@ -634,6 +634,9 @@ fn print_status(s: &ops::status::Status) {
     for i in &s.instances {
         println!("instance {:<12} port {:>5} {} {}", i.name, i.port, i.dev, i.subnet);
     }
+    let up: Vec<String> =
+        s.services.iter().map(|x| format!("{} {}", x.service, if x.running { "running" } else { "stopped" })).collect();
+    println!("services:  {}", up.join(", "));
     match &s.running {
         None => println!("serve:     not running"),
         Some(r) => {

@@ -192,14 +192,16 @@ pub enum AgentCmd {
         #[command(flatten)]
         json: Json,
     },
-    /// Run the openvpn client, heartbeat master through the tunnel, renew the certificate before it expires.
+    /// Run the openvpn client (Scenario A), heartbeat master over mutual TLS, renew the certificate before it
+    /// expires.
     Run {
         #[arg(long)]
         dir: PathBuf,
         /// Heartbeat period.
         #[arg(long, default_value = "60s")]
         heartbeat: Dur,
-        /// master as HOST:PORT instead of what pairing said.
+        /// Connect to master at HOST:PORT instead of what pairing said (its certificate must still name what
+        /// pairing said).
         #[arg(long, value_name = "HOST:PORT")]
         master: Option<String>,
         /// The openvpn program.

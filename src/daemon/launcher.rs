@@ -106,10 +106,38 @@ pub async fn run(root: &Path, database_url: Option<&str>) -> Result<(), AppError
         } else {
             start(Child { service: Service::Admin, creds: creds(|a| &a.admin) });
         }
+        // A live switch to Scenario A starts `serve vpn` (which then follows further switches by itself: under
+        // Scenario B it stops its instances and front port but stays up).
+        let mut vpn_started = scenario_a;
+        let mut recheck = tokio::time::interval(SCENARIO_RECHECK);
+        // SIGHUP looks at once (and no longer ends `serve all`, as the default action would).
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut stop = stop.clone();
-        tokio::select! {
-            _ = stop.changed() => {}
-            Some(why) = fatal_rx.recv() => failed = Some(why),
+        loop {
+            let on_hup = tokio::select! {
+                _ = stop.changed() => break,
+                Some(why) = fatal_rx.recv() => {
+                    failed = Some(why);
+                    break;
+                }
+                _ = recheck.tick() => false,
+                _ = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            if !vpn_started {
+                if on_hup {
+                    tracing::info!("SIGHUP: re-reading the configuration");
+                }
+                if Config::load(root).is_ok_and(|c| c.active_vpn().is_some()) {
+                    tracing::info!("Scenario A now: starting the VPN service");
+                    start(Child { service: Service::Vpn, creds: None });
+                    vpn_started = true;
+                }
+            }
         }
     }
     let _ = stop_children_tx.send(true);
@@ -150,6 +178,9 @@ where
     }
     Ok(())
 }
+
+/// How often a `serve all` started under Scenario B looks for a switch to Scenario A.
+const SCENARIO_RECHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 struct Env {

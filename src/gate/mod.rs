@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     /// `None` under Scenario B.
     pub(crate) delivery: Option<Delivery>,
     pub(crate) master: MasterAddr,
+    /// The terminal CA's certificate (PEM), in every pairing answer: terminals verify master against it.
+    pub(crate) terminal_ca: String,
     pub(crate) upgrades: upgrade::Upgrades,
     /// Serialises this process's store writes: SQLite lets one writer in at a time and makes the others sleep
     /// in its busy handler (milliseconds each, growing), which under a burst of pairings costs far more than
@@ -64,10 +66,12 @@ impl GateState {
         let host =
             ctx.cfg.gate.master_hostname.as_ref().map_or_else(|| net.master_bind_ip.to_string(), |h| h.to_string());
         let upgrades = upgrade::Upgrades::load(&ctx)?;
+        let terminal_ca = ctx.pki.read_ca_cert(crate::domain::Kind::Terminal)?;
         Ok(GateState(Arc::new(Inner {
             pin,
             delivery,
             master: MasterAddr { host, port: SERVICE_PORT },
+            terminal_ca,
             upgrades,
             writes: tokio::sync::Mutex::new(()),
             per_source: Arc::default(),

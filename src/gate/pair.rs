@@ -356,7 +356,14 @@ async fn keygen_flow(
     remove_delivered(&path)?;
     tracing::info!(token_id = token.id(), terminal = %cred.name, "server-made profile delivered and deleted");
     let ovpn = st.0.delivery.as_ref().map(|_| text);
-    Ok(Outcome::Paired(PairResponse { terminal: cred.name.to_string(), ovpn, master: st.0.master.clone() }))
+    let cert = store.certificate_by_serial(&serial).await?.map(|c| c.cert_pem);
+    Ok(Outcome::Paired(PairResponse {
+        terminal: cred.name.to_string(),
+        ovpn,
+        master: st.0.master.clone(),
+        cert,
+        ca: Some(st.0.terminal_ca.clone()),
+    }))
 }
 
 /// The approval flow: record (or find) the pairing of this key and answer with its state.
@@ -441,7 +448,13 @@ async fn answer_for_serial(st: &GateState, cred: &Credential, serial: &str) -> R
 
 fn answer(st: &GateState, name: &Name, cert_pem: &str, serial: &str) -> Result<Outcome, ApiError> {
     let ovpn = st.0.delivery.as_ref().map(|d| d.render(name, cert_pem, serial)).transpose()?;
-    Ok(Outcome::Paired(PairResponse { terminal: name.to_string(), ovpn, master: st.0.master.clone() }))
+    Ok(Outcome::Paired(PairResponse {
+        terminal: name.to_string(),
+        ovpn,
+        master: st.0.master.clone(),
+        cert: Some(cert_pem.to_owned()),
+        ca: Some(st.0.terminal_ca.clone()),
+    }))
 }
 
 fn refusal(reason: TokenRefusal) -> ApiError {

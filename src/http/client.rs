@@ -2,8 +2,8 @@
 //! talk to the gate and master, and what the gate needs to fetch its upgrade package from upstream.
 //!
 //! TLS trust is explicit: a pin (SHA-256 of the server's SubjectPublicKeyInfo, as carried by pairing tokens) and
-//! nothing else; first use (accept any key, report its pin); or the system's CA store with host name checks
-//! (upstream downloads). A pinned connection sends no byte of the request before the pin matched.
+//! nothing else; first use (accept any key, report its pin); the terminal CA with master's name and our client
+//! certificate (master, `mtls`); or the system's CA store with host name checks (upstream downloads). A pinned connection sends no byte of the request before the pin matched.
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_openssl::SslStream;
 
 /// How a TLS server is trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
     /// Its public key must have this SHA-256 pin; no CA is consulted.
     Pin([u8; 32]),
@@ -27,6 +27,8 @@ pub enum Trust {
     FirstUse,
     /// The system CA store, with host name verification.
     System,
+    /// master: its certificate verified against the terminal CA and its name, ours presented (`mtls`).
+    Mutual(crate::http::mtls::ClientTls),
 }
 
 /// Where to send a request.
@@ -171,7 +173,7 @@ pub async fn open(
     let mut req =
         req.body(Full::new(body)).map_err(|e| HttpError::Exchange { target: name(target), why: e.to_string() })?;
     req.headers_mut().extend(headers);
-    match target.tls {
+    match &target.tls {
         None => Ok((exchange(tcp, req, target).await?, None)),
         Some(trust) => {
             let (tls, pin) = tls_connect(tcp, target, trust).await?;
@@ -195,12 +197,13 @@ where
 async fn tls_connect(
     tcp: TcpStream,
     target: &Target,
-    trust: Trust,
+    trust: &Trust,
 ) -> Result<(SslStream<TcpStream>, [u8; 32]), HttpError> {
     let tls_err = |why: String| HttpError::Tls { target: name(target), why };
     let is_ip = target.host.parse::<std::net::IpAddr>().is_ok();
     let seen_in_handshake = std::sync::Arc::new(std::sync::Mutex::new(None::<[u8; 32]>));
     let ssl = match trust {
+        Trust::Mutual(m) => m.ssl().map_err(|e| tls_err(e.to_string()))?,
         Trust::System => {
             // Loads the system CA store: only for the rare upstream download.
             let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| tls_err(e.to_string()))?;
@@ -217,7 +220,7 @@ async fn tls_connect(
             if !is_ip {
                 ssl.set_hostname(&target.host).map_err(|e| tls_err(e.to_string()))?;
             }
-            if let Trust::Pin(pin) = trust {
+            if let &Trust::Pin(pin) = trust {
                 // The only trust decision is the pin of the leaf's key (the handshake proves the server holds it).
                 let seen = seen_in_handshake.clone();
                 ssl.set_verify_callback(SslVerifyMode::PEER, move |_, ctx| {
@@ -240,7 +243,7 @@ async fn tls_connect(
     let handshake = std::pin::Pin::new(&mut stream).connect().await;
     let seen_early = seen_in_handshake.lock().ok().and_then(|s| *s);
     handshake.map_err(|e| match (trust, stream_pin(&stream).or(seen_early)) {
-        (Trust::Pin(expected), Some(seen)) if seen != expected => HttpError::PinMismatch {
+        (&Trust::Pin(expected), Some(seen)) if seen != expected => HttpError::PinMismatch {
             target: name(target),
             seen: crate::wire::pin_text(&seen),
             expected: crate::wire::pin_text(&expected),
@@ -248,7 +251,7 @@ async fn tls_connect(
         _ => tls_err(e.to_string()),
     })?;
     let seen = stream_pin(&stream).ok_or_else(|| tls_err("the server sent no certificate".into()))?;
-    if let Trust::Pin(expected) = trust
+    if let &Trust::Pin(expected) = trust
         && seen != expected
     {
         return Err(HttpError::PinMismatch {

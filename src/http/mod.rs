@@ -1,10 +1,11 @@
 //! HTTP plumbing shared by the gate and master (and the reference agent's client): the listener with its
-//! budgets and TLS (`server`), the one error type that maps to the wire contract's codes (`error`), bounded
+//! budgets and TLS (`server`), master's mutual TLS on both sides (`mtls`), the one error type that maps to the wire contract's codes (`error`), bounded
 //! JSON bodies (`read_json`), and the pinned HTTPS client (`client`).
 
 pub mod budget;
 pub mod client;
 pub mod error;
+pub mod mtls;
 pub mod server;
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The HTTP(S) accept loop shared by the gate (TLS) and master (plain HTTP inside the tunnel).
+//! The HTTP(S) accept loop shared by the gate (TLS) and master (mutual TLS).
 //!
 //! What a hostile or broken client can hold is bounded: the connection budgets of `http::budget` (per source and in
 //! all, a connection is pending until its first request head has arrived, established after), a TLS handshake
@@ -6,7 +6,8 @@
 //! timeout and size cap (the handlers), no keep-alive for the gate and master (a terminal makes a handful of
 //! requests; an idle connection is nothing but a held slot), and a ceiling on any connection's lifetime. The
 //! peer address of the TCP connection goes into every request as `ConnectInfo<SocketAddr>`: bans and master's
-//! identification use it, never a header.
+//! identification use it, never a header; a client certificate the handshake verified goes in as
+//! `mtls::PeerCertificate` (master's acceptor requires one).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,6 +25,7 @@ use tokio_openssl::SslStream;
 use tower::ServiceExt;
 
 use super::budget::Doorman;
+use super::mtls::PeerCertificate;
 use crate::domain::budget::Limits;
 
 /// Limits of one listener.
@@ -144,10 +146,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let pass = Arc::new(pass);
             let proven = pass.clone();
+            // Set once the handshake verified a client certificate (master's mutual TLS), before any request.
+            let client_cert = Arc::new(std::sync::OnceLock::<PeerCertificate>::new());
+            let cert_for_requests = client_cert.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 // A whole request head arrived (after the TLS handshake): the connection is no stranger's idle slot.
                 proven.establish();
                 req.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(c) = cert_for_requests.get() {
+                    req.extensions_mut().insert(c.clone());
+                }
                 app.clone().oneshot(req)
             });
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -167,6 +175,11 @@ pub async fn serve(
                                 tracing::debug!(%peer, "TLS handshake timed out");
                                 return;
                             }
+                        }
+                        let verified = s.ssl().verify_result() == openssl::x509::X509VerifyResult::OK;
+                        let der = s.ssl().peer_certificate().filter(|_| verified).and_then(|c| c.to_der().ok());
+                        if let Some(der) = der {
+                            let _ = client_cert.set(PeerCertificate(Arc::new(der)));
                         }
                         let _ = watcher.watch(http.serve_connection(TokioIo::new(s), svc)).await;
                     }

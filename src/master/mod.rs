@@ -1,17 +1,23 @@
-//! master (`serve master`): plain HTTP on `master_bind_ip:7741`, reachable only through the terminal tunnels.
+//! master (`serve master`): HTTPS with mutual TLS on `master_bind_ip:7741`.
 //!
-//! Who is asking is decided by the TCP source address alone: it must be the tunnel address of a live VPN session
-//! (as recorded from the OpenVPN management sockets) of a paired, non-revoked terminal; anything else gets 403 on
-//! every path (invariant 2). The tunnel is what authenticates and encrypts (OpenVPN with the terminal's
-//! certificate), so master needs no TLS of its own. It listens on that one address only and refuses to start on
-//! 0.0.0.0, `::`, a public address or an address this host does not have (invariant 1).
+//! Who is asking is decided by the client certificate: the handshake requires one verified against the terminal
+//! CA (`http::mtls`), and master then looks its serial up in the store: it must be an unrevoked certificate of a
+//! paired, non-revoked terminal, and that terminal is the caller. Under Scenario A (cas-vpn runs the VPN) the TCP
+//! source must in addition be the tunnel address of a live session of that same terminal, so a certificate copied
+//! off one terminal is useless from another's tunnel or from outside the VPN. Under Scenario B there is no tunnel
+//! (the operator's own VPN router is in front), and the certificate alone identifies the terminal. The scenario
+//! follows the configuration while master runs (re-read every 30 s and on SIGHUP). Anything else
+//! gets 403 on every path, or no TLS session at all (invariant 2). master listens on that one address only and
+//! refuses to start on 0.0.0.0, `::`, a public address or an address this host does not have (invariant 1).
 //!
 //! Endpoints: `POST /v1/heartbeat` (version, status; the store keeps last seen) and `POST /v1/renew` (CSR in, new
 //! certificate out, only within `renew_before_days` of the current certificate's end; a retry with the same key
-//! gets the same certificate).
+//! gets the same certificate). A renewed certificate works on the next connection: the store knows its serial.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -20,6 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
+use openssl::ssl::SslAcceptor;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -29,6 +36,7 @@ use crate::config::VpnConfig;
 use crate::control::signer;
 use crate::db::{CertRow, Credential};
 use crate::domain::{Actor, Kind};
+use crate::http::mtls::{self, PeerCertificate};
 use crate::http::{ApiError, ServeLimits, read_json, server};
 use crate::wire::{HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse, SERVICE_PORT, version_date};
 
@@ -39,14 +47,85 @@ pub struct MasterState(Arc<Inner>);
 struct Inner {
     ctx: Arc<Ctx>,
     renew_before_secs: i64,
+    /// Scenario A: a caller must also come from its own live tunnel address. Follows the configuration while
+    /// master runs (`recheck_scenario`), so a switch of `batm.vpn-skip` needs no restart.
+    tunnel_required: AtomicBool,
+    /// master's certificate and key, client certificates verified against the terminal CA.
+    tls: SslAcceptor,
 }
 
 impl MasterState {
+    /// Reads the scenario from the configuration and master's TLS material from `pki/` (made by `init`).
     pub fn new(ctx: Arc<Ctx>) -> Result<MasterState, AppError> {
+        let tunnel_required = ctx.cfg.active_vpn().is_some();
+        MasterState::with_scenario(ctx, tunnel_required)
+    }
+
+    /// As [`MasterState::new`], with the scenario given: `tunnel_required` is Scenario A.
+    pub fn with_scenario(ctx: Arc<Ctx>, tunnel_required: bool) -> Result<MasterState, AppError> {
         let defaults = VpnConfig::default();
         let vpn = ctx.cfg.vpn.as_ref().unwrap_or(&defaults);
         let renew_days = vpn.renew_before_days;
-        Ok(MasterState(Arc::new(Inner { ctx, renew_before_secs: i64::from(renew_days) * 86_400 })))
+        let (cert, key, ca) = ctx.pki.read_master_tls().map_err(|e| {
+            AppError::Other(format!("master has no TLS certificate ({e}): run `cas-vpn init` to make it"))
+        })?;
+        let tls = mtls::server_acceptor(&cert, &key, &ca).map_err(|e| AppError::Other(format!("master: {e}")))?;
+        Ok(MasterState(Arc::new(Inner {
+            ctx,
+            renew_before_secs: i64::from(renew_days) * 86_400,
+            tunnel_required: AtomicBool::new(tunnel_required),
+            tls,
+        })))
+    }
+}
+
+impl MasterState {
+    /// Re-reads the configuration and takes its scenario: Scenario A requires the caller's own tunnel address,
+    /// Scenario B the certificate alone. Logs one INFO line when that changed and returns whether it did; a
+    /// configuration that does not load changes nothing (logged).
+    pub fn recheck_scenario(&self) -> bool {
+        let cfg = match crate::config::Config::load(&self.0.ctx.cfg.root) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "master: the configuration does not load; keeping the scenario");
+                return false;
+            }
+        };
+        let required = cfg.active_vpn().is_some();
+        if self.0.tunnel_required.swap(required, Ordering::Relaxed) == required {
+            return false;
+        }
+        if required {
+            tracing::info!(
+                "master: Scenario A now (cas-vpn runs the VPN): a terminal must also come from its own tunnel"
+            );
+        } else {
+            tracing::info!(
+                why = cfg.scenario_reason(),
+                "master: Scenario B now (no VPN): the certificate alone identifies a terminal"
+            );
+        }
+        true
+    }
+}
+
+/// How often master re-reads the configuration's scenario (also on SIGHUP).
+const RECHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// Keeps `state`'s scenario in step with the configuration until `stop` turns true.
+async fn follow_config(state: MasterState, mut stop: watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("master: no SIGHUP handler; the scenario is re-read every 30 s only");
+        return;
+    };
+    let mut every = tokio::time::interval(RECHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = every.tick() => {}
+            _ = hup.recv() => {}
+        }
+        state.recheck_scenario();
     }
 }
 
@@ -65,7 +144,8 @@ pub fn router(state: MasterState) -> Router {
         .with_state(state)
 }
 
-/// Lets a request through only from the tunnel address of a live session of a paired, non-revoked terminal.
+/// Lets a request through only with the certificate of a paired, non-revoked terminal (and, under Scenario A,
+/// from that terminal's live tunnel address).
 async fn identify(
     State(st): State<MasterState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -73,26 +153,55 @@ async fn identify(
     next: Next,
 ) -> Response {
     let ip = server::peer_ip(&peer).to_string();
-    match caller(&st, &ip).await {
-        Ok(Some(c)) => {
+    let cert = req.extensions().get::<PeerCertificate>().cloned();
+    match caller(&st, cert.as_ref(), &ip).await {
+        Ok(Ok(c)) => {
             req.extensions_mut().insert(Caller(Arc::new(c)));
             next.run(req).await
         }
-        Ok(None) => {
-            tracing::warn!(ip, "master: request from an address that is not a live, paired terminal");
+        Ok(Err(why)) => {
+            tracing::warn!(ip, why, "master: request refused");
             ApiError::Forbidden.into_response()
         }
         Err(e) => e.into_response(),
     }
 }
 
-async fn caller(st: &MasterState, ip: &str) -> Result<Option<Credential>, ApiError> {
+/// The terminal the certificate (and, under Scenario A, the tunnel address) names; `Err(why)` when none.
+async fn caller(
+    st: &MasterState,
+    cert: Option<&PeerCertificate>,
+    ip: &str,
+) -> Result<Result<Credential, &'static str>, ApiError> {
     let store = &st.0.ctx.store;
-    let Some(session) = store.session_by_tunnel_ip(ip).await? else { return Ok(None) };
-    let Some(c) = store.credential_by_id(session.credential_id).await? else { return Ok(None) };
-    let ok =
-        c.kind == Kind::Terminal && !c.is_revoked() && c.paired_at.is_some() && session.common_name == c.name.as_str();
-    Ok(ok.then_some(c))
+    let Some(cert) = cert else { return Ok(Err("no client certificate")) };
+    let Some(serial) = mtls::serial_hex(&cert.0) else { return Ok(Err("unreadable client certificate")) };
+    let Some(row) = store.certificate_by_serial(&serial).await? else { return Ok(Err("unknown certificate")) };
+    // The CA signed it, so the serial is enough; comparing the bytes as well costs nothing and needs no argument.
+    if pem_der(&row.cert_pem).as_deref() != Some(cert.0.as_slice()) {
+        return Ok(Err("certificate differs from the stored one"));
+    }
+    if row.ca != Kind::Terminal || row.revoked_at.is_some() {
+        return Ok(Err("certificate revoked or not a terminal's"));
+    }
+    let Some(id) = row.credential_id else { return Ok(Err("certificate of no terminal")) };
+    let Some(c) = store.credential_by_id(id).await? else { return Ok(Err("certificate of no terminal")) };
+    if c.kind != Kind::Terminal || c.is_revoked() || c.paired_at.is_none() {
+        return Ok(Err("terminal revoked or not paired"));
+    }
+    if st.0.tunnel_required.load(Ordering::Relaxed) {
+        let Some(session) = store.session_by_tunnel_ip(ip).await? else {
+            return Ok(Err("not the address of a live tunnel"));
+        };
+        if session.credential_id != c.id || session.common_name != c.name.as_str() {
+            return Ok(Err("the tunnel is another terminal's"));
+        }
+    }
+    Ok(Ok(c))
+}
+
+fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    openssl::x509::X509::from_pem(pem.as_bytes()).ok()?.to_der().ok()
 }
 
 async fn heartbeat(
@@ -192,7 +301,11 @@ pub async fn bind_master(ip: Ipv4Addr, port: u16) -> Result<TcpListener, AppErro
 /// `serve master`: `master_bind_ip:7741` until `stop` turns true.
 pub async fn run_master(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), AppError> {
     let listener = bind_master(ctx.cfg.network.master_bind_ip, SERVICE_PORT).await?;
-    run_master_on(MasterState::new(ctx)?, listener, stop).await
+    let state = MasterState::new(ctx)?;
+    let follow = tokio::spawn(follow_config(state.clone(), stop.clone()));
+    let served = run_master_on(state, listener, stop).await;
+    follow.abort();
+    served
 }
 
 /// Serves master on an already bound listener (use [`bind_master`] to get one).
@@ -203,7 +316,8 @@ pub async fn run_master_on(
 ) -> Result<(), AppError> {
     let limits = ServeLimits::master(state.0.ctx.cfg.active_vpn().is_some());
     tracing::info!(addr = ?listener.local_addr().ok(), "master listening");
-    server::serve(listener, None, router(state), stop, limits)
+    let tls = state.0.tls.clone();
+    server::serve(listener, Some(tls), router(state), stop, limits)
         .await
         .map_err(|e| AppError::Other(format!("master: {e}")))
 }

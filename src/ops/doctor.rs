@@ -108,7 +108,7 @@ pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
             add(&format!("{kind} CA"), Level::Fail, e.to_string());
         }
     }
-    for role in [ServerRole::TerminalVpn, ServerRole::AdminVpn, ServerRole::Gate] {
+    for role in [ServerRole::TerminalVpn, ServerRole::AdminVpn, ServerRole::Gate, ServerRole::Master] {
         if !ctx.pki.has_server(role) {
             add(role.common_name(), Level::Fail, "certificate or key missing (run init)".into());
         }

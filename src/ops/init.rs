@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use cas_pki::KeyType;
+use cas_pki::{AltName, KeyType};
 use serde::Serialize;
 
 use super::{Ctx, OpsError, crl};
@@ -135,6 +135,9 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
             ctx.store.record_server_cert(kind, &new_cert(&issued.cert_pem)?, ctx.clock.now()).await?;
             step(&format!("pki/{}", role.common_name()), Action::Created);
         }
+        if kind == Kind::Terminal {
+            ensure_master_cert(&ctx, &ca, key_type, vpn.server_cert_days, &mut step).await?;
+        }
         if pki.has_tls_crypt_v2(kind) {
             step(&format!("pki/tls-crypt-v2-{kind}"), Action::Kept);
         } else {
@@ -180,6 +183,48 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
         web_fingerprint: pki.web_fingerprint(),
         bootstrap_url,
     })
+}
+
+/// master's TLS certificate, issued by the terminal CA (terminals verify master against the CA they got at
+/// pairing) for `master_bind_ip` and `batm.master.hostname`, the names a terminal may be told to reach master by.
+/// Remade when either changed or the CA is not its issuer.
+async fn ensure_master_cert(
+    ctx: &Ctx,
+    ca: &cas_pki::Ca,
+    key_type: KeyType,
+    days: u32,
+    step: &mut impl FnMut(&str, Action),
+) -> Result<(), OpsError> {
+    let role = ServerRole::Master;
+    let mut names = vec![AltName::Ip(ctx.cfg.network.master_bind_ip.into())];
+    if let Some(h) = &ctx.cfg.gate.master_hostname {
+        let name =
+            h.as_str().parse::<std::net::IpAddr>().map_or_else(|_| AltName::Dns(h.as_str().to_owned()), AltName::Ip);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let pki = &ctx.pki;
+    let issued_by_ca = pki.has_server(role)
+        && pki
+            .read_server_cert(role)
+            .ok()
+            .and_then(|pem| openssl::x509::X509::from_pem(pem.as_bytes()).ok())
+            .zip(openssl::x509::X509::from_pem(ca.cert_pem().as_bytes()).ok())
+            .is_some_and(|(cert, ca)| ca.issued(&cert) == openssl::x509::X509VerifyResult::OK);
+    let same_names = pki
+        .server_cert_names(role)
+        .is_some_and(|have| have.len() == names.len() && names.iter().all(|n| have.contains(n)));
+    let what = format!("pki/{}", role.common_name());
+    if issued_by_ca && same_names {
+        step(&what, Action::Kept);
+        return Ok(());
+    }
+    let existed = pki.has_server(role);
+    let issued = pki.create_named_server(ca, role, &names, key_type, days)?;
+    ctx.store.record_server_cert(Kind::Terminal, &new_cert(&issued.cert_pem)?, ctx.clock.now()).await?;
+    step(&what, if existed { Action::Updated } else { Action::Created });
+    Ok(())
 }
 
 /// `init --web-bootstrap`: bootstrap mode on in `config/firewall`, and the first web user with a one-time setup link

@@ -9,6 +9,7 @@
 //! | `pki/*-ca.key` and VPN server keys | `root:root 0600` | the signer (root) and the vpn service only |
 //! | `pki/gate.key`, `pki/tls-crypt-v2-terminal.key` | `batmgate:root 0600` | the gate's TLS key; the key it derives terminal profiles' tls-crypt-v2 keys with |
 //! | `pki/web-ui.key`, `pki/tls-crypt-v2-admin.key` | `batmadmin:root 0600` | the web UI's TLS key; the key it derives admin profiles' tls-crypt-v2 keys with |
+//! | `pki/master.key` | `batmmaster:root 0600` | master's TLS key (terminals verify master by the terminal CA) |
 //! | `pki/pending/`, its profiles | `batmgate:root 0700`, `0600` | server-made profiles the gate hands out once and deletes |
 //! | `pki/imports/`, its staging directories and files | `root:root 0700`, `0700`, `0600` | `terminal import --out`: profiles (with their private keys), tokens and journal of an import until it is published (`ops::import`); no service reads them |
 //! | `db/` (SQLite) | `root:batm 2770`, files `0660` | every service writes the store; setgid keeps `-wal`/`-shm` in group `batm` |
@@ -33,7 +34,7 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// Applies the table above. Idempotent.
 pub fn apply(root: &Path, a: &Accounts, download_dir: &Path) -> Result<(), OpsError> {
-    let (g, gate, admin) = (a.gid, a.gate.uid, a.admin.uid);
+    let (g, gate, admin, master) = (a.gid, a.gate.uid, a.admin.uid, a.master.uid);
     // The services must be able to walk into the root; nobody outside the group needs to.
     set(root, 0, g, 0o750)?;
     let config = root.join("config");
@@ -48,6 +49,7 @@ pub fn apply(root: &Path, a: &Accounts, download_dir: &Path) -> Result<(), OpsEr
         match name.as_str() {
             "gate.key" | "tls-crypt-v2-terminal.key" => set(&f, gate, 0, 0o600)?,
             "web-ui.key" | "tls-crypt-v2-admin.key" => set(&f, admin, 0, 0o600)?,
+            "master.key" => set(&f, master, 0, 0o600)?,
             n if n.ends_with(".key") => set(&f, 0, 0, 0o600)?,
             _ => set(&f, 0, 0, 0o644)?,
         }

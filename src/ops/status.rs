@@ -42,6 +42,9 @@ pub struct Status {
     pub instances: Vec<Instance>,
     /// The running instances as `serve` reports them; `None` when no `serve` runs.
     pub running: Option<Vec<crate::vpn::instance::InstanceStatus>>,
+    /// Every service of this root and whether it really runs (its process holds its lock), whatever the
+    /// configured scenario says.
+    pub services: Vec<ServiceState>,
     pub sessions: Vec<SessionReport>,
     pub counts: Counts,
     pub expiry: Vec<Expiry>,
@@ -49,6 +52,14 @@ pub struct Status {
     /// The admin web UI: its address (through an admin tunnel) and its certificate's SHA-256 fingerprint.
     pub web_url: String,
     pub web_fingerprint: Option<String>,
+}
+
+/// One service of the root: `running` with its pid when its process holds the service's lock.
+#[derive(Debug, Serialize)]
+pub struct ServiceState {
+    pub service: &'static str,
+    pub running: bool,
+    pub pid: Option<u32>,
 }
 
 /// A live session as `status --json` shows it. Mapped field by field from the store row, so a new column in the
@@ -121,7 +132,7 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
         exp.push(expiry(format!("{kind} CRL"), left.map(|l| now + l), now, CRL_WARN_SECS));
         exp.push(expiry(format!("{kind} CA"), cert_not_after(ctx.pki.read_ca_cert(kind)), now, CERT_WARN_SECS));
     }
-    for role in [ServerRole::TerminalVpn, ServerRole::AdminVpn, ServerRole::Gate] {
+    for role in [ServerRole::TerminalVpn, ServerRole::AdminVpn, ServerRole::Gate, ServerRole::Master] {
         exp.push(expiry(
             format!("{} certificate", role.common_name()),
             cert_not_after(ctx.pki.read_server_cert(role)),
@@ -156,6 +167,24 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
     if let Some(r) = &running {
         warnings.extend(r.iter().filter(|i| i.crash_loop).map(|i| format!("instance {} is crash-looping", i.name)));
     }
+    let services: Vec<ServiceState> = crate::daemon::ALL
+        .iter()
+        .filter(|s| **s != crate::daemon::Service::All)
+        .map(|s| {
+            let pid = crate::daemon::running(&ctx.cfg.root, *s);
+            ServiceState { service: s.name(), running: pid.is_some(), pid }
+        })
+        .collect();
+    // What runs against what the configuration says (a live switch not followed yet, or not followable).
+    let vpn_runs = services.iter().any(|s| s.service == crate::daemon::Service::Vpn.name() && s.running);
+    let instances_run = running.as_ref().is_some_and(|r| !r.is_empty());
+    if scenario == "A" && !vpn_runs && services.iter().any(|s| s.running) {
+        warnings.push("Scenario A is configured but `serve vpn` does not run: no terminal can connect".into());
+    }
+    if scenario == "B" && instances_run {
+        warnings
+            .push("Scenario B is configured but VPN instances still run (re-plan pending: SIGHUP `serve vpn`)".into());
+    }
     warnings.extend(
         ctx.store.list_credentials(Some(Kind::Admin), false).await?.iter().filter(|c| c.suspended_at.is_some()).map(
             |c| {
@@ -178,6 +207,7 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
         gate_bind_ip: net.gate_bind_ip.to_string(),
         admin_bind_ip: net.admin_bind_ip.to_string(),
         instances,
+        services,
         running,
         sessions,
         counts,

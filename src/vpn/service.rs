@@ -71,11 +71,8 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
         real_addrs,
         homes: Default::default(),
     });
-    let front_addr = std::net::SocketAddr::from(([0, 0, 0, 0], vpn.terminal_front_port));
-    let listener = tokio::net::TcpListener::bind(front_addr)
-        .await
-        .map_err(|e| AppError::Other(format!("terminal front port {front_addr}: {e}")))?;
-    let front_task = tokio::spawn(front.run(listener));
+    let task = Some(start_front(&front, vpn.terminal_front_port).await?);
+    let mut vpn_on = VpnOn { front, port: vpn.terminal_front_port, task };
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
     let control = tokio::spawn(super::control::serve(
@@ -94,32 +91,53 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(done) = reload_rx.recv() => {
-                replan_now(&ctx, &mut supervisor, &ports, run_as).await;
+                replan_now(&ctx, &mut supervisor, &ports, run_as, &mut vpn_on).await;
                 let _ = done.send(());
             }
-            _ = replan.tick() => replan_now(&ctx, &mut supervisor, &ports, run_as).await,
+            _ = replan.tick() => replan_now(&ctx, &mut supervisor, &ports, run_as, &mut vpn_on).await,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: re-reading the configuration");
-                replan_now(&ctx, &mut supervisor, &ports, run_as).await;
+                replan_now(&ctx, &mut supervisor, &ports, run_as, &mut vpn_on).await;
             }
         }
     }
     tracing::info!("stopping VPN instances");
-    front_task.abort();
+    if let Some(t) = vpn_on.task.take() {
+        t.abort();
+    }
     control.abort();
     supervisor.shutdown().await;
     let _ = std::fs::remove_file(crate::control::socket_path(&ctx.cfg.root));
     Ok(())
 }
 
+/// The terminal front port while the VPN runs: `task` is `None` while the configuration says Scenario B.
+struct VpnOn {
+    front: Arc<Front>,
+    /// The port it was started on (a change of `terminal_front_port` needs a restart, as before).
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+async fn start_front(front: &Arc<Front>, port: u16) -> Result<tokio::task::JoinHandle<()>, AppError> {
+    let front_addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    let listener = tokio::net::TcpListener::bind(front_addr)
+        .await
+        .map_err(|e| AppError::Other(format!("terminal front port {front_addr}: {e}")))?;
+    Ok(tokio::spawn(front.clone().run(listener)))
+}
+
 /// Re-reads the config files and the store, and makes the running instances match: only instances whose
 /// rendered config changed are restarted. A config that no longer parses is logged and the running set is kept.
-/// (The front port itself and the service interface are set at start: changing those needs a restart.)
+/// A live switch to Scenario B (`batm.vpn-skip=true`) stops every instance and the front port, and a switch back
+/// starts them again, each with one INFO line. (The front port number and the service interface are set at
+/// start: changing those needs a restart.)
 async fn replan_now(
     ctx: &Ctx,
     supervisor: &mut Supervisor,
     ports: &std::sync::RwLock<Vec<u16>>,
     run_as: Option<crate::sys::process::Creds>,
+    vpn_on: &mut VpnOn,
 ) {
     let cfg = match crate::config::Config::load(&ctx.cfg.root) {
         Ok(cfg) => cfg,
@@ -128,6 +146,33 @@ async fn replan_now(
             return;
         }
     };
+    if cfg.active_vpn().is_none() {
+        if let Some(front) = vpn_on.task.take() {
+            tracing::info!(
+                why = cfg.scenario_reason(),
+                "Scenario B now: stopping every VPN instance and the terminal front port"
+            );
+            front.abort();
+            supervisor.apply(Vec::new()).await;
+        }
+        return;
+    }
+    if vpn_on.task.is_none() {
+        match start_front(&vpn_on.front, vpn_on.port).await {
+            Ok(t) => {
+                tracing::info!(
+                    port = vpn_on.port,
+                    "Scenario A now: starting the VPN instances and the terminal front port"
+                );
+                vpn_on.task = Some(t);
+            }
+            Err(e) => {
+                // Retried at the next re-plan; no instance starts without its front port.
+                tracing::error!(error = %e, "Scenario A now, but the terminal front port cannot be opened");
+                return;
+            }
+        }
+    }
     let fresh = ctx.with_config(cfg);
     match instances::render_all(&fresh, run_as).await {
         Ok(wanted) => {

@@ -47,6 +47,13 @@ pub struct PairResponse {
     /// The client profile; `null` under Scenario B (no VPN run by cas-vpn).
     pub ovpn: Option<String>,
     pub master: MasterAddr,
+    /// The terminal's certificate (PEM), in both scenarios: with its key it is what master's mutual TLS asks for.
+    /// Absent from the answers of gates older than master's mutual TLS (hence optional to read).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// The terminal CA's certificate (PEM), which master's certificate is verified against. Absent like `cert`.
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

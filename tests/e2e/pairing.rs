@@ -1,7 +1,7 @@
 //! Pairing end to end (issue "Gate pairing, master on the tunnel, and the reference terminal agent"): a new
 //! terminal in an "Internet" namespace pairs through the gate during a window with `cas-vpn agent pair`, runs
-//! `cas-vpn agent run` (openvpn + heartbeats), and shows up online; master gives nothing to a non-tunnel address
-//! nor to a revoked terminal's old tunnel address.
+//! `cas-vpn agent run` (openvpn + heartbeats over master's mutual TLS), and shows up online; master gives nothing
+//! to a non-tunnel address nor to a revoked terminal's old tunnel address, even with the terminal's certificate.
 
 use std::time::Duration;
 
@@ -10,17 +10,23 @@ use crate::support::{Netns, require_root, tcp_connect, temp_dir, wait_until};
 
 const T: Duration = Duration::from_secs(30);
 
-/// POSTs a heartbeat to master from namespace `ns` with plain bash (no HTTP client needed); returns what came
-/// back (empty when nothing did).
-fn master_heartbeat(ns: &Netns) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/{MASTER_IP}/7741 || exit 0; \
-         body='{{\"version\":\"20240115\",\"status\":{{}}}}'; \
-         printf 'POST /v1/heartbeat HTTP/1.1\\r\\nHost: master\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s' ${{#body}} \"$body\" >&3; \
-         timeout 3 cat <&3"
-    );
-    let out = ns.cmd("timeout").args(["5", "bash", "-c", &script]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// POSTs a heartbeat to master from namespace `ns` with curl, over master's mutual TLS with the agent's
+/// certificate and key from `dir`, when it has them (master verified against the terminal CA the agent got at
+/// pairing); returns the HTTP status (`000` when nothing answered, the handshake included).
+fn master_heartbeat(ns: &Netns, dir: &std::path::Path) -> String {
+    let file = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let mut curl = ns.cmd("curl");
+    curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "--cacert", &file("terminal-ca.crt")]);
+    // Without `client.crt` in `dir`: no client certificate at all.
+    if dir.join("client.crt").is_file() {
+        curl.args(["--cert", &file("client.crt"), "--key", &file("client.key")]);
+    }
+    let out = curl
+        .args(["-H", "content-type: application/json", "-d", r#"{"version":"20240115","status":{}}"#])
+        .arg(format!("https://{MASTER_IP}:7741/v1/heartbeat"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[test]
@@ -54,12 +60,12 @@ fn a_new_terminal_pairs_through_the_gate_connects_and_heartbeats_master() {
     });
     let old_ip = d.tunnel_ip("atm-new");
     // The probe itself works: through the tunnel master answers.
-    assert!(master_heartbeat(internet).contains(" 200 "), "through the tunnel master answers");
+    assert_eq!(master_heartbeat(internet, dir.path()), "200", "through the tunnel master answers");
 
-    // A non-tunnel address gets nothing.
     other.ip(&["route", "add", &format!("{MASTER_IP}/32"), "via", &PUBLIC_IP.to_string()]).unwrap();
-    let answer = master_heartbeat(other);
-    assert!(!answer.contains(" 200 "), "master answered a non-tunnel address: {answer}");
+    // A non-tunnel address gets nothing, even with the terminal's certificate.
+    let answer = master_heartbeat(other, dir.path());
+    assert_ne!(answer, "200", "master answered a non-tunnel address");
 
     // After revocation, the old tunnel address (spoofed from the LAN) gets nothing either.
     drop(agent);
@@ -80,8 +86,59 @@ fn a_new_terminal_pairs_through_the_gate_connects_and_heartbeats_master() {
             &old_ip.to_string(),
         ])
         .unwrap();
-    let answer = master_heartbeat(other);
-    assert!(!answer.contains(" 200 "), "master answered a revoked terminal's old address: {answer}");
+    let answer = master_heartbeat(other, dir.path());
+    assert_ne!(answer, "200", "master answered a revoked terminal's old address");
     let t = d.json(&["terminal", "show", "atm-new"]);
     assert_eq!(t["state"], "revoked");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test runs it with --include-ignored"]
+fn scenario_b_a_terminal_pairs_and_heartbeats_master_with_no_vpn() {
+    require_root();
+    let mut d = Deployment::new(2, &[]);
+    // Scenario B: the operator's own VPN router stands in front (here: the test LAN), cas-vpn runs no openvpn and
+    // no firewall, and the service addresses are the operator's to provide.
+    let props = d.root().join("config/gate.properties");
+    let text = std::fs::read_to_string(&props).unwrap().replace("batm.vpn-skip=false", "batm.vpn-skip=true");
+    std::fs::write(&props, text).unwrap();
+    d.set_firewall(&[("manage", "no")]);
+    for ip in [MASTER_IP, GATE_IP] {
+        d.server().ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]).unwrap();
+    }
+    d.start_service_without_vpn("all");
+    wait_until("the gate listens", T, || tcp_connect(d.server(), GATE_IP, 7741, Duration::from_secs(1)));
+    wait_until("master listens", T, || tcp_connect(d.server(), MASTER_IP, 7741, Duration::from_secs(1)));
+    d.ok(&["pairing", "open", "--for", "10m"]);
+    let token = d.ok(&["terminal", "add", "atm-b"]).trim().to_owned();
+
+    let (terminal, stranger) = (d.lan.client(0), d.lan.client(1));
+    for ns in [terminal, stranger] {
+        for ip in [MASTER_IP, GATE_IP] {
+            ns.ip(&["route", "add", &format!("{ip}/32"), "via", &PUBLIC_IP.to_string()]).unwrap();
+        }
+    }
+    let dir = temp_dir("agent-b");
+    let dir_s = dir.path().to_str().unwrap();
+    let out = agent_pair(terminal, &format!("{GATE_IP}:7741"), &token, dir.path());
+    assert!(out.status.success(), "agent pair: {}", String::from_utf8_lossy(&out.stderr));
+    // No profile under Scenario B, but what master's mutual TLS needs.
+    assert!(!dir.path().join("client.ovpn").exists());
+    assert!(dir.path().join("client.crt").is_file() && dir.path().join("terminal-ca.crt").is_file());
+
+    let agent = terminal.spawn("agent", bin(), &["agent", "run", "--dir", dir_s, "--heartbeat", "1s"]);
+    agent.wait_for_text("heartbeat ok", T);
+    wait_until("atm-b has a heartbeat", T, || !d.json(&["terminal", "show", "atm-b"])["last_seen"].is_null());
+    assert_eq!(d.sessions_of("atm-b"), 0, "no VPN session exists under Scenario B");
+    assert_eq!(master_heartbeat(terminal, dir.path()), "200");
+
+    // The certificate is what identifies: from another address it still works (no tunnel to check), without it
+    // nothing answers, and once revoked it gets nothing.
+    assert_eq!(master_heartbeat(stranger, dir.path()), "200");
+    let ca_only = temp_dir("ca-only");
+    std::fs::copy(dir.path().join("terminal-ca.crt"), ca_only.path().join("terminal-ca.crt")).unwrap();
+    assert_eq!(master_heartbeat(terminal, ca_only.path()), "000", "no client certificate, no TLS session");
+    drop(agent);
+    d.ok(&["revoke", "atm-b"]);
+    assert_eq!(master_heartbeat(terminal, dir.path()), "403");
 }

@@ -293,6 +293,65 @@ fn a_config_change_restarts_only_the_instances_it_touches() {
     assert_eq!(pids(&d), after, "nothing restarted on a config that did not load");
 }
 
+/// `batm.vpn-skip` switched while `serve vpn` runs: Scenario B stops every openvpn and the front port (one INFO
+/// line), and switching back starts them again; `status` shows what really runs.
+#[test]
+#[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
+fn a_live_switch_to_scenario_b_and_back_stops_and_starts_the_vpn() {
+    require_root();
+    let mut d = Deployment::new(1, &[]);
+    d.start();
+    assert!(!d.server_openvpn_pids().is_empty());
+    let props = d.root().join("config/gate.properties");
+    let original = std::fs::read_to_string(&props).unwrap();
+
+    std::fs::write(&props, original.replace("batm.vpn-skip=false", "batm.vpn-skip=true")).unwrap();
+    d.serve_guard().signal(nix::sys::signal::Signal::SIGHUP);
+    d.serve_guard().wait_for_text("Scenario B now", CONNECT);
+    wait_until("no openvpn runs", CONNECT, || d.server_openvpn_pids().is_empty());
+    wait_until("status shows nothing running", CONNECT, || {
+        let s = d.status();
+        s["scenario"] == "B" && s["running"].as_array().is_some_and(Vec::is_empty)
+    });
+    assert!(!tcp_connect(d.server(), PUBLIC_IP, 7742, PROBE), "the front port is closed under Scenario B");
+
+    std::fs::write(&props, &original).unwrap();
+    d.serve_guard().signal(nix::sys::signal::Signal::SIGHUP);
+    d.serve_guard().wait_for_text("Scenario A now", CONNECT);
+    d.wait_ready(CONNECT);
+    assert!(tcp_connect(d.server(), PUBLIC_IP, 7742, PROBE), "the front port is open again");
+}
+
+/// `serve all` started under Scenario B runs no `serve vpn`; a switch to Scenario A (here with SIGHUP, else within
+/// 30 s) starts it, with one INFO line, and its instances come up; `status` shows it running.
+#[test]
+#[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
+fn serve_all_started_under_scenario_b_starts_the_vpn_on_a_switch_to_a() {
+    require_root();
+    let mut d = Deployment::new(1, &[]);
+    let props = d.root().join("config/gate.properties");
+    let original = std::fs::read_to_string(&props).unwrap();
+    std::fs::write(&props, original.replace("batm.vpn-skip=false", "batm.vpn-skip=true")).unwrap();
+    d.set_firewall(&[("manage", "no")]);
+    // Under Scenario B the service addresses are the operator's.
+    d.server().ip(&["addr", "add", &format!("{MASTER_IP}/32"), "dev", "lo"]).unwrap();
+    d.server().ip(&["addr", "add", "203.0.113.3/32", "dev", "lo"]).unwrap();
+    d.start_service_without_vpn("all");
+    wait_until("master listens", CONNECT, || tcp_connect(d.server(), MASTER_IP, 7741, PROBE));
+    assert!(d.server_openvpn_pids().is_empty());
+    let vpn_runs = |d: &Deployment| {
+        d.status()["services"].as_array().unwrap().iter().any(|s| s["service"] == "vpn" && s["running"] == true)
+    };
+    assert!(!vpn_runs(&d));
+
+    std::fs::write(&props, &original).unwrap();
+    d.serve_guard().signal(nix::sys::signal::Signal::SIGHUP);
+    d.serve_guard().wait_for_text("Scenario A now: starting the VPN service", CONNECT);
+    d.wait_ready(CONNECT);
+    assert!(vpn_runs(&d));
+    assert!(!d.server_openvpn_pids().is_empty());
+}
+
 /// Two parties holding one admin credential (a stolen profile): "newest wins" would have them kick each other
 /// forever; after `takeover::LIMIT` takeovers from different addresses the credential is suspended, both are
 /// refused, status and doctor say so, and once the operator resumes it the owner gets back in.

@@ -20,6 +20,7 @@ fn init_creates_everything_with_tight_modes_and_is_idempotent() {
         "terminal-server.key",
         "admin-server.key",
         "gate.key",
+        "master.key",
         "tls-crypt-v2-terminal.key",
         "tls-crypt-v2-admin.key",
     ] {
@@ -39,6 +40,56 @@ fn init_updates_public_ip_only_when_asked() {
     let out = i.ok(&["init", "--public-ip", "198.51.100.7"]);
     assert!(out.contains("updated"), "{out}");
     assert!(fs::read_to_string(i.path("config/network")).unwrap().contains("198.51.100.7"));
+}
+
+#[test]
+fn init_makes_masters_certificate_for_its_names_and_remakes_it_when_they_change() {
+    let i = Install::new();
+    let cert = || i.path("pki/master.crt");
+    let ca = i.path("pki/terminal-ca.crt");
+    let verify = |ip: &str| {
+        openssl(&[
+            "verify",
+            "-purpose",
+            "sslserver",
+            "-verify_ip",
+            ip,
+            "-CAfile",
+            ca.to_str().unwrap(),
+            cert().to_str().unwrap(),
+        ])
+        .0
+    };
+    assert!(verify("10.3.2.1"), "master_bind_ip");
+    assert!(!verify("10.3.2.2"));
+    let first = fs::read_to_string(cert()).unwrap();
+
+    // batm.master.hostname set: the next init remakes it for both names; the run after that keeps it.
+    let props = i.path("config/gate.properties");
+    let text =
+        fs::read_to_string(&props).unwrap().replace("batm.master.hostname=", "batm.master.hostname=master.example");
+    fs::write(&props, text).unwrap();
+    let out = i.json(&["init"]);
+    assert!(
+        out["steps"].as_array().unwrap().iter().any(|s| s["what"] == "pki/cas-vpn-master" && s["action"] == "updated"),
+        "{out}"
+    );
+    let second = fs::read_to_string(cert()).unwrap();
+    assert_ne!(first, second);
+    let (ok, text) = openssl(&[
+        "verify",
+        "-purpose",
+        "sslserver",
+        "-verify_hostname",
+        "master.example",
+        "-CAfile",
+        ca.to_str().unwrap(),
+        cert().to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(verify("10.3.2.1"));
+    assert_eq!(i.json(&["init"])["changed"], false);
+    assert_eq!(fs::read_to_string(cert()).unwrap(), second);
 }
 
 #[test]

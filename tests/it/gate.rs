@@ -465,9 +465,20 @@ async fn scenario_b_hands_out_no_vpn_config_and_names_master_by_hostname() {
     let f = f.reload().await;
     let token = f.add_terminal("atm-1", &[]);
     f.open_window().await;
-    let (s, v) = f.pair("192.0.2.70", &req(Some(&token), Some(&csr(&KeyPair::generate().unwrap())))).await;
+    let key = KeyPair::generate().unwrap();
+    let (s, v) = f.pair("192.0.2.70", &req(Some(&token), Some(&csr(&key)))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v, json!({"terminal": "atm-1", "ovpn": null, "master": {"host": "master.example", "port": 7741}}));
+    // No profile, but the certificate and the CA master's mutual TLS needs.
+    let ca = std::fs::read_to_string(f.install.path("pki/terminal-ca.crt")).unwrap();
+    let cert = v["cert"].as_str().unwrap().to_owned();
+    assert_eq!(
+        v,
+        json!({"terminal": "atm-1", "ovpn": null, "master": {"host": "master.example", "port": 7741},
+               "cert": cert, "ca": ca})
+    );
+    let x = openssl::x509::X509::from_pem(cert.as_bytes()).unwrap();
+    let ours = openssl::pkey::PKey::public_key_from_pem(key.public_key_pem().as_bytes()).unwrap();
+    assert!(x.public_key().unwrap().public_eq(&ours));
 }
 
 #[tokio::test]

@@ -199,6 +199,14 @@ impl Deployment {
         t0.elapsed()
     }
 
+    /// Starts `serve WHAT` without waiting for VPN instances (Scenario B plans none): the caller waits for what it
+    /// needs.
+    pub fn start_service_without_vpn(&mut self, what: &str) {
+        assert!(self.serve.is_none(), "already serving");
+        let cmd = self.serve_cmd(what);
+        self.serve = Some(ChildGuard::spawn("serve", cmd));
+    }
+
     /// Waits until `serve` reports every planned instance running and ready.
     pub fn wait_ready(&self, timeout: Duration) {
         wait_until("every instance is ready", timeout, || {
