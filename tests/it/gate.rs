@@ -621,7 +621,8 @@ async fn upgrade_downloads_share_the_slots_fetch_once_and_resume_with_range() {
     limits.budget.per_source_pending = 1000;
     limits.budget.per_source_burst = 1000;
     let gate = crate::agent::RunningGate::start_with(&f, limits).await;
-    let target = Target { host: "127.0.0.1".into(), port: gate.port, tls: Some(Trust::Pin(f.state.pin())), source: None };
+    let target =
+        Target { host: "127.0.0.1".into(), port: gate.port, tls: Some(Trust::Pin(f.state.pin())), source: None };
     let pkg = Arc::new(pkg);
 
     let mut tasks = Vec::new();

@@ -32,13 +32,16 @@ impl PgDb {
     pub fn create() -> PgDb {
         let admin_url = match std::env::var(URL_ENV) {
             Ok(u) if !u.trim().is_empty() => u.trim().to_owned(),
-            _ => panic!("this test needs PostgreSQL: run `export {URL_ENV}=$(scripts/pg-setup)` first (scripts/test does)"),
+            _ => panic!(
+                "this test needs PostgreSQL: run `export {URL_ENV}=$(scripts/pg-setup)` first (scripts/test does)"
+            ),
         };
         // postgres://USER:PASSWORD@HOST:PORT/DB → the same role and port over the socket.
         let rest = admin_url.strip_prefix("postgres://").expect("a postgres:// URL");
         let (userinfo, hostpart) = rest.split_once('@').expect("USER:PASSWORD@HOST:PORT/DB");
         let port = hostpart.split('/').next().and_then(|h| h.rsplit_once(':')).map_or("5432", |(_, p)| p);
-        let name = format!("cvtest_{:016x}", std::collections::hash_map::RandomState::new().hash_one(std::process::id()));
+        let name =
+            format!("cvtest_{:016x}", std::collections::hash_map::RandomState::new().hash_one(std::process::id()));
         psql(&admin_url, &format!("CREATE DATABASE {name}"));
         let socket_url = format!("postgres://{userinfo}@localhost:{port}/{name}?host={SOCKET_DIR}");
         PgDb { name, socket_url, admin_url }
@@ -62,7 +65,14 @@ impl PgDb {
 impl Drop for PgDb {
     fn drop(&mut self) {
         let _ = Command::new("psql")
-            .args(["-X", "-q", "-d", &self.admin_url, "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .args([
+                "-X",
+                "-q",
+                "-d",
+                &self.admin_url,
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
             .output();
     }
 }
