@@ -120,13 +120,7 @@ pub async fn init(root: &Path, database_url: Option<&str>, opts: InitOptions) ->
         };
         for &role in roles {
             // A server cert from an older CA (the CA was remade after a crash) is remade too.
-            let current = pki.has_server(role)
-                && pki
-                    .read_server_cert(role)
-                    .ok()
-                    .and_then(|pem| openssl::x509::X509::from_pem(pem.as_bytes()).ok())
-                    .zip(openssl::x509::X509::from_pem(ca.cert_pem().as_bytes()).ok())
-                    .is_some_and(|(cert, ca)| ca.issued(&cert) == openssl::x509::X509VerifyResult::OK);
+            let current = issued_by(pki, role, &ca);
             if current {
                 step(&format!("pki/{}", role.common_name()), Action::Kept);
                 continue;
@@ -205,13 +199,7 @@ async fn ensure_master_cert(
         }
     }
     let pki = &ctx.pki;
-    let issued_by_ca = pki.has_server(role)
-        && pki
-            .read_server_cert(role)
-            .ok()
-            .and_then(|pem| openssl::x509::X509::from_pem(pem.as_bytes()).ok())
-            .zip(openssl::x509::X509::from_pem(ca.cert_pem().as_bytes()).ok())
-            .is_some_and(|(cert, ca)| ca.issued(&cert) == openssl::x509::X509VerifyResult::OK);
+    let issued_by_ca = issued_by(pki, role, ca);
     let same_names = pki
         .server_cert_names(role)
         .is_some_and(|have| have.len() == names.len() && names.iter().all(|n| have.contains(n)));
@@ -225,6 +213,17 @@ async fn ensure_master_cert(
     ctx.store.record_server_cert(Kind::Terminal, &new_cert(&issued.cert_pem)?, ctx.clock.now()).await?;
     step(&what, if existed { Action::Updated } else { Action::Created });
     Ok(())
+}
+
+/// Whether `role`'s server certificate exists and was issued by `ca` (a CA remade after a crash makes it stale).
+fn issued_by(pki: &PkiDir, role: ServerRole, ca: &cas_pki::Ca) -> bool {
+    pki.has_server(role)
+        && pki
+            .read_server_cert(role)
+            .ok()
+            .and_then(|pem| openssl::x509::X509::from_pem(pem.as_bytes()).ok())
+            .zip(openssl::x509::X509::from_pem(ca.cert_pem().as_bytes()).ok())
+            .is_some_and(|(cert, ca)| ca.issued(&cert) == openssl::x509::X509VerifyResult::OK)
 }
 
 /// `init --web-bootstrap`: bootstrap mode on in `config/firewall`, and the first web user with a one-time setup link

@@ -892,6 +892,27 @@ async fn pairing_store_additions_on_postgres() {
     store.close().await;
 }
 
+/// POSTs `body` to /v1/pair 200 times at once from `peer`, spread over `gates` in turn; the error codes answered.
+async fn burst(gates: &[GateState], peer: &str, body: &[u8]) -> Vec<String> {
+    let peer: SocketAddr = peer.parse().unwrap();
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (state, body) = (gates[i % gates.len()].clone(), body.to_vec());
+        burst.spawn(async move {
+            let r = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/pair")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let resp = router(state).layer(MockConnectInfo(peer)).oneshot(r).await.unwrap();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()["error"].as_str().unwrap_or_default().to_owned()
+        });
+    }
+    burst.join_all().await
+}
+
 /// The same burst spread over four gates (four nodes) sharing one store: each gate orders only its own requests, so
 /// only the store's reservation (counted before evaluation) holds the line. Exactly five are evaluated; the rest are
 /// banned or told to retry (`too_many_attempts`) while the five are in flight.
@@ -911,23 +932,7 @@ async fn a_burst_over_four_gates_gets_five_evaluated(f: Fixture) {
         gates.push(GateState::new(Arc::new(other)).unwrap());
     }
 
-    let mut burst = tokio::task::JoinSet::new();
-    for i in 0..200 {
-        let (state, body) = (gates[i % gates.len()].clone(), body.clone());
-        burst.spawn(async move {
-            let peer: SocketAddr = "192.0.2.98:40000".parse().unwrap();
-            let r = Request::builder()
-                .method(Method::POST)
-                .uri("/v1/pair")
-                .header("content-type", "application/json")
-                .body(Body::from(body))
-                .unwrap();
-            let resp = router(state).layer(MockConnectInfo(peer)).oneshot(r).await.unwrap();
-            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-            serde_json::from_slice::<Value>(&bytes).unwrap()["error"].as_str().unwrap_or_default().to_owned()
-        });
-    }
-    let codes: Vec<String> = burst.join_all().await;
+    let codes = burst(&gates, "192.0.2.98:40000", &body).await;
     let count = |c: &str| codes.iter().filter(|x| *x == c).count();
     assert_eq!(count("invalid_token"), 5, "{codes:?}");
     assert_eq!(count("invalid_token") + count("banned") + count("too_many_attempts"), 200, "{codes:?}");
@@ -965,23 +970,7 @@ async fn a_burst_of_wrong_tokens_gets_at_most_five_evaluated() {
     let key = KeyPair::generate().unwrap();
     let body = serde_json::to_vec(&req(Some(&wrong), Some(&csr(&key)))).unwrap();
 
-    let mut burst = tokio::task::JoinSet::new();
-    for _ in 0..200 {
-        let (state, body) = (f.state.clone(), body.clone());
-        burst.spawn(async move {
-            let peer: SocketAddr = "192.0.2.99:40000".parse().unwrap();
-            let r = Request::builder()
-                .method(Method::POST)
-                .uri("/v1/pair")
-                .header("content-type", "application/json")
-                .body(Body::from(body))
-                .unwrap();
-            let resp = router(state).layer(MockConnectInfo(peer)).oneshot(r).await.unwrap();
-            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-            serde_json::from_slice::<Value>(&bytes).unwrap()["error"].as_str().unwrap_or_default().to_owned()
-        });
-    }
-    let codes: Vec<String> = burst.join_all().await;
+    let codes = burst(std::slice::from_ref(&f.state), "192.0.2.99:40000", &body).await;
     let evaluated = codes.iter().filter(|c| *c == "invalid_token").count();
     let banned = codes.iter().filter(|c| *c == "banned").count();
     assert_eq!((evaluated, banned), (5, 195), "{codes:?}");
