@@ -52,6 +52,8 @@ pub const PAIRING_FILE: &str = "pairing.json";
 const MAX_ANSWER: usize = 256 * 1024;
 /// One request must be answered within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Busy answers (429/503 with Retry-After) waited out before the agent gives up (at most a minute each).
+const BUSY_RETRIES: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -122,6 +124,11 @@ pub enum PairEvent {
     /// Approval flow without `--gate-pin`: the gate's key is trusted as first seen.
     TrustOnFirstUse {
         pin: String,
+    },
+    /// The gate answered busy (429/503); the request is sent again after `retry_after_secs`.
+    Busy {
+        status: u16,
+        retry_after_secs: u64,
     },
     /// Waiting for an admin: show these.
     Pending {
@@ -221,8 +228,27 @@ pub async fn pair(opts: &PairOptions, events: &(dyn Fn(PairEvent) + Sync)) -> Re
             wait_for_approval(opts, &dir, &target, &p.pairing_id, events).await?
         }
         _ => {
-            let reply =
-                http::send_json(&target, Method::POST, "/v1/pair", Some(&request), REQUEST_TIMEOUT, MAX_ANSWER).await?;
+            let mut busy = 0;
+            let reply = loop {
+                let reply =
+                    http::send_json(&target, Method::POST, "/v1/pair", Some(&request), REQUEST_TIMEOUT, MAX_ANSWER)
+                        .await?;
+                // A busy gate (its slots, its approval queue, or this address's attempts all in flight) says when
+                // to come back: an unattended terminal waits and tries again rather than giving up.
+                let retryable = matches!(reply.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE);
+                if !retryable || busy >= BUSY_RETRIES {
+                    break reply;
+                }
+                busy += 1;
+                let secs = reply
+                    .headers
+                    .get(hyper::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(5)
+                    .clamp(1, 60);
+                events(PairEvent::Busy { status: reply.status.as_u16(), retry_after_secs: secs });
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            };
             if let (Trust::FirstUse, Some(pin)) = (trust, reply.peer_pin) {
                 write_atomic(&dir.join(PIN_FILE), format!("{}\n", pin_text(&pin)).as_bytes(), 0o600)?;
                 events(PairEvent::TrustOnFirstUse { pin: pin_text(&pin) });

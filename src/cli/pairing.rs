@@ -278,6 +278,9 @@ pub async fn agent(cmd: AgentCmd) -> anyhow::Result<()> {
                     );
                 }
                 PairEvent::PollFailed(why) => eprintln!("still waiting ({why})"),
+                PairEvent::Busy { status, retry_after_secs } => {
+                    eprintln!("the gate is busy ({status}); trying again in {retry_after_secs} s")
+                }
             };
             let r = crate::agent::pair(&opts, &events).await?;
             if json.json {

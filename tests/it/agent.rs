@@ -70,6 +70,49 @@ fn spki_of_key(path: &Path) -> Vec<u8> {
     k.public_key_to_der().unwrap()
 }
 
+/// A busy gate is waited out, not given up on: with every attempt of the agent's address in flight elsewhere
+/// (five reserved and not yet settled), the gate answers `429 too_many_attempts` with Retry-After; the agent says
+/// so, waits and tries again, and pairs once the attempts are settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_waits_out_a_busy_gate_and_pairs() {
+    use tokio::io::AsyncBufReadExt;
+    let f = Fixture::new().await;
+    f.open_window().await;
+    let token = f.add_terminal("atm-busy", &[]);
+    let gate = RunningGate::start(&f).await;
+    let keys = cas_vpn::gate::ban_keys("127.0.0.1");
+    for _ in 0..cas_vpn::gate::MAX_FAILURES {
+        let r = f.ctx.store.reserve_attempt(&keys, f.ctx.clock.now(), cas_vpn::gate::BAN_SECS).await.unwrap();
+        assert_eq!(r, cas_vpn::db::Reserved::Go);
+    }
+    let dir = f.install.path("agent");
+    let mut cmd = tokio::process::Command::from(f.install.std_cmd());
+    cmd.args(["agent", "pair", "--gate", &gate.addr(), "--token", &token, "--dir", dir.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let busy = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.contains("gate is busy") {
+                return l;
+            }
+        }
+        panic!("the agent ended without saying the gate was busy")
+    })
+    .await
+    .expect("the agent reports the busy gate");
+    assert!(busy.contains("429") && busy.contains("2 s"), "{busy}");
+    for _ in 0..cas_vpn::gate::MAX_FAILURES {
+        f.ctx.store.settle_attempt(&keys, false, f.ctx.clock.now(), cas_vpn::gate::BAN_SECS).await.unwrap();
+    }
+    let out =
+        tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "the agent paired after waiting");
+    assert!(text(&out.stdout).contains("paired as atm-busy"), "{}", text(&out.stdout));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_pairs_with_a_token_over_tls_and_a_retry_reuses_its_key() {
     let f = Fixture::new().await;

@@ -134,14 +134,20 @@ impl Install {
         c
     }
 
-    /// Starts a command without waiting for it (for tests that kill it).
-    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+    /// The CLI as a plain `std::process::Command` (for tests that read its output while it runs).
+    pub fn std_cmd(&self) -> std::process::Command {
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin!("cas-vpn"));
         c.env("CAS_VPN_ROOT", self.root()).env(USERS_ENV, "none");
         match &self.database_url {
             Some(url) => c.env(DATABASE_ENV, url),
             None => c.env_remove(DATABASE_ENV),
         };
+        c
+    }
+
+    /// Starts a command without waiting for it (for tests that kill it).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut c = self.std_cmd();
         c.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap()
     }
 
