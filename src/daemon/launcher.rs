@@ -25,7 +25,7 @@ use crate::app::AppError;
 use crate::config::Config;
 use crate::control::signer::{self, SignerRequest, SignerResponse};
 use crate::domain::lifecycle::{Action, Event, Machine, State};
-use crate::sys::process::{Creds, signal_group, spawn_service};
+use crate::sys::process::{Creds, signal_group, signal_process, spawn_service};
 
 /// How long a first start may take before an early error exit counts as a crash rather than a refusal to start.
 const STARTUP: Duration = Duration::from_secs(5);
@@ -61,9 +61,17 @@ pub async fn run(root: &Path, database_url: Option<&str>) -> Result<(), AppError
     let stop = stop_on_signals();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(8);
     let (stop_children_tx, stop_children) = watch::channel(false);
+    // A SIGHUP of `serve all` goes on to the services that re-read their configuration on it (vpn, master).
+    let (hup_children_tx, hup_children) = watch::channel(0u64);
     let mut tasks = Vec::new();
     let mut start = |c: Child| {
-        tasks.push(tokio::spawn(supervise(c, env.clone(), stop_children.clone(), fatal_tx.clone())));
+        tasks.push(tokio::spawn(supervise(
+            c,
+            env.clone(),
+            stop_children.clone(),
+            hup_children.clone(),
+            fatal_tx.clone(),
+        )));
     };
 
     let scenario_a = cfg.active_vpn().is_some();
@@ -128,6 +136,9 @@ pub async fn run(root: &Path, database_url: Option<&str>) -> Result<(), AppError
                     }
                 } => true,
             };
+            if on_hup {
+                hup_children_tx.send_modify(|n| *n += 1);
+            }
             if !vpn_started {
                 if on_hup {
                     tracing::info!("SIGHUP: re-reading the configuration");
@@ -202,7 +213,13 @@ impl Env {
 }
 
 /// Runs one child under the lifecycle machine until `stop`.
-async fn supervise(c: Child, env: Env, mut stop: watch::Receiver<bool>, fatal: mpsc::Sender<String>) {
+async fn supervise(
+    c: Child,
+    env: Env,
+    mut stop: watch::Receiver<bool>,
+    mut hup: watch::Receiver<u64>,
+    fatal: mpsc::Sender<String>,
+) {
     let origin = Instant::now();
     let now = || origin.elapsed();
     let name = c.service.name();
@@ -211,6 +228,7 @@ async fn supervise(c: Child, env: Env, mut stop: watch::Receiver<bool>, fatal: m
     let mut wake: Option<Duration> = None;
     let mut ever_up = false;
     let mut stop_sent = false;
+    let mut hup_open = true;
     let mut queue = m.handle(Event::Start, now());
     loop {
         while let Some(a) = (!queue.is_empty()).then(|| queue.remove(0)) {
@@ -257,6 +275,13 @@ async fn supervise(c: Child, env: Env, mut stop: watch::Receiver<bool>, fatal: m
             _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
                 wake = None;
                 queue.extend(m.handle(Event::Tick, now()));
+            }
+            r = hup.changed(), if hup_open && matches!(c.service, Service::Vpn | Service::Master) => {
+                match (r, proc.as_ref().and_then(tokio::process::Child::id)) {
+                    (Err(_), _) => hup_open = false,
+                    (Ok(()), Some(pid)) => signal_process(pid, Signal::SIGHUP),
+                    (Ok(()), None) => {}
+                }
             }
             r = stop.changed(), if !stop_sent => {
                 if r.is_err() || *stop.borrow() {

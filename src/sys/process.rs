@@ -148,6 +148,11 @@ pub fn default_sigpipe() {
     let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
 }
 
+/// Sends `sig` to process `pid` alone (not its group: a `serve vpn`'s openvpn children must not get its SIGHUP).
+pub fn signal_process(pid: u32, sig: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+}
+
 /// Sends `sig` to the whole process group of `pid` (the child is its group's leader).
 pub fn signal_group(pid: u32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pid as i32), sig);

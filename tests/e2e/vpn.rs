@@ -350,6 +350,16 @@ fn serve_all_started_under_scenario_b_starts_the_vpn_on_a_switch_to_a() {
     d.wait_ready(CONNECT);
     assert!(vpn_runs(&d));
     assert!(!d.server_openvpn_pids().is_empty());
+
+    // `serve all` passes SIGHUP on to vpn and master: both see a switch back to B at once (on their own they look
+    // every 30 s, so both within 5 s of the signal would be a 1-in-36 coincidence without it).
+    std::fs::write(&props, original.replace("batm.vpn-skip=false", "batm.vpn-skip=true")).unwrap();
+    let mark = d.serve_log().mark();
+    d.serve_guard().signal(nix::sys::signal::Signal::SIGHUP);
+    let quick = Duration::from_secs(5);
+    d.serve_guard().wait_for_line_from(mark, |l| l.contains("Scenario B now: stopping every VPN instance"), quick);
+    d.serve_guard().wait_for_line_from(mark, |l| l.contains("master: Scenario B now"), quick);
+    wait_until("no openvpn runs", CONNECT, || d.server_openvpn_pids().is_empty());
 }
 
 /// Two parties holding one admin credential (a stolen profile): "newest wins" would have them kick each other
