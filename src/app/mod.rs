@@ -149,6 +149,17 @@ impl Ctx {
         self.store.audit_from(&self.actor, self.source.as_deref(), action, subject, detail, now).await
     }
 
+    /// The audit row of what this context's actor does, to write inside the change's own transaction.
+    pub fn audit_entry(&self, action: &str, subject: &str, detail: &str) -> crate::db::NewAudit {
+        crate::db::NewAudit {
+            actor: self.actor.clone(),
+            source: self.source.clone(),
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+
     /// The VPN settings, or a clear error naming what needed them under Scenario B.
     pub fn vpn(&self, what: &'static str) -> Result<&VpnConfig, AppError> {
         self.cfg.active_vpn().ok_or(AppError::NoVpn { why: self.cfg.scenario_reason(), what })

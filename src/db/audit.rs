@@ -17,6 +17,17 @@ pub struct AuditRow {
     pub source: Option<String>,
 }
 
+/// An audit row to write inside another change's transaction (so the change and its record stand or fall
+/// together).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAudit {
+    pub actor: Actor,
+    pub source: Option<String>,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
 impl Store {
     pub async fn audit(
         &self,

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use cas_pki::RevocationReason;
 use sqlx::QueryBuilder;
 
+use super::audit::NewAudit;
 use super::certificates::{NewCert, cert_err, insert_cert};
 use super::tokens::NewToken;
 use super::{Clash, DbError, Store, clash, narrow, parse_kind};
@@ -183,10 +184,34 @@ impl Store {
         layout: TerminalLayout,
         now: i64,
     ) -> Result<Vec<Credential>, DbError> {
+        self.create_terminals_audited(new, layout, now, None).await
+    }
+
+    /// As [`Store::create_terminals`], with the audit row of the change in the same transaction.
+    pub async fn create_terminals_audited(
+        &self,
+        new: &[NewTerminal],
+        layout: TerminalLayout,
+        now: i64,
+        audit: Option<&NewAudit>,
+    ) -> Result<Vec<Credential>, DbError> {
         if new.is_empty() {
             return Ok(Vec::new());
         }
         let result = in_tx!(self, tx => async {
+            if let Some(a) = audit {
+                sqlx::query(
+                    "INSERT INTO audit (at, actor, action, subject, detail, source) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(now)
+                .bind(a.actor.to_string())
+                .bind(a.action.as_str())
+                .bind(a.subject.as_str())
+                .bind(a.detail.as_str())
+                .bind(a.source.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
             let active: Vec<Active> = sqlx::query_as(
                 "SELECT name, home_instance, host_index FROM credentials WHERE revoked_at IS NULL",
             )

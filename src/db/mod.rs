@@ -68,7 +68,7 @@ mod tokens;
 mod views;
 mod web;
 
-pub use audit::AuditRow;
+pub use audit::{AuditRow, NewAudit};
 pub use bans::{BanKey, Reserved};
 pub use certificates::{CertRow, NewCert};
 pub use credentials::{Credential, NewTerminal, TerminalLayout};

@@ -235,7 +235,13 @@ pub async fn run(
         return Err(e);
     }
     failpoint("import.before_commit");
-    if let Err(e) = batch.commit(ctx).await {
+    // The audit row goes in with the terminals; `finish` still writes it if missing (journals of older runs).
+    let audit = ctx.audit_entry(
+        AUDIT_ACTION,
+        &audit_subject(&journal),
+        if journal.server_keygen { "server-keygen" } else { "token" },
+    );
+    if let Err(e) = batch.commit(ctx, &audit).await {
         // Only a batch the store certainly does not hold is rolled back; in doubt, the next import or
         // `--resume` decides from the store.
         if matches!(ctx.store.token(&journal.marker_token).await, Ok(None)) {
@@ -254,8 +260,13 @@ fn write_journal(dir: &Path, j: &Journal) -> Result<(), OpsError> {
 
 /// Finishes a committed import: its audit row (exactly once), then publishing, then the staging directory goes.
 /// Idempotent: any step may have been done before by a killed run.
+/// The subject of an import's audit row (unique: it names the import).
+fn audit_subject(j: &Journal) -> String {
+    format!("import {}: {} terminals", j.id, j.names.len())
+}
+
 async fn finish(ctx: &Ctx, mut j: Journal, dir: &Path, resumed: bool) -> Result<ImportReport, OpsError> {
-    let subject = format!("import {}: {} terminals", j.id, j.names.len());
+    let subject = audit_subject(&j);
     let q = AuditQuery {
         action: Some(AUDIT_ACTION.into()),
         subject: Some(subject.clone()),

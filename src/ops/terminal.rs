@@ -211,9 +211,9 @@ impl Batch {
         self.made.first().map(|m| m.token.id())
     }
 
-    /// Commits the batch: one store transaction, all or nothing.
-    pub(super) async fn commit(&self, ctx: &Ctx) -> Result<Vec<Credential>, OpsError> {
-        Ok(ctx.store.create_terminals(&self.new, self.layout, self.now).await?)
+    /// Commits the batch with its audit row: one store transaction, all or nothing.
+    pub(super) async fn commit(&self, ctx: &Ctx, audit: &crate::db::NewAudit) -> Result<Vec<Credential>, OpsError> {
+        Ok(ctx.store.create_terminals_audited(&self.new, self.layout, self.now, Some(audit)).await?)
     }
 }
 
@@ -244,14 +244,13 @@ async fn create_batch(
         });
         profile_paths.push(path.transpose()?);
     }
-    let created = batch.commit(ctx).await?;
+    let action = if names.len() == 1 { "terminal.add" } else { "terminal.import" };
+    let subject = if names.len() == 1 { names[0].to_string() } else { format!("{} terminals", names.len()) };
+    let audit = ctx.audit_entry(action, &subject, if opts.server_keygen { "server-keygen" } else { "token" });
+    let created = batch.commit(ctx, &audit).await?;
     staged.publish()?;
     let pending: Vec<&Path> = profile_paths.iter().flatten().map(PathBuf::as_path).collect();
     super::ownership::give_pending(&ctx.pki.pending_dir(), &pending)?;
-    let now = batch.now;
-    let action = if names.len() == 1 { "terminal.add" } else { "terminal.import" };
-    let subject = if names.len() == 1 { names[0].to_string() } else { format!("{} terminals", names.len()) };
-    ctx.audit(action, &subject, if opts.server_keygen { "server-keygen" } else { "token" }, now).await?;
 
     let by_name: HashMap<&Name, &Credential> = created.iter().map(|c| (&c.name, c)).collect();
     let Batch { made, slices, expires_at, .. } = batch;

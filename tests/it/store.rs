@@ -301,16 +301,30 @@ async fn duplicate_names_insert_nothing(store: Store) {
     assert!(matches!(&err, DbError::NameTaken { name } if name.as_str() == "x"), "{err:?}");
     assert_eq!(counts(&store).await, before);
     assert!(store.credential_by_name(&name("y")).await.unwrap().is_none());
+    // With its audit row in the same transaction: the row goes back with the batch.
+    let audit = cas_vpn::db::NewAudit {
+        actor: "cli:root".parse().unwrap(),
+        source: None,
+        action: "terminal.import".into(),
+        subject: "3 terminals".into(),
+        detail: "token".into(),
+    };
+    let err = store.create_terminals_audited(&batch(&["y", "z", "x"], 30), SMALL, T0, Some(&audit)).await.unwrap_err();
+    assert!(matches!(&err, DbError::NameTaken { .. }), "{err:?}");
+    assert_eq!(counts(&store).await, before, "no audit row without its terminals");
+    store.create_terminals_audited(&batch(&["y2"], 40), SMALL, T0, Some(&audit)).await.unwrap();
+    let after = counts(&store).await;
+    assert_eq!((after["audit"], after["credentials"]), (before["audit"] + 1, before["credentials"] + 1));
     // A clash inside the batch names the second occurrence's name.
     let err = store.create_terminals(&batch(&["p", "q", "p"], 20), SMALL, T0).await.unwrap_err();
     assert!(matches!(&err, DbError::NameTaken { name } if name.as_str() == "p"), "{err:?}");
-    assert_eq!(counts(&store).await, before);
+    assert_eq!(counts(&store).await, after);
 
     // Terminals and admins share one namespace.
     let ports = PortRange::new(12000, 12050).unwrap();
     let err = store.create_admin(&name("x"), ports, &cert(&serial(30), "x"), T0).await.unwrap_err();
     assert!(matches!(&err, DbError::NameTaken { name } if name.as_str() == "x"), "{err:?}");
-    assert_eq!(counts(&store).await, before);
+    assert_eq!(counts(&store).await, after);
     store.create_admin(&name("adm"), ports, &cert(&serial(31), "adm"), T0).await.unwrap();
     let err = store.create_terminals(&[terminal("adm")], SMALL, T0).await.unwrap_err();
     assert!(matches!(&err, DbError::NameTaken { name } if name.as_str() == "adm"), "{err:?}");
