@@ -136,8 +136,13 @@ pub(crate) async fn guarded<T>(
         log_outcome(ip, name, &result, &[]);
         return result;
     }
-    // Counted before it is evaluated, in the store (shared by every gate): see `db::bans`.
-    match store.reserve_attempt(&keys, now, BAN_SECS).await? {
+    // Counted before it is evaluated, in the store (shared by every gate): see `db::bans`. A write, so it queues
+    // behind this gate's other writes (see `Inner::writes`) rather than in SQLite's busy handler.
+    let reserved = {
+        let _w = st.0.writes.lock().await;
+        store.reserve_attempt(&keys, now, BAN_SECS).await?
+    };
+    match reserved {
         Reserved::Go => {}
         Reserved::Banned { key, .. } => {
             tracing::info!(ip, what = name, outcome = "banned", key);
