@@ -10,8 +10,11 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// Writes audit rows straight into the installation's store: `(actor, source, action, subject, detail, at)`.
-fn write_rows(i: &Install, rows: &[(Actor, Option<&str>, &str, &str, &str, i64)]) {
+/// An audit row to write: `(actor, source, action, subject, detail, at)`.
+type Row<'a> = (Actor, Option<&'a str>, &'a str, &'a str, &'a str, i64);
+
+/// Writes audit rows straight into the installation's store.
+fn write_rows(i: &Install, rows: &[Row]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = Store::open_sqlite(&i.path("db/cas-vpn.sqlite")).await.unwrap();
