@@ -1,6 +1,7 @@
 //! The command line. The only module (with its submodules) that prints: every command calls an `ops` function
 //! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
 
+pub mod audit;
 pub mod pairing;
 pub mod web_user;
 
@@ -102,6 +103,8 @@ pub enum Cmd {
     /// The firewall `serve net` keeps in force: show the rules, install them, compare with what is installed.
     #[command(subcommand)]
     Firewall(FirewallCmd),
+    /// The audit trail, oldest first: who did what to which credential, and from where.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,6 +389,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::UnbanIp { ip, json } => pairing::unban_ip(Ctx::open(&root, db).await?, ip, json).await?,
         Cmd::Agent(a) => pairing::agent(a).await?,
         Cmd::Firewall(f) => firewall(Ctx::open(&root, db).await?, f).await?,
+        // Reading the trail must not wait for an unrelated typo in a configuration file.
+        Cmd::Audit(a) => audit::run(open_lenient(&root, db).await?, a).await?,
         Cmd::Crl { out } => {
             let ctx = open_lenient(&root, db).await?;
             let mut pem = String::new();

@@ -274,6 +274,17 @@ impl Store {
 
     /// A page of the audit trail, newest first.
     pub async fn audit_page(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, DbError> {
+        self.audit_rows(q, None).await
+    }
+
+    /// A page of the audit trail in the order it was written, oldest first: the rows after id `after_id` that
+    /// match `q` (`q.before_id`, when set, is an exclusive upper bound), at most `q.limit`. Paging forward by the
+    /// last id seen reads a trail of any length a page at a time.
+    pub async fn audit_page_after(&self, q: &AuditQuery, after_id: i64) -> Result<Vec<AuditRow>, DbError> {
+        self.audit_rows(q, Some(after_id)).await
+    }
+
+    async fn audit_rows(&self, q: &AuditQuery, after_id: Option<i64>) -> Result<Vec<AuditRow>, DbError> {
         let mut sql = String::from("SELECT id, at, actor, action, subject, detail, source FROM audit WHERE 1 = 1");
         if q.actor.is_some() {
             sql.push_str(" AND actor = $1");
@@ -290,7 +301,11 @@ impl Store {
         if q.before_id.is_some() {
             sql.push_str(" AND id < $5");
         }
-        sql.push_str(" AND ($1 = $1 OR $2 = $2 OR $3 = $3 OR $4 = $4 OR $5 = $5) ORDER BY id DESC LIMIT $6");
+        if after_id.is_some() {
+            sql.push_str(" AND id > $7");
+        }
+        sql.push_str(" AND ($1 = $1 OR $2 = $2 OR $3 = $3 OR $4 = $4 OR $5 = $5 OR $7 = $7)");
+        sql.push_str(if after_id.is_some() { " ORDER BY id ASC LIMIT $6" } else { " ORDER BY id DESC LIMIT $6" });
         let action = q.action.as_deref().map_or_else(String::new, |a| {
             format!("{}%", a.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
         });
@@ -302,6 +317,7 @@ impl Store {
                 .bind(q.since.unwrap_or(0))
                 .bind(q.before_id.unwrap_or(0))
                 .bind(i64::from(q.limit))
+                .bind(after_id.unwrap_or(0))
                 .fetch_all(pool)
                 .await?
         }))

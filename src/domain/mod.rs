@@ -18,7 +18,7 @@ pub mod takeover;
 mod token;
 
 pub use actor::{Actor, UnixUser};
-pub use duration::Dur;
+pub use duration::{Dur, Since};
 pub use kind::Kind;
 pub use name::Name;
 pub use net::{Cidr, Host, PortRange, Subnet, check_tunnel_side_ip, parse_cidrs};
@@ -42,11 +42,17 @@ pub enum DomainError {
     Path { shown: String, why: &'static str },
     #[error("invalid duration {shown}: {why}")]
     Duration { shown: String, why: String },
+    #[error(
+        "invalid time {shown}: expected an RFC 3339 time (2026-01-31T08:00:00Z) or a duration back from now (24h, 7d)"
+    )]
+    Since { shown: String },
     #[error("invalid pairing token: {why}")]
     Token { why: &'static str },
     #[error("invalid credential kind {shown}: expected terminal or admin")]
     Kind { shown: String },
-    #[error("invalid actor {shown}: expected cli:USER, web:NAME, admin, gate, master, vpn, signer, net or uid:N")]
+    #[error(
+        "invalid actor {shown}: expected cli:USER, web:NAME, api:NAME, admin, gate, master, vpn, signer, net or uid:N"
+    )]
     Actor { shown: String },
     #[error("invalid pairing state {shown}: expected pending, approved or rejected")]
     PairingState { shown: String },

@@ -2,6 +2,7 @@
 //! revocation, CRLs, status. They never print (`cli.rs` does); the web UI and the gate call the same functions.
 
 pub mod admin;
+pub mod audit;
 pub mod browse;
 pub mod doctor;
 pub mod firewall;

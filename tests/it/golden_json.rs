@@ -306,6 +306,9 @@ async fn golden_json_shapes() {
     g.check("status", &cli(i, &["status", "--json"]).await, &[]);
     g.check("web_user_add", &cli(i, &["web-user", "add", "carol", "--json"]).await, &[]);
     g.check("web_user_list", &cli(i, &["web-user", "list", "--json"]).await, &[]);
+    // The audit trail: its ids and times are the run's, its actor the unix user running the tests.
+    let audit_extra = [("id", "id"), ("at", "time"), ("actor", "actor")];
+    g.check("audit", &cli(i, &["audit", "--action", "web_user", "--json"]).await, &audit_extra);
     // What doctor finds depends on the machine (openvpn, nft, tun): its levels and details are not pinned, nor is
     // its exit code.
     let doctor = i.run(&["doctor", "--json"]);

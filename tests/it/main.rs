@@ -1,6 +1,7 @@
 //! The one integration test binary: drives the `cas-vpn` CLI, the store on both backends, and the HTTP routers.
 
 mod agent;
+mod audit;
 mod cli;
 mod gate;
 mod golden_json;

@@ -64,6 +64,7 @@ both_backends!(
     web_tables,
     terminals_page_filters_and_search,
     audit_page_filters,
+    audit_pages_oldest_first,
 );
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1202,4 +1203,31 @@ async fn postgres_url_forms() {
     let store = Store::open(&db.url).await.unwrap();
     assert_eq!(store.pairing_window().await.unwrap(), None);
     store.close().await;
+}
+
+async fn audit_pages_oldest_first(store: Store) {
+    for i in 0..7i64 {
+        let actor = if i % 2 == 0 { web("alice") } else { root() };
+        store
+            .audit(&actor, if i < 5 { "terminal.add" } else { "revoke" }, &format!("atm-{i}"), "", T0 + i)
+            .await
+            .unwrap();
+    }
+    let all = store.audit_page(&AuditQuery { limit: 100, ..AuditQuery::default() }).await.unwrap();
+    let first = all.last().unwrap().id;
+    let page = |q: AuditQuery, after: i64| {
+        let store = store.clone();
+        async move { store.audit_page_after(&q, after).await.unwrap().into_iter().map(|r| r.subject).collect::<Vec<_>>() }
+    };
+    let q = |limit: u32| AuditQuery { limit, ..AuditQuery::default() };
+    assert_eq!(page(q(3), first - 1).await, ["atm-0", "atm-1", "atm-2"]);
+    assert_eq!(page(q(3), first + 2).await, ["atm-3", "atm-4", "atm-5"]);
+    assert_eq!(page(q(3), first + 5).await, ["atm-6"]);
+    assert_eq!(page(q(3), first + 6).await, Vec::<String>::new());
+    // The filters hold, and `before_id` bounds the walk.
+    let alice = AuditQuery { actor: Some("web:alice".into()), ..q(100) };
+    assert_eq!(page(alice.clone(), i64::MIN).await, ["atm-0", "atm-2", "atm-4", "atm-6"]);
+    assert_eq!(page(AuditQuery { before_id: Some(first + 6), ..alice }, first).await, ["atm-2", "atm-4"]);
+    let q2 = AuditQuery { action: Some("terminal.".into()), since: Some(T0 + 3), ..q(100) };
+    assert_eq!(page(q2, i64::MIN).await, ["atm-3", "atm-4"]);
 }
