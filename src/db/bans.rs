@@ -5,8 +5,9 @@
 //! back on success. So however many requests a source sends at once, to however many gates, at most `max` of them
 //! are ever evaluated before its ban. A source is several keys at once (the address and its /24 or /64, each with
 //! its own limit); an attempt goes ahead only if every key has room. A crash between the two steps leaves the
-//! attempt counted as a failure: the cautious side. Rows that no longer count (ban over, first failure older than
-//! the window) are deleted by every reservation.
+//! attempt counted as a failure: the cautious side. A row that no longer counts (ban over, first failure older
+//! than the window) starts afresh when its source comes back, and such rows are deleted whenever a failure is
+//! settled; a success's reservation is given back (its row deleted when it was the only one).
 
 use super::{DbError, Store};
 
@@ -31,44 +32,63 @@ pub enum Reserved {
 /// A row still counts: a ban not over, or failures inside their window.
 const LIVE: &str = "((banned_until IS NOT NULL AND banned_until > $1) \
                      OR (banned_until IS NULL AND first_failure_at + $2 > $1))";
+/// In an upsert on `ip_bans` (`$2` now, `$3` the window): the existing row no longer counts (its ban is over, or
+/// its first failure is older than the window).
+const STALE: &str = "((ip_bans.banned_until IS NOT NULL AND ip_bans.banned_until <= $2) \
+                      OR (ip_bans.banned_until IS NULL AND ip_bans.first_failure_at + $3 <= $2))";
 
 impl Store {
-    /// Takes one attempt for every key of a source at `now`, or says why not (nothing changes then).
+    /// Takes one attempt for every key of a source at `now`, or says why not (nothing changes then). One upsert a
+    /// key: a row that no longer counts starts afresh; the count is taken first and given back in the same
+    /// transaction when a key turns out banned or full (the refusal path; the common path writes nothing else).
     pub async fn reserve_attempt(&self, keys: &[BanKey], now: i64, window_secs: i64) -> Result<Reserved, DbError> {
         in_tx!(self, tx => async {
-            sqlx::query(&format!("DELETE FROM ip_bans WHERE NOT {LIVE}"))
-                .bind(now)
-                .bind(window_secs)
-                .execute(&mut *tx)
-                .await?;
+            let mut taken: Vec<&str> = Vec::with_capacity(keys.len());
+            let mut refusal = None;
             for k in keys {
-                let row: Option<(i64, Option<i64>)> =
-                    sqlx::query_as("SELECT failures, banned_until FROM ip_bans WHERE ip = $1")
-                        .bind(&k.key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                match row {
-                    Some((_, Some(until))) => return Ok(Reserved::Banned { key: k.key.clone(), until }),
-                    Some((n, None)) if n >= i64::from(k.max) => return Ok(Reserved::Busy { key: k.key.clone() }),
-                    _ => {}
-                }
-            }
-            for k in keys {
-                sqlx::query(
+                let (failures, banned_until): (i64, Option<i64>) = sqlx::query_as(&format!(
                     "INSERT INTO ip_bans (ip, failures, first_failure_at, banned_until) VALUES ($1, 1, $2, NULL) \
-                     ON CONFLICT (ip) DO UPDATE SET failures = ip_bans.failures + 1",
-                )
+                     ON CONFLICT (ip) DO UPDATE SET \
+                       failures = CASE WHEN {STALE} THEN 1 \
+                                       WHEN ip_bans.banned_until IS NOT NULL THEN ip_bans.failures \
+                                       ELSE ip_bans.failures + 1 END, \
+                       first_failure_at = CASE WHEN {STALE} THEN $2 ELSE ip_bans.first_failure_at END, \
+                       banned_until = CASE WHEN {STALE} THEN NULL ELSE ip_bans.banned_until END \
+                     RETURNING failures, banned_until"
+                ))
                 .bind(&k.key)
                 .bind(now)
-                .execute(&mut *tx)
+                .bind(window_secs)
+                .fetch_one(&mut *tx)
                 .await?;
+                if let Some(until) = banned_until {
+                    refusal = Some(Reserved::Banned { key: k.key.clone(), until });
+                    break;
+                }
+                taken.push(&k.key);
+                if failures > i64::from(k.max) {
+                    refusal = Some(Reserved::Busy { key: k.key.clone() });
+                    break;
+                }
             }
-            Ok(Reserved::Go)
+            let Some(refusal) = refusal else { return Ok(Reserved::Go) };
+            for key in taken {
+                sqlx::query("UPDATE ip_bans SET failures = failures - 1 WHERE ip = $1 AND banned_until IS NULL")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 0")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(refusal)
         })
     }
 
     /// Settles an attempt `reserve_attempt` let go: a failure stays counted and bans each key that reached its
-    /// limit for `ban_secs` from `now`; a success gives the attempt back. Returns the keys banned by this call.
+    /// limit for `ban_secs` from `now` (and rows that no longer count are deleted); a success gives the attempt
+    /// back. Returns the keys banned by this call.
     pub async fn settle_attempt(
         &self,
         keys: &[BanKey],
@@ -78,6 +98,13 @@ impl Store {
     ) -> Result<Vec<String>, DbError> {
         in_tx!(self, tx => async {
             let mut banned = Vec::new();
+            if failed {
+                sqlx::query(&format!("DELETE FROM ip_bans WHERE NOT {LIVE}"))
+                    .bind(now)
+                    .bind(ban_secs)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for k in keys {
                 if failed {
                     let hit: Option<String> = sqlx::query_scalar(
@@ -91,17 +118,22 @@ impl Store {
                     .await?;
                     banned.extend(hit);
                 } else {
-                    sqlx::query(
-                        "UPDATE ip_bans SET failures = failures - 1 \
-                         WHERE ip = $1 AND banned_until IS NULL AND failures > 0",
+                    // Usually the only attempt of the window: the row goes; else one fewer.
+                    let gone = sqlx::query(
+                        "DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 1",
                     )
                     .bind(&k.key)
                     .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 0")
+                    .await?
+                    .rows_affected();
+                    if gone == 0 {
+                        sqlx::query(
+                            "UPDATE ip_bans SET failures = failures - 1 WHERE ip = $1 AND banned_until IS NULL",
+                        )
                         .bind(&k.key)
                         .execute(&mut *tx)
                         .await?;
+                    }
                 }
             }
             Ok(banned)

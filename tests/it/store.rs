@@ -730,7 +730,7 @@ async fn bans_and_pairing_window(store: Store) {
     );
     assert!(store.is_banned(ip, T0 + 6 + BAN - 1).await.unwrap());
     assert!(!store.is_banned(ip, T0 + 6 + BAN).await.unwrap());
-    // After the ban the count starts afresh (the expired row is deleted by the next reservation).
+    // After the ban the count starts afresh (the expired row counts for nothing).
     assert_eq!(store.reserve_attempt(&keys, T0 + 2000, BAN).await.unwrap(), Reserved::Go);
     assert!(store.settle_attempt(&keys, true, T0 + 2000, BAN).await.unwrap().is_empty());
 
@@ -757,9 +757,10 @@ async fn bans_and_pairing_window(store: Store) {
     assert!(store.unban("192.0.2.1").await.unwrap());
     assert!(!store.is_banned("192.0.2.1", T0 + 1).await.unwrap());
     assert!(!store.unban("192.0.2.1").await.unwrap());
-    // Rows that no longer count for anything (ban over, failures too old) are deleted by the next reservation.
+    // Rows that no longer count for anything (ban over, failures too old) are deleted when a failure is settled.
     let late = [key("192.0.2.9", 5)];
     assert_eq!(store.reserve_attempt(&late, T0 + 100_000, BAN).await.unwrap(), Reserved::Go);
+    assert!(store.settle_attempt(&late, true, T0 + 100_000, BAN).await.unwrap().is_empty());
     for gone in [ip, "203.0.113.0/24", "198.51.100.0", "198.51.100.0/24"] {
         assert!(!store.unban(gone).await.unwrap(), "{gone}'s stale row is still there");
     }
