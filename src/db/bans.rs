@@ -140,6 +140,30 @@ impl Store {
         })
     }
 
+    /// Gives back the reservations of successful attempts, many at once (one transaction; see the gate's
+    /// group commit): the same as `settle_attempt(keys, false, …)` for each.
+    pub async fn give_back_attempts(&self, batches: &[Vec<BanKey>]) -> Result<(), DbError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        in_tx!(self, tx => async {
+            for k in batches.iter().flatten() {
+                let gone = sqlx::query("DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 1")
+                    .bind(&k.key)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if gone == 0 {
+                    sqlx::query("UPDATE ip_bans SET failures = failures - 1 WHERE ip = $1 AND banned_until IS NULL")
+                        .bind(&k.key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// The first key of `keys` banned at `now`, with the end of its ban.
     pub async fn banned_key(&self, keys: &[BanKey], now: i64) -> Result<Option<(String, i64)>, DbError> {
         for k in keys {

@@ -35,6 +35,13 @@ pub const MAX_NET_FAILURES_V4: u32 = 20;
 /// Failures from one IPv6 /64 that ban it (one host usually holds a whole /64, and can change address in it).
 pub const MAX_NET_FAILURES_V6: u32 = 10;
 
+/// Reservations waiting to be given back, and whether a request is giving them back now.
+#[derive(Default)]
+pub(crate) struct GiveBack {
+    pub(crate) waiting: Vec<Vec<crate::db::BanKey>>,
+    pub(crate) running: bool,
+}
+
 /// Everything the gate's handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct GateState(Arc<Inner>);
@@ -52,6 +59,8 @@ pub(crate) struct Inner {
     /// in its busy handler (milliseconds each, growing), which under a burst of pairings costs far more than
     /// queueing them here.
     pub(crate) writes: tokio::sync::Mutex<()>,
+    /// Successful attempts' reservations waiting to be given back together (see `pair::give_back`).
+    pub(crate) give_back: std::sync::Mutex<GiveBack>,
     /// One pairing attempt at a time per source address (see `pair::guarded`).
     pub(crate) per_source: Arc<per_source::Locks>,
 }
@@ -74,6 +83,7 @@ impl GateState {
             terminal_ca,
             upgrades,
             writes: tokio::sync::Mutex::new(()),
+            give_back: Default::default(),
             per_source: Arc::default(),
             ctx,
         })))

@@ -155,9 +155,12 @@ pub(crate) async fn guarded<T>(
     }
     let result = work.await;
     let failed = matches!(&result, Err(e) if e.counts_as_failure());
-    let banned = {
+    let banned = if failed {
         let _w = st.0.writes.lock().await;
-        store.settle_attempt(&keys, failed, now, BAN_SECS).await?
+        store.settle_attempt(&keys, true, now, BAN_SECS).await?
+    } else {
+        give_back(st, keys).await;
+        Vec::new()
     };
     if banned.iter().any(|k| k == ip) {
         // What a banned address queued for approval goes too: it cannot fill the queue and leave.
@@ -168,6 +171,43 @@ pub(crate) async fn guarded<T>(
     }
     log_outcome(ip, name, &result, &banned);
     result
+}
+
+/// Gives a successful attempt's reservation back, grouped with those of other requests finishing meanwhile: one
+/// task writes every waiting give-back in one transaction (and again while more arrive), the requests leave theirs
+/// and go on (the one that started the task waits for it). A pairing thus costs one store write for its reservation and a share of one for its give-back,
+/// instead of two. The task is spawned, so a request dropped mid-way (its client went away) never strands the
+/// queue. A failure is settled at once (its ban must be). A give-back the store refuses, or one lost in a crash,
+/// leaves the attempt counted as a failure for the rest of the window: the cautious side.
+async fn give_back(st: &GateState, keys: Vec<BanKey>) {
+    {
+        let mut g = st.0.give_back.lock().unwrap_or_else(|e| e.into_inner());
+        g.waiting.push(keys);
+        if g.running {
+            return;
+        }
+        g.running = true;
+    }
+    let st = st.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let batch = {
+                let mut g = st.0.give_back.lock().unwrap_or_else(|e| e.into_inner());
+                if g.waiting.is_empty() {
+                    g.running = false;
+                    return;
+                }
+                std::mem::take(&mut g.waiting)
+            };
+            let _w = st.0.writes.lock().await;
+            if let Err(e) = st.ctx().store.give_back_attempts(&batch).await {
+                tracing::warn!(error = %e, attempts = batch.len(), "could not give back reservations of successful attempts");
+            }
+        }
+    });
+    // The request that started the task waits for it (so a lone request's give-back is done before its answer);
+    // dropping this wait does not stop the task.
+    let _ = task.await;
 }
 
 /// The keys a source is counted under: its address (5 failures) and its /24 or /64 (more: a site or a carrier NAT
