@@ -892,6 +892,16 @@ async fn pairing_store_additions_on_postgres() {
     store.close().await;
 }
 
+/// `token` with a wrong secret that is still well-formed: its first character changed (it carries six whole bits;
+/// the last one carries two bits and four zero bits, so changing it can make the token malformed, refused by the
+/// agent before it reaches the gate).
+fn wrong_secret(token: &str) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let first = parts[2].remove(0);
+    parts[2].insert(0, if first == 'A' { 'B' } else { 'A' });
+    parts.join(".")
+}
+
 /// POSTs `body` to /v1/pair 200 times at once from `peer`, spread over `gates` in turn; the error codes answered.
 async fn burst(gates: &[GateState], peer: &str, body: &[u8]) -> Vec<String> {
     let peer: SocketAddr = peer.parse().unwrap();
@@ -919,10 +929,7 @@ async fn burst(gates: &[GateState], peer: &str, body: &[u8]) -> Vec<String> {
 async fn a_burst_over_four_gates_gets_five_evaluated(f: Fixture) {
     f.open_window().await;
     let token = f.add_terminal("atm-burst2", &[]);
-    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-    let first = parts[2].remove(0);
-    parts[2].insert(0, if first == 'A' { 'B' } else { 'A' });
-    let wrong = parts.join(".");
+    let wrong = wrong_secret(&token);
     let key = KeyPair::generate().unwrap();
     let body = serde_json::to_vec(&req(Some(&wrong), Some(&csr(&key)))).unwrap();
     let mut gates = vec![f.state.clone()];
@@ -960,13 +967,7 @@ async fn a_burst_of_wrong_tokens_gets_at_most_five_evaluated() {
     let f = Fixture::new().await;
     f.open_window().await;
     let token = f.add_terminal("atm-burst", &[]);
-    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-    // Change the secret's first character: it carries six whole bits, so the token stays well-formed (the
-    // last one carries two bits and four zero bits; changing it can make the token malformed, refused by the
-    // agent before it reaches the gate).
-    let first = parts[2].remove(0);
-    parts[2].insert(0, if first == 'A' { 'B' } else { 'A' });
-    let wrong = parts.join(".");
+    let wrong = wrong_secret(&token);
     let key = KeyPair::generate().unwrap();
     let body = serde_json::to_vec(&req(Some(&wrong), Some(&csr(&key)))).unwrap();
 
