@@ -36,6 +36,10 @@ const LIVE: &str = "((banned_until IS NOT NULL AND banned_until > $1) \
 /// its first failure is older than the window).
 const STALE: &str = "((ip_bans.banned_until IS NOT NULL AND ip_bans.banned_until <= $2) \
                       OR (ip_bans.banned_until IS NULL AND ip_bans.first_failure_at + $3 <= $2))";
+/// Giving one attempt of key `$1` back: the row goes when it held only that attempt (the usual case)…
+const GIVE_BACK_LAST: &str = "DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 1";
+/// …else it holds one fewer.
+const GIVE_BACK_ONE: &str = "UPDATE ip_bans SET failures = failures - 1 WHERE ip = $1 AND banned_until IS NULL";
 
 impl Store {
     /// Takes one attempt for every key of a source at `now`, or says why not (nothing changes then). One upsert a
@@ -73,14 +77,9 @@ impl Store {
             }
             let Some(refusal) = refusal else { return Ok(Reserved::Go) };
             for key in taken {
-                sqlx::query("UPDATE ip_bans SET failures = failures - 1 WHERE ip = $1 AND banned_until IS NULL")
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 0")
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
+                if sqlx::query(GIVE_BACK_LAST).bind(key).execute(&mut *tx).await?.rows_affected() == 0 {
+                    sqlx::query(GIVE_BACK_ONE).bind(key).execute(&mut *tx).await?;
+                }
             }
             Ok(refusal)
         })
@@ -96,68 +95,43 @@ impl Store {
         now: i64,
         ban_secs: i64,
     ) -> Result<Vec<String>, DbError> {
+        if !failed {
+            self.give_back_attempts(&[keys.to_vec()]).await?;
+            return Ok(Vec::new());
+        }
         in_tx!(self, tx => async {
+            sqlx::query(&format!("DELETE FROM ip_bans WHERE NOT {LIVE}"))
+                .bind(now)
+                .bind(ban_secs)
+                .execute(&mut *tx)
+                .await?;
             let mut banned = Vec::new();
-            if failed {
-                sqlx::query(&format!("DELETE FROM ip_bans WHERE NOT {LIVE}"))
-                    .bind(now)
-                    .bind(ban_secs)
-                    .execute(&mut *tx)
-                    .await?;
-            }
             for k in keys {
-                if failed {
-                    let hit: Option<String> = sqlx::query_scalar(
-                        "UPDATE ip_bans SET banned_until = $2 \
-                         WHERE ip = $1 AND banned_until IS NULL AND failures >= $3 RETURNING ip",
-                    )
-                    .bind(&k.key)
-                    .bind(now + ban_secs)
-                    .bind(i64::from(k.max))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    banned.extend(hit);
-                } else {
-                    // Usually the only attempt of the window: the row goes; else one fewer.
-                    let gone = sqlx::query(
-                        "DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 1",
-                    )
-                    .bind(&k.key)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if gone == 0 {
-                        sqlx::query(
-                            "UPDATE ip_bans SET failures = failures - 1 WHERE ip = $1 AND banned_until IS NULL",
-                        )
-                        .bind(&k.key)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
+                let hit: Option<String> = sqlx::query_scalar(
+                    "UPDATE ip_bans SET banned_until = $2 \
+                     WHERE ip = $1 AND banned_until IS NULL AND failures >= $3 RETURNING ip",
+                )
+                .bind(&k.key)
+                .bind(now + ban_secs)
+                .bind(i64::from(k.max))
+                .fetch_optional(&mut *tx)
+                .await?;
+                banned.extend(hit);
             }
             Ok(banned)
         })
     }
 
     /// Gives back the reservations of successful attempts, many at once (one transaction; see the gate's
-    /// group commit): the same as `settle_attempt(keys, false, …)` for each.
+    /// group commit).
     pub async fn give_back_attempts(&self, batches: &[Vec<BanKey>]) -> Result<(), DbError> {
         if batches.is_empty() {
             return Ok(());
         }
         in_tx!(self, tx => async {
             for k in batches.iter().flatten() {
-                let gone = sqlx::query("DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 1")
-                    .bind(&k.key)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if gone == 0 {
-                    sqlx::query("UPDATE ip_bans SET failures = failures - 1 WHERE ip = $1 AND banned_until IS NULL")
-                        .bind(&k.key)
-                        .execute(&mut *tx)
-                        .await?;
+                if sqlx::query(GIVE_BACK_LAST).bind(&k.key).execute(&mut *tx).await?.rows_affected() == 0 {
+                    sqlx::query(GIVE_BACK_ONE).bind(&k.key).execute(&mut *tx).await?;
                 }
             }
             Ok(())

@@ -208,11 +208,6 @@ impl Budget {
     pub fn counts(&self) -> (usize, usize) {
         (self.pending, self.established)
     }
-
-    /// Sources remembered now (tests: they do not pile up).
-    pub fn sources(&self) -> usize {
-        self.sources.len()
-    }
 }
 
 /// One line for the log: `refused` connections from `source` (`None`: from sources past the per-interval cap,
@@ -433,7 +428,7 @@ mod tests {
         assert_eq!(b.counts(), (0, 0));
         assert!(b.by_load.is_empty());
         b.sweep(t0 + Duration::from_secs(5));
-        assert_eq!(b.sources(), 0, "a source holding nothing with a full bucket is forgotten");
+        assert_eq!(b.sources.len(), 0, "a source holding nothing with a full bucket is forgotten");
     }
 
     #[test]

@@ -175,9 +175,9 @@ pub(crate) async fn guarded<T>(
 
 /// Gives a successful attempt's reservation back, grouped with those of other requests finishing meanwhile: one
 /// task writes every waiting give-back in one transaction (and again while more arrive), the requests leave theirs
-/// and go on (the one that started the task waits for it). A pairing thus costs one store write for its reservation and a share of one for its give-back,
-/// instead of two. The task is spawned, so a request dropped mid-way (its client went away) never strands the
-/// queue. A failure is settled at once (its ban must be). A give-back the store refuses, or one lost in a crash,
+/// and go on (the one that started the task waits for it). A pairing thus costs one store write for its
+/// reservation and a share of one for its give-back, instead of two. The task is spawned, so a request dropped
+/// mid-way (its client went away) never strands the queue. A failure is settled at once (its ban must be). A give-back the store refuses, or one lost in a crash,
 /// leaves the attempt counted as a failure for the rest of the window: the cautious side.
 async fn give_back(st: &GateState, keys: Vec<BanKey>) {
     {
@@ -219,9 +219,8 @@ pub fn ban_keys(ip: &str) -> Vec<BanKey> {
             let o = v4.octets();
             keys.push(BanKey { key: format!("{}.{}.{}.0/24", o[0], o[1], o[2]), max: MAX_NET_FAILURES_V4 });
         }
-        Ok(std::net::IpAddr::V6(v6)) => {
-            let s = v6.segments();
-            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+        Ok(v6 @ std::net::IpAddr::V6(_)) => {
+            let net = crate::domain::budget::source_of(v6);
             keys.push(BanKey { key: format!("{net}/64"), max: MAX_NET_FAILURES_V6 });
         }
         Err(_) => {}

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::domain::budget::{Budget, ConnId, Limits, RefusalLog, Summary};
@@ -62,7 +63,7 @@ impl Doorman {
     }
 
     /// A new connection from `peer`: its pass, or `None` (refused, and the refusal noted).
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Pass> {
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Pass> {
         let ip = peer.ip().to_canonical();
         let now = Instant::now();
         let verdict = lock(&self.budget).admit(ip, now);
@@ -93,17 +94,30 @@ impl Doorman {
         }
     }
 
+    /// The next admitted connection on `listener`, with its pass. Refused ones are closed at once (the door logs
+    /// them); accept errors (EMFILE and friends) pause the loop a little rather than spin it. Cancel-safe.
+    pub async fn next(self: &Arc<Self>, listener: &TcpListener) -> (TcpStream, SocketAddr, Pass) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    if let Some(pass) = self.admit(peer) {
+                        return (stream, peer, pass);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(listener = self.listener, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
     /// Notes a refusal decided elsewhere (the front: a first packet without a genuine key).
     pub fn refused(&self, ip: IpAddr, reason: &'static str) {
         let line = lock(&self.log).note(ip, reason, Instant::now());
         if let Some(line) = line {
             self.write(&line);
         }
-    }
-
-    /// (pending, established) connections now.
-    pub fn counts(&self) -> (usize, usize) {
-        lock(&self.budget).counts()
     }
 
     fn write(&self, s: &Summary) {

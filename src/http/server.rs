@@ -124,21 +124,10 @@ pub async fn serve(
     let door = Doorman::new(limits.name, limits.budget);
     let tls = tls.map(Arc::new);
     loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
+        let (stream, peer, pass) = tokio::select! {
+            next = door.next(&listener) => next,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: wait a little rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Refused connections are dropped (closed) at once; the door logs them, summed per source.
-        let Some(pass) = door.admit(peer) else { continue };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();

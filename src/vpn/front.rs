@@ -75,16 +75,7 @@ impl Front {
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
         let door = Doorman::new("front", LIMITS);
         loop {
-            let (conn, peer) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: wait a little rather than spin.
-                    tracing::warn!(error = %e, "front: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some(pass) = door.admit(peer) else { continue };
+            let (conn, peer, pass) = door.next(&listener).await;
             let (me, door) = (self.clone(), door.clone());
             tokio::spawn(async move {
                 let relayed = tokio::select! {

@@ -423,20 +423,12 @@ impl Instance {
         let Some(serial) = normalise_serial(serial) else { return Decision::Deny("unknown certificate") };
         // Store errors deny: never let a client in on a guess. A store that does not answer within the deadline
         // is a passing fault too (openvpn would otherwise wait for the answer until its hand-window ends).
-        let deadline = super::front::STORE_DEADLINE;
-        let cred = match tokio::time::timeout(deadline, self.store.credential_by_name(&name)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "store unavailable; denying for now");
-                return Decision::Deny(super::auth::PASSING_FAULT);
-            }
-            Err(_) => {
-                tracing::error!("store did not answer in time; denying for now");
-                return Decision::Deny(super::auth::PASSING_FAULT);
-            }
+        let lookups = async {
+            let cred = self.store.credential_by_name(&name).await?;
+            Ok::<_, crate::db::DbError>((cred, self.store.certificate_by_serial(&serial).await?))
         };
-        let cert = match tokio::time::timeout(deadline, self.store.certificate_by_serial(&serial)).await {
-            Ok(Ok(c)) => c,
+        let (cred, cert) = match tokio::time::timeout(super::front::STORE_DEADLINE, lookups).await {
+            Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "store unavailable; denying for now");
                 return Decision::Deny(super::auth::PASSING_FAULT);
