@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{
-    ALIVE_FOR_SECS, CATCH_UP_EVERY, ClusterError, DEAD_AFTER_SECS, EVENTS_KEPT_SECS, HEARTBEAT_EVERY, Local,
-};
+use super::{ALIVE_FOR_SECS, CATCH_UP_EVERY, ClusterError, DEAD_AFTER_SECS, EVENTS_KEPT_SECS, HEARTBEAT_EVERY, Local};
 use crate::db::events::Wake;
 use crate::db::{DbError, Event, NodeRefusal, NodeStart, Store};
 use crate::domain::Name;
@@ -50,7 +48,9 @@ pub async fn register(store: &Store, name: Name, address: &str, now: i64) -> Res
             Ok(Registered { local: Arc::new(Local::new(name, row.draining_since.is_some())), run_id, after_event })
         }
         Err(NodeRefusal::NameInUse { last_seen }) => Err(ClusterError::NameInUse { name, age: now - last_seen }),
-        Err(NodeRefusal::SingleNode { other, last_seen }) => Err(ClusterError::SingleNode { other, age: now - last_seen }),
+        Err(NodeRefusal::SingleNode { other, last_seen }) => {
+            Err(ClusterError::SingleNode { other, age: now - last_seen })
+        }
     }
 }
 
@@ -174,7 +174,9 @@ async fn catch_up(store: &Store, local: &Local, last: &mut i64, applier: &mut im
         let Some(newest) = events.last().map(|e| e.id) else { return Ok(()) };
         for e in &events {
             let killed = applier.apply(e).await;
-            store.ack_event(e.id, local.name.as_str(), i64::try_from(killed).unwrap_or(i64::MAX), crate::app::now()).await?;
+            store
+                .ack_event(e.id, local.name.as_str(), i64::try_from(killed).unwrap_or(i64::MAX), crate::app::now())
+                .await?;
             *last = e.id;
         }
         debug_assert_eq!(*last, newest);

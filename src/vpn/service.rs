@@ -88,7 +88,8 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
 
     let heartbeat = tokio::spawn(follow::heartbeat(ctx.store.clone(), local.clone(), run_id, shutdown.clone()));
     let applier = Applier { registry: supervisor.registry(), node: local.clone() };
-    let follower = tokio::spawn(follow::follow(ctx.store.clone(), local.clone(), after_event, applier, shutdown.clone()));
+    let follower =
+        tokio::spawn(follow::follow(ctx.store.clone(), local.clone(), after_event, applier, shutdown.clone()));
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
     let control = tokio::spawn(super::control::serve(

@@ -54,14 +54,7 @@ fn name(s: &str) -> Name {
 }
 
 fn start<'a>(node: &'a Name, run_id: &'a str, now: i64) -> NodeStart<'a> {
-    NodeStart {
-        name: node,
-        address: "198.51.100.10",
-        version: "test",
-        run_id,
-        now,
-        alive_since: now - ALIVE_FOR_SECS,
-    }
+    NodeStart { name: node, address: "198.51.100.10", version: "test", run_id, now, alive_since: now - ALIVE_FOR_SECS }
 }
 
 fn terminal(n: &str) -> NewTerminal {
@@ -151,7 +144,10 @@ async fn changes_that_reach_live_sessions_write_their_event_in_the_same_transact
     assert!(id > before);
     let seen = store.events_after(before, "n1").await.unwrap();
     assert_eq!(seen.len(), 1);
-    assert_eq!((seen[0].id, seen[0].kind, seen[0].subject.as_str(), seen[0].node.clone()), (id, EventKind::Kill, "atm-1", None));
+    assert_eq!(
+        (seen[0].id, seen[0].kind, seen[0].subject.as_str(), seen[0].node.clone()),
+        (id, EventKind::Kill, "atm-1", None)
+    );
     // A failed change writes no event (already revoked: the transaction rolls back).
     assert!(store.revoke(&name("atm-1"), Unspecified, &Actor::Vpn, T0 + 2).await.is_err());
     assert_eq!(store.last_event_id().await.unwrap(), id);
@@ -258,4 +254,27 @@ async fn crls_are_kept_for_the_other_nodes(store: Store) {
     store.record_crl(Kind::Terminal, n3, "CRL 3").await.unwrap();
     store.record_crl(Kind::Terminal, n2, "CRL 2").await.unwrap();
     assert_eq!(store.crl_newer_than(Kind::Terminal, n1).await.unwrap(), Some((n3, "CRL 3".into())));
+}
+
+/// SQLite serves one node: a second `serve vpn` on the same store refuses at once, saying why and what to do,
+/// and leaves the first node's row and sessions alone; `node drain` refuses too (the terminals would have
+/// nowhere to go).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_sqlite_is_refused_with_what_to_do() {
+    let i = crate::support::Install::new();
+    let store = Store::open_sqlite(&i.path("db/cas-vpn.sqlite")).await.unwrap();
+    let now = cas_vpn::app::now();
+    let n1 = name("n1");
+    store.register_node(&start(&n1, "first", now)).await.unwrap().unwrap();
+    let err = i.fails(&["serve", "vpn", "--node", "n2"], 1);
+    assert!(err.contains("SQLite, which serves one node") && err.contains("node n1 is running"), "{err}");
+    assert!(err.contains("PostgreSQL"), "says what several nodes need: {err}");
+    let nodes = store.list_nodes().await.unwrap();
+    assert_eq!((nodes.len(), nodes[0].run_id.as_str()), (1, "first"), "the running node is untouched");
+    // The same name held by a live process is refused too (two machines cloned with one config).
+    let err = i.fails(&["serve", "vpn", "--node", "n1"], 1);
+    assert!(err.contains("node n1 is already running"), "{err}");
+    let err = i.fails(&["node", "drain", "n1"], 1);
+    assert!(err.contains("SQLite, which serves one node"), "{err}");
+    store.close().await;
 }
