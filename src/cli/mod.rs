@@ -2,6 +2,7 @@
 //! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
 
 pub mod audit;
+pub mod metrics;
 pub mod pairing;
 pub mod web_user;
 
@@ -75,6 +76,9 @@ pub enum Cmd {
     /// Accounts of the admin web UI.
     #[command(subcommand, name = "web-user")]
     WebUser(web_user::WebUserCmd),
+    /// The Prometheus scrape token of `/metrics` (admin UI).
+    #[command(subcommand)]
+    Metrics(metrics::MetricsCmd),
     /// End a terminal or admin credential (and its live session).
     Revoke {
         name: Name,
@@ -320,6 +324,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Terminal(t) => terminal(Ctx::open(&root, db).await?, t).await?,
         Cmd::WebUser(w) => web_user::run(Ctx::open(&root, db).await?, w).await?,
+        Cmd::Metrics(m) => metrics::run(Ctx::open(&root, db).await?, m).await?,
         Cmd::AdminVpn(a) => {
             let ctx = Ctx::open(&root, db).await?;
             match a {
