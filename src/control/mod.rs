@@ -41,11 +41,17 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "lowercase")]
 pub enum Response {
-    Killed { sessions: usize },
+    Killed {
+        sessions: usize,
+    },
     Reloaded,
     /// Each instance's state; `answers` per instance was added later (an older client ignores it).
-    Status { instances: Vec<InstanceStatus> },
-    Error { message: String },
+    Status {
+        instances: Vec<InstanceStatus>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 pub fn socket_path(root: &Path) -> PathBuf {

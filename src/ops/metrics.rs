@@ -200,20 +200,22 @@ pub async fn collect(ctx: &Ctx) -> Exposition {
     if let Err(e) = &store {
         tracing::warn!(error = %e, "metrics: the store did not answer");
     }
-    let vpn = match ctx.cfg.active_vpn() {
-        Some(_) => from_vpn(ctx).await,
-        None => Ok(None),
-    };
+    // Under Scenario B no vpn service is meant to run: it is no source then.
+    let scenario_a = ctx.cfg.active_vpn().is_some();
+    let vpn = if scenario_a { from_vpn(ctx).await } else { Ok(None) };
     if let Err(e) = &vpn {
         tracing::warn!(error = %e, "metrics: the vpn service did not answer its status");
     }
     let up = x.family(
         "casvpn_source_up",
         MetricType::Gauge,
-        "Whether a source of this scrape answered (store; vpn: the vpn service's control socket, 0 when it does not run).",
+        "Whether a source of this scrape answered: store; vpn (Scenario A only), the vpn service's control \
+         socket, 0 when it does not run.",
     );
     up.add(&[("source", "store")], f64::from(u8::from(store.is_ok())));
-    up.add(&[("source", "vpn")], f64::from(u8::from(matches!(vpn, Ok(Some(_))))));
+    if scenario_a {
+        up.add(&[("source", "vpn")], f64::from(u8::from(matches!(vpn, Ok(Some(_))))));
+    }
 
     if let Ok(s) = &store {
         // NODE LABEL: add ("node", …) here once the store's sessions carry their node.

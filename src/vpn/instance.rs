@@ -277,7 +277,8 @@ impl Instance {
     async fn client_event(&mut self, ev: ClientEvent) {
         let Some(mgmt) = self.mgmt() else { return };
         // A question openvpn waits on: how long its answer takes is measured (store lookups and the command).
-        let asked = matches!(ev, ClientEvent::Connect { .. } | ClientEvent::Reauth { .. }).then(std::time::Instant::now);
+        let asked =
+            matches!(ev, ClientEvent::Connect { .. } | ClientEvent::Reauth { .. }).then(std::time::Instant::now);
         let result = match ev {
             ClientEvent::Connect { cid, kid, env } => match self.authorize(&env).await {
                 Decision::Allow { credential_id, name, tunnel_ip, netmask } => {
