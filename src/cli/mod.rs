@@ -311,7 +311,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 for c in &r.checks {
                     let level = format!("{:?}", c.level).to_uppercase();
-                    println!("{level:<5} {:<40} {}", c.check, c.detail);
+                    println!("{level:<7} {:<36} {}", c.check, c.detail);
+                    if let Some(fix) = &c.fix {
+                        println!("{:<7} {:<36} fix: {fix}", "", "");
+                    }
                 }
             }
             if !r.healthy {
