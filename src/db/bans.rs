@@ -7,7 +7,9 @@
 //! its own limit); an attempt goes ahead only if every key has room. A crash between the two steps leaves the
 //! attempt counted as a failure: the cautious side. A row that no longer counts (ban over, first failure older
 //! than the window) starts afresh when its source comes back, and such rows are deleted whenever a failure is
-//! settled; a success's reservation is given back (its row deleted when it was the only one).
+//! settled; a success's reservation is given back (its row deleted when it was the only one). A failure settled,
+//! an attempt refused as banned and each ban imposed also bump `metric_counters` in the same transaction
+//! (`/metrics`: cumulative, shared by every gate).
 
 use super::metrics::{BUMP, Counter};
 use super::{DbError, Store};
