@@ -33,10 +33,10 @@ impl Counter {
 }
 
 /// Live sessions of one instance, by the kind of their credentials.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceSessions {
     pub instance: String,
-    pub kind: String,
+    pub kind: Kind,
     // NODE LABEL: when `sessions` gets its `node` column, select it here (GROUP BY node too) and the exporter
     // (ops::metrics) adds it as a label.
     pub sessions: i64,
@@ -97,14 +97,19 @@ impl Store {
 
     /// Live sessions per instance and credential kind, in instance order.
     pub async fn sessions_per_instance(&self) -> Result<Vec<InstanceSessions>, DbError> {
-        Ok(on_pool!(self, pool => {
+        let rows: Vec<(String, String, i64)> = on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT s.instance AS instance, c.kind AS kind, COUNT(*) AS sessions FROM sessions s \
+                "SELECT s.instance, c.kind, COUNT(*) FROM sessions s \
                  JOIN credentials c ON c.id = s.credential_id GROUP BY s.instance, c.kind ORDER BY s.instance, c.kind",
             )
             .fetch_all(pool)
             .await?
-        }))
+        });
+        rows.into_iter()
+            .map(|(instance, kind, sessions)| {
+                Ok(InstanceSessions { instance, kind: super::parse_kind(&kind)?, sessions })
+            })
+            .collect()
     }
 
     /// Terminals that ever completed pairing (by token, by approval, or by the first VPN session of a profile

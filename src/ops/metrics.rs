@@ -225,7 +225,7 @@ pub async fn collect(ctx: &Ctx) -> Exposition {
             "Live VPN sessions per instance and credential kind (from the store).",
         );
         for r in &s.sessions {
-            f.add(&[("instance", &r.instance), ("kind", &r.kind)], r.sessions as f64);
+            f.add(&[("instance", &r.instance), ("kind", kind_label(r.kind))], r.sessions as f64);
         }
         let f = x.family(
             "casvpn_pairings_total",

@@ -32,8 +32,9 @@ pub async fn metrics(State(state): State<WebState>, headers: HeaderMap) -> Resul
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or(MetricsError::Unauthorized)?;
     match ops::metrics::token_valid(&state.ctx, presented).await {
         Ok(true) => {}
