@@ -238,9 +238,16 @@ fn files(c: &mut Checks, ctx: &Ctx, accounts: Option<&Accounts>) {
     match (accounts, UserMode::from_env()) {
         (Some(a), _) => {
             let mut wrong = Vec::new();
+            let db = root.join("db");
             for w in super::ownership::expected(root, a, &ctx.cfg.gate.download_dir) {
+                // The store's files (-wal, -shm) are remade by whichever service opens the store first: their
+                // group (setgid db/) and mode say who may write, not their owner.
+                let any_owner = w.path.parent() == Some(db.as_path());
                 match std::fs::metadata(&w.path) {
-                    Ok(m) if m.uid() == w.uid && m.gid() == w.gid && m.permissions().mode() & 0o7777 == w.mode => {}
+                    Ok(m)
+                        if (any_owner || m.uid() == w.uid)
+                            && m.gid() == w.gid
+                            && m.permissions().mode() & 0o7777 == w.mode => {}
                     Ok(m) => wrong.push(format!(
                         "{} is {}:{} {:o}, want {}:{} {:o}",
                         w.path.display(),
