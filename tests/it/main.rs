@@ -9,6 +9,7 @@ mod hostile;
 mod import;
 mod layers;
 mod master;
+mod packaging;
 mod signer;
 mod store;
 mod support;
