@@ -81,8 +81,8 @@ fn the_dockerfile_and_setup_build_with_the_readmes_command() {
     assert_eq!(readme.len(), 1, "the README names one build command: {readme:?}");
     let readme = &readme[0];
     assert!(readme.contains("--release") && readme.contains("--locked"), "{readme}");
-    assert_eq!(build_commands(&read("docker/Dockerfile")), [readme.clone()], "docker/Dockerfile");
-    assert_eq!(build_commands(&read("scripts/setup")), [readme.clone()], "scripts/setup");
+    assert_eq!(build_commands(&read("docker/Dockerfile")), std::slice::from_ref(readme), "docker/Dockerfile");
+    assert_eq!(build_commands(&read("scripts/setup")), std::slice::from_ref(readme), "scripts/setup");
     // The parser sees a command that differs (so the comparison above can fail).
     assert_eq!(build_commands("RUN cargo build --locked --bin cas-vpn\n"), ["cargo build --locked --bin cas-vpn"]);
     // The runtime stage takes what that command made, and starts through the entrypoint script.
@@ -256,13 +256,12 @@ fn package() -> &'static Path {
             .env("CARGO_TARGET_DIR", &target)
             .current_dir(env!("CARGO_MANIFEST_DIR")));
         assert!(out.status.success(), "cargo deb (scripts/install-deps --package installs cargo-deb): {}", text(&out));
-        let deb = std::fs::read_dir(&out_dir)
+        std::fs::read_dir(&out_dir)
             .unwrap()
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .expect("cargo deb made no .deb");
-        deb
+            .expect("cargo deb made no .deb")
     })
 }
 
