@@ -358,6 +358,17 @@ fn the_package_installs_on_a_fresh_root_and_every_unit_runs_as_it_says() {
     ] {
         assert!(l.contains(m), "{m} in {l}");
     }
+    // The maintainer scripts: enable and start on a first install; on an upgrade restart what ran and enable
+    // nothing (an operator's disable stays); stop everything on removal; purge keeps /batm and the accounts.
+    let units = SERVICES.map(|s| format!("cas-vpn-{s}.service")).join(" ");
+    assert!(line("check: systemctl install: ").ends_with(": enable cas-vpn.target;daemon-reload;start cas-vpn.target"));
+    assert!(line("check: systemctl upgrade: ").ends_with(&format!(": daemon-reload;try-restart {units}")));
+    assert!(
+        line("check: systemctl remove: ").contains(&format!(": stop cas-vpn.target {units};disable cas-vpn.target"))
+    );
+    assert!(
+        line("check: after purge: ").ends_with(": /batm/pki/terminal-ca.key /batm/db/cas-vpn.sqlite user:batmgate")
+    );
     assert!(line("install_s=").contains("upgrade_restart_s="), "{all}");
 }
 
