@@ -11,6 +11,7 @@ mod layers;
 mod master;
 mod metrics;
 mod nodes;
+mod packaging;
 mod signer;
 mod store;
 mod support;
