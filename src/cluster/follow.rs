@@ -32,8 +32,15 @@ pub struct Registered {
 
 /// Registers this node: refused when another live process holds its name, or when the store is SQLite and
 /// another node is alive there.
-pub async fn register(store: &Store, name: Name, address: &str, now: i64) -> Result<Registered, ClusterError> {
-    let run_id = hex::encode(rand::random::<[u8; 8]>());
+/// `holder`: who runs the node (see [`holder_id`]).
+pub async fn register(
+    store: &Store,
+    name: Name,
+    holder: &str,
+    address: &str,
+    now: i64,
+) -> Result<Registered, ClusterError> {
+    let run_id = format!("{holder}/{}", hex::encode(rand::random::<[u8; 8]>()));
     let start = NodeStart {
         name: &name,
         address,
@@ -52,6 +59,20 @@ pub async fn register(store: &Store, name: Name, address: &str, now: i64) -> Res
             Err(ClusterError::SingleNode { other, age: now - last_seen })
         }
     }
+}
+
+/// Who runs a node: this machine (its machine id, else its host name) and the installation root, hashed. A
+/// `serve vpn` restarted after a crash is the same holder (its root's single-instance lock says the predecessor
+/// is gone), while a copy of the configuration on another machine, or in another root, is not.
+pub fn holder_id(root: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let machine = crate::sys::machine_id().unwrap_or_default();
+    let digest = Sha256::new()
+        .chain_update(machine.as_bytes())
+        .chain_update([0])
+        .chain_update(root.as_os_str().as_encoded_bytes())
+        .finalize();
+    hex::encode(&digest[..8])
 }
 
 /// Every [`HEARTBEAT_EVERY`]: the heartbeat, the draining flag as the store has it (should an event have been
@@ -78,7 +99,7 @@ pub async fn heartbeat(store: Store, local: Arc<Local>, run_id: String, mut shut
             if let Some(row) = store.node(&local.name).await? {
                 local.set_draining(row.draining_since.is_some());
             }
-            if beats % 6 == 0 {
+            if beats.is_multiple_of(6) {
                 let cleared = store.clear_dead_nodes_sessions(now - DEAD_AFTER_SECS).await?;
                 if cleared > 0 {
                     tracing::info!(sessions = cleared, "cleared the sessions of nodes that stopped answering");

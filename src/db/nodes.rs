@@ -13,7 +13,8 @@ pub struct NodeRow {
     pub version: String,
     pub started_at: i64,
     pub last_seen: i64,
-    /// Random per start of `serve vpn`: tells two processes claiming one name apart.
+    /// `HOLDER/RANDOM`: HOLDER names the machine and root that run the node (a restart there, after a crash
+    /// whose heartbeat is still fresh, is the same holder), RANDOM this start of `serve vpn`.
     pub run_id: String,
     pub draining_since: Option<i64>,
 }
@@ -28,6 +29,11 @@ pub struct NodeStart<'a> {
     pub now: i64,
     /// A heartbeat newer than this (unix seconds) means "alive".
     pub alive_since: i64,
+}
+
+/// The holder part of a run id (`HOLDER/RANDOM`).
+fn holder(run_id: &str) -> &str {
+    run_id.split_once('/').map_or(run_id, |(h, _)| h)
 }
 
 /// Why a node may not start.
@@ -46,7 +52,9 @@ macro_rules! node_select {
 }
 
 impl Store {
-    /// Registers (or re-registers) a node at its start: refused when another live process holds the name, or
+    /// Registers (or re-registers) a node at its start: refused when another holder (another machine, or another
+    /// root on this one) holds the name with a live heartbeat (the same holder restarting after a crash may: its
+    /// single-instance lock proves its predecessor is gone), or
     /// when the store is SQLite and another node is alive (SQLite serves one node: one machine's file). A
     /// draining node stays draining across restarts (the operator's intent lives in the store).
     pub async fn register_node(&self, n: &NodeStart<'_>) -> Result<Result<NodeRow, NodeRefusal>, DbError> {
@@ -54,7 +62,7 @@ impl Store {
         in_tx!(self, tx => async {
             let rows: Vec<NodeRow> = sqlx::query_as(node_select!("")).fetch_all(&mut *tx).await?;
             if let Some(mine) = rows.iter().find(|r| r.name == n.name.as_str())
-                && mine.run_id != n.run_id
+                && holder(&mine.run_id) != holder(n.run_id)
                 && mine.last_seen >= n.alive_since
             {
                 return Ok(Err(NodeRefusal::NameInUse { last_seen: mine.last_seen }));

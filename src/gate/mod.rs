@@ -163,7 +163,7 @@ pub async fn run_gate_on(
 }
 
 /// How often the gate re-reads the nodes its profiles list as `remote`s.
-const NODES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+const NODES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps the delivered profiles' `remote` lines in step with the nodes sharing the store.
 async fn follow_nodes(state: GateState, mut stop: watch::Receiver<bool>) {

@@ -18,3 +18,12 @@ pub fn host_name() -> Option<String> {
     let first = host.split('.').next()?.to_ascii_lowercase();
     (!first.is_empty()).then_some(first)
 }
+
+/// This machine's identity: `/etc/machine-id` (systemd's), else the host name.
+pub fn machine_id() -> Option<String> {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(host_name)
+}

@@ -38,7 +38,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
     let name = cluster::node_name(&ctx.cfg, node.as_ref());
     let address = cluster::public_address(&ctx.cfg).unwrap_or_default();
     let follow::Registered { local, run_id, after_event } =
-        follow::register(&ctx.store, name, &address, crate::app::now())
+        follow::register(&ctx.store, name, &follow::holder_id(&ctx.cfg.root), &address, crate::app::now())
             .await
             .map_err(|e| AppError::Other(e.to_string()))?;
     tracing::info!(node = %local.name, %address, draining = local.draining(), store = ctx.store.backend(), "node registered");

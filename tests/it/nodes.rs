@@ -72,6 +72,13 @@ async fn registration_refuses_a_held_name_and_a_second_node_on_sqlite(store: Sto
     assert_eq!(refused, NodeRefusal::NameInUse { last_seen: T0 + 1 });
     assert!(!store.node_heartbeat(&n1, "run-b", T0 + 5).await.unwrap(), "only the holder beats");
     assert!(store.node_heartbeat(&n1, "run-a", T0 + 5).await.unwrap());
+    // The same holder (machine and root) restarting after a kill -9, its heartbeat still fresh: it may (its
+    // single-instance lock proves the predecessor gone), and the predecessor's run no longer beats.
+    store.register_node(&start(&n1, "run-a/2", T0 + 5)).await.unwrap().unwrap();
+    assert!(!store.node_heartbeat(&n1, "run-a", T0 + 5).await.unwrap(), "the killed run lost the name");
+    assert!(store.node_heartbeat(&n1, "run-a/2", T0 + 5).await.unwrap());
+    let refused = store.register_node(&start(&n1, "run-b/1", T0 + 5)).await.unwrap().unwrap_err();
+    assert_eq!(refused, NodeRefusal::NameInUse { last_seen: T0 + 5 }, "another holder may not");
 
     // A second node: PostgreSQL takes it, SQLite (one machine's file) refuses while n1 lives.
     let second = store.register_node(&start(&n2, "run-c", T0 + 6)).await.unwrap();
@@ -202,7 +209,7 @@ impl follow::Applier for Recorder {
 
 async fn the_follower_applies_every_event_and_acknowledges_it(store: Store) {
     let now = cas_vpn::app::now();
-    let node = follow::register(&store, name("n1"), "198.51.100.10", now).await.unwrap();
+    let node = follow::register(&store, name("n1"), "holder-1", "198.51.100.10", now).await.unwrap();
     // Events from before the registration concern sessions that no longer exist: not applied.
     let old = store.publish_event(EventKind::Kill, "old", None, now).await.unwrap();
     assert!(old > node.after_event);
