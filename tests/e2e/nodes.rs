@@ -221,7 +221,10 @@ fn a_killed_node_loses_its_terminals_to_the_others() {
     wait_until("the agent's tunnel has its address again", CONNECT, || {
         tunnel_address(c.client_ns(2)) == Some(agent_ip)
     });
-    let seen = |c: &Cluster| c.terminal_show("atm-agent")["last_seen"].as_str().map(str::to_owned);
+    let seen = |c: &Cluster| {
+        let t = c.terminal_show("atm-agent")["last_seen"].as_str().map(str::to_owned)?;
+        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
+    };
     let before = seen(&c);
     let heartbeats = |from: usize| since(&agent, from).iter().filter(|l| l.contains("heartbeat ok")).count();
     let mark_hb = agent.mark();
