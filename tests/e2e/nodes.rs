@@ -83,7 +83,7 @@ fn a_revoke_on_one_node_ends_the_session_on_another_within_a_second() {
     let on_b = report_entry(&r, &c.name(b));
     assert_eq!(on_b["acknowledged"], true, "{r}");
     assert_eq!(on_b["killed"], 1, "{r}");
-    assert_eq!(report_entry(&r, &c.name(a))["acknowledged"], true, "{r}");
+    assert!(r["nodes"].as_array().unwrap().iter().all(|n| n["acknowledged"] == true), "{r}");
 
     // It keeps retrying, on every node in turn, and is refused everywhere: no session appears anywhere.
     wait_until("the revoked terminal tried every node, three attempts at least", CONNECT, || {
@@ -143,9 +143,8 @@ fn events_committed_while_a_node_is_cut_off_are_applied_when_it_is_back() {
     let again = c.json(a, &["revoke", "atm-0"]);
     eprintln!("the second revoke returned after {:?}: {again}", t2.elapsed());
     assert_eq!(again["already_revoked"], true, "{again}");
-    for i in 0..c.nodes() {
-        assert_eq!(report_entry(&again, &c.name(i))["acknowledged"], true, "{again}");
-    }
+    assert_eq!(report_entry(&again, &c.name(b))["acknowledged"], true, "{again}");
+    assert!(again["nodes"].as_array().unwrap().iter().all(|n| n["acknowledged"] == true), "{again}");
     c.wait_ready(b, CONNECT);
     let list = c.node_list();
     for i in 0..c.nodes() {
