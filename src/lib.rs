@@ -1,5 +1,5 @@
 //! cas-vpn: an OpenVPN orchestrator for Bitcoin ATM fleets. See ARCHITECTURE.md for the map and the floors:
-//! `cli → ops/daemon/web → services (vpn, gate, master, net, firewall, agent) → app/http/wire/control → db/config/pkifiles/ovpn →
+//! `cli → ops/daemon/web → services (vpn, gate, master, net, firewall, agent) → app/http/wire/control/cluster → db/config/pkifiles/ovpn →
 //! domain/sys (and cas-pki)`. Nothing imports upward; services never import `ops` or each other
 //! (`tests/it/layers.rs` enforces it).
 
@@ -19,6 +19,7 @@ pub mod signer;
 pub mod vpn;
 // Floor 3: what services share.
 pub mod app;
+pub mod cluster;
 pub mod control;
 pub mod http;
 pub mod wire;

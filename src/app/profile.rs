@@ -36,7 +36,9 @@ pub fn parse_metadata(m: &ClientMetadata) -> Option<(Kind, Name)> {
 pub struct ProfileMaker {
     kind: Kind,
     ca: Pem,
-    host: Host,
+    /// This node's public address first, then every other node's the store knows (one `remote` line each;
+    /// refreshed by [`ProfileMaker::load_nodes`]).
+    hosts: std::sync::RwLock<Vec<Host>>,
     proto: Proto,
     front_port: u16,
     server_name: Name,
@@ -44,6 +46,7 @@ pub struct ProfileMaker {
 }
 
 impl ProfileMaker {
+    /// Reads the CA and the tls-crypt-v2 key; profiles name this node only until [`ProfileMaker::load_nodes`].
     pub fn new(ctx: &Ctx, kind: Kind) -> Result<ProfileMaker, AppError> {
         let vpn = ctx.vpn("a client profile")?;
         let host = match (&vpn.public_hostname, ctx.cfg.network.public_ip) {
@@ -51,6 +54,7 @@ impl ProfileMaker {
             (None, Some(ip)) => Host::from(ip),
             (None, None) => return Err(AppError::NoPublicAddress { path: ctx.cfg.network_path() }),
         };
+        let hosts = std::sync::RwLock::new(vec![host]);
         let role = match kind {
             Kind::Terminal => ServerRole::TerminalVpn,
             Kind::Admin => ServerRole::AdminVpn,
@@ -58,12 +62,32 @@ impl ProfileMaker {
         Ok(ProfileMaker {
             kind,
             ca: Pem::new(&ctx.pki.read_ca_cert(kind)?)?,
-            host,
+            hosts,
             proto: vpn.proto,
             front_port: vpn.terminal_front_port,
             server_name: role.common_name().parse()?,
             tls: ctx.pki.load_tls_crypt_v2(kind)?,
         })
+    }
+
+    /// Every node the store knows goes into the profiles as a `remote` (this node's address first). A node
+    /// appears once its `serve vpn` has registered; an address that is not a valid host is left out, loudly.
+    pub async fn load_nodes(&self, store: &crate::db::Store) -> Result<(), AppError> {
+        self.take_nodes(&store.list_nodes().await?);
+        Ok(())
+    }
+
+    /// [`ProfileMaker::load_nodes`] with the node rows already read.
+    pub fn take_nodes(&self, nodes: &[crate::db::NodeRow]) {
+        let Ok(mut hosts) = self.hosts.write() else { return };
+        hosts.truncate(1);
+        for node in nodes {
+            match node.address.parse::<Host>() {
+                Ok(h) if !hosts.contains(&h) => hosts.push(h),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(node = %node.name, error = %e, "node address left out of client profiles"),
+            }
+        }
     }
 
     /// Renders one profile with a fresh random tls-crypt-v2 client key. `port`: the admin credential's own port; terminals always use the front port.
@@ -107,11 +131,13 @@ impl ProfileMaker {
         let tls = Pem::new(&wrapped.to_pem())?;
         let cert = Pem::new(cert_pem)?;
         let key_pem = key.map(|k| Pem::new(&k.to_pem())).transpose()?;
+        let hosts = self.hosts.read().map(|h| h.clone()).map_err(|_| AppError::Other("profile hosts lock".into()))?;
         Ok(ovpn::render(&ClientProfile {
             kind: self.kind,
             name,
             proto: self.proto,
-            host: &self.host,
+            hosts: &hosts,
+            remote_random: self.kind == Kind::Terminal && hosts.len() > 1,
             port: port.unwrap_or(self.front_port),
             server_name: &self.server_name,
             retry_auth: self.kind == Kind::Terminal,

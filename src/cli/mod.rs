@@ -2,6 +2,7 @@
 //! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
 
 pub mod audit;
+pub mod node;
 pub mod pairing;
 pub mod web_user;
 
@@ -55,6 +56,10 @@ pub enum Cmd {
     Serve {
         #[arg(value_enum, default_value = "all")]
         what: crate::daemon::Service,
+        /// This VPN node's name when several nodes share one PostgreSQL store (default: `node` in config/vpn,
+        /// else the host name).
+        #[arg(long)]
+        node: Option<Name>,
     },
     /// What is configured, stored, running and about to expire.
     Status {
@@ -75,6 +80,9 @@ pub enum Cmd {
     /// Accounts of the admin web UI.
     #[command(subcommand, name = "web-user")]
     WebUser(web_user::WebUserCmd),
+    /// VPN nodes sharing this store (several need PostgreSQL).
+    #[command(subcommand)]
+    Node(node::NodeCmd),
     /// End a terminal or admin credential (and its live session).
     Revoke {
         name: Name,
@@ -290,7 +298,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("first web user `admin`, one-time setup link (24 h): {url}");
             }
         }
-        Cmd::Serve { what } => crate::daemon::serve(&root, db, what).await?,
+        Cmd::Serve { what, node } => crate::daemon::serve(&root, db, what, node).await?,
         Cmd::Status { json } => {
             let ctx = Ctx::open(&root, db).await?;
             let s = ops::status::status(&ctx).await?;
@@ -384,6 +392,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(n) => println!("{n} live session(s) ended"),
                 None => println!("no cas-vpn serve is running here: no live session to end"),
             }
+            for n in &r.nodes {
+                if n.acknowledged {
+                    println!("node {}: {} live session(s) ended", n.node, n.killed);
+                } else {
+                    eprintln!(
+                        "warning: node {} did not acknowledge within {} s; it ends the session when it catches up, \
+                         and refuses the credential at its next connection",
+                        n.node,
+                        ops::nodes::ACK_DEADLINE.as_secs()
+                    );
+                }
+            }
         }
         Cmd::Pairing(p) => pairing::pairing(Ctx::open(&root, db).await?, p).await?,
         Cmd::UnbanIp { ip, json } => pairing::unban_ip(Ctx::open(&root, db).await?, ip, json).await?,
@@ -391,6 +411,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Firewall(f) => firewall(Ctx::open(&root, db).await?, f).await?,
         // Reading the trail must not wait for an unrelated typo in a configuration file.
         Cmd::Audit(a) => audit::run(open_lenient(&root, db).await?, a).await?,
+        Cmd::Node(n) => node::run(open_lenient(&root, db).await?, n).await?,
         Cmd::Crl { out } => {
             let ctx = open_lenient(&root, db).await?;
             let mut pem = String::new();

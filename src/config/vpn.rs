@@ -11,12 +11,12 @@ use std::str::FromStr;
 
 use super::error::shown_key;
 use super::{ConfigError, KeyLines, Root, describe, split_pairs};
-use crate::domain::{DomainError, Dur, Host, PortRange, Subnet, shown};
+use crate::domain::{DomainError, Dur, Host, Name, PortRange, Subnet, shown};
 use crate::sys::fs::{read_optional, write_atomic};
 use cas_pki::KeyType;
 
 /// Every key of `config/vpn`, in the order `render` writes them, with the comment written above it.
-pub const VPN_KEYS: [(&str, &str); 19] = [
+pub const VPN_KEYS: [(&str, &str); 20] = [
     ("terminal_front_port", "Public port terminals connect to; connections are spread over the terminal instances."),
     ("terminal_ports", "Ports of the terminal OpenVPN instances (one instance per port), on instance_listen_ip."),
     ("terminal_per_instance", "Most terminals one terminal instance serves."),
@@ -48,6 +48,10 @@ pub const VPN_KEYS: [(&str, &str); 19] = [
     ("interface", "Dummy interface cas-vpn creates for the *_bind_ip service addresses (1-15 of a-z 0-9 _ -)."),
     ("instance_listen_ip", "Address the terminal instances listen on, behind terminal_front_port."),
     ("token_ttl", "Lifetime of a pairing token, e.g. 30m, 24h, 7d."),
+    (
+        "node",
+        "This node's name when several VPN nodes share one PostgreSQL store; empty means the host name.",
+    ),
 ];
 
 /// Ports cas-vpn itself uses on the server (gate and master on 7741, admin bootstrap on 7777): no VPN port may take
@@ -79,6 +83,8 @@ pub struct VpnConfig {
     pub interface: Interface,
     pub instance_listen_ip: Ipv4Addr,
     pub token_ttl: Dur,
+    /// This node's name (several nodes on one PostgreSQL store); `None`: the host name.
+    pub node: Option<Name>,
 }
 
 impl Default for VpnConfig {
@@ -104,6 +110,7 @@ impl Default for VpnConfig {
             interface: Interface("batm0".into()),
             instance_listen_ip: Ipv4Addr::LOCALHOST,
             token_ttl: Dur(std::time::Duration::from_secs(24 * 3600)),
+            node: None,
         }
     }
 }
@@ -149,6 +156,7 @@ impl VpnConfig {
             "interface" => self.interface.to_string(),
             "instance_listen_ip" => self.instance_listen_ip.to_string(),
             "token_ttl" => render_dur(self.token_ttl),
+            "node" => self.node.as_ref().map(Name::to_string).unwrap_or_default(),
             _ => unreachable!("only VPN_KEYS are rendered"),
         }
     }
@@ -186,6 +194,7 @@ impl VpnConfig {
                 self.instance_listen_ip = ip;
             }
             "token_ttl" => self.token_ttl = v.parse().map_err(domain)?,
+            "node" => self.node = if v.is_empty() { None } else { Some(v.parse().map_err(domain)?) },
             _ => unreachable!("only VPN_KEYS are applied"),
         }
         Ok(())
@@ -606,7 +615,7 @@ mod tests {
             "/batm/config/vpn:2: key terminal_port: unknown key; expected one of terminal_front_port, \
              terminal_ports, terminal_per_instance, terminal_subnet, admin_ports, admin_subnet, proto, key_type, \
              terminal_cert_days, admin_cert_days, server_cert_days, ca_days, crl_days, crl_validity, renew_before_days, \
-             public_hostname, interface, instance_listen_ip, token_ttl"
+             public_hostname, interface, instance_listen_ip, token_ttl, node"
         );
         assert_eq!(parse("just words\n").unwrap_err(), "/batm/config/vpn:1: expected key=value, found \"just words\"");
         // Spaces around '=' and trailing comments are fine.

@@ -24,6 +24,7 @@ use super::{Service, service_accounts, stop_on_signals};
 use crate::app::AppError;
 use crate::config::Config;
 use crate::control::signer::{self, SignerRequest, SignerResponse};
+use crate::domain::Name;
 use crate::domain::lifecycle::{Action, Event, Machine, State};
 use crate::sys::process::{Creds, signal_group, signal_process, spawn_service};
 
@@ -38,7 +39,7 @@ struct Child {
     creds: Option<Creds>,
 }
 
-pub async fn run(root: &Path, database_url: Option<&str>) -> Result<(), AppError> {
+pub async fn run(root: &Path, database_url: Option<&str>, node: Option<&Name>) -> Result<(), AppError> {
     let cfg = Config::load(root)?;
     let accounts = service_accounts()?;
     let creds = |pick: fn(&crate::app::accounts::Accounts) -> &crate::sys::users::Account| {
@@ -56,7 +57,7 @@ pub async fn run(root: &Path, database_url: Option<&str>) -> Result<(), AppError
         ),
     }
     let exe = std::env::current_exe().map_err(|e| AppError::Other(format!("cannot find this executable: {e}")))?;
-    let env = Env { exe, root: root.to_owned(), database_url: database_url.map(str::to_owned) };
+    let env = Env { exe, root: root.to_owned(), database_url: database_url.map(str::to_owned), node: node.cloned() };
 
     let stop = stop_on_signals();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(8);
@@ -198,11 +199,17 @@ struct Env {
     exe: PathBuf,
     root: PathBuf,
     database_url: Option<String>,
+    /// `serve all --node NAME`: passed on to `serve vpn`, the service that registers the node.
+    node: Option<Name>,
 }
 
 impl Env {
     fn spawn(&self, c: &Child) -> std::io::Result<tokio::process::Child> {
-        let args = vec!["--root".to_owned(), self.root.display().to_string(), "serve".into(), c.service.name().into()];
+        let mut args =
+            vec!["--root".to_owned(), self.root.display().to_string(), "serve".into(), c.service.name().into()];
+        if let (Some(node), Service::Vpn) = (&self.node, c.service) {
+            args.extend(["--node".to_owned(), node.to_string()]);
+        }
         let mut set = Vec::new();
         if let Some(url) = &self.database_url {
             set.push(("CAS_VPN_DATABASE_URL", url.as_str()));

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::app::accounts::{self, UserMode};
 use crate::app::{AppError, Ctx};
-use crate::domain::Actor;
+use crate::domain::{Actor, Name};
 use crate::sys::lock::{self, InstanceLock, LockError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,11 +80,12 @@ pub fn take_lock(root: &Path, what: Service) -> Result<InstanceLock, AppError> {
 }
 
 /// `cas-vpn serve WHAT`: lock first, then open the installation, then run until SIGTERM/SIGINT.
-pub async fn serve(root: &Path, database_url: Option<&str>, what: Service) -> Result<(), AppError> {
+/// `node`: `serve … --node NAME`, this VPN node's name (see `cluster::node_name`).
+pub async fn serve(root: &Path, database_url: Option<&str>, what: Service, node: Option<Name>) -> Result<(), AppError> {
     let _lock = take_lock(root, what)?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
     if what == Service::All {
-        return launcher::run(root, database_url).await;
+        return launcher::run(root, database_url, node.as_ref()).await;
     }
     let mut ctx = Ctx::open(root, database_url).await?;
     // What a service writes to the audit trail is its own doing, not the CLI's.
@@ -106,7 +107,7 @@ pub async fn serve(root: &Path, database_url: Option<&str>, what: Service) -> Re
                 .map(drop)
         }
         Service::Signer => crate::signer::run_signer(ctx, stop).await,
-        Service::Vpn => crate::vpn::service::run_vpn(ctx, stop).await,
+        Service::Vpn => crate::vpn::service::run_vpn(ctx, stop, node).await,
         Service::Gate => crate::gate::run_gate(ctx, stop).await,
         Service::Master => crate::master::run_master(ctx, stop).await,
         Service::Admin => crate::web::run_admin(ctx, stop).await,

@@ -434,7 +434,7 @@ impl Store {
         reason: RevocationReason,
         actor: &Actor,
         now: i64,
-    ) -> Result<(Credential, Vec<String>), DbError> {
+    ) -> Result<(Credential, Vec<String>, i64), DbError> {
         // Stored as its stable text (`key-compromise`, …), which is what the CRL is made from later.
         let reason_text = reason.as_str();
         in_tx!(self, tx => async {
@@ -484,9 +484,11 @@ impl Store {
                 .bind(detail)
                 .execute(&mut *tx)
                 .await?;
+            // Every node ends the credential's live sessions (`cluster`), announced with this commit.
+            let event = publish_event_in!(tx, super::EventKind::Kill, name.as_str(), None::<&str>, now)?;
             credential.revoked_at = Some(now);
             credential.revoke_reason = Some(reason_text.to_owned());
-            Ok((credential, serials))
+            Ok((credential, serials, event))
         })
     }
 
@@ -510,19 +512,23 @@ impl Store {
     /// Marks a terminal paired (approval and server-keygen flows; token redemption does it itself) and records
     /// the hardware serial it reported, if any.
     /// Suspends (`Some(now)`) or resumes (`None`) an active admin credential. Returns whether it changed anything.
+    /// A suspension also ends the credential's sessions on every node (an event, in the same transaction).
     pub async fn set_admin_suspended(&self, credential_id: i64, at: Option<i64>) -> Result<bool, DbError> {
-        let done = on_pool!(self, pool => {
-            sqlx::query(
+        in_tx!(self, tx => async {
+            let name: Option<String> = sqlx::query_scalar(
                 "UPDATE credentials SET suspended_at = $1 \
-                 WHERE id = $2 AND kind = 'admin' AND revoked_at IS NULL AND (suspended_at IS NULL) <> ($1 IS NULL)",
+                 WHERE id = $2 AND kind = 'admin' AND revoked_at IS NULL AND (suspended_at IS NULL) <> ($1 IS NULL) \
+                 RETURNING name",
             )
             .bind(at)
             .bind(credential_id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        Ok(done > 0)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let (Some(name), Some(now)) = (&name, at) {
+                publish_event_in!(tx, super::EventKind::Kill, name.as_str(), None::<&str>, now)?;
+            }
+            Ok(name.is_some())
+        })
     }
 
     /// A terminal's first VPN session counts as its pairing when it never paired through the gate: a server-made

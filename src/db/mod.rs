@@ -57,10 +57,29 @@ macro_rules! in_tx {
     };
 }
 
+/// Inside an `in_tx!` body: inserts an event row and announces it (`events::Notify`), in that transaction.
+/// Yields `Result<i64, DbError>` (the event id).
+macro_rules! publish_event_in {
+    ($tx:ident, $kind:expr, $subject:expr, $node:expr, $now:expr) => {{
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO events (at, kind, subject, node) VALUES ($1, $2, $3, $4) RETURNING id")
+                .bind($now)
+                .bind($kind.as_str())
+                .bind($subject)
+                .bind($node)
+                .fetch_one(&mut *$tx)
+                .await?;
+        $crate::db::events::Notify::notify_event(&mut *$tx, id).await?;
+        Ok::<i64, $crate::db::DbError>(id)
+    }};
+}
+
 mod audit;
 mod bans;
 mod certificates;
 mod credentials;
+pub mod events;
+mod nodes;
 mod pairing;
 mod pairing_ext;
 mod sessions;
@@ -72,6 +91,8 @@ pub use audit::{AuditRow, NewAudit};
 pub use bans::{BanKey, Reserved};
 pub use certificates::{CertRow, NewCert};
 pub use credentials::{Credential, NewTerminal, TerminalLayout};
+pub use events::{Event, EventAck, EventKind};
+pub use nodes::{NodeRefusal, NodeRow, NodeStart};
 pub use pairing_ext::{PendingPairing, Submitted};
 pub use sessions::{NewSession, SessionRow};
 pub use tokens::{NewToken, Redeemed, TokenRefusal, TokenRow};

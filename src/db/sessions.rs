@@ -3,9 +3,11 @@
 
 use super::{DbError, Store};
 
-/// A session that just connected. `client_id` is OpenVPN's CID, unique within one instance.
+/// A session that just connected. `client_id` is OpenVPN's CID, unique within one instance of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSession {
+    /// The node whose openvpn holds it (`cluster`): each node clears only its own.
+    pub node: String,
     pub instance: String,
     pub credential_id: i64,
     pub common_name: String,
@@ -18,6 +20,7 @@ pub struct NewSession {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SessionRow {
     pub id: i64,
+    pub node: String,
     pub instance: String,
     pub credential_id: i64,
     pub common_name: String,
@@ -32,7 +35,7 @@ pub struct SessionRow {
 macro_rules! session_select {
     ($tail:literal) => {
         concat!(
-            "SELECT id, instance, credential_id, common_name, tunnel_ip, real_addr, since, bytes_in, bytes_out, \
+            "SELECT id, node, instance, credential_id, common_name, tunnel_ip, real_addr, since, bytes_in, bytes_out, \
              client_id FROM sessions ",
             $tail
         )
@@ -40,14 +43,14 @@ macro_rules! session_select {
 }
 
 impl Store {
-    /// Records a session; a row with the same (instance, client_id) is replaced (an instance restarted and
-    /// reused the CID), its byte counters reset.
+    /// Records a session; a row with the same (node, instance, client_id) is replaced (an instance restarted
+    /// and reused the CID), its byte counters reset.
     pub async fn upsert_session(&self, s: &NewSession) -> Result<(), DbError> {
         on_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO sessions (instance, credential_id, common_name, tunnel_ip, real_addr, since, client_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (instance, client_id) DO UPDATE SET credential_id = excluded.credential_id, \
+                "INSERT INTO sessions (instance, credential_id, common_name, tunnel_ip, real_addr, since, client_id, node) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (node, instance, client_id) DO UPDATE SET credential_id = excluded.credential_id, \
                  common_name = excluded.common_name, tunnel_ip = excluded.tunnel_ip, \
                  real_addr = excluded.real_addr, since = excluded.since, bytes_in = 0, bytes_out = 0",
             )
@@ -58,6 +61,7 @@ impl Store {
             .bind(s.real_addr.as_str())
             .bind(s.since)
             .bind(s.client_id)
+            .bind(s.node.as_str())
             .execute(pool)
             .await?;
         });
@@ -68,17 +72,21 @@ impl Store {
     /// disconnects).
     pub async fn update_session_bytes(
         &self,
+        node: &str,
         instance: &str,
         client_id: i64,
         bytes_in: i64,
         bytes_out: i64,
     ) -> Result<(), DbError> {
         on_pool!(self, pool => {
-            sqlx::query("UPDATE sessions SET bytes_in = $1, bytes_out = $2 WHERE instance = $3 AND client_id = $4")
+            sqlx::query(
+                "UPDATE sessions SET bytes_in = $1, bytes_out = $2 WHERE instance = $3 AND client_id = $4 AND node = $5",
+            )
                 .bind(bytes_in)
                 .bind(bytes_out)
                 .bind(instance)
                 .bind(client_id)
+                .bind(node)
                 .execute(pool)
                 .await?;
         });
@@ -86,22 +94,25 @@ impl Store {
     }
 
     /// Forgets a session (disconnect). Forgetting one that is gone already is not an error.
-    pub async fn remove_session(&self, instance: &str, client_id: i64) -> Result<(), DbError> {
+    pub async fn remove_session(&self, node: &str, instance: &str, client_id: i64) -> Result<(), DbError> {
         on_pool!(self, pool => {
-            sqlx::query("DELETE FROM sessions WHERE instance = $1 AND client_id = $2")
+            sqlx::query("DELETE FROM sessions WHERE instance = $1 AND client_id = $2 AND node = $3")
                 .bind(instance)
                 .bind(client_id)
+                .bind(node)
                 .execute(pool)
                 .await?;
         });
         Ok(())
     }
 
-    /// Forgets every session of `instance` (it stopped or restarted), or of all instances. Returns how many.
-    pub async fn clear_sessions(&self, instance: Option<&str>) -> Result<u64, DbError> {
+    /// Forgets every session of `instance` on `node` (it stopped or restarted), or of all that node's
+    /// instances (the node starts). Other nodes' sessions are theirs. Returns how many.
+    pub async fn clear_sessions(&self, node: &str, instance: Option<&str>) -> Result<u64, DbError> {
         let n = on_pool!(self, pool => {
-            sqlx::query("DELETE FROM sessions WHERE $1 IS NULL OR instance = $1")
+            sqlx::query("DELETE FROM sessions WHERE node = $2 AND ($1 IS NULL OR instance = $1)")
                 .bind(instance)
+                .bind(node)
                 .execute(pool)
                 .await?
                 .rows_affected()
@@ -109,9 +120,9 @@ impl Store {
         Ok(n)
     }
 
-    /// Every session, by instance then CID.
+    /// Every session, by node, instance, then CID.
     pub async fn list_sessions(&self) -> Result<Vec<SessionRow>, DbError> {
-        const SQL: &str = session_select!("ORDER BY instance, client_id");
+        const SQL: &str = session_select!("ORDER BY node, instance, client_id");
         Ok(on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?))
     }
 
@@ -123,9 +134,9 @@ impl Store {
             session: SessionRow,
             kind: String,
         }
-        const SQL: &str = "SELECT s.id, s.instance, s.credential_id, s.common_name, s.tunnel_ip, s.real_addr, s.since, \
+        const SQL: &str = "SELECT s.id, s.node, s.instance, s.credential_id, s.common_name, s.tunnel_ip, s.real_addr, s.since, \
                            s.bytes_in, s.bytes_out, s.client_id, c.kind FROM sessions s \
-                           JOIN credentials c ON c.id = s.credential_id ORDER BY s.instance, s.client_id";
+                           JOIN credentials c ON c.id = s.credential_id ORDER BY s.node, s.instance, s.client_id";
         let rows: Vec<Row> = on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
         Ok(rows.into_iter().map(|r| (r.session, r.kind)).collect())
     }

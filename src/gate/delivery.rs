@@ -18,6 +18,11 @@ impl Delivery {
         Ok(Some(Delivery(ProfileMaker::new(ctx, Kind::Terminal)?)))
     }
 
+    /// Takes the store's current node list into the profiles (at start, then periodically).
+    pub async fn load_nodes(&self, store: &crate::db::Store) -> Result<(), AppError> {
+        self.0.load_nodes(store).await
+    }
+
     /// The profile of terminal `name` for its certificate `cert_pem` (serial `serial`, lowercase hex).
     pub fn render(&self, name: &Name, cert_pem: &str, serial: &str) -> Result<String, AppError> {
         self.0.render_for_certificate(name, cert_pem, serial)

@@ -154,7 +154,29 @@ pub async fn run_gate_on(
     }
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, pin = %wire::pin_text(&state.pin()), "gate listening");
-    server::serve(listener, Some(tls), router(state), stop, limits)
+    let nodes = tokio::spawn(follow_nodes(state.clone(), stop.clone()));
+    let served = server::serve(listener, Some(tls), router(state), stop, limits)
         .await
-        .map_err(|e| AppError::Other(format!("gate: {e}")))
+        .map_err(|e| AppError::Other(format!("gate: {e}")));
+    nodes.abort();
+    served
+}
+
+/// How often the gate re-reads the nodes its profiles list as `remote`s.
+const NODES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps the delivered profiles' `remote` lines in step with the nodes sharing the store.
+async fn follow_nodes(state: GateState, mut stop: watch::Receiver<bool>) {
+    let Some(delivery) = state.0.delivery.as_ref() else { return };
+    let mut tick = tokio::time::interval(NODES_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {
+                if let Err(e) = delivery.load_nodes(&state.ctx().store).await {
+                    tracing::warn!(error = %e, "cannot read the nodes for the profiles' remotes; keeping the last list");
+                }
+            }
+        }
+    }
 }

@@ -206,7 +206,7 @@ pub async fn run(
 ) -> Result<ImportReport, OpsError> {
     sysfs::ensure_dir(out, 0o700)?;
     let out = std::path::absolute(out).map_err(|e| OpsError::Other(e.to_string()))?;
-    let batch = Batch::make(ctx, &names, opts, progress)?;
+    let batch = Batch::make(ctx, &names, opts, &ctx.store.list_nodes().await?, progress)?;
     let marker_token = batch.marker_token().ok_or_else(|| OpsError::Other("no terminal to import".into()))?;
     let id = format!("{}-{:08x}", batch.now, rand::random::<u32>());
     let dir = imports_dir(ctx).join(&id);

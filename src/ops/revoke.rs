@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{Ctx, OpsError, crl, rfc3339};
 use crate::control::{self, Request, Response};
-use crate::db::DbError;
+use crate::db::{DbError, EventKind};
 
 /// The running `serve` answers a kill in milliseconds; this is only a bound for a stuck one.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,18 +28,23 @@ pub struct Revoked {
     pub freed_port: Option<u16>,
     /// Live sessions the running `serve` ended; `None` when no `serve` runs (then there are none).
     pub killed_sessions: Option<usize>,
+    /// On PostgreSQL: every live node's acknowledgement of the kill (its sessions ended), or that it gave none
+    /// within the deadline. Empty on SQLite (one node: `killed_sessions`).
+    pub nodes: Vec<super::nodes::NodeAck>,
 }
 
 pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<Revoked, OpsError> {
-    let (cred, serials, already) = match ctx.store.revoke(name, reason, &ctx.actor, ctx.clock.now()).await {
-        Ok((cred, serials)) => (cred, serials, false),
+    let (cred, serials, event, already) = match ctx.store.revoke(name, reason, &ctx.actor, ctx.clock.now()).await {
+        Ok((cred, serials, event)) => (cred, serials, event, false),
         Err(DbError::AlreadyRevoked { .. }) => {
             let cred = ctx
                 .store
                 .credential_by_name(name)
                 .await?
                 .ok_or_else(|| DbError::NotFound { what: format!("credential {name}") })?;
-            (cred, Vec::new(), true)
+            // The redo reaches every node again (one may have missed the first, e.g. down at the time).
+            let event = ctx.store.publish_event(EventKind::Kill, name.as_str(), None, ctx.clock.now()).await?;
+            (cred, Vec::new(), event, true)
         }
         Err(e) => return Err(e.into()),
     };
@@ -60,12 +65,23 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
         Some(other) => return Err(OpsError::Other(format!("unexpected answer from the running cas-vpn: {other:?}"))),
         None => None,
     };
+    // Every other node ends its sessions of the credential from the store's event (PostgreSQL NOTIFY, then
+    // catch-up); wait for each live one to say so.
+    let nodes = super::nodes::wait_for_acks(ctx, event, None, super::nodes::ACK_DEADLINE).await?;
     // Last step of the revocation order (store → CRL → kill → audit): what the kill did, next to the store's own
     // revocation row.
-    let detail = match killed {
+    let mut detail = match killed {
         Some(n) => format!("crl #{}; {n} live session(s) ended", report.crl_number),
         None => format!("crl #{}; no serve running", report.crl_number),
     };
+    let silent: Vec<&str> = nodes.iter().filter(|n| !n.acknowledged).map(|n| n.node.as_str()).collect();
+    if !nodes.is_empty() {
+        let ended: u64 = nodes.iter().map(|n| n.killed).sum();
+        detail.push_str(&format!("; {} node(s) acknowledged, {ended} session(s) ended there", nodes.len() - silent.len()));
+    }
+    if !silent.is_empty() {
+        detail.push_str(&format!("; no acknowledgement from {}", silent.join(", ")));
+    }
     ctx.audit("revoke.sessions", name.as_str(), &detail, ctx.clock.now()).await?;
     if cred.kind == Kind::Admin {
         // Its instance stops and its port is free for the next credential.
@@ -74,6 +90,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
         super::firewall::poke_net(ctx).await;
     }
     Ok(Revoked {
+        nodes,
         killed_sessions: killed,
         name: cred.name.clone(),
         kind: cred.kind,

@@ -140,10 +140,12 @@ pub(super) struct Batch {
 
 impl Batch {
     /// Makes everything for `names`; touches neither the store nor a file.
+    /// `nodes`: the store's nodes, whose addresses server-made profiles list as `remote`s.
     pub(super) fn make(
         ctx: &Ctx,
         names: &[Name],
         opts: &AddOptions,
+        nodes: &[crate::db::NodeRow],
         progress: &dyn Progress,
     ) -> Result<Batch, OpsError> {
         let vpn = match (ctx.vpn("--server-keygen"), opts.server_keygen) {
@@ -158,7 +160,11 @@ impl Batch {
 
         // Keys and certificates: CPU-bound, so made on every core before the store is touched.
         let keygen = match (opts.server_keygen, vpn) {
-            (true, Some(v)) => Some((ctx.pki.load_ca(Kind::Terminal)?, ProfileMaker::new(ctx, Kind::Terminal)?, v)),
+            (true, Some(v)) => {
+                let maker = ProfileMaker::new(ctx, Kind::Terminal)?;
+                maker.take_nodes(nodes);
+                Some((ctx.pki.load_ca(Kind::Terminal)?, maker, v))
+            }
             _ => None,
         };
         let made = make_all(
@@ -234,7 +240,7 @@ async fn create_batch(
     opts: &AddOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Added>, OpsError> {
-    let batch = Batch::make(ctx, &names, opts, progress)?;
+    let batch = Batch::make(ctx, &names, opts, &ctx.store.list_nodes().await?, progress)?;
     let mut staged = Staged::default();
     let mut profile_paths = Vec::with_capacity(batch.made.len());
     for m in &batch.made {

@@ -82,7 +82,10 @@ pub struct ClientProfile<'a> {
     pub kind: Kind,
     pub name: &'a Name,
     pub proto: Proto,
-    pub host: &'a Host,
+    /// Every node's public address, one `remote` line each (several nodes on one store).
+    pub hosts: &'a [Host],
+    /// `remote-random` (terminals with several nodes: spread them over the nodes).
+    pub remote_random: bool,
     pub port: u16,
     pub server_name: &'a Name,
     /// Terminals retry after a denial; admins (a person at a keyboard) see it and stop.

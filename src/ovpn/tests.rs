@@ -77,12 +77,18 @@ fn admin_server_golden() {
 }
 
 fn profile(kind: Kind, key: Option<&Pem>, key_file: Option<&ConfPath>) -> String {
+    profile_on(kind, key, key_file, &["vpn.example.com"])
+}
+
+fn profile_on(kind: Kind, key: Option<&Pem>, key_file: Option<&ConfPath>, nodes: &[&str]) -> String {
     let (ca, cert, tls) = (Pem::new(CERT).unwrap(), Pem::new(CERT).unwrap(), Pem::new(TLS).unwrap());
+    let hosts: Vec<crate::domain::Host> = nodes.iter().map(|h| h.parse().unwrap()).collect();
     render(&ClientProfile {
         kind,
         name: &n("atm-001"),
         proto: Proto::Tcp,
-        host: &"vpn.example.com".parse().unwrap(),
+        hosts: &hosts,
+        remote_random: kind == Kind::Terminal && hosts.len() > 1,
         port: 7742,
         server_name: &n("cas-vpn-terminal-server"),
         retry_auth: kind == Kind::Terminal,
@@ -101,6 +107,10 @@ fn client_profiles_golden() {
     golden("terminal-server-keygen.ovpn", &profile(Kind::Terminal, Some(&key), None));
     golden("terminal-csr.ovpn", &profile(Kind::Terminal, None, Some(&p("/var/lib/cas-vpn-agent/client.key"))));
     golden("admin.ovpn", &profile(Kind::Admin, Some(&key), None));
+    // Several nodes on one store: one `remote` each; terminals spread over them at random.
+    let nodes = ["vpn-1.example.com", "198.51.100.11", "vpn-3.example.com"];
+    golden("terminal-three-nodes.ovpn", &profile_on(Kind::Terminal, None, Some(&p("/var/lib/a/client.key")), &nodes));
+    golden("admin-three-nodes.ovpn", &profile_on(Kind::Admin, Some(&key), None, &nodes));
 }
 
 #[test]

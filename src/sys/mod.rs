@@ -11,3 +11,10 @@ pub mod lock;
 pub mod net;
 pub mod process;
 pub mod users;
+
+/// This machine's host name (the first label, lower-cased), when it has one.
+pub fn host_name() -> Option<String> {
+    let host = nix::unistd::gethostname().ok()?.into_string().ok()?;
+    let first = host.split('.').next()?.to_ascii_lowercase();
+    (!first.is_empty()).then_some(first)
+}

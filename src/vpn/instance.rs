@@ -16,6 +16,7 @@ use tokio::time::Instant as TokioInstant;
 use super::auth::{Claim, Decision, decide, normalise_serial};
 use super::mgmt::{ClientEvent, Env, Mgmt};
 use crate::app::instances::InstanceSpec;
+use crate::cluster::Local;
 pub use crate::control::InstanceStatus;
 use crate::db::{NewSession, Store};
 use crate::domain::lifecycle::{Action, Event, Machine, State};
@@ -63,6 +64,10 @@ pub enum Control {
         name: Name,
         reply: oneshot::Sender<usize>,
     },
+    /// Send every terminal session on to the client's next `remote` (the node drains); answers how many.
+    Drain {
+        reply: oneshot::Sender<usize>,
+    },
     Status {
         reply: oneshot::Sender<InstanceStatus>,
     },
@@ -84,6 +89,8 @@ const STATS_EVERY: Duration = Duration::from_secs(15);
 pub struct Instance {
     spec: InstanceSpec,
     store: Store,
+    /// This node: its name (sessions carry it) and whether it is draining.
+    node: Arc<Local>,
     real_addrs: RealAddrs,
     origin: TokioInstant,
     machine: Machine,
@@ -98,10 +105,17 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(spec: InstanceSpec, store: Store, real_addrs: RealAddrs, ready: watch::Sender<bool>) -> Instance {
+    pub fn new(
+        spec: InstanceSpec,
+        store: Store,
+        node: Arc<Local>,
+        real_addrs: RealAddrs,
+        ready: watch::Sender<bool>,
+    ) -> Instance {
         Instance {
             spec,
             store,
+            node,
             real_addrs,
             takeovers: TakeoverWatch::default(),
             origin: TokioInstant::now(),
@@ -120,7 +134,7 @@ impl Instance {
     }
 
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) {
-        let _ = self.store.clear_sessions(Some(self.spec.name.as_str())).await;
+        let _ = self.store.clear_sessions(self.node.name.as_str(), Some(self.spec.name.as_str())).await;
         self.event(Event::Start).await;
         let mut stats = tokio::time::interval(STATS_EVERY);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,6 +145,10 @@ impl Instance {
                     None | Some(Control::Stop) => self.event(Event::Stop).await,
                     Some(Control::Kill { name, reply }) => {
                         let n = self.kill_sessions_of(&name).await;
+                        let _ = reply.send(n);
+                    }
+                    Some(Control::Drain { reply }) => {
+                        let n = self.drain().await;
                         let _ = reply.send(n);
                     }
                     Some(Control::Status { reply }) => {
@@ -174,7 +192,7 @@ impl Instance {
             }
         }
         let _ = std::fs::remove_file(&self.spec.pidfile);
-        let _ = self.store.clear_sessions(Some(self.spec.name.as_str())).await;
+        let _ = self.store.clear_sessions(self.node.name.as_str(), Some(self.spec.name.as_str())).await;
     }
 
     fn status(&self) -> InstanceStatus {
@@ -262,7 +280,7 @@ impl Instance {
         self.mgmt_try_at = None;
         let _ = self.ready.send(false);
         self.sessions.clear();
-        let _ = self.store.clear_sessions(Some(self.spec.name.as_str())).await;
+        let _ = self.store.clear_sessions(self.node.name.as_str(), Some(self.spec.name.as_str())).await;
         let _ = std::fs::remove_file(&self.spec.pidfile);
     }
 
@@ -273,6 +291,10 @@ impl Instance {
     async fn client_event(&mut self, ev: ClientEvent) {
         let Some(mgmt) = self.mgmt() else { return };
         let result = match ev {
+            // A draining node lets no new terminal in: the client moves on to its next `remote`.
+            ClientEvent::Connect { cid, kid, .. } if self.spec.role.kind == Kind::Terminal && self.node.draining() => {
+                mgmt.client_deny(cid, kid, crate::cluster::DRAINING).await
+            }
             ClientEvent::Connect { cid, kid, env } => match self.authorize(&env).await {
                 Decision::Allow { credential_id, name, tunnel_ip, netmask } => {
                     let real_addr = self.real_addr(&env);
@@ -320,6 +342,7 @@ impl Instance {
             ClientEvent::Established { cid, .. } => {
                 if let Some(s) = self.sessions.get(&cid) {
                     let row = NewSession {
+                        node: self.node.name.to_string(),
                         instance: self.spec.name.to_string(),
                         credential_id: s.credential_id,
                         common_name: s.name.to_string(),
@@ -367,7 +390,7 @@ impl Instance {
             let Some(cid) = c.client_id.filter(|cid| self.sessions.contains_key(cid)) else { continue };
             let _ = self
                 .store
-                .update_session_bytes(self.spec.name.as_str(), cid as i64, c.bytes_received, c.bytes_sent)
+                .update_session_bytes(self.node.name.as_str(), self.spec.name.as_str(), cid as i64, c.bytes_received, c.bytes_sent)
                 .await;
         }
     }
@@ -384,7 +407,7 @@ impl Instance {
 
     async fn forget(&mut self, cid: u64) {
         if self.sessions.remove(&cid).is_some() {
-            let _ = self.store.remove_session(self.spec.name.as_str(), cid as i64).await;
+            let _ = self.store.remove_session(self.node.name.as_str(), self.spec.name.as_str(), cid as i64).await;
         }
     }
 
@@ -440,6 +463,25 @@ impl Instance {
         };
         let claim = Claim { common_name: cn.to_owned(), serial_hex: serial };
         decide(&self.spec.role, &claim, cred.as_ref(), cert.as_ref())
+    }
+
+    /// Sends every session of this instance on to the client's next `remote` (a drain of the node).
+    async fn drain(&mut self) -> usize {
+        if self.spec.role.kind != Kind::Terminal {
+            // Admins are people at a keyboard: a drain moves terminals only.
+            return 0;
+        }
+        let cids: Vec<u64> = self.sessions.keys().copied().collect();
+        let Some(mgmt) = self.mgmt() else { return 0 };
+        let mut moved = 0;
+        for cid in cids {
+            match mgmt.client_kill_to_next_remote(cid).await {
+                Ok(()) => moved += 1,
+                Err(e) => tracing::warn!(instance = %self.spec.name, error = %e, "client-kill failed"),
+            }
+            self.forget(cid).await;
+        }
+        moved
     }
 
     async fn kill_sessions_of(&mut self, name: &Name) -> usize {

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::instances::InstanceSpec;
+use crate::cluster::Local;
 use crate::db::Store;
 use crate::domain::Name;
 use instance::{Control, Instance, InstanceStatus, RealAddrs};
@@ -80,6 +81,24 @@ impl Registry {
         total
     }
 
+    /// Moves every terminal session of this node elsewhere (a drain): each is killed with openvpn's
+    /// `RESTART,[N]`, which sends the client on to its next `remote`. Returns how many.
+    pub async fn drain(&self) -> usize {
+        let mut waits = Vec::new();
+        for ctl in self.senders() {
+            let (reply, rx) = oneshot::channel();
+            if ctl.send(Control::Drain { reply }).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        let mut total = 0;
+        for w in waits {
+            total += w.await.unwrap_or(0);
+        }
+        tracing::info!(sessions = total, "drain: terminal sessions sent to another node");
+        total
+    }
+
     pub async fn status(&self) -> Vec<InstanceStatus> {
         let mut out = Vec::new();
         for ctl in self.senders() {
@@ -97,14 +116,15 @@ impl Registry {
 
 pub struct Supervisor {
     store: Store,
+    node: Arc<Local>,
     real_addrs: RealAddrs,
     instances: HashMap<Name, Handle>,
     registry: Registry,
 }
 
 impl Supervisor {
-    pub fn new(store: Store, real_addrs: RealAddrs) -> Supervisor {
-        Supervisor { store, real_addrs, instances: HashMap::new(), registry: Registry::default() }
+    pub fn new(store: Store, node: Arc<Local>, real_addrs: RealAddrs) -> Supervisor {
+        Supervisor { store, node, real_addrs, instances: HashMap::new(), registry: Registry::default() }
     }
 
     /// The handle the control socket uses for kills and status.
@@ -137,7 +157,7 @@ impl Supervisor {
         let (ctl, rx) = mpsc::channel(16);
         let (ready_tx, mut ready) = watch::channel(false);
         let name = spec.name.clone();
-        let inst = Instance::new(spec, self.store.clone(), self.real_addrs.clone(), ready_tx);
+        let inst = Instance::new(spec, self.store.clone(), self.node.clone(), self.real_addrs.clone(), ready_tx);
         let join = tokio::spawn(inst.run(rx));
         // Reachable for kills from the moment it exists, not only once it is ready.
         self.registry.insert(name.clone(), ctl.clone());

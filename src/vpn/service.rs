@@ -8,15 +8,18 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Supervisor;
 use super::front::Front;
+use super::{Registry, Supervisor};
 use crate::app::{AppError, Ctx, instances};
-use crate::domain::Kind;
+use crate::cluster::{self, Local, follow};
+use crate::db::{Event, EventKind};
+use crate::domain::{Kind, Name};
 
 /// Re-plan from the store this often even without a reload request (a missed request heals itself).
 const REPLAN_EVERY: Duration = Duration::from_secs(30);
 
-pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
+/// `node`: `serve vpn --node NAME` (see `cluster::node_name`).
+pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: Option<Name>) -> Result<(), AppError> {
     let vpn = ctx.vpn("serve vpn")?.clone();
     if vpn.proto != crate::config::Proto::Tcp {
         // The terminal front relays TCP only; refusing is better than terminals that silently never connect.
@@ -30,12 +33,20 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     if orphans > 0 {
         tracing::warn!(orphans, "removed openvpn processes left by a previous cas-vpn");
     }
-    ctx.store.clear_sessions(None).await?;
+    // This node in the store: refused when its name is held by a live process, or when a second node would
+    // share a SQLite store. Only then are its own (and only its own) old sessions cleared.
+    let name = cluster::node_name(&ctx.cfg, node.as_ref());
+    let address = cluster::public_address(&ctx.cfg).unwrap_or_default();
+    let (local, run_id) = follow::register(&ctx.store, name, &address, crate::app::now())
+        .await
+        .map_err(|e| AppError::Other(e.to_string()))?;
+    tracing::info!(node = %local.name, %address, draining = local.draining(), store = ctx.store.backend(), "node registered");
+    ctx.store.clear_sessions(local.name.as_str(), None).await?;
     crate::app::pending::recover_pending(&ctx).await?;
 
     let real_addrs = Arc::new(StdMutex::new(HashMap::new()));
     // Owned by this loop alone: kills and status go through its registry, never through `apply`.
-    let mut supervisor = Supervisor::new(ctx.store.clone(), real_addrs.clone());
+    let mut supervisor = Supervisor::new(ctx.store.clone(), local.clone(), real_addrs.clone());
     let start = std::time::Instant::now();
     let accounts = crate::app::accounts::lookup(&crate::app::accounts::UserMode::from_env()?)?;
     // openvpn runs as its own user with CAP_NET_ADMIN only, where that user exists and we may switch to it.
@@ -74,6 +85,10 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
     let task = Some(start_front(&front, vpn.terminal_front_port).await?);
     let mut vpn_on = VpnOn { front, port: vpn.terminal_front_port, task };
 
+    let heartbeat = tokio::spawn(follow::heartbeat(ctx.store.clone(), local.clone(), run_id, shutdown.clone()));
+    let applier = Applier { registry: supervisor.registry(), node: local.clone() };
+    let follower = tokio::spawn(follow::follow(ctx.store.clone(), local.clone(), applier, shutdown.clone()));
+
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
     let control = tokio::spawn(super::control::serve(
         ctx.cfg.root.clone(),
@@ -106,9 +121,39 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Resu
         t.abort();
     }
     control.abort();
+    follower.abort();
+    heartbeat.abort();
     supervisor.shutdown().await;
     let _ = std::fs::remove_file(crate::control::socket_path(&ctx.cfg.root));
     Ok(())
+}
+
+/// What this node does with the store's events (`cluster::follow`): the same kills as the control socket's, and
+/// drains.
+struct Applier {
+    registry: Registry,
+    node: Arc<Local>,
+}
+
+impl follow::Applier for Applier {
+    async fn apply(&mut self, event: &Event) -> usize {
+        match event.kind {
+            EventKind::Kill => match event.subject.parse::<Name>() {
+                Ok(name) => self.registry.kill(&name).await,
+                Err(_) => 0,
+            },
+            EventKind::Drain => {
+                self.node.set_draining(true);
+                tracing::info!(node = %self.node.name, "node draining: terminals go to the other nodes");
+                self.registry.drain().await
+            }
+            EventKind::Resume => {
+                self.node.set_draining(false);
+                tracing::info!(node = %self.node.name, "node serving again");
+                0
+            }
+        }
+    }
 }
 
 /// The terminal front port while the VPN runs: `task` is `None` while the configuration says Scenario B.

@@ -407,6 +407,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     f.ctx
         .store
         .upsert_session(&cas_vpn::db::NewSession {
+            node: "n1".into(),
             instance: "terminal-0".into(),
             credential_id: id,
             common_name: "atm-1".into(),

@@ -276,6 +276,7 @@ async fn golden_json_shapes() {
     f.ctx
         .store
         .upsert_session(&cas_vpn::db::NewSession {
+            node: "n1".into(),
             instance: "terminal-0".into(),
             credential_id: atm1,
             common_name: "atm-1".into(),

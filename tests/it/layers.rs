@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 const FLOORS: &[(&str, &[&str])] = &[
     ("domain/sys", &["domain", "sys"]),
     ("store/config/pki files/ovpn", &["db", "config", "pkifiles", "ovpn"]),
-    ("app/http/wire/control", &["app", "http", "wire", "control"]),
-    ("services", &["vpn", "gate", "master", "signer", "net", "agent", "firewall", "cluster"]),
+    ("app/http/wire/control/cluster", &["app", "http", "wire", "control", "cluster"]),
+    ("services", &["vpn", "gate", "master", "signer", "net", "agent", "firewall"]),
     ("use cases", &["ops", "daemon", "web"]),
     ("cli", &["cli"]),
 ];

@@ -55,6 +55,7 @@ async fn session(f: &Fixture, credential_id: i64, name: &str, tunnel_ip: &str, c
     f.ctx
         .store
         .upsert_session(&NewSession {
+            node: "n1".into(),
             instance: "terminal-0".into(),
             credential_id,
             common_name: name.into(),
@@ -204,7 +205,7 @@ async fn heartbeats_are_answered_only_for_live_sessions_of_paired_unrevoked_term
     assert_eq!(call(&m, "10.9.0.2", Some(&admin_cert), "/v1/heartbeat", hb()).await.0, StatusCode::FORBIDDEN);
 
     // Session gone, or terminal revoked: nothing.
-    f.ctx.store.remove_session("terminal-0", 1).await.unwrap();
+    f.ctx.store.remove_session("n1", "terminal-0", 1).await.unwrap();
     assert_eq!(call(&m, "10.8.0.2", Some(&mine), "/v1/heartbeat", hb()).await.0, StatusCode::FORBIDDEN);
     session(&f, id, "atm-1", "10.8.0.2", 1).await;
     assert_eq!(call(&m, "10.8.0.2", Some(&mine), "/v1/heartbeat", hb()).await.0, StatusCode::OK);
@@ -389,7 +390,7 @@ async fn master_over_a_real_socket_requires_the_terminal_certificate_and_its_tun
     assert!(refused.is_err(), "{refused:?}");
 
     // Headers cannot claim another address.
-    f.ctx.store.clear_sessions(None).await.unwrap();
+    f.ctx.store.clear_sessions("n1", None).await.unwrap();
     session(&f, t.id, "atm-1", "10.8.0.2", 1).await;
     let spoof = [("x-forwarded-for", "10.8.0.2"), ("x-real-ip", "10.8.0.2")];
     let (s, _) = real.send(me, "/v1/heartbeat", &hb(), &spoof).await.unwrap();

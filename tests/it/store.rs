@@ -180,6 +180,7 @@ async fn story(store: Store) {
     // It connects and sends heartbeats.
     store
         .upsert_session(&NewSession {
+            node: "n1".into(),
             instance: "terminal-0".into(),
             credential_id: lisbon1.id,
             common_name: "atm-lisbon-1".into(),
@@ -209,7 +210,7 @@ async fn story(store: Store) {
 
     // A terminal is stolen: revoke it; its certificate goes on the CRL, its session is still listed until the
     // supervisor kills it.
-    let (revoked, serials) =
+    let (revoked, serials, _) =
         store.revoke(&name("atm-lisbon-1"), KeyCompromise, &web("operator"), now + 3600).await.unwrap();
     assert_eq!(serials, [serial(1)]);
     assert_eq!(revoked.revoked_at, Some(now + 3600));
@@ -220,7 +221,7 @@ async fn story(store: Store) {
     assert!(store.revoked_certificates(Kind::Admin).await.unwrap().is_empty());
     assert_eq!(store.next_crl_number(Kind::Terminal, now + 3600, now + 3600 + 7 * DAY).await.unwrap(), 1);
     assert_eq!(store.sessions_of(revoked.id).await.unwrap().len(), 1);
-    store.remove_session("terminal-0", 4).await.unwrap();
+    store.remove_session("n1", "terminal-0", 4).await.unwrap();
     assert!(store.list_sessions().await.unwrap().is_empty());
     let audit = store.list_audit(10).await.unwrap();
     assert_eq!(
@@ -382,7 +383,7 @@ async fn admin_ports_lowest_free_and_exhaustion(store: Store) {
     assert!(err.to_string().contains("12000-12050"));
     assert_eq!(counts(&store).await, before);
 
-    let (old, serials) = store.revoke(&name("admin-07"), CessationOfOperation, &root(), T0 + 10).await.unwrap();
+    let (old, serials, _) = store.revoke(&name("admin-07"), CessationOfOperation, &root(), T0 + 10).await.unwrap();
     assert_eq!(serials, [serial(8)]);
     let again = store.create_admin(&name("admin-07"), ports, &cert(&serial(200), "admin-07"), T0 + 11).await.unwrap();
     assert_eq!(again.admin_port, Some(12007), "the revoked credential's port is free again");
@@ -404,7 +405,7 @@ async fn revoke_errors_and_effects(store: Store) {
     let id = one_terminal(&store, "t", Some(&serial(1)), Some("tok")).await;
     store.add_certificate(id, Kind::Terminal, &cert(&serial(2), "t"), T0 + 5).await.unwrap();
     let audit_before = store.list_audit(100).await.unwrap().len();
-    let (c, serials) = store.revoke(&name("t"), CessationOfOperation, &web("alice"), T0 + 10).await.unwrap();
+    let (c, serials, _) = store.revoke(&name("t"), CessationOfOperation, &web("alice"), T0 + 10).await.unwrap();
     assert_eq!(serials, [serial(1), serial(2)]);
     assert_eq!((c.id, c.revoked_at, c.revoke_reason.as_deref()), (id, Some(T0 + 10), Some("cessation-of-operation")));
     assert_eq!(store.credential_by_id(id).await.unwrap().unwrap(), c);
@@ -641,6 +642,7 @@ async fn sessions_crud_and_heartbeat(store: Store) {
         .map(|c| c.id)
         .collect();
     let session = |instance: &str, cid: i64, who: usize, ip: &str| NewSession {
+        node: "n1".into(),
         instance: instance.into(),
         credential_id: ids[who],
         common_name: format!("t{}", who + 1),
@@ -657,8 +659,8 @@ async fn sessions_crud_and_heartbeat(store: Store) {
     assert_eq!(keys, [("term-0", 1), ("term-0", 2), ("term-1", 7)]);
     assert_eq!((all[0].bytes_in, all[0].bytes_out), (0, 0));
 
-    store.update_session_bytes("term-0", 1, 1000, 2000).await.unwrap();
-    store.update_session_bytes("term-9", 1, 1, 1).await.unwrap(); // gone already: fine
+    store.update_session_bytes("n1", "term-0", 1, 1000, 2000).await.unwrap();
+    store.update_session_bytes("n1", "term-9", 1, 1, 1).await.unwrap(); // gone already: fine
     let s = store.session_by_tunnel_ip("198.18.0.2").await.unwrap().unwrap();
     assert_eq!((s.credential_id, s.bytes_in, s.bytes_out, s.common_name.as_str()), (ids[0], 1000, 2000, "t1"));
     assert!(store.session_by_tunnel_ip("198.18.9.9").await.unwrap().is_none());
@@ -671,13 +673,13 @@ async fn sessions_crud_and_heartbeat(store: Store) {
     assert_eq!(s.len(), 3);
     assert_eq!((s[0].credential_id, s[0].tunnel_ip.as_str(), s[0].bytes_in), (ids[1], "198.18.0.3", 0));
 
-    store.remove_session("term-1", 7).await.unwrap();
-    store.remove_session("term-1", 7).await.unwrap(); // twice: fine
+    store.remove_session("n1", "term-1", 7).await.unwrap();
+    store.remove_session("n1", "term-1", 7).await.unwrap(); // twice: fine
     assert_eq!(store.list_sessions().await.unwrap().len(), 2);
     store.upsert_session(&session("term-1", 8, 0, "198.18.0.2")).await.unwrap();
-    assert_eq!(store.clear_sessions(Some("term-0")).await.unwrap(), 2);
-    assert_eq!(store.clear_sessions(Some("term-0")).await.unwrap(), 0);
-    assert_eq!(store.clear_sessions(None).await.unwrap(), 1);
+    assert_eq!(store.clear_sessions("n1", Some("term-0")).await.unwrap(), 2);
+    assert_eq!(store.clear_sessions("n1", Some("term-0")).await.unwrap(), 0);
+    assert_eq!(store.clear_sessions("n1", None).await.unwrap(), 1);
     assert!(store.list_sessions().await.unwrap().is_empty());
 
     // Heartbeats and pairing marks land on terminals only.
@@ -1009,6 +1011,7 @@ async fn terminals_page_filters_and_search(store: Store) {
     let at = |n: &str| address(created.iter().find(|c| c.name.as_str() == n).unwrap());
     store
         .upsert_session(&NewSession {
+            node: "n1".into(),
             instance: "terminal-0".into(),
             credential_id: id("on-1"),
             common_name: "on-1".into(),

@@ -1006,6 +1006,7 @@ async fn terminals_search_filter_and_page() {
     let online = id("online-1").await;
     store
         .upsert_session(&NewSession {
+            node: "n1".into(),
             instance: "terminal-0".into(),
             credential_id: online,
             common_name: "online-1".into(),

@@ -109,6 +109,11 @@ impl Mgmt {
         self.command(&format!("client-kill {cid}")).await.map(drop)
     }
 
+    /// Ends a session and sends the client on to its next `remote` (openvpn's `RESTART,[N]`): a drain.
+    pub async fn client_kill_to_next_remote(&self, cid: u64) -> Result<(), MgmtError> {
+        self.command(&format!("client-kill {cid} RESTART,[N]")).await.map(drop)
+    }
+
     pub async fn status(&self) -> Result<Vec<StatusClient>, MgmtError> {
         let lines = self.request("status 3".into(), true).await?;
         Ok(parse_status(&lines))
