@@ -46,7 +46,7 @@ fn connect_all(c: &Cluster, terminals: &[(String, PathBuf)], node: usize, extra:
     let on = c.name(node);
     wait_until(&format!("every session is on {on}"), T, || {
         let sessions = c.sessions();
-        names.iter().all(|n| sessions.iter().any(|s| s["common_name"] == *n && s["node"] == on.as_str()))
+        names.iter().all(|n| sessions.iter().any(|(node, cn)| cn == n && *node == on))
     });
     clients
 }
@@ -104,7 +104,7 @@ fn failover(c: &mut Cluster) {
     let on = c.name(N1);
     wait_until("every session is on n1 in the store", T, || {
         let sessions = c.sessions();
-        names.iter().all(|n| sessions.iter().any(|s| s["common_name"] == *n && s["node"] == on.as_str()))
+        names.iter().all(|n| sessions.iter().any(|(node, cn)| cn == n && *node == on))
     });
     let stored = t0.elapsed();
     println!("failover_terminals={MOVED}");

@@ -178,6 +178,8 @@ fn a_killed_node_loses_its_terminals_to_the_others() {
     }
 
     // A paired terminal: `agent pair` through node 1's gate, then `agent run` (openvpn + heartbeats to master).
+    // The gate reads the nodes for its profiles at its start and every 30 s: wait for a read that saw them all.
+    c.wait_gate_knows_every_node(0);
     c.ok(0, &["pairing", "open", "--for", "10m"]);
     let token = c.ok(0, &["terminal", "add", "atm-agent"]).trim().to_owned();
     let dir = temp_dir("agent");
@@ -213,10 +215,15 @@ fn a_killed_node_loses_its_terminals_to_the_others() {
     }
 
     // The agent: back on another node, with the same address, and master there answers its heartbeats.
-    let (node, back) = crate::support::wait_for("the agent has a session on another node", FAILOVER, || {
+    let (node, _) = crate::support::wait_for("the agent has a session on another node", FAILOVER, || {
         c.nodes_of("atm-agent").into_iter().find(|n| others.contains(n))
     });
-    eprintln!("atm-agent back on {} after {:?} (its session seen in the store)", c.name(node), back);
+    let back = t0.elapsed();
+    eprintln!(
+        "atm-agent back on {} after {back:?} (its session seen in the store; its profile's connect-retry 5 60)",
+        c.name(node)
+    );
+    assert!(back <= FAILOVER, "atm-agent took {back:?}");
     wait_until("the agent's tunnel has its address again", CONNECT, || {
         tunnel_address(c.client_ns(2)) == Some(agent_ip)
     });

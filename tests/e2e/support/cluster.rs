@@ -31,6 +31,9 @@ use super::openvpn::INIT_COMPLETED;
 use super::pg::PgDb;
 use super::{ChildGuard, Lan, Netns, openvpn_client, temp_dir, wait_until};
 
+/// How often a node's gate re-reads the nodes its profiles list as `remote`s (`src/gate`'s `NODES_EVERY`).
+pub const GATE_NODES_EVERY: Duration = Duration::from_secs(30);
+
 /// How long a node's `serve all` may take to have every instance ready and to be registered.
 pub const START: Duration = Duration::from_secs(40);
 
@@ -66,6 +69,9 @@ pub struct Cluster {
     urls: Vec<Option<String>>,
     /// Nodes whose `serve vpn` is stopped (SIGSTOP): never asked anything.
     stopped: Vec<bool>,
+    /// When each node's `serve all` was last started, and when it was seen registered and live after that.
+    started: Vec<Option<Instant>>,
+    registered: Vec<Option<Instant>>,
     nodes: usize,
     store: Store,
 }
@@ -104,6 +110,8 @@ impl Cluster {
             roots: Vec::new(),
             urls: Vec::new(),
             stopped: vec![false; nodes],
+            started: vec![None; nodes],
+            registered: vec![None; nodes],
             nodes,
             store,
         };
@@ -237,6 +245,7 @@ impl Cluster {
     pub fn start(&mut self, node: usize) -> Duration {
         assert!(self.serves[node].is_none(), "{} already serves", self.name(node));
         let t0 = Instant::now();
+        self.started[node] = Some(t0);
         let cmd = self.node_cmd(node, &["serve", "all"]);
         self.serves[node] = Some(ChildGuard::spawn(format!("serve-{}", self.name(node)), cmd));
         self.wait_ready(node, START);
@@ -244,7 +253,31 @@ impl Cluster {
         wait_until(&format!("{name} is registered and live"), START, || {
             self.node_entry(&name).is_some_and(|n| n["live"] == true)
         });
+        self.registered[node] = Some(Instant::now());
         t0.elapsed()
+    }
+
+    /// When node `node`'s `serve all` was last started.
+    pub fn started_at(&self, node: usize) -> Instant {
+        self.started[node].unwrap_or_else(|| panic!("{} never started", self.name(node)))
+    }
+
+    /// Waits until node `node`'s gate has re-read the nodes since every node registered: it reads them at its
+    /// start and every `GATE_NODES_EVERY` after, and says nothing when it does, so this waits for the first
+    /// re-read after all nodes started. Profiles the gate hands out before then may lack the nodes started
+    /// after it (the CLI's profiles list them at once).
+    pub fn wait_gate_knows_every_node(&self, node: usize) {
+        // Every node was registered by the time its `start` returned.
+        let registered = self.registered.iter().flatten().max().copied().expect("no node started");
+        let gate = self.started_at(node);
+        let every = GATE_NODES_EVERY.as_secs_f64();
+        let periods = ((registered - gate).as_secs_f64() / every).ceil().max(1.0);
+        // Margin: the gate starts a moment after its `serve all`, and its read takes a moment too.
+        let at = gate + GATE_NODES_EVERY.mul_f64(periods) + Duration::from_secs(2);
+        let what = format!("{}'s gate re-read the nodes (every {GATE_NODES_EVERY:?})", self.name(node));
+        wait_until(&what, at.saturating_duration_since(Instant::now()) + Duration::from_secs(1), || {
+            Instant::now() >= at
+        });
     }
 
     /// Starts every node, one after the other (profiles made after this list every node).
@@ -348,31 +381,29 @@ impl Cluster {
         list["nodes"].as_array()?.iter().find(|n| n["name"] == name).cloned()
     }
 
-    /// The store's live sessions (`status --json`), each with its `node`.
-    pub fn sessions(&self) -> Vec<serde_json::Value> {
-        let s = self.json(self.viewer(), &["status"]);
-        let sessions = s["sessions"].as_array().cloned().unwrap_or_default();
-        for x in &sessions {
-            assert!(x["node"].is_string(), "status --json: a session without its `node`: {x}");
-        }
-        sessions
+    /// The store's live sessions as (node, common name), read from its `sessions` table (`status --json` does not
+    /// say which node holds a session).
+    pub fn sessions(&self) -> Vec<(String, String)> {
+        self.db()
+            .query("SELECT node, common_name FROM sessions ORDER BY id")
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(n, cn)| (n.to_owned(), cn.to_owned()))
+            .collect()
     }
 
     /// Sessions of credential `name` the store holds for node `node`.
     pub fn sessions_on(&self, node: usize, name: &str) -> usize {
         let n = self.name(node);
-        self.sessions().iter().filter(|s| s["common_name"] == name && s["node"] == n.as_str()).count()
+        self.sessions().iter().filter(|(on, cn)| cn == name && *on == n).count()
     }
 
     /// The nodes (indices) the store has a session of `name` on, one entry per session.
     pub fn nodes_of(&self, name: &str) -> Vec<usize> {
         self.sessions()
             .iter()
-            .filter(|s| s["common_name"] == name)
-            .filter_map(|s| {
-                let n = s["node"].as_str()?;
-                (0..self.nodes).find(|&i| self.name(i) == n)
-            })
+            .filter(|(_, cn)| cn == name)
+            .filter_map(|(on, _)| (0..self.nodes).find(|&i| self.name(i) == *on))
             .collect()
     }
 
