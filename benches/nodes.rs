@@ -6,6 +6,9 @@
 //!   kill to each terminal's tunnel being up again on n1 (median, max), with the profile's own retry settings
 //!   (`connect-retry 5 60`, as a real terminal has them).
 //!
+//! Terminals come from several client namespaces, ten a namespace (each node's firewall caps connections per
+//! source).
+//!
 //! Run: `scripts/bench-nodes` (or `cargo bench --bench nodes`). Prints `name=value` lines; `BENCH_ONLY=revoke|failover`.
 
 #[path = "../tests/e2e/support/mod.rs"]
@@ -20,6 +23,11 @@ use support::{ChildGuard, require_root, wait_until};
 
 const REVOKED: usize = 50;
 const MOVED: usize = 20;
+/// Terminals sharing one client namespace (one source address): each node's firewall lets a source hold at most
+/// 20 connections to the front port (`front_max_conns`), and a terminal fleet has an address per terminal anyway.
+const PER_SOURCE: usize = 10;
+/// Client namespaces: the revoked terminals', then the moved ones'.
+const SOURCES: usize = REVOKED.div_ceil(PER_SOURCE) + MOVED.div_ceil(PER_SOURCE);
 const T: Duration = Duration::from_secs(120);
 const N1: usize = 0;
 const N2: usize = 1;
@@ -34,13 +42,23 @@ fn import(c: &Cluster, prefix: &str, count: usize) -> Vec<(String, PathBuf)> {
     names.into_iter().map(|n| (n.clone(), out.join(format!("{n}.ovpn")))).collect()
 }
 
-/// One openvpn client per profile, all in client namespace 0 (routes not executed: many tun devices there), each
-/// preferring node `node`; waits until all are up and their sessions on `node` are in the store.
-fn connect_all(c: &Cluster, terminals: &[(String, PathBuf)], node: usize, extra: &[&str]) -> Vec<ChildGuard> {
+/// One openvpn client per profile, `PER_SOURCE` to a client namespace from namespace `first` on (routes not
+/// executed: several tun devices there), each preferring node `node`; waits until all are up and their sessions on
+/// `node` are in the store.
+fn connect_all(
+    c: &Cluster,
+    terminals: &[(String, PathBuf)],
+    first: usize,
+    node: usize,
+    extra: &[&str],
+) -> Vec<ChildGuard> {
     let mut args = vec!["--route-noexec"];
     args.extend_from_slice(extra);
-    let clients: Vec<ChildGuard> =
-        terminals.iter().map(|(_, p)| c.connect(0, &preferring(p, c.address(node)), &args)).collect();
+    let clients: Vec<ChildGuard> = terminals
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| c.connect(first + i / PER_SOURCE, &preferring(p, c.address(node)), &args))
+        .collect();
     wait_until("every client is up", T, || clients.iter().all(|g| g.contains(INIT_COMPLETED)));
     let names: Vec<&str> = terminals.iter().map(|(n, _)| n.as_str()).collect();
     let on = c.name(node);
@@ -57,7 +75,7 @@ fn ms(d: Duration) -> f64 {
 
 fn revoke(c: &Cluster) {
     let terminals = import(c, "rv", REVOKED);
-    let mut clients: Vec<Option<ChildGuard>> = connect_all(c, &terminals, N2, &[]).into_iter().map(Some).collect();
+    let mut clients: Vec<Option<ChildGuard>> = connect_all(c, &terminals, 0, N2, &[]).into_iter().map(Some).collect();
     let (mut command, mut ended) = (Vec::new(), Vec::new());
     for (i, (name, _)) in terminals.iter().enumerate() {
         let client = clients[i].take().expect("connected");
@@ -83,7 +101,7 @@ fn revoke(c: &Cluster) {
 fn failover(c: &mut Cluster) {
     let terminals = import(c, "fo", MOVED);
     // The profile's own retry settings (the harness's default is `--connect-retry 1 1`).
-    let clients = connect_all(c, &terminals, N2, &["--connect-retry", "5", "60"]);
+    let clients = connect_all(c, &terminals, REVOKED.div_ceil(PER_SOURCE), N2, &["--connect-retry", "5", "60"]);
     let marks: Vec<usize> = clients.iter().map(ChildGuard::mark).collect();
     let t0 = c.kill9(N2);
     let backs: Vec<f64> = std::thread::scope(|s| {
@@ -121,7 +139,7 @@ fn main() {
     }
     require_root();
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let mut c = Cluster::postgres(2, 1, &[]);
+    let mut c = Cluster::postgres(2, SOURCES, &[]);
     c.start_all();
     if only.is_empty() || only == "revoke" {
         revoke(&c);
