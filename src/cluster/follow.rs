@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{ALIVE_FOR_SECS, CATCH_UP_EVERY, ClusterError, DEAD_AFTER_SECS, EVENTS_KEPT_SECS, HEARTBEAT_EVERY, Local};
+use super::{
+    ALIVE_FOR_SECS, CATCH_UP_EVERY, ClusterError, DEAD_AFTER_SECS, EVENTS_KEPT_SECS, HEARTBEAT_EVERY, Local,
+};
 use crate::db::events::Wake;
 use crate::db::{DbError, Event, NodeRefusal, NodeStart, Store};
 use crate::domain::Name;
@@ -21,12 +23,7 @@ pub trait Applier: Send {
 
 /// Registers this node: refused when another live process holds its name, or when the store is SQLite and
 /// another node is alive there. Returns the node (draining if the store says so) and this run's id.
-pub async fn register(
-    store: &Store,
-    name: Name,
-    address: &str,
-    now: i64,
-) -> Result<(Arc<Local>, String), ClusterError> {
+pub async fn register(store: &Store, name: Name, address: &str, now: i64) -> Result<(Arc<Local>, String), ClusterError> {
     let run_id = hex::encode(rand::random::<[u8; 8]>());
     let start = NodeStart {
         name: &name,
@@ -39,9 +36,7 @@ pub async fn register(
     match store.register_node(&start).await? {
         Ok(row) => Ok((Arc::new(Local::new(name, row.draining_since.is_some())), run_id)),
         Err(NodeRefusal::NameInUse { last_seen }) => Err(ClusterError::NameInUse { name, age: now - last_seen }),
-        Err(NodeRefusal::SingleNode { other, last_seen }) => {
-            Err(ClusterError::SingleNode { other, age: now - last_seen })
-        }
+        Err(NodeRefusal::SingleNode { other, last_seen }) => Err(ClusterError::SingleNode { other, age: now - last_seen }),
     }
 }
 
@@ -170,9 +165,7 @@ async fn catch_up(store: &Store, local: &Local, last: &mut i64, applier: &mut im
         let Some(newest) = events.last().map(|e| e.id) else { return Ok(()) };
         for e in &events {
             let killed = applier.apply(e).await;
-            store
-                .ack_event(e.id, local.name.as_str(), i64::try_from(killed).unwrap_or(i64::MAX), crate::app::now())
-                .await?;
+            store.ack_event(e.id, local.name.as_str(), i64::try_from(killed).unwrap_or(i64::MAX), crate::app::now()).await?;
             *last = e.id;
         }
         debug_assert_eq!(*last, newest);

@@ -48,7 +48,10 @@ pub const VPN_KEYS: [(&str, &str); 20] = [
     ("interface", "Dummy interface cas-vpn creates for the *_bind_ip service addresses (1-15 of a-z 0-9 _ -)."),
     ("instance_listen_ip", "Address the terminal instances listen on, behind terminal_front_port."),
     ("token_ttl", "Lifetime of a pairing token, e.g. 30m, 24h, 7d."),
-    ("node", "This node's name when several VPN nodes share one PostgreSQL store; empty means the host name."),
+    (
+        "node",
+        "This node's name when several VPN nodes share one PostgreSQL store; empty means the host name.",
+    ),
 ];
 
 /// Ports cas-vpn itself uses on the server (gate and master on 7741, admin bootstrap on 7777): no VPN port may take
