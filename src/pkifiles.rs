@@ -321,6 +321,23 @@ impl PkiDir {
         Ok(pem)
     }
 
+    /// Publishes a CRL another node made (read from the store), after the same check as our own: signed by
+    /// this CA, dates in order. A CRL that fails it is never written.
+    pub fn install_crl(&self, kind: Kind, pem: &str) -> Result<(), PkiFilesError> {
+        let ca_cert = self.read_ca_cert(kind)?;
+        preflight_crl(&ca_cert, pem).map_err(|why| PkiFilesError::CrlCheck { kind, why })?;
+        write_changed(&self.crl_path(kind), pem.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    /// The CRL number of the CRL on disk (0 when there is none or it does not parse).
+    pub fn crl_number(&self, kind: Kind) -> Result<u64, PkiFilesError> {
+        let Some(pem) = self.read_crl(kind)? else { return Ok(0) };
+        let Ok((_, block)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else { return Ok(0) };
+        let Ok((_, crl)) = x509_parser::parse_x509_crl(&block.contents) else { return Ok(0) };
+        Ok(crl.crl_number().and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+    }
+
     pub fn read_crl(&self, kind: Kind) -> Result<Option<String>, PkiFilesError> {
         Ok(read_optional(&self.crl_path(kind))?)
     }

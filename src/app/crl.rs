@@ -74,6 +74,8 @@ pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
     let next_update = now + validity(ctx);
     let number = ctx.store.next_crl_number(kind, this_update.unix_timestamp(), next_update.unix_timestamp()).await?;
     let pem = ctx.pki.publish_crl(&ca, kind, &revoked, number, this_update, next_update)?;
+    // The other nodes publish this same CRL (`adopt`), so one that was down heals itself.
+    ctx.store.record_crl(kind, number, &pem).await?;
     Ok(CrlReport {
         ca: kind,
         crl_number: number,
@@ -81,6 +83,15 @@ pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
         next_update: super::rfc3339(next_update.unix_timestamp()),
         pem,
     })
+}
+
+/// Publishes the store's CRL of `kind` when it is newer than the one on disk (another node made it after a
+/// revocation or on its timer). Returns its number when it did.
+pub async fn adopt(ctx: &Ctx, kind: Kind) -> Result<Option<u64>, AppError> {
+    let local = ctx.pki.crl_number(kind)?;
+    let Some((number, pem)) = ctx.store.crl_newer_than(kind, local).await? else { return Ok(None) };
+    ctx.pki.install_crl(kind, &pem)?;
+    Ok(Some(number))
 }
 
 /// The reason a CRL entry carries for the stored `reason` of `serial`. No reason recorded (empty) is

@@ -42,7 +42,10 @@ pub async fn run(ctx: Ctx, cmd: NodeCmd) -> anyhow::Result<()> {
             for n in &r.nodes {
                 let state = if n.draining { "draining" } else { "serving" };
                 let live = if n.live { "yes" } else { "no" };
-                println!("{:<20} {:<24} {:<6} {:<9} {:>8}  {}", n.name, n.address, live, state, n.sessions, n.last_seen);
+                println!(
+                    "{:<20} {:<24} {:<6} {:<9} {:>8}  {}",
+                    n.name, n.address, live, state, n.sessions, n.last_seen
+                );
             }
         }
         NodeCmd::Drain { name, json } => {

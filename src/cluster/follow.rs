@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{
-    ALIVE_FOR_SECS, CATCH_UP_EVERY, ClusterError, DEAD_AFTER_SECS, EVENTS_KEPT_SECS, HEARTBEAT_EVERY, Local,
-};
+use super::{ALIVE_FOR_SECS, CATCH_UP_EVERY, ClusterError, DEAD_AFTER_SECS, EVENTS_KEPT_SECS, HEARTBEAT_EVERY, Local};
 use crate::db::events::Wake;
 use crate::db::{DbError, Event, NodeRefusal, NodeStart, Store};
 use crate::domain::Name;
@@ -21,9 +19,20 @@ pub trait Applier: Send {
     fn apply(&mut self, event: &Event) -> impl Future<Output = usize> + Send;
 }
 
+/// A registered node.
+pub struct Registered {
+    /// Draining if the store says so.
+    pub local: Arc<Local>,
+    /// This run's id (the heartbeat proves the name is still ours with it).
+    pub run_id: String,
+    /// The newest event at registration: the follower applies what comes after (this node's sessions are
+    /// cleared after registering, so nothing older can concern them).
+    pub after_event: i64,
+}
+
 /// Registers this node: refused when another live process holds its name, or when the store is SQLite and
-/// another node is alive there. Returns the node (draining if the store says so) and this run's id.
-pub async fn register(store: &Store, name: Name, address: &str, now: i64) -> Result<(Arc<Local>, String), ClusterError> {
+/// another node is alive there.
+pub async fn register(store: &Store, name: Name, address: &str, now: i64) -> Result<Registered, ClusterError> {
     let run_id = hex::encode(rand::random::<[u8; 8]>());
     let start = NodeStart {
         name: &name,
@@ -33,10 +42,15 @@ pub async fn register(store: &Store, name: Name, address: &str, now: i64) -> Res
         now,
         alive_since: now - ALIVE_FOR_SECS,
     };
+    let after_event = store.last_event_id().await?;
     match store.register_node(&start).await? {
-        Ok(row) => Ok((Arc::new(Local::new(name, row.draining_since.is_some())), run_id)),
+        Ok(row) => {
+            Ok(Registered { local: Arc::new(Local::new(name, row.draining_since.is_some())), run_id, after_event })
+        }
         Err(NodeRefusal::NameInUse { last_seen }) => Err(ClusterError::NameInUse { name, age: now - last_seen }),
-        Err(NodeRefusal::SingleNode { other, last_seen }) => Err(ClusterError::SingleNode { other, age: now - last_seen }),
+        Err(NodeRefusal::SingleNode { other, last_seen }) => {
+            Err(ClusterError::SingleNode { other, age: now - last_seen })
+        }
     }
 }
 
@@ -91,23 +105,18 @@ pub async fn heartbeat(store: Store, local: Arc<Local>, run_id: String, mut shut
     }
 }
 
-/// Follows the store's events for this node until shutdown: LISTEN (PostgreSQL), and a catch-up read after
-/// every notification, after every reconnection and at least every [`CATCH_UP_EVERY`]. Starts after the newest
-/// event at start (this node's sessions were all cleared then: nothing older can concern them).
-pub async fn follow(store: Store, local: Arc<Local>, mut applier: impl Applier, mut shutdown: watch::Receiver<bool>) {
+/// Follows the store's events for this node until shutdown, from `after` on (`Registered::after_event`):
+/// LISTEN (PostgreSQL), and a catch-up read after every notification, after every reconnection and at least
+/// every [`CATCH_UP_EVERY`].
+pub async fn follow(
+    store: Store,
+    local: Arc<Local>,
+    after: i64,
+    mut applier: impl Applier,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let retry = Duration::from_secs(1);
-    let mut last = loop {
-        match store.last_event_id().await {
-            Ok(id) => break id,
-            Err(e) => {
-                tracing::warn!(error = %e, "event follower: store unreachable; retrying");
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(retry) => {}
-                }
-            }
-        }
-    };
+    let mut last = after;
     let mut listener = None;
     let mut failing = false;
     loop {
@@ -165,7 +174,9 @@ async fn catch_up(store: &Store, local: &Local, last: &mut i64, applier: &mut im
         let Some(newest) = events.last().map(|e| e.id) else { return Ok(()) };
         for e in &events {
             let killed = applier.apply(e).await;
-            store.ack_event(e.id, local.name.as_str(), i64::try_from(killed).unwrap_or(i64::MAX), crate::app::now()).await?;
+            store
+                .ack_event(e.id, local.name.as_str(), i64::try_from(killed).unwrap_or(i64::MAX), crate::app::now())
+                .await?;
             *last = e.id;
         }
         debug_assert_eq!(*last, newest);

@@ -75,9 +75,7 @@ pub fn node_name(cfg: &Config, flag: Option<&Name>) -> Name {
     if let Some(n) = flag.cloned().or_else(|| cfg.vpn.as_ref().and_then(|v| v.node.clone())) {
         return n;
     }
-    crate::sys::host_name()
-        .and_then(|h| h.parse().ok())
-        .unwrap_or_else(|| "node-1".parse().expect("a valid name"))
+    crate::sys::host_name().and_then(|h| h.parse().ok()).unwrap_or_else(|| "node-1".parse().expect("a valid name"))
 }
 
 /// The address other nodes' profiles list for this node: `public_hostname`, else `public_ip`.

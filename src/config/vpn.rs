@@ -48,10 +48,7 @@ pub const VPN_KEYS: [(&str, &str); 20] = [
     ("interface", "Dummy interface cas-vpn creates for the *_bind_ip service addresses (1-15 of a-z 0-9 _ -)."),
     ("instance_listen_ip", "Address the terminal instances listen on, behind terminal_front_port."),
     ("token_ttl", "Lifetime of a pairing token, e.g. 30m, 24h, 7d."),
-    (
-        "node",
-        "This node's name when several VPN nodes share one PostgreSQL store; empty means the host name.",
-    ),
+    ("node", "This node's name when several VPN nodes share one PostgreSQL store; empty means the host name."),
 ];
 
 /// Ports cas-vpn itself uses on the server (gate and master on 7741, admin bootstrap on 7777): no VPN port may take
@@ -592,6 +589,7 @@ mod tests {
             ("interface", "../x", "invalid interface name \"../x\": only a-z, 0-9, '_' and '-' are allowed"),
             ("instance_listen_ip", "0.0.0.0", "0.0.0.0 is not a single unicast address"),
             ("token_ttl", "0s", "invalid duration \"0s\": must be at least one second"),
+            ("node", "vpn 2", "invalid name \"vpn 2\""),
         ];
         assert_eq!(cases.len(), VPN_KEYS.len(), "one case per key");
         for (key, value, why) in cases {

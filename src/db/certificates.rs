@@ -181,6 +181,40 @@ impl Store {
         u64::try_from(n).map_err(|_| DbError::Corrupt(format!("crl_number = {n}")))
     }
 
+    /// Keeps the text of CRL number `crl_number` of `ca`, so every node publishes the same CRL. A CRL whose number
+    /// is no longer the newest (another node made a later one meanwhile) is not kept: the later one is.
+    pub async fn record_crl(&self, ca: Kind, crl_number: u64, pem: &str) -> Result<(), DbError> {
+        let n = i64::try_from(crl_number).map_err(|_| DbError::Corrupt(format!("crl_number = {crl_number}")))?;
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE crl_state SET pem = $1 WHERE ca = $2 AND crl_number = $3")
+                .bind(pem)
+                .bind(ca.as_str())
+                .bind(n)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// The newest CRL of `ca` the store keeps the text of, if its number is above `above`: `(number, pem)`.
+    /// Nodes ask this often, so the text is read only when there is something newer.
+    pub async fn crl_newer_than(&self, ca: Kind, above: u64) -> Result<Option<(u64, String)>, DbError> {
+        let above = i64::try_from(above).unwrap_or(i64::MAX);
+        let row: Option<(i64, String)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT crl_number, pem FROM crl_state WHERE ca = $1 AND crl_number > $2 AND pem IS NOT NULL",
+            )
+            .bind(ca.as_str())
+            .bind(above)
+            .fetch_optional(pool)
+            .await?
+        });
+        row.map(|(n, pem)| {
+            u64::try_from(n).map(|n| (n, pem)).map_err(|_| DbError::Corrupt(format!("crl_number = {n}")))
+        })
+        .transpose()
+    }
+
     /// The last CRL of `ca`: `(crl_number, this_update, next_update)`, or `None` before the first.
     pub async fn crl_state(&self, ca: Kind) -> Result<Option<(u64, i64, i64)>, DbError> {
         let row: Option<(i64, i64, i64)> = on_pool!(self, pool => {

@@ -90,7 +90,13 @@ const CATCH_UP_BATCH: i64 = 500;
 impl Store {
     /// Publishes an event in a transaction of its own (for changes with nothing else to write, e.g. a kill
     /// redone by a second `revoke`). Returns its id.
-    pub async fn publish_event(&self, kind: EventKind, subject: &str, node: Option<&str>, now: i64) -> Result<i64, DbError> {
+    pub async fn publish_event(
+        &self,
+        kind: EventKind,
+        subject: &str,
+        node: Option<&str>,
+        now: i64,
+    ) -> Result<i64, DbError> {
         in_tx!(self, tx => async { publish_event_in!(tx, kind, subject, node, now) })
     }
 

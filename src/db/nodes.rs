@@ -104,7 +104,9 @@ impl Store {
 
     /// One node.
     pub async fn node(&self, name: &Name) -> Result<Option<NodeRow>, DbError> {
-        Ok(on_pool!(self, pool => sqlx::query_as(node_select!("WHERE name = $1")).bind(name.as_str()).fetch_optional(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(node_select!("WHERE name = $1")).bind(name.as_str()).fetch_optional(pool).await?),
+        )
     }
 
     /// Starts (`Some(now)`) or ends (`None`) a node's drain and publishes the event its node acts on, in one

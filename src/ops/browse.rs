@@ -123,6 +123,8 @@ pub struct SessionItem {
     pub name: String,
     /// `terminal` or `admin`.
     pub kind: String,
+    /// The VPN node whose openvpn holds it.
+    pub node: String,
     pub instance: String,
     pub tunnel_ip: String,
     pub real_addr: String,
@@ -145,6 +147,7 @@ fn item(s: crate::db::SessionRow, kind: String) -> SessionItem {
     SessionItem {
         name: s.common_name,
         kind,
+        node: s.node,
         instance: s.instance,
         tunnel_ip: s.tunnel_ip,
         real_addr: s.real_addr,

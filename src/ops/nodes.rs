@@ -87,7 +87,12 @@ async fn live_nodes(store: &Store, now: i64) -> Result<Vec<String>, OpsError> {
 /// Waits until every node alive when asked (or `only` that one) acknowledged event `id`, or `deadline` passed;
 /// one entry per such node. On SQLite there are no other nodes and the local one answered through its control
 /// socket already: nothing to wait for.
-pub async fn wait_for_acks(ctx: &Ctx, id: i64, only: Option<&str>, deadline: Duration) -> Result<Vec<NodeAck>, OpsError> {
+pub async fn wait_for_acks(
+    ctx: &Ctx,
+    id: i64,
+    only: Option<&str>,
+    deadline: Duration,
+) -> Result<Vec<NodeAck>, OpsError> {
     if matches!(ctx.store, Store::Sqlite(_)) {
         return Ok(Vec::new());
     }

@@ -77,7 +77,10 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
     let silent: Vec<&str> = nodes.iter().filter(|n| !n.acknowledged).map(|n| n.node.as_str()).collect();
     if !nodes.is_empty() {
         let ended: u64 = nodes.iter().map(|n| n.killed).sum();
-        detail.push_str(&format!("; {} node(s) acknowledged, {ended} session(s) ended there", nodes.len() - silent.len()));
+        detail.push_str(&format!(
+            "; {} node(s) acknowledged, {ended} session(s) ended there",
+            nodes.len() - silent.len()
+        ));
     }
     if !silent.is_empty() {
         detail.push_str(&format!("; no acknowledgement from {}", silent.join(", ")));

@@ -67,6 +67,8 @@ pub struct ServiceState {
 #[derive(Debug, Serialize)]
 pub struct SessionReport {
     pub id: i64,
+    /// The node whose openvpn holds it.
+    pub node: String,
     pub instance: String,
     pub credential_id: i64,
     pub common_name: String,
@@ -83,6 +85,7 @@ impl From<&crate::db::SessionRow> for SessionReport {
     fn from(s: &crate::db::SessionRow) -> Self {
         SessionReport {
             id: s.id,
+            node: s.node.clone(),
             instance: s.instance.clone(),
             credential_id: s.credential_id,
             common_name: s.common_name.clone(),

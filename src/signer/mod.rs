@@ -97,6 +97,9 @@ pub async fn run_signer(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) -> Resul
     let listener = bind(&ctx.cfg.root, signer.accounts.as_ref())?;
     tracing::info!(socket = %socket_path(&ctx.cfg.root).display(), "signer listening");
     let mut crl_timer = tokio::time::interval(crl::check_period(&ctx));
+    // Several nodes on one store: a CRL another node made is published here within this period.
+    let mut adopt_timer = tokio::time::interval(ADOPT_EVERY);
+    adopt_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -104,6 +107,15 @@ pub async fn run_signer(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) -> Resul
                 let Ok((stream, _)) = accepted else { continue };
                 let s = signer.clone();
                 tokio::spawn(async move { s.answer(stream).await });
+            }
+            _ = adopt_timer.tick() => {
+                for kind in [Kind::Terminal, Kind::Admin] {
+                    match crl::adopt(&ctx, kind).await {
+                        Ok(Some(n)) => tracing::info!(ca = %kind, number = n, "CRL from the store published (made by another node)"),
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!(ca = %kind, error = %e, "CRL adoption skipped"),
+                    }
+                }
             }
             _ = crl_timer.tick() => {
                 for kind in [Kind::Terminal, Kind::Admin] {
@@ -120,6 +132,9 @@ pub async fn run_signer(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) -> Resul
     let _ = std::fs::remove_file(socket_path(&ctx.cfg.root));
     Ok(())
 }
+
+/// How often the signer looks for a newer CRL in the store (one small query; the text only when newer).
+const ADOPT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Binds the socket `root:batm 0660` (`0600` in single-uid mode), replacing a stale one.
 fn bind(root: &Path, accounts: Option<&Accounts>) -> Result<UnixListener, AppError> {

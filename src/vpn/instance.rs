@@ -390,7 +390,13 @@ impl Instance {
             let Some(cid) = c.client_id.filter(|cid| self.sessions.contains_key(cid)) else { continue };
             let _ = self
                 .store
-                .update_session_bytes(self.node.name.as_str(), self.spec.name.as_str(), cid as i64, c.bytes_received, c.bytes_sent)
+                .update_session_bytes(
+                    self.node.name.as_str(),
+                    self.spec.name.as_str(),
+                    cid as i64,
+                    c.bytes_received,
+                    c.bytes_sent,
+                )
                 .await;
         }
     }

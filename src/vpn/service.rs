@@ -37,9 +37,10 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
     // share a SQLite store. Only then are its own (and only its own) old sessions cleared.
     let name = cluster::node_name(&ctx.cfg, node.as_ref());
     let address = cluster::public_address(&ctx.cfg).unwrap_or_default();
-    let (local, run_id) = follow::register(&ctx.store, name, &address, crate::app::now())
-        .await
-        .map_err(|e| AppError::Other(e.to_string()))?;
+    let follow::Registered { local, run_id, after_event } =
+        follow::register(&ctx.store, name, &address, crate::app::now())
+            .await
+            .map_err(|e| AppError::Other(e.to_string()))?;
     tracing::info!(node = %local.name, %address, draining = local.draining(), store = ctx.store.backend(), "node registered");
     ctx.store.clear_sessions(local.name.as_str(), None).await?;
     crate::app::pending::recover_pending(&ctx).await?;
@@ -87,7 +88,8 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
 
     let heartbeat = tokio::spawn(follow::heartbeat(ctx.store.clone(), local.clone(), run_id, shutdown.clone()));
     let applier = Applier { registry: supervisor.registry(), node: local.clone() };
-    let follower = tokio::spawn(follow::follow(ctx.store.clone(), local.clone(), applier, shutdown.clone()));
+    let follower =
+        tokio::spawn(follow::follow(ctx.store.clone(), local.clone(), after_event, applier, shutdown.clone()));
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
     let control = tokio::spawn(super::control::serve(

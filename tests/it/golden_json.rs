@@ -305,6 +305,18 @@ async fn golden_json_shapes() {
     g.check("admin_vpn_list", &cli(i, &["admin-vpn", "list", "--all", "--json"]).await, &[]);
     g.check("admin_vpn_resume", &cli(i, &["admin-vpn", "resume", "alice", "--json"]).await, &[]);
     g.check("status", &cli(i, &["status", "--json"]).await, &[]);
+    // One node registered (as `serve vpn` does at its start).
+    let node: cas_vpn::domain::Name = "n1".parse().unwrap();
+    let start = cas_vpn::db::NodeStart {
+        name: &node,
+        address: PUBLIC_IP,
+        version: "0.1.0",
+        run_id: "r",
+        now: unix_now(),
+        alive_since: unix_now() - 15,
+    };
+    f.ctx.store.register_node(&start).await.unwrap().unwrap();
+    g.check("node_list", &cli(i, &["node", "list", "--json"]).await, &[("started_at", "time"), ("version", "version")]);
     g.check("web_user_add", &cli(i, &["web-user", "add", "carol", "--json"]).await, &[]);
     g.check("web_user_list", &cli(i, &["web-user", "list", "--json"]).await, &[]);
     // The audit trail: its ids and times are the run's, its actor the unix user running the tests.

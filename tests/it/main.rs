@@ -9,6 +9,7 @@ mod hostile;
 mod import;
 mod layers;
 mod master;
+mod nodes;
 mod signer;
 mod store;
 mod support;
