@@ -381,14 +381,18 @@ impl Cluster {
         list["nodes"].as_array()?.iter().find(|n| n["name"] == name).cloned()
     }
 
-    /// The store's live sessions as (node, common name), read from its `sessions` table (`status --json` does not
-    /// say which node holds a session).
+    /// The store's live sessions as (node, common name), from `status --json` (through any node: sessions are
+    /// the store's).
     pub fn sessions(&self) -> Vec<(String, String)> {
-        self.db()
-            .query("SELECT node, common_name FROM sessions ORDER BY id")
-            .lines()
-            .filter_map(|l| l.split_once('|'))
-            .map(|(n, cn)| (n.to_owned(), cn.to_owned()))
+        let s = self.json(self.viewer(), &["status"]);
+        let sessions = s["sessions"].as_array().cloned().unwrap_or_default();
+        sessions
+            .iter()
+            .map(|x| {
+                let node =
+                    x["node"].as_str().unwrap_or_else(|| panic!("status --json: a session without its node: {x}"));
+                (node.to_owned(), x["common_name"].as_str().unwrap_or_default().to_owned())
+            })
             .collect()
     }
 

@@ -47,12 +47,6 @@ impl PgDb {
         PgDb { name, socket_url, admin_url }
     }
 
-    /// Runs `sql` in this database (over its socket) and returns psql's unaligned output: one line a row, fields
-    /// separated by `|`. For reading what the store holds where no command shows it.
-    pub fn query(&self, sql: &str) -> String {
-        psql(&self.socket_url, sql)
-    }
-
     /// The store goes away: no new connection is accepted and every live one is ended.
     pub fn block(&self) {
         psql(&self.admin_url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", self.name));
