@@ -2,6 +2,7 @@
 //! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
 
 pub mod audit;
+pub mod metrics;
 pub mod node;
 pub mod pairing;
 pub mod web_user;
@@ -83,6 +84,9 @@ pub enum Cmd {
     /// VPN nodes sharing this store (several need PostgreSQL).
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// The Prometheus scrape token of `/metrics` (admin UI).
+    #[command(subcommand)]
+    Metrics(metrics::MetricsCmd),
     /// End a terminal or admin credential (and its live session).
     Revoke {
         name: Name,
@@ -315,7 +319,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 for c in &r.checks {
                     let level = format!("{:?}", c.level).to_uppercase();
-                    println!("{level:<5} {:<40} {}", c.check, c.detail);
+                    println!("{level:<7} {:<36} {}", c.check, c.detail);
+                    if let Some(fix) = &c.fix {
+                        println!("{:<7} {:<36} fix: {fix}", "", "");
+                    }
                 }
             }
             if !r.healthy {
@@ -328,6 +335,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Terminal(t) => terminal(Ctx::open(&root, db).await?, t).await?,
         Cmd::WebUser(w) => web_user::run(Ctx::open(&root, db).await?, w).await?,
+        Cmd::Metrics(m) => metrics::run(Ctx::open(&root, db).await?, m).await?,
         Cmd::AdminVpn(a) => {
             let ctx = Ctx::open(&root, db).await?;
             match a {

@@ -41,10 +41,17 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "lowercase")]
 pub enum Response {
-    Killed { sessions: usize },
+    Killed {
+        sessions: usize,
+    },
     Reloaded,
-    Status { instances: Vec<InstanceStatus> },
-    Error { message: String },
+    /// Each instance's state; `answers` per instance was added later (an older client ignores it).
+    Status {
+        instances: Vec<InstanceStatus>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 pub fn socket_path(root: &Path) -> PathBuf {
@@ -94,4 +101,77 @@ pub struct InstanceStatus {
     pub restarts: u64,
     pub crash_loop: bool,
     pub sessions: usize,
+    /// How long this instance's CONNECT/REAUTH questions took to answer, since the instance started (added for
+    /// `/metrics`; a service from before it answers without it, read as empty).
+    #[serde(default)]
+    pub answers: AnswerLatency,
+}
+
+/// Upper bounds (seconds) of the answer-latency buckets: a store answer is milliseconds; 3 s is the deadline
+/// after which openvpn is told to retry (a passing fault).
+pub const ANSWER_BOUNDS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A histogram of management answer latencies (from openvpn's `>CLIENT:CONNECT`/`REAUTH` reaching the vpn
+/// service to openvpn acknowledging its `client-auth`/`client-deny`), as Prometheus keeps one: cumulative
+/// buckets, count and sum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnswerLatency {
+    /// Upper bounds in seconds, ascending (`le`); empty when the service did not measure.
+    pub bounds: Vec<f64>,
+    /// Answers that took at most the bound of the same index (cumulative).
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl AnswerLatency {
+    /// An empty histogram over `ANSWER_BOUNDS`.
+    pub fn new() -> AnswerLatency {
+        AnswerLatency {
+            bounds: ANSWER_BOUNDS.to_vec(),
+            buckets: vec![0; ANSWER_BOUNDS.len()],
+            count: 0,
+            sum_seconds: 0.0,
+        }
+    }
+
+    /// Counts one answer that took `took`.
+    pub fn observe(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (bound, n) in self.bounds.iter().zip(self.buckets.iter_mut()) {
+            if secs <= *bound {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_seconds += secs;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_latency_buckets_are_cumulative() {
+        let mut h = AnswerLatency::new();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(40));
+        h.observe(Duration::from_secs(9));
+        assert_eq!(h.count, 3);
+        assert_eq!(h.buckets, vec![1, 1, 1, 2, 2, 2, 2, 2, 2, 2]);
+        assert!((h.sum_seconds - 9.043).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_status_without_answers_still_reads() {
+        // What a vpn service from before the metrics answers.
+        let old = r#"{"response":"status","instances":[{"name":"terminal-0","kind":"terminal","port":13000,
+            "state":"exited","ready":false,"restarts":2,"crash_loop":false,"sessions":0}]}"#;
+        let Response::Status { instances } = serde_json::from_str(&old.replace('\n', "")).unwrap() else {
+            panic!("not a status")
+        };
+        assert_eq!(instances[0].restarts, 2);
+        assert_eq!(instances[0].answers, AnswerLatency::default());
+    }
 }

@@ -7,8 +7,11 @@
 //! its own limit); an attempt goes ahead only if every key has room. A crash between the two steps leaves the
 //! attempt counted as a failure: the cautious side. A row that no longer counts (ban over, first failure older
 //! than the window) starts afresh when its source comes back, and such rows are deleted whenever a failure is
-//! settled; a success's reservation is given back (its row deleted when it was the only one).
+//! settled; a success's reservation is given back (its row deleted when it was the only one). A failure settled,
+//! an attempt refused as banned and each ban imposed also bump `metric_counters` in the same transaction
+//! (`/metrics`: cumulative, shared by every gate).
 
+use super::metrics::{BUMP, Counter};
 use super::{DbError, Store};
 
 /// One key of a source and how many attempts it may have in a window.
@@ -76,6 +79,9 @@ impl Store {
                 }
             }
             let Some(refusal) = refusal else { return Ok(Reserved::Go) };
+            if matches!(refusal, Reserved::Banned { .. }) {
+                sqlx::query(BUMP).bind(Counter::PairingsBanned.as_str()).bind(1_i64).execute(&mut *tx).await?;
+            }
             for key in taken {
                 if sqlx::query(GIVE_BACK_LAST).bind(key).execute(&mut *tx).await?.rows_affected() == 0 {
                     sqlx::query(GIVE_BACK_ONE).bind(key).execute(&mut *tx).await?;
@@ -117,6 +123,12 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 banned.extend(hit);
+            }
+            // The metrics' cumulative counters, in the transaction that settles what they count.
+            sqlx::query(BUMP).bind(Counter::PairingsFailed.as_str()).bind(1_i64).execute(&mut *tx).await?;
+            if !banned.is_empty() {
+                let n = i64::try_from(banned.len()).unwrap_or(i64::MAX);
+                sqlx::query(BUMP).bind(Counter::Bans.as_str()).bind(n).execute(&mut *tx).await?;
             }
             Ok(banned)
         })

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod firewall;
 pub mod import;
 pub mod init;
+pub mod metrics;
 pub mod nodes;
 pub mod ownership;
 pub mod pairing;

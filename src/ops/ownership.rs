@@ -32,51 +32,63 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect()).unwrap_or_default()
 }
 
-/// Applies the table above. Idempotent.
-pub fn apply(root: &Path, a: &Accounts, download_dir: &Path) -> Result<(), OpsError> {
+/// One path of the table: the owner, group and mode it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub path: std::path::PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// The table above for the paths that exist now (what `apply` sets and `doctor` compares).
+pub fn expected(root: &Path, a: &Accounts, download_dir: &Path) -> Vec<Want> {
     let (g, gate, admin, master) = (a.gid, a.gate.uid, a.admin.uid, a.master.uid);
+    let mut out = Vec::new();
+    let mut want = |path: &Path, uid, gid, mode| out.push(Want { path: path.to_owned(), uid, gid, mode });
     // The services must be able to walk into the root; nobody outside the group needs to.
-    set(root, 0, g, 0o750)?;
+    want(root, 0, g, 0o750);
     let config = root.join("config");
-    set(&config, 0, g, 0o750)?;
+    want(&config, 0, g, 0o750);
     for f in files(&config) {
-        set(&f, 0, g, 0o640)?;
+        want(&f, 0, g, 0o640);
     }
     let pki = root.join("pki");
-    set(&pki, 0, g, 0o750)?;
+    want(&pki, 0, g, 0o750);
     for f in files(&pki) {
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         match name.as_str() {
-            "gate.key" | "tls-crypt-v2-terminal.key" => set(&f, gate, 0, 0o600)?,
-            "web-ui.key" | "tls-crypt-v2-admin.key" => set(&f, admin, 0, 0o600)?,
-            "master.key" => set(&f, master, 0, 0o600)?,
-            n if n.ends_with(".key") => set(&f, 0, 0, 0o600)?,
-            _ => set(&f, 0, 0, 0o644)?,
+            "gate.key" | "tls-crypt-v2-terminal.key" => want(&f, gate, 0, 0o600),
+            "web-ui.key" | "tls-crypt-v2-admin.key" => want(&f, admin, 0, 0o600),
+            "master.key" => want(&f, master, 0, 0o600),
+            n if n.ends_with(".key") => want(&f, 0, 0, 0o600),
+            _ => want(&f, 0, 0, 0o644),
         }
     }
     let pending = pki.join("pending");
-    set(&pending, gate, 0, 0o700)?;
+    want(&pending, gate, 0, 0o700);
     for f in files(&pending) {
-        set(&f, gate, 0, 0o600)?;
+        want(&f, gate, 0, 0o600);
     }
-    // The CLI (root) makes it 0700 when it imports; made here too so that its owner and mode are known.
     let imports = pki.join("imports");
-    crate::sys::fs::ensure_dir(&imports, 0o700)?;
-    set(&imports, 0, 0, 0o700)?;
+    if imports.is_dir() {
+        want(&imports, 0, 0, 0o700);
+    }
     let db = root.join("db");
     if db.is_dir() {
-        set(&db, 0, g, 0o2770)?;
+        want(&db, 0, g, 0o2770);
         for f in files(&db) {
-            set(&f, 0, g, 0o660)?;
+            want(&f, 0, g, 0o660);
         }
     }
     let run = crate::daemon::run_dir(root);
-    crate::sys::fs::ensure_dir(&run, 0o750)?;
-    set(&run, 0, g, 0o750)?;
+    if run.is_dir() {
+        want(&run, 0, g, 0o750);
+    }
     for s in crate::daemon::ALL {
         let lock = crate::daemon::lock_path(root, s);
         if !lock.exists() {
-            crate::sys::fs::write_atomic(&lock, b"", 0o644)?;
+            continue;
         }
         // Each service writes its pid into its own lock file (what `doctor` reads); nobody else can write it.
         let owner = match s {
@@ -85,14 +97,34 @@ pub fn apply(root: &Path, a: &Accounts, download_dir: &Path) -> Result<(), OpsEr
             crate::daemon::Service::Admin => a.admin.uid,
             _ => 0,
         };
-        set(&lock, owner, 0, 0o644)?;
+        want(&lock, owner, 0, 0o644);
     }
-    crate::sys::fs::ensure_dir(download_dir, 0o750)?;
-    set(download_dir, gate, g, 0o750)?;
+    if download_dir.is_dir() {
+        want(download_dir, gate, g, 0o750);
+    }
     // The default `<root>/app/shared/`: the gate must be able to walk into `app/` too. (A folder elsewhere is the
     // operator's to open.)
-    if let Some(parent) = download_dir.parent().filter(|p| p.starts_with(root) && *p != root) {
-        set(parent, 0, g, 0o750)?;
+    if let Some(parent) = download_dir.parent().filter(|p| p.starts_with(root) && *p != root && p.is_dir()) {
+        want(parent, 0, g, 0o750);
+    }
+    out
+}
+
+/// Applies the table above (making the directories and lock files it names first). Idempotent.
+pub fn apply(root: &Path, a: &Accounts, download_dir: &Path) -> Result<(), OpsError> {
+    // The CLI (root) makes it 0700 when it imports; made here too so that its owner and mode are known.
+    crate::sys::fs::ensure_dir(&root.join("pki").join("imports"), 0o700)?;
+    let run = crate::daemon::run_dir(root);
+    crate::sys::fs::ensure_dir(&run, 0o750)?;
+    for s in crate::daemon::ALL {
+        let lock = crate::daemon::lock_path(root, s);
+        if !lock.exists() {
+            crate::sys::fs::write_atomic(&lock, b"", 0o644)?;
+        }
+    }
+    crate::sys::fs::ensure_dir(download_dir, 0o750)?;
+    for w in expected(root, a, download_dir) {
+        set(&w.path, w.uid, w.gid, w.mode)?;
     }
     Ok(())
 }

@@ -102,6 +102,8 @@ pub struct Instance {
     /// Admin instances: recent takeovers of the credential's session.
     takeovers: TakeoverWatch,
     ready: watch::Sender<bool>,
+    /// How long CONNECT/REAUTH answers took (`/metrics`).
+    answers: crate::control::AnswerLatency,
 }
 
 impl Instance {
@@ -126,6 +128,7 @@ impl Instance {
             wake: None,
             sessions: HashMap::new(),
             ready,
+            answers: crate::control::AnswerLatency::new(),
         }
     }
 
@@ -205,6 +208,7 @@ impl Instance {
             restarts: self.machine.restarts(),
             crash_loop: self.machine.is_crash_loop(),
             sessions: self.sessions.len(),
+            answers: self.answers.clone(),
         }
     }
 
@@ -290,6 +294,9 @@ impl Instance {
 
     async fn client_event(&mut self, ev: ClientEvent) {
         let Some(mgmt) = self.mgmt() else { return };
+        // A question openvpn waits on: how long its answer takes is measured (store lookups and the command).
+        let asked =
+            matches!(ev, ClientEvent::Connect { .. } | ClientEvent::Reauth { .. }).then(std::time::Instant::now);
         let result = match ev {
             // A draining node lets no new terminal in: the client moves on to its next `remote`.
             ClientEvent::Connect { cid, kid, .. } if self.spec.role.kind == Kind::Terminal && self.node.draining() => {
@@ -377,6 +384,9 @@ impl Instance {
                 Ok(())
             }
         };
+        if let Some(asked) = asked {
+            self.answers.observe(asked.elapsed());
+        }
         if let Err(e) = result {
             tracing::warn!(instance = %self.spec.name, error = %e, "management command failed");
         }

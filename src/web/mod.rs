@@ -7,6 +7,7 @@
 //!     login · setup · enroll                      (no session, or a half-made one: auth.rs, login.rs)
 //!     dashboard · terminals · admin-vpn · sessions · audit · users · account   (full session + CSRF)
 //!     /api/v1/…                                   (API token, scopes read/write: api.rs)
+//!     /metrics                                    (the metrics token: metrics.rs)
 //! ```
 //!
 //! Every operation goes through `ops` with a context acting as the web user from their address, so the audit
@@ -19,6 +20,7 @@ pub mod api;
 mod auth;
 mod dashboard;
 mod login;
+pub mod metrics;
 pub mod password;
 mod terminals;
 pub mod throttle;
@@ -198,6 +200,7 @@ pub fn router(state: WebState) -> Router {
     Router::new()
         .merge(pages)
         .nest("/api/v1", api::router())
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .with_state(state)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))

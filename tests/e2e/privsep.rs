@@ -130,6 +130,12 @@ fn services_run_under_their_own_users_and_only_the_signer_holds_a_ca_key() {
     let doctor: serde_json::Value = serde_json::from_slice(&d.cli(&["doctor", "--json"]).stdout).unwrap();
     let services = doctor["checks"].as_array().unwrap().iter().find(|c| c["check"] == "services").unwrap().clone();
     assert_eq!(services["level"], "ok", "{services}");
+    // … each under its own user (read from /proc, openvpn's children included), and every path has the owner and
+    // mode init gave it.
+    for check in ["service users", "file owners"] {
+        let c = doctor["checks"].as_array().unwrap().iter().find(|c| c["check"] == check).unwrap().clone();
+        assert_eq!(c["level"], "ok", "{c}");
+    }
 
     // The gate and master run as their users, with no capabilities, and cannot open a CA key.
     let ca_key = root.join("pki/terminal-ca.key");

@@ -59,6 +59,16 @@ fn terminal_connects_through_the_front_port_and_reaches_only_master() {
     // Its server-made profile came out of band (never through the gate): the first session counts as its pairing,
     // so master (which answers paired terminals only) answers it.
     assert!(d.json(&["terminal", "show", "atm-1"])["paired_at"].is_string(), "a connected terminal is paired");
+    // Its CONNECT answer was timed (`/metrics`' casvpn_mgmt_answer_seconds): a cumulative histogram the vpn service
+    // reports in its status.
+    let running = d.status()["running"].as_array().unwrap().clone();
+    let home = running.iter().find(|i| i["sessions"] == 1).expect("the instance holding the session");
+    let answers = &home["answers"];
+    let count = answers["count"].as_u64().unwrap();
+    let buckets: Vec<u64> = answers["buckets"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
+    assert!(count >= 1, "{home}");
+    assert!(answers["sum_seconds"].as_f64().unwrap() > 0.0, "{home}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]) && *buckets.last().unwrap() <= count, "{home}");
 
     // Invariants 6 and 10: no key material reaches serve's log (CA keys, server keys, tls-crypt-v2 keys, the
     // terminal's own key from its profile).

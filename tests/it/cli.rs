@@ -299,6 +299,27 @@ fn doctor_fails_on_a_readable_key_and_warns_before_a_crl_expires() {
     };
     assert_eq!(find(&r, "key modes")["level"], "ok");
     assert_eq!(find(&r, "terminal CRL")["level"], "ok");
+    // Every check that is not ok says what to do, in one line; an ok one says nothing.
+    for c in r["checks"].as_array().unwrap() {
+        match c["level"].as_str().unwrap() {
+            "ok" => assert!(c["fix"].is_null(), "{c}"),
+            _ => assert!(c["fix"].as_str().is_some_and(|f| !f.is_empty() && !f.contains('\n')), "{c}"),
+        }
+    }
+    assert_eq!(find(&r, "store")["level"], "ok");
+    assert_eq!(find(&r, "CRL freshness")["level"], "ok");
+    assert_eq!(find(&r, "openvpn")["detail"].as_str().map(|d| d.starts_with("OpenVPN 2.")), Some(true));
+    let certs = find(&r, "client certificates");
+    assert_eq!(certs["level"], "ok", "{certs}");
+    assert!(certs["detail"].as_str().unwrap().contains("no terminal certificate"), "{certs}");
+    // What cannot be determined is said so, never ok: no service runs to look at, and the firewall is not
+    // cas-vpn's here (manage=no), so neither door can be judged.
+    for unknown in ["service users", "pairing port 7741", "web UI port 7777"] {
+        let c = find(&r, unknown);
+        assert_eq!(c["level"], "unknown", "{c}");
+    }
+    // One uid for every service (these tests): owners separate nothing, and doctor says so.
+    assert_eq!(find(&r, "file owners")["level"], "warn");
     assert_eq!(find(&r, "serve")["level"], "fail", "the VPN service is not running here");
     let services = find(&r, "services");
     assert_eq!(services["level"], "fail");

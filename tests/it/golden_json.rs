@@ -143,6 +143,8 @@ impl Serialize for Node {
 fn placeholder(n: &Node, tag: &str) -> Node {
     match n {
         Node::Arr(_) if tag.ends_with("...") => Node::Arr(vec![Node::Str(format!("<{tag}>"))]),
+        // A tag ending in `?`: a string or null, depending on the machine (doctor's `fix`).
+        Node::Null | Node::Str(_) if tag.ends_with('?') => Node::Str(format!("<{tag}>")),
         Node::Null => Node::Null,
         Node::Str(_) => Node::Str(format!("<{tag}>")),
         Node::Num(_) => Node::Str(format!("<{tag}:number>")),
@@ -322,10 +324,10 @@ async fn golden_json_shapes() {
     // The audit trail: its ids and times are the run's, its actor the unix user running the tests.
     let audit_extra = [("id", "id"), ("at", "time"), ("actor", "actor")];
     g.check("audit", &cli(i, &["audit", "--action", "web_user", "--json"]).await, &audit_extra);
-    // What doctor finds depends on the machine (openvpn, nft, tun): its levels and details are not pinned, nor is
+    // What doctor finds depends on the machine (openvpn, nft, tun): its levels, details and fixes are not pinned, nor is
     // its exit code.
     let doctor = i.run(&["doctor", "--json"]);
-    let doctor_extra = [("level", "level"), ("detail", "detail"), ("healthy", "healthy")];
+    let doctor_extra = [("level", "level"), ("detail", "detail"), ("fix", "fix?"), ("healthy", "healthy")];
     g.check("doctor", &String::from_utf8(doctor.stdout).unwrap(), &doctor_extra);
     // The firewall's plan is pinned by its own golden files (tests/fixtures/golden/firewall/); what is installed
     // (the diff, the drift) is this machine's.
