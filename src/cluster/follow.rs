@@ -78,7 +78,7 @@ pub async fn heartbeat(store: Store, local: Arc<Local>, run_id: String, mut shut
             if let Some(row) = store.node(&local.name).await? {
                 local.set_draining(row.draining_since.is_some());
             }
-            if beats % 6 == 0 {
+            if beats.is_multiple_of(6) {
                 let cleared = store.clear_dead_nodes_sessions(now - DEAD_AFTER_SECS).await?;
                 if cleared > 0 {
                     tracing::info!(sessions = cleared, "cleared the sessions of nodes that stopped answering");
