@@ -18,7 +18,7 @@ use super::mgmt::{ClientEvent, Env, Mgmt};
 use crate::app::instances::InstanceSpec;
 use crate::cluster::Local;
 pub use crate::control::InstanceStatus;
-use crate::db::{NewSession, Store};
+use crate::db::{EventKind, NewSession, Store};
 use crate::domain::lifecycle::{Action, Event, Machine, State};
 use crate::domain::takeover::{self, TakeoverWatch};
 use crate::domain::{Kind, Name};
@@ -324,6 +324,8 @@ impl Instance {
                         }
                         if suspend {
                             self.suspend(credential_id, &name, now).await;
+                        } else {
+                            self.end_sessions_elsewhere(credential_id, &name, now).await;
                         }
                     }
                     if suspend {
@@ -424,6 +426,25 @@ impl Instance {
     async fn forget(&mut self, cid: u64) {
         if self.sessions.remove(&cid).is_some() {
             let _ = self.store.remove_session(self.node.name.as_str(), self.spec.name.as_str(), cid as i64).await;
+        }
+    }
+
+    /// One live session per admin credential across nodes too: the newest wins, so a session of this credential
+    /// on another node is ended there (an event addressed to that node; it ends every session of the name it
+    /// holds). A store that cannot say is logged: the CONNECT answer just read the same store.
+    async fn end_sessions_elsewhere(&self, credential_id: i64, name: &Name, now: i64) {
+        let others: std::collections::BTreeSet<String> = match self.store.sessions_of(credential_id).await {
+            Ok(rows) => rows.into_iter().map(|r| r.node).filter(|n| n != self.node.name.as_str()).collect(),
+            Err(e) => {
+                tracing::error!(credential = %name, error = %e, "cannot look for this admin's sessions on other nodes");
+                return;
+            }
+        };
+        for node in others {
+            tracing::warn!(instance = %self.spec.name, credential = %name, %node, "admin session on another node replaced");
+            if let Err(e) = self.store.publish_event(EventKind::Kill, name.as_str(), Some(&node), now).await {
+                tracing::error!(credential = %name, %node, error = %e, "cannot end the admin's session on the other node");
+            }
         }
     }
 
