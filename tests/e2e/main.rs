@@ -10,6 +10,7 @@ mod browser;
 mod cleanup;
 mod firewall;
 mod flood;
+mod nodes;
 mod pairing;
 mod privsep;
 mod smoke;

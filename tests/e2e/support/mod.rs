@@ -1,5 +1,6 @@
 //! The e2e harness: network namespaces, a bridged test LAN, guarded child processes, polling waits, openvpn and
-//! reachability helpers, a throwaway openssl PKI, and a headless browser inside a namespace.
+//! reachability helpers, a throwaway openssl PKI, a headless browser inside a namespace, and several cas-vpn nodes
+//! sharing one store (`cluster`).
 //!
 //! It depends on std, tokio, nix and tempfile (and fantoccini and serde_json for the browser) only, never on the
 //! cas-vpn library: the tests drive the `cas-vpn` binary (`env!("CARGO_BIN_EXE_cas-vpn")`) like an operator would,
@@ -15,6 +16,7 @@
 
 pub mod browser;
 pub mod child;
+pub mod cluster;
 pub mod deploy;
 pub mod env;
 pub mod flood;
