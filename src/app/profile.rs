@@ -72,14 +72,15 @@ impl ProfileMaker {
 
     /// Every node the store knows goes into the profiles as a `remote` (this node's address first). A node
     /// appears once its `serve vpn` has registered; an address that is not a valid host is left out, loudly.
-    pub async fn load_nodes(&self, store: &crate::db::Store) -> Result<(), AppError> {
-        self.take_nodes(&store.list_nodes().await?);
-        Ok(())
+    /// Returns how many addresses the profiles list when that changed, `None` when it did not.
+    pub async fn load_nodes(&self, store: &crate::db::Store) -> Result<Option<usize>, AppError> {
+        Ok(self.take_nodes(&store.list_nodes().await?))
     }
 
     /// [`ProfileMaker::load_nodes`] with the node rows already read.
-    pub fn take_nodes(&self, nodes: &[crate::db::NodeRow]) {
-        let Ok(mut hosts) = self.hosts.write() else { return };
+    pub fn take_nodes(&self, nodes: &[crate::db::NodeRow]) -> Option<usize> {
+        let Ok(mut hosts) = self.hosts.write() else { return None };
+        let before = hosts.len();
         hosts.truncate(1);
         for node in nodes {
             match node.address.parse::<Host>() {
@@ -88,6 +89,7 @@ impl ProfileMaker {
                 Err(e) => tracing::warn!(node = %node.name, error = %e, "node address left out of client profiles"),
             }
         }
+        (hosts.len() != before).then_some(hosts.len())
     }
 
     /// Renders one profile with a fresh random tls-crypt-v2 client key. `port`: the admin credential's own port; terminals always use the front port.

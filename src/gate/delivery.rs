@@ -19,7 +19,8 @@ impl Delivery {
     }
 
     /// Takes the store's current node list into the profiles (at start, then periodically).
-    pub async fn load_nodes(&self, store: &crate::db::Store) -> Result<(), AppError> {
+    /// Returns how many addresses the profiles list when that changed.
+    pub async fn load_nodes(&self, store: &crate::db::Store) -> Result<Option<usize>, AppError> {
         self.0.load_nodes(store).await
     }
 

@@ -173,8 +173,10 @@ async fn follow_nodes(state: GateState, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => {
-                if let Err(e) = delivery.load_nodes(&state.ctx().store).await {
-                    tracing::warn!(error = %e, "cannot read the nodes for the profiles' remotes; keeping the last list");
+                match delivery.load_nodes(&state.ctx().store).await {
+                    Ok(Some(n)) => tracing::info!(remotes = n, "profiles now list {n} node address(es)"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the nodes for the profiles' remotes; keeping the last list"),
                 }
             }
         }

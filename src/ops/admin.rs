@@ -43,7 +43,7 @@ pub async fn issue_profile(ctx: &Ctx, name: &Name) -> Result<Issued, OpsError> {
     let vpn = ctx.vpn("an admin VPN credential")?;
     // Everything the profile needs is read before the credential exists: a missing file fails with no trace.
     let maker = ProfileMaker::new(ctx, Kind::Admin)?;
-    maker.load_nodes(&ctx.store).await?;
+    let _ = maker.load_nodes(&ctx.store).await?;
     let (port, cert_pem, key) = make(ctx, name).await?;
     let text = match key.and_then(|k| maker.render(name, &cert_pem, Some(&k), None, Some(port))) {
         Ok(t) => t,

@@ -162,7 +162,7 @@ impl Batch {
         let keygen = match (opts.server_keygen, vpn) {
             (true, Some(v)) => {
                 let maker = ProfileMaker::new(ctx, Kind::Terminal)?;
-                maker.take_nodes(nodes);
+                let _ = maker.take_nodes(nodes);
                 Some((ctx.pki.load_ca(Kind::Terminal)?, maker, v))
             }
             _ => None,

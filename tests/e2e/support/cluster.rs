@@ -32,7 +32,7 @@ use super::pg::PgDb;
 use super::{ChildGuard, Lan, Netns, openvpn_client, temp_dir, wait_until};
 
 /// How often a node's gate re-reads the nodes its profiles list as `remote`s (`src/gate`'s `NODES_EVERY`).
-pub const GATE_NODES_EVERY: Duration = Duration::from_secs(30);
+pub const GATE_NODES_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a node's `serve all` may take to have every instance ready and to be registered.
 pub const START: Duration = Duration::from_secs(40);
@@ -262,22 +262,12 @@ impl Cluster {
         self.started[node].unwrap_or_else(|| panic!("{} never started", self.name(node)))
     }
 
-    /// Waits until node `node`'s gate has re-read the nodes since every node registered: it reads them at its
-    /// start and every `GATE_NODES_EVERY` after, and says nothing when it does, so this waits for the first
-    /// re-read after all nodes started. Profiles the gate hands out before then may lack the nodes started
-    /// after it (the CLI's profiles list them at once).
+    /// Waits until node `node`'s gate hands out profiles listing every node: it re-reads the nodes every
+    /// `GATE_NODES_EVERY` and logs "profiles now list N node address(es)" when the list changes.
     pub fn wait_gate_knows_every_node(&self, node: usize) {
-        // Every node was registered by the time its `start` returned.
-        let registered = self.registered.iter().flatten().max().copied().expect("no node started");
-        let gate = self.started_at(node);
-        let every = GATE_NODES_EVERY.as_secs_f64();
-        let periods = ((registered - gate).as_secs_f64() / every).ceil().max(1.0);
-        // Margin: the gate starts a moment after its `serve all`, and its read takes a moment too.
-        let at = gate + GATE_NODES_EVERY.mul_f64(periods) + Duration::from_secs(2);
-        let what = format!("{}'s gate re-read the nodes (every {GATE_NODES_EVERY:?})", self.name(node));
-        wait_until(&what, at.saturating_duration_since(Instant::now()) + Duration::from_secs(1), || {
-            Instant::now() >= at
-        });
+        let serve = self.serves[node].as_ref().unwrap_or_else(|| panic!("{} is not serving", self.name(node)));
+        let want = format!("profiles now list {} node address(es)", self.nodes);
+        serve.wait_for_line(|l| l.contains(&want), GATE_NODES_EVERY * 3);
     }
 
     /// Starts every node, one after the other (profiles made after this list every node).
