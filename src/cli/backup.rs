@@ -58,7 +58,7 @@ pub async fn backup(root: &Path, db: Option<&str>, args: BackupArgs) -> anyhow::
     if args.json.json {
         return print_json(&r);
     }
-    let rows: u64 = r.tables.values().sum();
+    let rows: u64 = r.tables.iter().map(|t| t.rows).sum();
     println!("backup {} written to {} ({} bytes)", r.id, r.file, r.bytes);
     println!(
         "store: {} ({} tables, {rows} rows, migration {}); files: {} from config/ and pki/",
@@ -77,7 +77,7 @@ pub async fn restore(root: &Path, db: Option<&str>, args: RestoreArgs) -> anyhow
     if args.json.json {
         return print_json(&r);
     }
-    let rows: u64 = r.tables.values().sum();
+    let rows: u64 = r.tables.iter().map(|t| t.rows).sum();
     if r.finished_earlier_restore {
         println!("the store already held this backup (an interrupted restore): its files are now in place");
     }

@@ -17,9 +17,9 @@
 //!
 //! A failed restore leaves nothing (invariant 9): everything is checked before the first write, the staging
 //! directory goes on any failure, and the root appears by one rename. With PostgreSQL the store commits before
-//! that rename; a restore killed between the two is finished by running it again (the store then holds this
-//! backup's restore audit row and nothing else, so it is recognised as this restore and only the files are put
-//! in place).
+//! that rename; a restore killed between the two is finished by running it again (its staging directory is still
+//! beside the root and the store holds this backup's restore audit row, so it is recognised as this restore and
+//! only the files are put in place).
 //!
 //! The archive is an ordinary [age](https://age-encryption.org) file (scrypt passphrase recipient) holding a tar
 //! stream: `age -d FILE | tar t` lists it. The passphrase never travels in argv, a log or the file.
@@ -75,6 +75,8 @@ pub enum BackupError {
     RootNotEmpty { root: PathBuf },
     #[error("{root} cannot be replaced by a rename ({why}): is it a mount point? restore onto a directory inside it")]
     Rename { root: PathBuf, why: String },
+    #[error("restore puts a SQLite store under the root (db/); --database-url is for a PostgreSQL store")]
+    SqliteUrl,
     #[error(transparent)]
     Store(#[from] SnapshotError),
 }
@@ -133,6 +135,17 @@ struct Manifest {
     files: Vec<FileEntry>,
 }
 
+/// Rows of one table in a backup.
+#[derive(Debug, Serialize)]
+pub struct TableRows {
+    pub table: String,
+    pub rows: u64,
+}
+
+fn table_rows(tables: &BTreeMap<String, u64>) -> Vec<TableRows> {
+    tables.iter().map(|(table, rows)| TableRows { table: table.clone(), rows: *rows }).collect()
+}
+
 /// What `backup` made (`cas-vpn backup --json`).
 #[derive(Debug, Serialize)]
 pub struct BackupReport {
@@ -142,7 +155,7 @@ pub struct BackupReport {
     pub cas_vpn_version: String,
     pub backend: String,
     pub migration: i64,
-    pub tables: BTreeMap<String, u64>,
+    pub tables: Vec<TableRows>,
     pub files: usize,
     pub bytes: u64,
 }
@@ -156,7 +169,7 @@ pub struct RestoreReport {
     pub cas_vpn_version: String,
     pub backend: String,
     pub migration: i64,
-    pub tables: BTreeMap<String, u64>,
+    pub tables: Vec<TableRows>,
     pub files: usize,
     /// The store already held this backup (a restore killed after its store commit): only the files were put.
     pub finished_earlier_restore: bool,
@@ -296,7 +309,7 @@ pub async fn backup(ctx: &Ctx, out: &Path, pass: &Passphrase) -> Result<BackupRe
         cas_vpn_version: manifest.cas_vpn_version,
         backend: manifest.backend,
         migration: manifest.migration,
-        tables: manifest.tables,
+        tables: table_rows(&manifest.tables),
         files: manifest.files.len(),
         bytes: written,
     })
@@ -465,12 +478,15 @@ pub async fn restore(
     file: &Path,
     pass: &Passphrase,
 ) -> Result<RestoreReport, OpsError> {
+    if database_url.is_some_and(|u| u.starts_with("sqlite:")) {
+        return Err(BackupError::SqliteUrl.into());
+    }
     let root = std::path::absolute(root).map_err(|e| OpsError::Other(e.to_string()))?;
     let (file_owned, pass) = (file.to_owned(), Passphrase(pass.0.clone()));
     let opened = tokio::task::spawn_blocking(move || open_archive(&file_owned, &pass))
         .await
         .map_err(|e| OpsError::Other(e.to_string()))??;
-    let target_backend = if database_url.is_some_and(|u| !u.starts_with("sqlite:")) { "postgres" } else { "sqlite" };
+    let target_backend = if database_url.is_some() { "postgres" } else { "sqlite" };
     let binary = crate::db::snapshot::binary_migration(target_backend);
     if opened.manifest.migration > binary {
         return Err(BackupError::from(SnapshotError::Newer { backup: opened.manifest.migration, binary }).into());
@@ -479,14 +495,19 @@ pub async fn restore(
         return Err(BackupError::RootNotEmpty { root }.into());
     }
     let (stage, parent, prefix) = stage_dir(&root, &opened.manifest.id)?;
+    // A restore of this backup onto this root that was killed after its store commit left its staging directory.
+    let interrupted = std::fs::read_dir(&parent).is_ok_and(|d| {
+        let mine = format!("{prefix}{}-", opened.manifest.id);
+        d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&mine))
+    });
     sweep_stages(&parent, &prefix);
     let now = crate::app::now();
     let actor = crate::app::cli_actor();
     // An external store is looked at before anything is written: it must be empty, or hold this very restore.
-    let external = match database_url.filter(|u| !u.starts_with("sqlite:")) {
+    let external = match database_url {
         Some(url) => {
             let store = Store::connect(url).await?;
-            let earlier = store.restored_from(&opened.manifest.id).await.map_err(BackupError::from)?;
+            let earlier = interrupted && store.restored_from(&opened.manifest.id).await.map_err(BackupError::from)?;
             if !earlier && let Some((table, rows)) = store.first_nonempty_table().await.map_err(BackupError::from)? {
                 store.close().await;
                 return Err(BackupError::from(SnapshotError::NotEmpty { table, rows }).into());
@@ -532,7 +553,7 @@ pub async fn restore(
         cas_vpn_version: m.cas_vpn_version,
         backend: target_backend.to_owned(),
         migration: m.migration,
-        tables: m.tables,
+        tables: table_rows(&m.tables),
         files: m.files.len(),
         finished_earlier_restore: matches!(external, Some((_, true))),
         crls_republished,
