@@ -82,7 +82,13 @@ fn a_backup_under_load_restores_a_server_that_admits_the_same_clients_and_not_th
         // Whether atm-2's revocation made it into the backup's snapshot only the restored store can say (below).
         drop(clients);
         drop(admin);
-        (profiles, alice)
+        // The profiles live in the old root, which goes with it: the terminals and the admin keep their copies.
+        let kept = |p: &Path| {
+            let to = keep.path().join(p.file_name().unwrap());
+            std::fs::copy(p, &to).unwrap();
+            to
+        };
+        (profiles.iter().map(|p| kept(p)).collect::<Vec<_>>(), kept(&alice))
     };
 
     // The old server is gone (its namespaces and root with it). A fresh root on a fresh LAN, from the file alone.
