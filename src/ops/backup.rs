@@ -54,6 +54,8 @@ const MANIFEST: &str = "manifest.json";
 const STORE: &str = "store.jsonl";
 const FILES: &str = "files/";
 const STAGE_MARK: &str = ".restore-";
+/// The temp file a backup is written to beside its target (renamed onto it when complete).
+const PARTIAL_MARK: &str = ".partial-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -326,7 +328,7 @@ fn write_archive(
     let werr = |why: String| BackupError::Write { path: out.to_owned(), why };
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = out.file_name().ok_or_else(|| werr("no file name".into()))?.to_string_lossy().into_owned();
-    let tmp = dir.join(format!(".{name}{STAGE_MARK}{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let tmp = dir.join(format!(".{name}{PARTIAL_MARK}{}-{:08x}", std::process::id(), rand::random::<u32>()));
     let result = (|| -> Result<u64, String> {
         let file = std::fs::OpenOptions::new()
             .write(true)
