@@ -2,6 +2,7 @@
 //! and renders its report as text or, with `--json`, as a stable JSON shape documented in the README.
 
 pub mod audit;
+pub mod backup;
 pub mod metrics;
 pub mod node;
 pub mod pairing;
@@ -117,6 +118,10 @@ pub enum Cmd {
     Firewall(FirewallCmd),
     /// The audit trail, oldest first: who did what to which credential, and from where.
     Audit(audit::AuditArgs),
+    /// Write the store, config/ and pki/ into one passphrase-encrypted file (while serve runs).
+    Backup(backup::BackupArgs),
+    /// Put a backup onto an empty root (and an empty store with --database-url).
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -420,6 +425,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // Reading the trail must not wait for an unrelated typo in a configuration file.
         Cmd::Audit(a) => audit::run(open_lenient(&root, db).await?, a).await?,
         Cmd::Node(n) => node::run(open_lenient(&root, db).await?, n).await?,
+        Cmd::Backup(b) => backup::backup(&root, db, b).await?,
+        Cmd::Restore(r) => backup::restore(&root, db, r).await?,
         Cmd::Crl { out } => {
             let ctx = open_lenient(&root, db).await?;
             let mut pem = String::new();

@@ -84,6 +84,7 @@ mod nodes;
 mod pairing;
 mod pairing_ext;
 mod sessions;
+pub mod snapshot;
 mod tokens;
 mod views;
 mod web;
@@ -162,9 +163,17 @@ impl Store {
     /// Opens (creating it if missing) and migrates the store at `url`: `sqlite://PATH`, `sqlite:PATH`,
     /// `postgres://…` or `postgresql://…`.
     pub async fn open(url: &str) -> Result<Store, DbError> {
+        let store = Self::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens the store at `url` (creating a SQLite file if missing) without running migrations: `restore` looks
+    /// at what is there first.
+    pub async fn connect(url: &str) -> Result<Store, DbError> {
         if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?;
-            Self::open_sqlite_with(opts).await
+            Self::connect_sqlite_with(opts).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -172,11 +181,19 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            sqlx::migrate!("migrations/postgres").run(&pool).await?;
             Ok(Store::Postgres(pool))
         } else {
             Err(DbError::UnsupportedUrl)
         }
+    }
+
+    /// Runs every migration this binary has.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Store::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
+            Store::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
     }
 
     /// Opens (creating the file if missing, not its directory) and migrates the SQLite store at `path`.
@@ -185,6 +202,12 @@ impl Store {
     }
 
     async fn open_sqlite_with(opts: SqliteConnectOptions) -> Result<Store, DbError> {
+        let store = Self::connect_sqlite_with(opts).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn connect_sqlite_with(opts: SqliteConnectOptions) -> Result<Store, DbError> {
         // WAL lets readers (status, the UI) run beside the one writer; NORMAL is durable across application
         // crashes in WAL mode (only a power cut may lose the last commits, never consistency).
         let opts = opts
@@ -198,7 +221,6 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(Store::Sqlite(pool))
     }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod backup;
 pub mod browse;
 pub mod doctor;
 pub mod firewall;

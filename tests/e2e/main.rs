@@ -6,6 +6,7 @@
 //! was killed (Ctrl-C, timeout), `scripts/e2e-cleanup` removes what it left behind (see `support/netns.rs` for the
 //! names).
 
+mod backup;
 mod browser;
 mod cleanup;
 mod firewall;

@@ -177,13 +177,13 @@ fn redact(n: Node, root: &str, extra: &[(&str, &str)]) -> Node {
 }
 
 /// Collects every shape's mismatch, so one run reports (or, with `UPDATE_GOLDEN=1`, rewrites) them all.
-struct Golden {
+pub(crate) struct Golden {
     root: String,
     failures: Vec<String>,
 }
 
 impl Golden {
-    fn new(root: &Path) -> Golden {
+    pub(crate) fn new(root: &Path) -> Golden {
         Golden { root: root.display().to_string(), failures: Vec::new() }
     }
 
@@ -191,7 +191,7 @@ impl Golden {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/json")
     }
 
-    fn check(&mut self, name: &str, stdout: &str, extra: &[(&str, &str)]) {
+    pub(crate) fn check(&mut self, name: &str, stdout: &str, extra: &[(&str, &str)]) {
         let node: Node = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {stdout:?}"));
         let redacted = redact(node, &self.root, extra);
         let mut text = serde_json::to_string_pretty(&redacted).unwrap();
@@ -220,7 +220,7 @@ impl Golden {
         }
     }
 
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         assert!(self.failures.is_empty(), "--json shapes changed:\n{}", self.failures.join("\n\n"));
     }
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod audit;
+mod backup;
 mod cli;
 mod gate;
 mod golden_json;

@@ -54,6 +54,19 @@ impl Deployment {
         Deployment::build(clients, vpn, "none", Some(database_url.to_owned()))
     }
 
+    /// A LAN with `clients` client namespaces and a root made by `cas-vpn restore BACKUP` (the passphrase in
+    /// `CAS_VPN_BACKUP_PASSPHRASE`) onto an empty directory, SQLite under it.
+    pub fn restored(clients: usize, backup: &Path, passphrase: &str) -> (Deployment, Output) {
+        let lan = Lan::new(clients);
+        let root = temp_dir("root");
+        let d = Deployment { serve: None, helpers: Vec::new(), users: "none".into(), database_url: None, lan, root };
+        let mut cmd = Command::new(bin());
+        cmd.env("CAS_VPN_ROOT", d.root()).env("CAS_VPN_SERVICE_USERS", "none");
+        cmd.env("CAS_VPN_BACKUP_PASSPHRASE", passphrase).env_remove("CAS_VPN_DATABASE_URL");
+        let out = cmd.arg("restore").arg(backup).arg("--json").output().unwrap();
+        (d, out)
+    }
+
     fn build(clients: usize, vpn: &[(&str, &str)], users: &str, database_url: Option<String>) -> Deployment {
         let lan = Lan::new(clients);
         let root = temp_dir("root");
