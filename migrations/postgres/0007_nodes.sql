@@ -40,7 +40,7 @@ CREATE INDEX sessions_credential ON sessions (credential_id);
 CREATE TABLE events (
     id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at      BIGINT NOT NULL,
-    kind    TEXT   NOT NULL CHECK (kind IN ('kill', 'drain', 'resume')),
+    kind    TEXT   NOT NULL CHECK (kind IN ('kill', 'drain', 'resume', 'reload')),
     subject TEXT   NOT NULL,
     node    TEXT COLLATE "C"
 );

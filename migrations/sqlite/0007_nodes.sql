@@ -32,7 +32,7 @@ CREATE INDEX sessions_credential ON sessions (credential_id);
 CREATE TABLE events (
     id      INTEGER PRIMARY KEY,
     at      INTEGER NOT NULL,
-    kind    TEXT    NOT NULL CHECK (kind IN ('kill', 'drain', 'resume')),
+    kind    TEXT    NOT NULL CHECK (kind IN ('kill', 'drain', 'resume', 'reload')),
     subject TEXT    NOT NULL,
     node    TEXT
 ) STRICT;

@@ -17,6 +17,9 @@ pub enum EventKind {
     Drain,
     /// The node named `subject` serves again.
     Resume,
+    /// Re-plan from the store: the VPN instances (an admin credential issued or revoked) and the firewall (its
+    /// admin ports, the pairing window).
+    Reload,
 }
 
 impl EventKind {
@@ -25,6 +28,7 @@ impl EventKind {
             EventKind::Kill => "kill",
             EventKind::Drain => "drain",
             EventKind::Resume => "resume",
+            EventKind::Reload => "reload",
         }
     }
 
@@ -33,6 +37,7 @@ impl EventKind {
             "kill" => Ok(EventKind::Kill),
             "drain" => Ok(EventKind::Drain),
             "resume" => Ok(EventKind::Resume),
+            "reload" => Ok(EventKind::Reload),
             other => Err(DbError::Corrupt(format!("event kind {other:?}"))),
         }
     }

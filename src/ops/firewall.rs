@@ -241,6 +241,10 @@ pub async fn await_confirmation(ctx: &Ctx) -> Result<bool, OpsError> {
 /// force. No `serve net` running is fine (the next start plans from the store); a failure is logged, never fatal:
 /// the change itself is done, and serve net's periodic check catches up.
 pub async fn poke_net(ctx: &Ctx) {
+    // Every other node re-plans its instances and its firewall too (several nodes on one store).
+    if let Err(e) = ctx.store.publish_event(crate::db::EventKind::Reload, "store", None, ctx.clock.now()).await {
+        tracing::warn!(error = %e, "cannot tell the other nodes to re-plan (they will within 30 s)");
+    }
     match crate::control::net::reload(&ctx.cfg.root).await {
         Ok(None) | Ok(Some(crate::control::net::NetResponse::Reloaded { .. })) => {}
         Ok(Some(crate::control::net::NetResponse::Error { message })) => {

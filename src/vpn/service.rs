@@ -15,6 +15,9 @@ use crate::cluster::{self, Local, follow};
 use crate::db::{Event, EventKind};
 use crate::domain::{Kind, Name};
 
+/// How long a re-plan asked for by another node's event may take before the follower moves on.
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
+
 /// Re-plan from the store this often even without a reload request (a missed request heals itself).
 const REPLAN_EVERY: Duration = Duration::from_secs(30);
 
@@ -86,12 +89,17 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
     let task = Some(start_front(&front, vpn.terminal_front_port).await?);
     let mut vpn_on = VpnOn { front, port: vpn.terminal_front_port, task };
 
+    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
     let heartbeat = tokio::spawn(follow::heartbeat(ctx.store.clone(), local.clone(), run_id, shutdown.clone()));
-    let applier = Applier { registry: supervisor.registry(), node: local.clone() };
+    let applier = Applier {
+        registry: supervisor.registry(),
+        node: local.clone(),
+        reload: reload_tx.clone(),
+        root: ctx.cfg.root.clone(),
+    };
     let follower =
         tokio::spawn(follow::follow(ctx.store.clone(), local.clone(), after_event, applier, shutdown.clone()));
 
-    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<()>>(8);
     let control = tokio::spawn(super::control::serve(
         ctx.cfg.root.clone(),
         ctx.store.clone(),
@@ -135,6 +143,10 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
 struct Applier {
     registry: Registry,
     node: Arc<Local>,
+    /// This service's own re-plan (as the control socket's `Reload`).
+    reload: mpsc::Sender<oneshot::Sender<()>>,
+    /// For poking this node's `serve net`.
+    root: std::path::PathBuf,
 }
 
 impl follow::Applier for Applier {
@@ -152,6 +164,18 @@ impl follow::Applier for Applier {
             EventKind::Resume => {
                 self.node.set_draining(false);
                 tracing::info!(node = %self.node.name, "node serving again");
+                0
+            }
+            EventKind::Reload => {
+                // Another node changed what instances and firewall derive from (an admin credential, the
+                // pairing window): re-plan both here, as that node did.
+                let (done, wait) = oneshot::channel();
+                if self.reload.send(done).await.is_ok() {
+                    let _ = tokio::time::timeout(RELOAD_WAIT, wait).await;
+                }
+                if let Err(e) = crate::control::net::reload(&self.root).await {
+                    tracing::warn!(error = %e, "cannot reach serve net to re-plan the firewall");
+                }
                 0
             }
         }
