@@ -14,34 +14,12 @@ use cas_vpn::domain::{Actor, Name, PortRange};
 use tokio::sync::watch;
 
 use crate::support::pg::PgDb;
+use crate::support::store_on_both_backends;
 
 const T0: i64 = 1_800_000_000;
 const SMALL: TerminalLayout = TerminalLayout { instances: 2, hosts_per_instance: 4 };
 
-macro_rules! on_both {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let dir = tempfile::Builder::new().prefix("cv-nodes-").tempdir().unwrap();
-                let store = super::Store::open_sqlite(&dir.path().join("cas-vpn.sqlite")).await.unwrap();
-                super::$test(store.clone()).await;
-                store.close().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "needs PostgreSQL (CAS_VPN_TEST_PG_URL): scripts/test runs it with --include-ignored"]
-            async fn postgres() {
-                let db = super::PgDb::create().await;
-                let store = super::Store::open(&db.url).await.unwrap();
-                super::$test(store.clone()).await;
-                store.close().await;
-            }
-        }
-    )*};
-}
-
-on_both!(
+store_on_both_backends!(
     registration_refuses_a_held_name_and_a_second_node_on_sqlite,
     sessions_belong_to_their_node_and_a_dead_nodes_go,
     changes_that_reach_live_sessions_write_their_event_in_the_same_transaction,

@@ -17,37 +17,14 @@ use cas_vpn::domain::{Actor, Kind, Name, PortRange};
 use sha2::{Digest, Sha256};
 
 use crate::support::pg::PgDb;
+use crate::support::store_on_both_backends;
 
 /// A fixed "now", so that every timestamp in these tests is exact.
 const T0: i64 = 1_800_000_000;
 const DAY: i64 = 86_400;
 const SMALL: TerminalLayout = TerminalLayout { instances: 3, hosts_per_instance: 4 };
 
-/// Runs each listed `async fn(Store)` on a fresh SQLite file and on a fresh PostgreSQL database.
-macro_rules! both_backends {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let dir = tempfile::Builder::new().prefix("cv-store-").tempdir().unwrap();
-                let store = super::Store::open_sqlite(&dir.path().join("cas-vpn.sqlite")).await.unwrap();
-                super::$test(store.clone()).await;
-                store.close().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "needs PostgreSQL (CAS_VPN_TEST_PG_URL): scripts/test runs it with --include-ignored"]
-            async fn postgres() {
-                let db = super::PgDb::create().await;
-                let store = super::Store::open(&db.url).await.unwrap();
-                super::$test(store.clone()).await;
-                store.close().await;
-            }
-        }
-    )*};
-}
-
-both_backends!(
+store_on_both_backends!(
     story,
     terminals_spread_and_reuse_addresses,
     duplicate_names_insert_nothing,

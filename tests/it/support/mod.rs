@@ -36,6 +36,33 @@ macro_rules! both_backends {
 }
 pub(crate) use both_backends;
 
+/// Runs each listed `async fn(Store)` of the calling module on a fresh SQLite file and on a fresh PostgreSQL
+/// database, as `NAME::sqlite` and `NAME::postgres` (the latter ignored without `CAS_VPN_TEST_PG_URL`, failing
+/// when run without it). The caller imports `Store` and `PgDb`.
+macro_rules! store_on_both_backends {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::Builder::new().prefix("cv-store-").tempdir().unwrap();
+                let store = super::Store::open_sqlite(&dir.path().join("cas-vpn.sqlite")).await.unwrap();
+                super::$test(store.clone()).await;
+                store.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs PostgreSQL (CAS_VPN_TEST_PG_URL): scripts/test runs it with --include-ignored"]
+            async fn postgres() {
+                let db = super::PgDb::create().await;
+                let store = super::Store::open(&db.url).await.unwrap();
+                super::$test(store.clone()).await;
+                store.close().await;
+            }
+        }
+    )*};
+}
+pub(crate) use store_on_both_backends;
+
 /// The signer service running in this test process on the installation's socket (the gate and master sign
 /// through it, as in production). It has a thread and a runtime of its own, so a test that blocks on a CLI
 /// subprocess (which may ask the signer too) cannot starve it. Stopped (and its socket gone) by `stop`.
