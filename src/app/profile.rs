@@ -49,11 +49,8 @@ impl ProfileMaker {
     /// Reads the CA and the tls-crypt-v2 key; profiles name this node only until [`ProfileMaker::load_nodes`].
     pub fn new(ctx: &Ctx, kind: Kind) -> Result<ProfileMaker, AppError> {
         let vpn = ctx.vpn("a client profile")?;
-        let host = match (&vpn.public_hostname, ctx.cfg.network.public_ip) {
-            (Some(h), _) => h.clone(),
-            (None, Some(ip)) => Host::from(ip),
-            (None, None) => return Err(AppError::NoPublicAddress { path: ctx.cfg.network_path() }),
-        };
+        let host = crate::cluster::public_address(&ctx.cfg)
+            .ok_or_else(|| AppError::NoPublicAddress { path: ctx.cfg.network_path() })?;
         let hosts = std::sync::RwLock::new(vec![host]);
         let role = match kind {
             Kind::Terminal => ServerRole::TerminalVpn,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::domain::Name;
+use crate::domain::{Host, Name};
 
 /// How often a node writes its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -78,10 +78,8 @@ pub fn node_name(cfg: &Config, flag: Option<&Name>) -> Name {
     crate::sys::host_name().and_then(|h| h.parse().ok()).unwrap_or_else(|| "node-1".parse().expect("a valid name"))
 }
 
-/// The address other nodes' profiles list for this node: `public_hostname`, else `public_ip`.
-pub fn public_address(cfg: &Config) -> Option<String> {
-    cfg.vpn
-        .as_ref()
-        .and_then(|v| v.public_hostname.as_ref().map(ToString::to_string))
-        .or_else(|| cfg.network.public_ip.map(|ip| ip.to_string()))
+/// Where clients reach this node, the `remote` its profiles (and the other nodes') list: `public_hostname`,
+/// else `public_ip`.
+pub fn public_address(cfg: &Config) -> Option<Host> {
+    cfg.vpn.as_ref().and_then(|v| v.public_hostname.clone()).or_else(|| cfg.network.public_ip.map(Host::from))
 }

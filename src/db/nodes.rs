@@ -110,13 +110,6 @@ impl Store {
         Ok(on_pool!(self, pool => sqlx::query_as(node_select!("ORDER BY name")).fetch_all(pool).await?))
     }
 
-    /// One node.
-    pub async fn node(&self, name: &Name) -> Result<Option<NodeRow>, DbError> {
-        Ok(
-            on_pool!(self, pool => sqlx::query_as(node_select!("WHERE name = $1")).bind(name.as_str()).fetch_optional(pool).await?),
-        )
-    }
-
     /// Starts (`Some(now)`) or ends (`None`) a node's drain and publishes the event its node acts on, in one
     /// transaction. Returns the event id; `NotFound` for a node that never ran.
     pub async fn set_node_draining(&self, name: &Name, since: Option<i64>, now: i64) -> Result<i64, DbError> {

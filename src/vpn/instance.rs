@@ -509,30 +509,29 @@ impl Instance {
             return 0;
         }
         let cids: Vec<u64> = self.sessions.keys().copied().collect();
-        let Some(mgmt) = self.mgmt() else { return 0 };
-        let mut moved = 0;
-        for cid in cids {
-            match mgmt.client_kill_to_next_remote(cid).await {
-                Ok(()) => moved += 1,
-                Err(e) => tracing::warn!(instance = %self.spec.name, error = %e, "client-kill failed"),
-            }
-            self.forget(cid).await;
-        }
-        moved
+        self.end_sessions(cids, true).await
     }
 
     async fn kill_sessions_of(&mut self, name: &Name) -> usize {
         let cids: Vec<u64> = self.sessions.iter().filter(|(_, s)| &s.name == name).map(|(c, _)| *c).collect();
+        self.end_sessions(cids, false).await
+    }
+
+    /// Ends the sessions `cids` (`to_next_remote`: with openvpn's `RESTART,[N]`, so the client tries its next
+    /// `remote`) and forgets them; returns how many openvpn confirmed.
+    async fn end_sessions(&mut self, cids: Vec<u64>, to_next_remote: bool) -> usize {
         let Some(mgmt) = self.mgmt() else { return 0 };
-        let mut killed = 0;
+        let mut ended = 0;
         for cid in cids {
-            match mgmt.client_kill(cid).await {
-                Ok(()) => killed += 1,
+            let done =
+                if to_next_remote { mgmt.client_kill_to_next_remote(cid).await } else { mgmt.client_kill(cid).await };
+            match done {
+                Ok(()) => ended += 1,
                 Err(e) => tracing::warn!(instance = %self.spec.name, error = %e, "client-kill failed"),
             }
             self.forget(cid).await;
         }
-        killed
+        ended
     }
 }
 

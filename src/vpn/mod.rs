@@ -65,17 +65,7 @@ impl Registry {
 
     /// Kills every live session of `name` on every instance; returns how many.
     pub async fn kill(&self, name: &Name) -> usize {
-        let mut waits = Vec::new();
-        for ctl in self.senders() {
-            let (reply, rx) = oneshot::channel();
-            if ctl.send(Control::Kill { name: name.clone(), reply }).await.is_ok() {
-                waits.push(rx);
-            }
-        }
-        let mut total = 0;
-        for w in waits {
-            total += w.await.unwrap_or(0);
-        }
+        let total = self.ask_all(|reply| Control::Kill { name: name.clone(), reply }).await;
         // One line per revocation (or other kill) in the service log, whatever it found.
         tracing::info!(credential = %name, sessions = total, "kill: live sessions ended");
         total
@@ -84,10 +74,17 @@ impl Registry {
     /// Moves every terminal session of this node elsewhere (a drain): each is killed with openvpn's
     /// `RESTART,[N]`, which sends the client on to its next `remote`. Returns how many.
     pub async fn drain(&self) -> usize {
+        let total = self.ask_all(|reply| Control::Drain { reply }).await;
+        tracing::info!(sessions = total, "drain: terminal sessions sent to another node");
+        total
+    }
+
+    /// Sends `ask(reply)` to every instance at once, then sums their answers.
+    async fn ask_all(&self, ask: impl Fn(oneshot::Sender<usize>) -> Control) -> usize {
         let mut waits = Vec::new();
         for ctl in self.senders() {
             let (reply, rx) = oneshot::channel();
-            if ctl.send(Control::Drain { reply }).await.is_ok() {
+            if ctl.send(ask(reply)).await.is_ok() {
                 waits.push(rx);
             }
         }
@@ -95,7 +92,6 @@ impl Registry {
         for w in waits {
             total += w.await.unwrap_or(0);
         }
-        tracing::info!(sessions = total, "drain: terminal sessions sent to another node");
         total
     }
 

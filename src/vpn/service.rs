@@ -39,7 +39,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
     // This node in the store: refused when its name is held by a live process, or when a second node would
     // share a SQLite store. Only then are its own (and only its own) old sessions cleared.
     let name = cluster::node_name(&ctx.cfg, node.as_ref());
-    let address = cluster::public_address(&ctx.cfg).unwrap_or_default();
+    let address = cluster::public_address(&ctx.cfg).map(|h| h.to_string()).unwrap_or_default();
     let follow::Registered { local, run_id, after_event } =
         follow::register(&ctx.store, name, &follow::holder_id(&ctx.cfg.root), &address, crate::app::now())
             .await

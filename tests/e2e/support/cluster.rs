@@ -318,14 +318,7 @@ impl Cluster {
 
     /// openvpn processes in node `node`'s namespace.
     pub fn openvpn_pids(&self, node: usize) -> Vec<i32> {
-        self.node_ns(node)
-            .pids()
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).trim() == "openvpn")
-            })
-            .collect()
+        self.node_ns(node).pids_of("openvpn")
     }
 
     /// The pid of node `node`'s `serve vpn` (a child of its `serve all`), from `status`.

@@ -249,14 +249,7 @@ impl Deployment {
 
     /// openvpn processes running in the server namespace.
     pub fn server_openvpn_pids(&self) -> Vec<i32> {
-        self.server()
-            .pids()
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).trim() == "openvpn")
-            })
-            .collect()
+        self.server().pids_of("openvpn")
     }
 
     /// A terminal with a server-made profile; returns a copy of the profile (revocation deletes the pending one).

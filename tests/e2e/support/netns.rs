@@ -239,6 +239,16 @@ impl Netns {
             .unwrap_or_default()
     }
 
+    /// The processes inside whose command name (`/proc/PID/comm`) is `comm`, e.g. `openvpn`.
+    pub fn pids_of(&self, comm: &str) -> Vec<i32> {
+        self.pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| String::from_utf8_lossy(&c).trim() == comm)
+            })
+            .collect()
+    }
+
     /// SIGKILLs every process inside, until none is left (a dying process may have forked) or 2 s passed.
     pub fn kill_all(&self) {
         let deadline = Instant::now() + Duration::from_secs(2);
