@@ -122,6 +122,36 @@ impl Ctx {
         Ok((ctx, warnings.iter().map(|w| format!("{w} (defaults used for this command)")).collect()))
     }
 
+    /// As `open_lenient`, for `doctor`: a store that does not open is not an error but the first finding. Returns
+    /// the context (its store then an unopened handle whose every query fails) and why the store did not open.
+    pub async fn open_for_doctor(
+        root: &Path,
+        database_url: Option<&str>,
+    ) -> Result<(Ctx, Vec<String>, Option<String>), AppError> {
+        if !root.join("config").join("network").is_file() {
+            return Err(AppError::NotInitialised { root: root.to_owned() });
+        }
+        let (cfg, warnings) = Config::load_lenient(root)?;
+        let warnings = warnings.iter().map(|w| format!("{w} (defaults used for this command)")).collect();
+        match Ctx::open_with(root, database_url, cfg.clone()).await {
+            Ok(ctx) => Ok((ctx, warnings, None)),
+            Err(AppError::Db(e)) => {
+                let store = Store::unopened(&self::database_url(root, database_url))?;
+                let ctx = Ctx {
+                    cfg,
+                    store,
+                    pki: PkiDir::new(root, ca_passphrase()),
+                    actor: cli_actor(),
+                    clock: Clock::system(),
+                    database_url: database_url.map(str::to_owned),
+                    source: None,
+                };
+                Ok((ctx, warnings, Some(e.to_string())))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The same installation seen with a freshly loaded configuration (same store, PKI, actor and clock).
     pub fn with_config(&self, cfg: Config) -> Ctx {
         Ctx {

@@ -317,8 +317,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_status(&s);
         }
         Cmd::Doctor { json } => {
-            let ctx = Ctx::open(&root, db).await?;
-            let r = ops::doctor::doctor(&ctx).await?;
+            // A store that does not open and a configuration file that does not parse are findings, not errors.
+            let (ctx, warnings, store_error) = Ctx::open_for_doctor(&root, db).await?;
+            let r = ops::doctor::doctor(&ctx, store_error.as_deref(), &warnings).await?;
             if json.json {
                 print_json(&r)?;
             } else {

@@ -199,7 +199,8 @@ struct Env {
     exe: PathBuf,
     root: PathBuf,
     database_url: Option<String>,
-    /// `serve all --node NAME`: passed on to `serve vpn`, the service that registers the node.
+    /// `serve all --node NAME`: passed on to `serve vpn`, the service that registers the node, and to `serve
+    /// gate`, which publishes its gauges under it.
     node: Option<Name>,
 }
 
@@ -207,7 +208,7 @@ impl Env {
     fn spawn(&self, c: &Child) -> std::io::Result<tokio::process::Child> {
         let mut args =
             vec!["--root".to_owned(), self.root.display().to_string(), "serve".into(), c.service.name().into()];
-        if let (Some(node), Service::Vpn) = (&self.node, c.service) {
+        if let (Some(node), Service::Vpn | Service::Gate) = (&self.node, c.service) {
             args.extend(["--node".to_owned(), node.to_string()]);
         }
         let mut set = Vec::new();

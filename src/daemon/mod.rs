@@ -108,7 +108,7 @@ pub async fn serve(root: &Path, database_url: Option<&str>, what: Service, node:
         }
         Service::Signer => crate::signer::run_signer(ctx, stop).await,
         Service::Vpn => crate::vpn::service::run_vpn(ctx, stop, node).await,
-        Service::Gate => crate::gate::run_gate(ctx, stop).await,
+        Service::Gate => crate::gate::run_gate(ctx, stop, node).await,
         Service::Master => crate::master::run_master(ctx, stop).await,
         Service::Admin => crate::web::run_admin(ctx, stop).await,
         Service::All => unreachable!("handled above"),

@@ -95,6 +95,36 @@ impl Store {
             .collect())
     }
 
+    /// Publishes node `node`'s gate's upgrade downloads in progress (one upsert: a gauge, not a history).
+    pub async fn set_gate_gauges(&self, node: &str, upgrade_slots_in_use: i64, now: i64) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO gate_gauges (node, upgrade_slots_in_use, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (node) DO UPDATE SET upgrade_slots_in_use = excluded.upgrade_slots_in_use, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(node)
+            .bind(upgrade_slots_in_use)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Each node's gate's upgrade downloads in progress, from rows written at or after `fresh_since` (an older row
+    /// is a gate that stopped), by node.
+    pub async fn gate_gauges(&self, fresh_since: i64) -> Result<Vec<(String, i64)>, DbError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT node, upgrade_slots_in_use FROM gate_gauges WHERE updated_at >= $1 ORDER BY node",
+            )
+            .bind(fresh_since)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     /// Live sessions per node, instance and credential kind, in that order.
     pub async fn sessions_per_instance(&self) -> Result<Vec<InstanceSessions>, DbError> {
         let rows: Vec<(String, String, String, i64)> = on_pool!(self, pool => {

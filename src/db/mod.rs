@@ -187,6 +187,22 @@ impl Store {
         }
     }
 
+    /// A handle on the store at `url` that connects only when first used and never migrates: for `doctor`, which
+    /// must report (not fail) when the store did not open. Every query through it fails as the store does.
+    pub fn unopened(url: &str) -> Result<Store, DbError> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?.busy_timeout(SQLITE_BUSY_TIMEOUT);
+            Ok(Store::Sqlite(SqlitePoolOptions::new().max_connections(1).connect_lazy_with(opts)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            Ok(Store::Postgres(
+                PgPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_secs(3)).connect_lazy_with(opts),
+            ))
+        } else {
+            Err(DbError::UnsupportedUrl)
+        }
+    }
+
     /// Runs every migration this binary has.
     pub async fn migrate(&self) -> Result<(), DbError> {
         match self {

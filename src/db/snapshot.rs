@@ -26,7 +26,7 @@ use crate::domain::Actor;
 /// tickets (bound to cookies of the old server); pairing-attempt reservations and bans (minutes long); cluster
 /// nodes and their event queues.
 pub const TRANSIENT: &[&str] =
-    &["sessions", "web_sessions", "web_downloads", "ip_bans", "nodes", "events", "event_acks"];
+    &["sessions", "web_sessions", "web_downloads", "ip_bans", "nodes", "events", "event_acks", "gate_gauges"];
 
 /// Tables whose rows the migrations themselves insert (a store with only those is still empty): a load replaces
 /// them.

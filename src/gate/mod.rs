@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::{AppError, Ctx};
+use crate::domain::Name;
 use crate::http::{ApiError, ServeLimits, server};
 use crate::pkifiles::ServerRole;
 use crate::wire::{self, MasterAddr, SERVICE_PORT};
@@ -121,10 +122,19 @@ pub fn router(state: GateState) -> Router {
         .with_state(state)
 }
 
-/// `serve gate`: HTTPS on `gate_bind_ip:7741` until `stop` turns true.
-pub async fn run_gate(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<(), AppError> {
+/// `serve gate`: HTTPS on `gate_bind_ip:7741` until `stop` turns true. `node`: `serve --node`, the name its
+/// gauges are published under (`cluster::node_name`).
+pub async fn run_gate(ctx: Arc<Ctx>, stop: watch::Receiver<bool>, node: Option<Name>) -> Result<(), AppError> {
     let addr = SocketAddr::new(ctx.cfg.network.gate_bind_ip.into(), SERVICE_PORT);
+    let node = crate::cluster::node_name(&ctx.cfg, node.as_ref());
     let state = GateState::new(ctx)?;
+    let gauges = tokio::spawn(publish_gauges(state.clone(), node, stop.clone()));
+    let served = run_gate_on_addr(state, addr, stop).await;
+    gauges.abort();
+    served
+}
+
+async fn run_gate_on_addr(state: GateState, addr: SocketAddr, stop: watch::Receiver<bool>) -> Result<(), AppError> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrNotAvailable {
             " (gate_bind_ip is not an address of this host: `serve all` or `serve vpn` puts it on the service \
@@ -160,6 +170,32 @@ pub async fn run_gate_on(
         .map_err(|e| AppError::Other(format!("gate: {e}")));
     nodes.abort();
     served
+}
+
+/// How often the gate re-writes its gauges even when nothing changed: `/metrics` ignores a row older than
+/// `GAUGES_FRESH` (a gate that stopped).
+const GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// A gauge row at most this old is a running gate's.
+pub const GAUGES_FRESH: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Publishes what only this process knows (the upgrade downloads in progress) to the store, where `/metrics`
+/// (the admin service) reads it: at every change (coalesced: the latest value wins) and every `GAUGES_EVERY`.
+/// A store that does not answer costs a warning; the gate serves on.
+pub async fn publish_gauges(state: GateState, node: Name, mut stop: watch::Receiver<bool>) {
+    let mut in_flight = state.0.upgrades.watch_in_flight();
+    let mut tick = tokio::time::interval(GAUGES_EVERY);
+    loop {
+        let value = i64::try_from(*in_flight.borrow_and_update()).unwrap_or(i64::MAX);
+        let now = state.ctx().clock.now();
+        if let Err(e) = state.ctx().store.set_gate_gauges(node.as_str(), value, now).await {
+            tracing::warn!(error = %e, "cannot publish the gate's gauges to the store");
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            changed = in_flight.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+    }
 }
 
 /// How often the gate re-reads the nodes its profiles list as `remote`s.

@@ -29,7 +29,7 @@ use axum::extract::{ConnectInfo, Path as UrlPath, Request, State};
 use axum::response::Response;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, watch};
 use tower::ServiceExt;
 
 use super::GateState;
@@ -174,8 +174,9 @@ pub struct Upgrades {
     verified: AtomicBool,
     /// Held during a check or fetch (single flight); remembers when the last fetch failed.
     fetch_lock: Mutex<Option<std::time::Instant>>,
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: Arc<AtomicUsize>,
+    /// Downloads in progress: a watch, so the gate can publish each change for `/metrics` (`gate::publish_gauges`).
+    in_flight: Arc<watch::Sender<usize>>,
+    max_in_flight: AtomicUsize,
     started: AtomicU64,
     refused: AtomicU64,
     fetches: AtomicU64,
@@ -193,8 +194,8 @@ impl Upgrades {
             total_slots: total,
             verified: AtomicBool::new(false),
             fetch_lock: Mutex::new(None),
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            max_in_flight: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::new(watch::Sender::new(0)),
+            max_in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
@@ -214,10 +215,15 @@ impl Upgrades {
         })
     }
 
+    /// Follows the downloads in progress.
+    pub fn watch_in_flight(&self) -> watch::Receiver<usize> {
+        self.in_flight.subscribe()
+    }
+
     pub fn stats(&self) -> UpgradeStats {
         UpgradeStats {
             slots: self.total_slots,
-            in_flight: self.in_flight.load(Ordering::SeqCst),
+            in_flight: *self.in_flight.borrow(),
             max_in_flight: self.max_in_flight.load(Ordering::SeqCst),
             started: self.started.load(Ordering::SeqCst),
             refused_busy: self.refused.load(Ordering::SeqCst),
@@ -331,12 +337,14 @@ async fn fetch(up: &Upstream, pkg: &Package, dir: &Path) -> Result<(), String> {
 }
 
 /// Counts a download as in flight until its body is dropped (fully sent, or the client went away).
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight(Arc<watch::Sender<usize>>);
 
 impl InFlight {
     fn new(up: &Upgrades) -> InFlight {
-        let n = up.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        up.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        up.in_flight.send_modify(|n| {
+            *n += 1;
+            up.max_in_flight.fetch_max(*n, Ordering::SeqCst);
+        });
         up.started.fetch_add(1, Ordering::SeqCst);
         InFlight(up.in_flight.clone())
     }
@@ -344,7 +352,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

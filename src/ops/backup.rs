@@ -54,8 +54,6 @@ const MANIFEST: &str = "manifest.json";
 const STORE: &str = "store.jsonl";
 const FILES: &str = "files/";
 const STAGE_MARK: &str = ".restore-";
-/// The temp file a backup is written to beside its target (renamed onto it when complete).
-const PARTIAL_MARK: &str = ".partial-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -326,17 +324,9 @@ fn write_archive(
     files: &[(String, u32, Vec<u8>)],
 ) -> Result<u64, BackupError> {
     let werr = |why: String| BackupError::Write { path: out.to_owned(), why };
-    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = out.file_name().ok_or_else(|| werr("no file name".into()))?.to_string_lossy().into_owned();
-    let tmp = dir.join(format!(".{name}{PARTIAL_MARK}{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    let result = (|| -> Result<u64, String> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| e.to_string())?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    // Unnamed until complete: a backup killed while it writes leaves no file behind.
+    let (unnamed, file) = crate::sys::fs::Unnamed::create(out, 0o600).map_err(|e| werr(e.to_string()))?;
+    let written = (|| -> Result<(std::fs::File, u64), String> {
         let mut recipient = age::scrypt::Recipient::new(pass.0.clone());
         recipient.set_work_factor(WORK_FACTOR);
         let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
@@ -359,16 +349,12 @@ fn write_archive(
         let sealed = tar.into_inner().map_err(|e| e.to_string())?;
         let buffered = sealed.finish().map_err(|e| e.to_string())?;
         let file = buffered.into_inner().map_err(|e| e.to_string())?;
-        file.sync_all().map_err(|e| e.to_string())?;
         let len = file.metadata().map_err(|e| e.to_string())?.len();
-        std::fs::rename(&tmp, out).map_err(|e| e.to_string())?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| e.to_string())?;
-        Ok(len)
+        Ok((file, len))
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(werr)
+    let (file, len) = written.map_err(werr)?;
+    unnamed.publish(file).map_err(|e| werr(e.to_string()))?;
+    Ok(len)
 }
 
 /// Everything a backup file holds, checked.

@@ -88,28 +88,32 @@ fn forwards(line: &str, port: u16) -> bool {
     l.contains("dnat") && (l.contains(&format!("dport {port} ")) || l.contains(&format!(":{port}")))
 }
 
-pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
+/// `store_error`: why the store did not open (`Ctx::open_for_doctor`), the first finding rather than a failure.
+/// `config_warnings`: what a broken configuration file had replaced by defaults.
+pub async fn doctor(ctx: &Ctx, store_error: Option<&str>, config_warnings: &[String]) -> Result<Report, OpsError> {
     let mut c = Checks::default();
+    if config_warnings.is_empty() {
+        c.ok("configuration", "every file parses");
+    } else {
+        c.with_fix(
+            "configuration",
+            Level::Fail,
+            config_warnings.join("; "),
+            "correct the named lines (the services refuse to start on them)",
+        );
+    }
     tools(&mut c);
     let accounts = crate::app::accounts::lookup(&UserMode::from_env()?)?;
     tun(&mut c, accounts.as_ref());
 
     // The store first: everything below that reads it is `unknown` when it does not answer.
     let started = std::time::Instant::now();
-    let store_ok = match tokio::time::timeout(STORE_DEADLINE, ctx.store.count_sessions()).await {
-        Ok(Ok(_)) => {
-            c.ok("store", format!("{} answers ({} ms)", ctx.store.backend(), started.elapsed().as_millis()));
-            true
-        }
-        Ok(Err(e)) => {
-            c.with_fix("store", Level::Fail, format!("{}: {e}", ctx.store.backend()), store_fix(ctx));
+    let store_ok = match store_error {
+        Some(e) => {
+            c.with_fix("store", Level::Fail, format!("{} did not open: {e}", ctx.store.backend()), store_fix(ctx));
             false
         }
-        Err(_) => {
-            let detail = format!("{} did not answer within {} s", ctx.store.backend(), STORE_DEADLINE.as_secs());
-            c.with_fix("store", Level::Fail, detail, store_fix(ctx));
-            false
-        }
+        None => store_answers(&mut c, ctx, started).await,
     };
 
     files(&mut c, ctx, accounts.as_ref());
@@ -139,6 +143,25 @@ pub async fn doctor(ctx: &Ctx) -> Result<Report, OpsError> {
     }
     let healthy = !c.0.iter().any(|k| k.level == Level::Fail);
     Ok(Report { checks: c.0, healthy })
+}
+
+/// Whether the opened store answers a query within `STORE_DEADLINE`, as the store check says.
+async fn store_answers(c: &mut Checks, ctx: &Ctx, started: std::time::Instant) -> bool {
+    match tokio::time::timeout(STORE_DEADLINE, ctx.store.count_sessions()).await {
+        Ok(Ok(_)) => {
+            c.ok("store", format!("{} answers ({} ms)", ctx.store.backend(), started.elapsed().as_millis()));
+            true
+        }
+        Ok(Err(e)) => {
+            c.with_fix("store", Level::Fail, format!("{}: {e}", ctx.store.backend()), store_fix(ctx));
+            false
+        }
+        Err(_) => {
+            let detail = format!("{} did not answer within {} s", ctx.store.backend(), STORE_DEADLINE.as_secs());
+            c.with_fix("store", Level::Fail, detail, store_fix(ctx));
+            false
+        }
+    }
 }
 
 fn store_fix(ctx: &Ctx) -> &'static str {

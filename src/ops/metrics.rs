@@ -161,6 +161,8 @@ struct FromStore {
     bans_active: usize,
     revoked: Vec<(Kind, i64)>,
     client_certs: Vec<crate::db::ClientCertExpiry>,
+    /// Each running gate's upgrade downloads in progress, by node.
+    gate_gauges: Vec<(String, i64)>,
 }
 
 async fn from_store(ctx: &Ctx, now: i64) -> Result<FromStore, crate::db::DbError> {
@@ -178,6 +180,7 @@ async fn from_store(ctx: &Ctx, now: i64) -> Result<FromStore, crate::db::DbError
         bans_active: s.banned_ips(now).await?.len(),
         revoked,
         client_certs,
+        gate_gauges: s.gate_gauges(now - crate::gate::GAUGES_FRESH.as_secs() as i64).await?,
     })
 }
 
@@ -272,6 +275,15 @@ pub async fn collect(ctx: &Ctx) -> Exposition {
         for c in s.client_certs.iter() {
             f.add(&[("kind", kind_label(c.kind))], c.expiring as f64);
         }
+        let f = x.family(
+            "casvpn_upgrade_slots_in_use",
+            MetricType::Gauge,
+            "Upgrade downloads a node's gate serves now (each gate publishes it to the store at every change; a \
+             gate that stopped is absent).",
+        );
+        for (node, n) in &s.gate_gauges {
+            f.add(&[("node", node.as_str())], *n as f64);
+        }
     }
 
     if let Ok(Some(instances)) = &vpn {
@@ -356,8 +368,7 @@ pub async fn collect(ctx: &Ctx) -> Exposition {
     x.family(
         "casvpn_upgrade_slots_limit",
         MetricType::Gauge,
-        "Upgrade downloads the gate serves at once (batm.processing-slots); the slots in use live in the gate process \
-         and are not exported.",
+        "Upgrade downloads a gate serves at once (batm.processing-slots).",
     )
     .add(&[], f64::from(ctx.cfg.gate.processing_slots));
     x

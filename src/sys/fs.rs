@@ -132,6 +132,76 @@ fn temp_name(path: &Path) -> io::Result<PathBuf> {
     Ok(dir.join(tmp_name))
 }
 
+/// A file written with no name until `publish`: opened `O_TMPFILE` in its target's directory, so a kill while it
+/// is written (a backup of a large store) leaves nothing behind. Where the file system has no `O_TMPFILE`, it is a
+/// hidden temp file (`write_temp`'s name, which `sweep_temps` finds) removed on drop.
+#[derive(Debug)]
+pub struct Unnamed {
+    target: PathBuf,
+    /// The temp file's name on a file system without `O_TMPFILE`.
+    temp: Option<PathBuf>,
+}
+
+impl Unnamed {
+    /// Opens the file that will become `target`, with `mode` from the start.
+    pub fn create(target: &Path, mode: u32) -> Result<(Unnamed, fs::File), FsError> {
+        let err = |source| FsError::Write { path: target.to_owned(), source };
+        let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmpfile =
+            OpenOptions::new().write(true).mode(mode).custom_flags(nix::fcntl::OFlag::O_TMPFILE.bits()).open(dir);
+        match tmpfile {
+            Ok(f) => Ok((Unnamed { target: target.to_owned(), temp: None }, f)),
+            // EOPNOTSUPP: the file system has no O_TMPFILE; EISDIR: a kernel that predates it.
+            Err(e)
+                if e.raw_os_error().is_some_and(|n| {
+                    n == nix::errno::Errno::EOPNOTSUPP as i32 || n == nix::errno::Errno::EISDIR as i32
+                }) =>
+            {
+                let temp = temp_name(target).map_err(err)?;
+                let f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp).map_err(err)?;
+                Ok((Unnamed { target: target.to_owned(), temp: Some(temp) }, f))
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Makes `file` (the one `create` returned, fully written) durable and gives it its name, replacing what had
+    /// it; the directory is fsynced so the name survives a power cut.
+    pub fn publish(mut self, file: fs::File) -> Result<(), FsError> {
+        let err = |source| FsError::Write { path: self.target.clone(), source };
+        file.sync_all().map_err(err)?;
+        let temp = match self.temp.take() {
+            Some(temp) => temp,
+            None => {
+                // linkat of /proc/self/fd/N (following it) names the unnamed file; a temp name first, then a rename,
+                // because linkat never replaces an existing file.
+                let temp = temp_name(&self.target).map_err(err)?;
+                let fd_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+                nix::unistd::linkat(
+                    nix::fcntl::AT_FDCWD,
+                    fd_path.as_str(),
+                    nix::fcntl::AT_FDCWD,
+                    &temp,
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(|e| err(e.into()))?;
+                temp
+            }
+        };
+        rename_into(&temp, &self.target)?;
+        let dir = self.target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    }
+}
+
+impl Drop for Unnamed {
+    fn drop(&mut self) {
+        if let Some(temp) = &self.temp {
+            let _ = fs::remove_file(temp);
+        }
+    }
+}
+
 /// Every temp file cas-vpn writes has this in its name, so leftovers of a crash can be found and swept.
 const TEMP_MARK: &str = ".tmp-";
 

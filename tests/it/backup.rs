@@ -440,3 +440,42 @@ async fn golden_backup_restore_json_shapes() {
     g.check("restore", &String::from_utf8(out.stdout).unwrap(), &extra);
     g.finish();
 }
+
+/// A backup killed while it writes leaves nothing beside its target: the file has no name until it is complete.
+#[test]
+fn a_killed_backup_leaves_no_file() {
+    let i = Install::new();
+    populate(&i);
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("cas-vpn.backup");
+    let mut child = i
+        .std_cmd()
+        .env(PASSPHRASE_ENV, PASS)
+        .arg("backup")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The moment the backup holds a file in the target's directory (the passphrase's key derivation, which comes
+    // after, takes a good part of a second), it is killed.
+    let dir = out.path().to_string_lossy().into_owned();
+    let fds = format!("/proc/{}/fd", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let writing = loop {
+        let held = std::fs::read_dir(&fds).into_iter().flatten().flatten().find_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            target.to_string_lossy().starts_with(&dir).then(|| target.to_string_lossy().into_owned())
+        });
+        if let Some(t) = held {
+            break t;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the backup ended before its file was seen");
+        assert!(std::time::Instant::now() < deadline, "the backup never opened its file");
+        std::thread::yield_now();
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "a killed backup (writing {writing}) left {left:?}");
+}

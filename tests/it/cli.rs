@@ -283,6 +283,44 @@ fn commands_before_init_fail_with_a_clear_error() {
     assert!(err.contains("init"), "{err}");
 }
 
+/// A store that does not open (a damaged SQLite file, a PostgreSQL that refuses connections) is doctor's first
+/// finding, with the rest of the report, not an error instead of one.
+#[test]
+fn doctor_reports_a_store_that_does_not_open() {
+    let i = Install::new();
+    let check = |out: std::process::Output, why: &str| {
+        assert_eq!(out.status.code(), Some(1), "{why}: {}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor printed its report");
+        let find = |what: &str| r["checks"].as_array().unwrap().iter().find(|c| c["check"] == what).cloned().unwrap();
+        let store = find("store");
+        assert_eq!(store["level"], "fail", "{why}: {store}");
+        assert!(store["detail"].as_str().unwrap().contains("did not open"), "{why}: {store}");
+        assert!(store["fix"].as_str().is_some_and(|f| !f.is_empty()), "{why}: {store}");
+        // What needs the store is unknown, never ok; what does not is still checked.
+        assert_eq!(find("expiry")["level"], "unknown", "{why}");
+        assert_eq!(find("key modes")["level"], "ok", "{why}");
+        assert_eq!(find("configuration")["level"], "ok", "{why}");
+        assert_eq!(r["healthy"], false);
+    };
+    let db = i.path("db/cas-vpn.sqlite");
+    let saved = fs::read(&db).unwrap();
+    for f in ["db/cas-vpn.sqlite-wal", "db/cas-vpn.sqlite-shm"] {
+        let _ = fs::remove_file(i.path(f));
+    }
+    fs::write(&db, vec![0x5a_u8; 8192]).unwrap();
+    check(i.run(&["doctor", "--json"]), "damaged SQLite file");
+    fs::write(&db, saved).unwrap();
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let out =
+        i.cmd().env("CAS_VPN_DATABASE_URL", "postgres://cas@127.0.0.1:1/none").args(["doctor", "--json"]).output();
+    check(out.unwrap(), "PostgreSQL refusing connections");
+    // The text report too: every line printed, then the one-line failure.
+    let out = i.cmd().env("CAS_VPN_DATABASE_URL", "postgres://cas@127.0.0.1:1/none").arg("doctor").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l.starts_with("FAIL") && l.contains("store")), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("doctor found problems"));
+}
+
 #[test]
 fn doctor_fails_on_a_readable_key_and_warns_before_a_crl_expires() {
     use std::os::unix::fs::PermissionsExt;

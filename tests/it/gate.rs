@@ -550,7 +550,7 @@ async fn revoked_terminals_cannot_pair_and_concurrent_attempts_pair_exactly_once
 }
 
 /// A package, an upstream that serves it (counting requests), and a gate configured to fetch it from there.
-async fn upgrade_fixture(
+pub(crate) async fn upgrade_fixture(
     slots: u32,
     upstream_body: Vec<u8>,
 ) -> (Fixture, Vec<u8>, Arc<std::sync::atomic::AtomicUsize>) {

@@ -370,3 +370,41 @@ async fn instances_come_from_the_vpn_service_and_the_alert_rules_name_only_expor
         assert!(alerts.contains(wanted), "{wanted} missing from {alerts:?}");
     }
 }
+
+/// The upgrade slots in use live in the gate's memory; the gate publishes them to the store at every change, so
+/// the admin service's `/metrics` (another process) follows a download's start and end, under the gate's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_slots_in_use_follow_the_gates_downloads() {
+    use http_body_util::BodyExt;
+    use std::time::{Duration, Instant};
+
+    let (f, pkg, _) = crate::gate::upgrade_fixture(2, Vec::new()).await;
+    let token = cas_vpn::ops::metrics::new_token(&f.ctx).await.unwrap().token;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let publisher = tokio::spawn(cas_vpn::gate::publish_gauges(f.state.clone(), "gw-1".parse().unwrap(), stop_rx));
+    let in_use = async || {
+        let (_, _, body) = scrape(&f, Some(&token)).await;
+        Parsed::of(&body).values.get("casvpn_upgrade_slots_in_use{node=gw-1}").copied()
+    };
+    let deadline = || Instant::now() + Duration::from_secs(10);
+    crate::support::wait::wait_until_async("the gate's gauge at 0", deadline(), async || in_use().await == Some(0.0))
+        .await;
+
+    // A download holds its slot until its body is read to the end (or dropped): the router's answer, unread.
+    let mut r = Request::builder().uri("/v1/upgrade/batm.pkg").body(Body::empty()).unwrap();
+    r.extensions_mut().insert(ConnectInfo("192.0.2.60:40000".parse::<SocketAddr>().unwrap()));
+    let resp = cas_vpn::gate::router(f.state.clone()).oneshot(r).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    crate::support::wait::wait_until_async("one slot in use", deadline(), async || in_use().await == Some(1.0)).await;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), pkg.len());
+    crate::support::wait::wait_until_async("the slot given back", deadline(), async || in_use().await == Some(0.0))
+        .await;
+
+    // A gate that stopped publishing is absent once its row is older than GAUGES_FRESH (its node is gone).
+    stop_tx.send(true).unwrap();
+    publisher.await.unwrap();
+    let later = f.ctx.clock.now() - cas_vpn::gate::GAUGES_FRESH.as_secs() as i64 - 1;
+    f.ctx.store.set_gate_gauges("gw-1", 0, later).await.unwrap();
+    assert_eq!(in_use().await, None);
+}
