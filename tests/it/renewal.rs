@@ -228,3 +228,84 @@ async fn fleet_progress_and_failures(store: Store) {
     let f = fleet(&store, policy, later, LISTED_FAILURES).await.unwrap();
     assert_eq!((f.expired, f.overdue), (3, 4), "expired: t-expired, t-5d, t-20d (ends exactly 1 h before)");
 }
+
+/// The reference agent reports a renewal failure master never saw (here its own directory is broken: its renewal
+/// record is a directory), master keeps it as the terminal's, and the renewal that follows the repair clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reports_a_failure_master_never_saw_and_a_renewal_clears_it() {
+    use cas_vpn::master::{bind_master, run_master_on};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let f = Fixture::new().await;
+    let token = f.add_terminal("atm-1", &[]);
+    // Paired 720 days ago: ten days left today, long past its renewal point.
+    let present = f.ctx.clock.now();
+    f.ctx.clock.set(present - 720 * DAY).unwrap();
+    f.open_window().await;
+    let gate = crate::agent::RunningGate::start(&f).await;
+    let dir = f.install.path("agent");
+    let d = dir.to_str().unwrap().to_owned();
+    let out = crate::agent::cli(&f, &["agent", "pair", "--gate", &gate.addr(), "--token", &token, "--dir", &d]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    gate.stop().await;
+    f.ctx.clock.set(present).unwrap();
+    let id = f.ctx.store.credential_by_name(&name("atm-1")).await.unwrap().unwrap().id;
+    f.ctx
+        .store
+        .upsert_session(&cas_vpn::db::NewSession {
+            node: "n1".into(),
+            instance: "terminal-0".into(),
+            credential_id: id,
+            common_name: "atm-1".into(),
+            tunnel_ip: "127.0.0.1".into(),
+            real_addr: "198.51.100.7:1".into(),
+            since: cas_vpn::ops::now(),
+            client_id: 1,
+        })
+        .await
+        .unwrap();
+    let listener = bind_master("127.0.0.1".parse().unwrap(), 0).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop_master, rx) = tokio::sync::watch::channel(false);
+    let master = tokio::spawn(run_master_on(MasterState::new(f.ctx.clone()).unwrap(), listener, rx));
+
+    // The agent cannot keep its renewal record: the renewal fails before any request leaves.
+    std::fs::create_dir(dir.join("renew.json")).unwrap();
+    let fake = f.install.path("fake-openvpn");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = Command::new(assert_cmd::cargo::cargo_bin("cas-vpn"))
+        .env(crate::support::USERS_ENV, "none")
+        .args(["agent", "run", "--dir", &d, "--heartbeat", "1s", "--master", &format!("127.0.0.1:{port}")])
+        .args(["--openvpn", fake.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = crate::support::KillOnDrop::new(agent);
+    let within_30s = || Instant::now() + Duration::from_secs(30);
+    let store = f.ctx.store.clone();
+    crate::support::wait::wait_until_async("the agent's report of its failure", within_30s(), async || {
+        store.renewal_failure_of(id).await.unwrap().is_some_and(|x| x.source == FailureSource::Terminal)
+    })
+    .await;
+    let failed = store.renewal_failure_of(id).await.unwrap().unwrap();
+    assert_eq!(failed.code.as_str(), "local", "{failed:?}");
+    assert!(failed.detail.as_str().contains("renew.json"), "{failed:?}");
+    assert!(failed.at <= f.ctx.clock.now());
+    let st = cas_vpn::ops::status::status(&f.ctx).await.unwrap();
+    assert_eq!((st.renewal.failed, st.renewal.failures[0].source), (1, "terminal"));
+    assert_eq!(certs(&f).await, 1);
+
+    // Repaired: the next renewal succeeds and the failure is gone with it.
+    std::fs::remove_dir(dir.join("renew.json")).unwrap();
+    crate::support::wait::wait_until_async("the renewal", within_30s(), async || {
+        count(&store, "SELECT COUNT(*) FROM certificates WHERE credential_id IS NOT NULL").await == 2
+            && store.renewal_failure_of(id).await.unwrap().is_none()
+    })
+    .await;
+    stop_master.send(true).unwrap();
+    master.await.unwrap().unwrap();
+}
