@@ -51,7 +51,7 @@ impl RenewalPolicy {
 
     /// The latest a renewal point can be: the rest of the window is the safety margin.
     pub fn latest_point(self, not_after: i64) -> i64 {
-        self.window_opens(not_after).saturating_add(self.spread_secs())
+        self.window_opens(not_after).saturating_add(self.spread_secs()).min(not_after)
     }
 
     /// The renewal point of the certificate with `serial` (hex, either case) ending at `not_after`: from it on,
@@ -63,7 +63,8 @@ impl RenewalPolicy {
         // The spread is at most half of an i64 of seconds, so the modulo bias of a 64-bit hash is negligible.
         let span = u64::try_from(self.spread_secs()).unwrap_or(0) + 1;
         let offset = i64::try_from(u64::from_be_bytes(head) % span).unwrap_or(0);
-        self.window_opens(not_after).saturating_add(offset)
+        // `min`: only for dates so near i64::MIN that the window's opening saturated.
+        self.window_opens(not_after).saturating_add(offset).min(not_after)
     }
 }
 
