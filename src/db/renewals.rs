@@ -49,7 +49,6 @@ impl FailureRaw {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewalCandidate {
     pub credential_id: i64,
-    pub name: Name,
     pub serial: String,
     pub not_after: i64,
 }
@@ -133,9 +132,10 @@ impl Store {
     /// The newest unrevoked certificate of every unrevoked terminal, when it ends before `before` (expired ones
     /// included), soonest first: the certificates whose renewal is near or due. One row per terminal.
     pub async fn terminal_certs_ending_before(&self, before: i64) -> Result<Vec<RenewalCandidate>, DbError> {
-        let rows: Vec<(i64, String, String, i64)> = on_pool!(self, pool => {
+        // No name: a scrape reads this for a whole fleet, and only counts.
+        let rows: Vec<(i64, String, i64)> = on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT c.id, c.name, x.serial, x.not_after FROM certificates x \
+                "SELECT c.id, x.serial, x.not_after FROM certificates x \
                  JOIN credentials c ON c.id = x.credential_id \
                  WHERE c.kind = 'terminal' AND c.revoked_at IS NULL AND x.revoked_at IS NULL AND x.not_after < $1 \
                  AND x.not_after = (SELECT MAX(z.not_after) FROM certificates z \
@@ -147,13 +147,11 @@ impl Store {
             .await?
         });
         let mut seen = std::collections::HashSet::new();
-        rows.into_iter()
+        Ok(rows
+            .into_iter()
             // Two certificates ending in the same second: the terminal counts once.
             .filter(|(id, ..)| seen.insert(*id))
-            .map(|(credential_id, name, serial, not_after)| {
-                let name = name.parse().map_err(|e: crate::domain::DomainError| DbError::Corrupt(e.to_string()))?;
-                Ok(RenewalCandidate { credential_id, name, serial, not_after })
-            })
-            .collect()
+            .map(|(credential_id, serial, not_after)| RenewalCandidate { credential_id, serial, not_after })
+            .collect())
     }
 }
