@@ -133,8 +133,9 @@ impl std::fmt::Display for FailureCode {
     }
 }
 
-/// What happened, for a person: at most 300 characters, no control character (it is shown in `status`, the web
-/// UI and logs, so it must not be able to forge a line).
+/// What happened, for a person: at most 300 characters, no control character and no invisible format character
+/// (it is shown in `status`, the web UI and logs, so it must not be able to forge a line or reorder what a
+/// terminal shows).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
 pub struct FailureDetail(String);
@@ -144,7 +145,7 @@ impl FailureDetail {
     /// `…`). For text this process writes itself; text from elsewhere goes through `parse`, which refuses.
     pub fn lossy(text: &str) -> FailureDetail {
         let mut out: String =
-            text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_DETAIL_CHARS).collect();
+            text.chars().map(|c| if unsafe_char(c) { ' ' } else { c }).take(MAX_DETAIL_CHARS).collect();
         if text.chars().count() > MAX_DETAIL_CHARS {
             out.pop();
             out.push('…');
@@ -163,11 +164,30 @@ impl std::str::FromStr for FailureDetail {
         if s.chars().count() > MAX_DETAIL_CHARS {
             return Err(DomainError::Renewal { why: "the failure message is longer than 300 characters" });
         }
-        if s.chars().any(char::is_control) {
-            return Err(DomainError::Renewal { why: "the failure message holds a control character" });
+        if s.chars().any(unsafe_char) {
+            return Err(DomainError::Renewal { why: "the failure message holds a control or invisible character" });
         }
         Ok(FailureDetail(s.to_owned()))
     }
+}
+
+/// Control characters (C0, DEL, C1) and the invisible format characters that reorder or hide text (bidi
+/// overrides and isolates, zero-width characters, line and paragraph separators): the same set `cas-vpn audit`
+/// escapes.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
 }
 
 impl std::fmt::Display for FailureDetail {
@@ -254,6 +274,10 @@ mod tests {
         }
         assert!("master said no".parse::<FailureDetail>().is_ok());
         assert!("line\nforged".parse::<FailureDetail>().is_err());
+        assert!("abc\u{202E}fed".parse::<FailureDetail>().is_err(), "a bidi override");
+        assert!("a\u{200B}b".parse::<FailureDetail>().is_err(), "a zero-width space");
+        assert_eq!(FailureDetail::lossy("x\u{2066}y").as_str(), "x y");
+        assert!("Ünïcode is fine: größer".parse::<FailureDetail>().is_ok());
         assert!("x".repeat(301).parse::<FailureDetail>().is_err());
         assert_eq!(FailureDetail::lossy("a\nb\u{7}c").as_str(), "a b c");
         let long = FailureDetail::lossy(&"y".repeat(500));
