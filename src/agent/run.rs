@@ -8,6 +8,10 @@
 //! retry presents the same key and master answers with the same certificate; the profile (if any) is then
 //! rewritten atomically (new `<cert>`, `key` line naming the new key file), then `client.crt`, and only then is
 //! the old key deleted. The next connection to master presents the new certificate.
+//!
+//! A failed renewal is reported in the following heartbeats (`status.renew_failed`: when, a code, the message)
+//! until a renewal succeeds, so the operator sees failures master never saw (master unreachable, an unusable
+//! answer, a full disk).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +26,7 @@ use super::{
     AgentError, CERT_FILE, Identity, KEY_FILE, MasterFile, OVPN_FILE, cert_spki, identity, key_line, make_csr,
     read_master, set_cert, set_key_line,
 };
+use crate::domain::renewal::{FailureCode, FailureDetail};
 use crate::http::client::{self as http, Target, Trust};
 use crate::http::mtls::ClientTls;
 use crate::sys::fs::{read_optional, write_atomic};
@@ -83,6 +88,8 @@ pub async fn run(
     let mut backoff = Duration::from_secs(1);
     let mut start_at = tokio::time::Instant::now();
     let mut next_beat = tokio::time::Instant::now();
+    // The last failed renewal, reported in every heartbeat until one succeeds.
+    let mut renew_failed: Option<FailureReport> = None;
     loop {
         if child.is_none() && profile_path.is_file() && tokio::time::Instant::now() >= start_at {
             child = Some(start_openvpn(&opts.openvpn, &dir, events)?);
@@ -116,7 +123,7 @@ pub async fn run(
             }
             Wake::Beat => {
                 let running = child.is_some();
-                match heartbeat(&target, &master, &dir, &opts.version, running).await {
+                match heartbeat(&target, &master, &dir, &opts.version, running, renew_failed.as_ref()).await {
                     Ok(hb) => {
                         backoff = Duration::from_secs(1);
                         events(RunEvent::Heartbeat { terminal: hb.terminal.clone(), renew_after: hb.renew_after });
@@ -125,6 +132,7 @@ pub async fn run(
                         if due {
                             match renew(&target, &master, &dir).await {
                                 Ok(Some(not_after)) => {
+                                    renew_failed = None;
                                     events(RunEvent::Renewed { not_after });
                                     // The new certificate takes effect with a fresh openvpn.
                                     if let Some(c) = child.take() {
@@ -134,6 +142,7 @@ pub async fn run(
                                 }
                                 Ok(None) => {}
                                 Err(e) => {
+                                    renew_failed = Some(FailureReport::of(&e));
                                     events(RunEvent::RenewFailed(e.to_string()));
                                     next_beat = tokio::time::Instant::now() + opts.heartbeat.min(RETRY_SOON * 6);
                                 }
@@ -202,12 +211,40 @@ fn mutual(target: &Target, master: &MasterFile, id: &Identity) -> Result<Target,
     Ok(Target { tls: Some(Trust::Mutual(tls)), ..target.clone() })
 }
 
+/// A failed renewal as a heartbeat reports it (`status.renew_failed`, the README's wire contract).
+#[derive(Debug, Clone, Serialize)]
+struct FailureReport {
+    /// Unix seconds.
+    at: i64,
+    error: FailureCode,
+    message: FailureDetail,
+}
+
+impl FailureReport {
+    fn of(e: &AgentError) -> FailureReport {
+        let code = match e {
+            AgentError::Refused { code, .. } => code.as_str(),
+            AgentError::Http(_) => "unreachable",
+            AgentError::Unreadable { .. } => "unreadable_answer",
+            AgentError::Protocol(_) => "protocol",
+            AgentError::Local(_) | AgentError::Usage(_) => "local",
+            _ => "other",
+        };
+        FailureReport {
+            at: crate::app::now(),
+            error: code.parse().unwrap_or_else(|_| "other".parse().expect("a valid code")),
+            message: FailureDetail::lossy(&e.to_string()),
+        }
+    }
+}
+
 async fn heartbeat(
     target: &Target,
     master: &MasterFile,
     dir: &Path,
     version: &str,
     running: bool,
+    renew_failed: Option<&FailureReport>,
 ) -> Result<HeartbeatResponse, AgentError> {
     let id = identity(dir)?;
     let target = mutual(target, master, &id)?;
@@ -216,6 +253,10 @@ async fn heartbeat(
     status.insert("openvpn".into(), (if running { "running" } else { "stopped" }).into());
     if let Some(t) = not_after {
         status.insert("cert_not_after".into(), t.into());
+    }
+    if let Some(f) = renew_failed {
+        let v = serde_json::to_value(f).map_err(|e| AgentError::Local(e.to_string()))?;
+        status.insert("renew_failed".into(), v);
     }
     let body = HeartbeatRequest { version: version.to_owned(), status };
     let reply =

@@ -11,6 +11,7 @@ pub mod csr;
 pub mod instances;
 pub mod pending;
 pub mod profile;
+pub mod renewal;
 pub mod secret;
 
 pub use clock::{Clock, now, rfc3339, to_datetime};

@@ -703,6 +703,18 @@ fn print_status(s: &ops::status::Status) {
     for e in &s.expiry {
         println!("{:<40} {}", e.what, e.not_after.as_deref().unwrap_or("missing"));
     }
+    let r = &s.renewal;
+    println!(
+        "terminal certificates: {} expire within 7 days, {} within 30, {} within 60; {} expired, {} overdue for \
+         renewal, {} failed to renew",
+        r.expiring_7d, r.expiring_30d, r.expiring_60d, r.expired, r.overdue, r.failed
+    );
+    for f in &r.failures {
+        println!("renewal failed {:<24} {} {:<8} {}: {}", f.terminal, f.failed_at, f.source, f.error, f.message);
+    }
+    if r.failed > r.failures.len() as u64 {
+        println!("renewal failed ... and {} more", r.failed - r.failures.len() as u64);
+    }
     for w in &s.warnings {
         println!("WARNING: {w}");
     }

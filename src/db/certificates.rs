@@ -114,6 +114,24 @@ impl Store {
     /// Records a new certificate of an active credential (renewal, approval pairing). Refused with `NotFound`,
     /// `AlreadyRevoked` or `WrongKind` (a terminal never gets an admin-CA certificate, nor the reverse).
     pub async fn add_certificate(&self, credential_id: i64, ca: Kind, cert: &NewCert, now: i64) -> Result<(), DbError> {
+        self.insert_credential_cert(credential_id, ca, cert, now, false).await
+    }
+
+    /// Records a terminal's renewed certificate and, in the same transaction, forgets its last renewal failure
+    /// (`db::renewals`): a renewal that succeeded is never still shown as failed. Refused like
+    /// [`Store::add_certificate`].
+    pub async fn add_renewed_certificate(&self, credential_id: i64, cert: &NewCert, now: i64) -> Result<(), DbError> {
+        self.insert_credential_cert(credential_id, Kind::Terminal, cert, now, true).await
+    }
+
+    async fn insert_credential_cert(
+        &self,
+        credential_id: i64,
+        ca: Kind,
+        cert: &NewCert,
+        now: i64,
+        renewed: bool,
+    ) -> Result<(), DbError> {
         in_tx!(self, tx => async {
             let row: Option<CredRow> = sqlx::query_as(CRED_BY_ID).bind(credential_id).fetch_optional(&mut *tx).await?;
             let Some(credential) = row.map(CredRow::into_credential).transpose()? else {
@@ -126,6 +144,9 @@ impl Store {
                 return Err(DbError::WrongKind { name: credential.name, actual: credential.kind, expected: ca });
             }
             insert_cert(ca, Some(credential_id), cert, now).execute(&mut *tx).await.map_err(|e| cert_err(e, cert))?;
+            if renewed {
+                sqlx::query(super::renewals::CLEAR_FAILURE).bind(credential_id).execute(&mut *tx).await?;
+            }
             Ok(())
         })
     }

@@ -24,9 +24,19 @@ use crate::domain::Actor;
 /// Tables whose rows describe the running moment, not the installation: never backed up, never restored (a
 /// restored server starts with them empty). Live VPN sessions; browser sessions and their one-time download
 /// tickets (bound to cookies of the old server); pairing-attempt reservations and bans (minutes long); cluster
-/// nodes and their event queues.
-pub const TRANSIENT: &[&str] =
-    &["sessions", "web_sessions", "web_downloads", "ip_bans", "nodes", "events", "event_acks", "gate_gauges"];
+/// nodes and their event queues; terminals' last renewal failures (their next attempt records them again); each
+/// gate's gauges (republished every 30 s).
+pub const TRANSIENT: &[&str] = &[
+    "sessions",
+    "web_sessions",
+    "web_downloads",
+    "ip_bans",
+    "nodes",
+    "events",
+    "event_acks",
+    "renewal_failures",
+    "gate_gauges",
+];
 
 /// Tables whose rows the migrations themselves insert (a store with only those is still empty): a load replaces
 /// them.

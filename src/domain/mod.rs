@@ -14,6 +14,7 @@ mod net;
 mod openvpn_version;
 mod pairing_state;
 mod path;
+pub mod renewal;
 pub mod takeover;
 mod token;
 
@@ -58,6 +59,10 @@ pub enum DomainError {
     PairingState { shown: String },
     #[error("invalid OpenVPN version {shown}: {why}")]
     OpenVpnVersion { shown: String, why: &'static str },
+    #[error("invalid renewal setting or report: {why}")]
+    Renewal { why: &'static str },
+    #[error("invalid renewal failure code {shown}: {why}")]
+    FailureCode { shown: String, why: &'static str },
 }
 
 /// Renders untrusted input for an error message: escaped (so a newline cannot forge a log line) and cut short.

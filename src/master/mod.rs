@@ -10,9 +10,13 @@
 //! gets 403 on every path, or no TLS session at all (invariant 2). master listens on that one address only and
 //! refuses to start on 0.0.0.0, `::`, a public address or an address this host does not have (invariant 1).
 //!
-//! Endpoints: `POST /v1/heartbeat` (version, status; the store keeps last seen) and `POST /v1/renew` (CSR in, new
-//! certificate out, only within `renew_before_days` of the current certificate's end; a retry with the same key
-//! gets the same certificate). A renewed certificate works on the next connection: the store knows its serial.
+//! Endpoints: `POST /v1/heartbeat` (version, status; the store keeps last seen; the answer says from when to renew)
+//! and `POST /v1/renew` (CSR in, new certificate out, only from the current certificate's renewal point, spread
+//! per certificate over the first half of its renewal window: `renewal`; a retry with the same key gets the same
+//! certificate). A renewed certificate works on the next connection: the store knows its serial. Why a renewal
+//! failed is kept per terminal until one succeeds (`renewal`).
+
+mod renewal;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -35,6 +39,7 @@ use crate::app::{AppError, Ctx, csr, new_cert, rfc3339};
 use crate::config::VpnConfig;
 use crate::control::signer;
 use crate::db::{CertRow, Credential};
+use crate::domain::renewal::RenewalPolicy;
 use crate::domain::{Actor, Kind};
 use crate::http::mtls::{self, PeerCertificate};
 use crate::http::{ApiError, ServeLimits, read_json, server};
@@ -46,7 +51,8 @@ pub struct MasterState(Arc<Inner>);
 
 struct Inner {
     ctx: Arc<Ctx>,
-    renew_before_secs: i64,
+    /// When terminals may renew (`renew_before_days`).
+    renewal: RenewalPolicy,
     /// Scenario A: a caller must also come from its own live tunnel address. Follows the configuration while
     /// master runs (`recheck_scenario`), so a switch of `batm.vpn-skip` needs no restart.
     tunnel_required: AtomicBool,
@@ -72,7 +78,7 @@ impl MasterState {
         let tls = mtls::server_acceptor(&cert, &key, &ca).map_err(|e| AppError::Other(format!("master: {e}")))?;
         Ok(MasterState(Arc::new(Inner {
             ctx,
-            renew_before_secs: i64::from(renew_days) * 86_400,
+            renewal: RenewalPolicy::from_days(renew_days),
             tunnel_required: AtomicBool::new(tunnel_required),
             tls,
         })))
@@ -207,6 +213,7 @@ fn pem_der(pem: &str) -> Option<Vec<u8>> {
 async fn heartbeat(
     State(st): State<MasterState>,
     Extension(Caller(c)): Extension<Caller>,
+    presented: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
@@ -214,14 +221,24 @@ async fn heartbeat(
     if version_date(&req.version).is_none() {
         return Err(ApiError::InvalidRequest("version must start with YYYYMMDD, e.g. 20240115".into()));
     }
+    let failed = renewal::reported_failure(&req.status)?;
     let now = st.0.ctx.clock.now();
     st.0.ctx.store.touch_terminal(c.id, &req.version, now).await?;
+    if let Some(f) = &failed {
+        renewal::note_reported(&st.0.ctx, &c, f, now).await?;
+    }
     let current = current_cert(&st, &c).await?;
+    let renew_after = match &current {
+        Some(cur) => {
+            Some(renewal::renew_after(&st.0.ctx, st.0.renewal, cur, presented.as_ref().map(|Extension(p)| p)).await?)
+        }
+        None => None,
+    };
     tracing::debug!(terminal = %c.name, version = %req.version, "heartbeat");
     Ok(Json(HeartbeatResponse {
         terminal: c.name.to_string(),
         cert_not_after: current.as_ref().map(|x| x.not_after),
-        renew_after: current.as_ref().map(|x| x.not_after - st.0.renew_before_secs),
+        renew_after,
     }))
 }
 
@@ -231,24 +248,47 @@ async fn renew(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<RenewResponse>, ApiError> {
+    let now = st.0.ctx.clock.now();
+    match renew_certificate(&st, &c, headers, body, now).await {
+        Ok(r) => Ok(r),
+        Err(f) => {
+            renewal::note_failure(&st.0.ctx, &c, &f, now).await;
+            Err(f.answer)
+        }
+    }
+}
+
+async fn renew_certificate(
+    st: &MasterState,
+    c: &Credential,
+    headers: HeaderMap,
+    body: Body,
+    now: i64,
+) -> Result<Json<RenewResponse>, renewal::Failure> {
     let req: RenewRequest = read_json(&headers, body).await?;
     let checked = csr::check(&req.csr, Some(c.name.as_str()))?;
-    let now = st.0.ctx.clock.now();
-    let current = current_cert(&st, &c).await?;
+    let current = current_cert(st, c).await?;
     if let Some(cur) = &current {
         // A retry with the key of the newest certificate gets that certificate again (a lost answer).
         if spki_sha256(&cur.cert_pem).is_some_and(|h| h == checked.csr.public_key_sha256()) {
+            st.0.ctx.store.clear_renewal_failure(c.id).await?;
             return Ok(Json(RenewResponse { cert: cur.cert_pem.clone() }));
         }
-        let from = cur.not_after - st.0.renew_before_secs;
+        // From the point heartbeats announce, not from the window's opening: that is what spreads a batch.
+        let from = st.0.renewal.point(&cur.serial, cur.not_after);
         if now < from {
-            return Err(ApiError::NotInRenewalWindow(rfc3339(from)));
+            return Err(ApiError::NotInRenewalWindow(rfc3339(from)).into());
         }
     }
-    let (cert_pem, _) =
-        signer::sign(&st.0.ctx.cfg.root, Kind::Terminal, &c.name, &req.csr).await.map_err(ApiError::internal)?;
-    let new = new_cert(&cert_pem)?;
-    st.0.ctx.store.add_certificate(c.id, Kind::Terminal, &new, now).await?;
+    let (cert_pem, _) = match signer::sign(&st.0.ctx.cfg.root, Kind::Terminal, &c.name, &req.csr).await {
+        Ok(signed) => signed,
+        Err(e) => {
+            let detail = format!("the signer did not sign: {e}");
+            return Err(renewal::Failure { answer: ApiError::internal(&e), code: "signer_unavailable", detail });
+        }
+    };
+    let new = new_cert(&cert_pem).map_err(ApiError::from)?;
+    st.0.ctx.store.add_renewed_certificate(c.id, &new, now).await?;
     st.0.ctx
         .store
         .audit(&Actor::Master, "terminal.renew", c.name.as_str(), &format!("serial {}", new.serial), now)

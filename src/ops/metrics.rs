@@ -2,7 +2,8 @@
 //! aggregates, at the moment it is asked, what the other processes know:
 //!
 //! - the store: live sessions per instance, pairings (ok, failed, banned), bans, revocations, the soonest client
-//!   certificates (cumulative counters are read from the store, so they survive restarts of every service);
+//!   certificates, terminal renewals overdue or failed (cumulative counters are read from the store, so they
+//!   survive restarts of every service);
 //! - the vpn service, through its control socket (`Status`): instance readiness, restarts, crash loops and the
 //!   management answer latency histogram;
 //! - the PKI files: seconds until each CA, server certificate and CRL (next update) expires.
@@ -163,6 +164,7 @@ struct FromStore {
     client_certs: Vec<crate::db::ClientCertExpiry>,
     /// Each running gate's upgrade downloads in progress, by node.
     gate_gauges: Vec<(String, i64)>,
+    renewal: crate::app::renewal::FleetRenewal,
 }
 
 async fn from_store(ctx: &Ctx, now: i64) -> Result<FromStore, crate::db::DbError> {
@@ -181,6 +183,7 @@ async fn from_store(ctx: &Ctx, now: i64) -> Result<FromStore, crate::db::DbError
         revoked,
         client_certs,
         gate_gauges: s.gate_gauges(now - crate::gate::GAUGES_FRESH.as_secs() as i64).await?,
+        renewal: crate::app::renewal::fleet(s, crate::app::renewal::policy(&ctx.cfg), now, 0).await?,
     })
 }
 
@@ -284,6 +287,19 @@ pub async fn collect(ctx: &Ctx) -> Exposition {
         for (node, n) in &s.gate_gauges {
             f.add(&[("node", node.as_str())], *n as f64);
         }
+        x.family(
+            "casvpn_terminal_renewals_overdue",
+            MetricType::Gauge,
+            "Terminal certificates past their renewal point by more than an hour and not renewed (expired ones \
+             included).",
+        )
+        .add(&[], s.renewal.overdue as f64);
+        x.family(
+            "casvpn_terminal_renewal_failures",
+            MetricType::Gauge,
+            "Active terminals whose last certificate renewal failed (`cas-vpn status` names them and says why).",
+        )
+        .add(&[], s.renewal.failed as f64);
     }
 
     if let Ok(Some(instances)) = &vpn {

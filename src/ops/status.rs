@@ -1,5 +1,5 @@
 //! `cas-vpn status`: what is configured, what the store holds, and when each CRL and certificate expires (with
-//! warnings well before any of them can lock terminals out).
+//! warnings well before any of them can lock terminals out), and how the fleet's certificate renewals go.
 
 use serde::Serialize;
 
@@ -48,10 +48,91 @@ pub struct Status {
     pub sessions: Vec<SessionReport>,
     pub counts: Counts,
     pub expiry: Vec<Expiry>,
+    /// Terminal certificates: how many end soon, how many are overdue for renewal, which terminals failed to renew.
+    pub renewal: RenewalReport,
     pub warnings: Vec<String>,
     /// The admin web UI: its address (through an admin tunnel) and its certificate's SHA-256 fingerprint.
     pub web_url: String,
     pub web_fingerprint: Option<String>,
+}
+
+/// The fleet's renewal progress: unrevoked terminals, each counted by its newest unrevoked certificate.
+#[derive(Debug, Serialize)]
+pub struct RenewalReport {
+    /// The renewal window (`renew_before_days`); each certificate's own renewal point lies in its first half.
+    pub renew_before_days: u32,
+    pub expiring_7d: u64,
+    pub expiring_30d: u64,
+    pub expiring_60d: u64,
+    /// Already expired (also counted as expiring and overdue): these terminals can neither connect nor renew.
+    pub expired: u64,
+    /// Past their renewal point by more than an hour and not renewed.
+    pub overdue: u64,
+    /// Terminals whose last renewal attempt failed; `failures` names the latest 20 of them.
+    pub failed: u64,
+    pub failures: Vec<RenewalFailureReport>,
+}
+
+/// A terminal whose last renewal failed: when, who saw it (`master`, or the `terminal` in a heartbeat), the
+/// code and the message.
+#[derive(Debug, Serialize)]
+pub struct RenewalFailureReport {
+    pub terminal: String,
+    pub failed_at: String,
+    pub source: &'static str,
+    pub error: String,
+    pub message: String,
+}
+
+async fn renewal_report(ctx: &Ctx, now: i64) -> Result<RenewalReport, OpsError> {
+    let policy = crate::app::renewal::policy(&ctx.cfg);
+    let f = crate::app::renewal::fleet(&ctx.store, policy, now, crate::app::renewal::LISTED_FAILURES).await?;
+    Ok(RenewalReport {
+        renew_before_days: u32::try_from(policy.renew_before_secs() / 86_400).unwrap_or(u32::MAX),
+        expiring_7d: f.expiring[0],
+        expiring_30d: f.expiring[1],
+        expiring_60d: f.expiring[2],
+        expired: f.expired,
+        overdue: f.overdue,
+        failed: f.failed,
+        failures: f
+            .failures
+            .iter()
+            .map(|x| RenewalFailureReport {
+                terminal: x.name.to_string(),
+                failed_at: rfc3339(x.at),
+                source: x.source.as_str(),
+                error: x.code.to_string(),
+                message: x.detail.to_string(),
+            })
+            .collect(),
+    })
+}
+
+/// What the renewal report asks of the operator.
+fn renewal_warnings(r: &RenewalReport) -> Vec<String> {
+    let mut out = Vec::new();
+    if r.expired > 0 {
+        out.push(format!(
+            "{} terminal certificate(s) have EXPIRED: those terminals can neither connect nor renew; they need a new \
+             credential",
+            r.expired
+        ));
+    }
+    let overdue = r.overdue - r.expired.min(r.overdue);
+    if overdue > 0 {
+        out.push(format!(
+            "{overdue} terminal certificate(s) are past their renewal point and not renewed: are those terminals \
+             online? (`cas-vpn terminal list` shows each one's certificate end)"
+        ));
+    }
+    if let Some(latest) = r.failures.first() {
+        out.push(format!(
+            "{} terminal(s) failed to renew their certificate; latest: {} at {} ({}): {}: {}",
+            r.failed, latest.terminal, latest.failed_at, latest.source, latest.error, latest.message
+        ));
+    }
+    out
 }
 
 /// One service of the root: `running` with its pid when its process holds the service's lock.
@@ -153,6 +234,8 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
         CERT_WARN_SECS,
     ));
     let mut warnings: Vec<String> = exp.iter().filter_map(|e| e.warning.clone()).collect();
+    let renewal = renewal_report(ctx, now).await?;
+    warnings.extend(renewal_warnings(&renewal));
     let running = match crate::control::request(
         &ctx.cfg.root,
         &crate::control::Request::Status,
@@ -215,6 +298,7 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
         sessions,
         counts,
         expiry: exp,
+        renewal,
         warnings,
         web_url: format!("https://{}:{}/", net.admin_bind_ip, crate::config::ADMIN_UI_PORT),
         web_fingerprint: ctx.pki.web_fingerprint(),

@@ -1,4 +1,5 @@
-//! The dashboard (counts, instances, the pairing window and its approvals, everything that expires), the live
+//! The dashboard (counts, instances, the pairing window and its approvals, everything that expires, the terminals'
+//! certificate renewals), the live
 //! sessions, and the audit log with its CSV export.
 
 use axum::extract::{Form, Path, Query, State};
@@ -56,6 +57,7 @@ pub async fn dashboard(State(state): State<WebState>, Authed(s): Authed) -> Resu
             })
             .collect(),
         expiries,
+        renewal: st.renewal,
         warnings: st.warnings,
         web_fingerprint: st.web_fingerprint.unwrap_or_default(),
     };

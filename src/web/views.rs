@@ -110,6 +110,8 @@ pub struct Dashboard {
     pub window_seconds_left: i64,
     pub pending: Vec<PendingView>,
     pub expiries: Vec<ExpiryItem>,
+    /// The fleet's certificate renewals (`status`'s report).
+    pub renewal: crate::ops::status::RenewalReport,
     pub warnings: Vec<String>,
     pub web_fingerprint: String,
 }

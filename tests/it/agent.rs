@@ -51,7 +51,7 @@ impl RunningGate {
 }
 
 /// Runs the CLI without blocking the runtime that serves the gate.
-async fn cli(f: &Fixture, args: &[&str]) -> std::process::Output {
+pub(crate) async fn cli(f: &Fixture, args: &[&str]) -> std::process::Output {
     let mut cmd = f.install.cmd();
     cmd.args(args);
     tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()

@@ -29,6 +29,7 @@ const VOLATILE: &[(&str, &str)] = &[
     ("expires_at", "time"),
     ("until", "time"),
     ("since", "time"),
+    ("failed_at", "time"),
     ("seconds_left", "seconds"),
     ("remaining_secs", "seconds"),
     // secrets and random identifiers
@@ -306,6 +307,18 @@ async fn golden_json_shapes() {
     g.check("terminal_show_revoked", &cli(i, &["terminal", "show", "atm-2", "--json"]).await, &[]);
     g.check("admin_vpn_list", &cli(i, &["admin-vpn", "list", "--all", "--json"]).await, &[]);
     g.check("admin_vpn_resume", &cli(i, &["admin-vpn", "resume", "alice", "--json"]).await, &[]);
+    // atm-1's last renewal failed (master refused it), at a fixed time so that the warning naming it is stable.
+    f.ctx
+        .store
+        .record_renewal_failure(
+            atm1,
+            cas_vpn::domain::renewal::FailureSource::Master,
+            &"not_in_renewal_window".parse().unwrap(),
+            &"the current certificate is not yet in its renewal window (from 2028-01-01T00:00:00Z)".parse().unwrap(),
+            1_800_000_000,
+        )
+        .await
+        .unwrap();
     g.check("status", &cli(i, &["status", "--json"]).await, &[]);
     // One node registered (as `serve vpn` does at its start).
     let node: cas_vpn::domain::Name = "n1".parse().unwrap();

@@ -13,6 +13,7 @@ mod master;
 mod metrics;
 mod nodes;
 mod packaging;
+mod renewal;
 mod signer;
 mod store;
 mod support;

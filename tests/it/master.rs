@@ -21,24 +21,24 @@ use crate::gate::{Fixture, count, csr, csr_with, req};
 use crate::support::{both_backends, inline_block, openssl};
 
 /// A terminal paired through the gate: its key, id and certificate (PEM).
-struct Paired {
-    key: KeyPair,
-    id: i64,
-    cert: String,
+pub(crate) struct Paired {
+    pub(crate) key: KeyPair,
+    pub(crate) id: i64,
+    pub(crate) cert: String,
 }
 
 impl Paired {
-    fn der(&self) -> Vec<u8> {
+    pub(crate) fn der(&self) -> Vec<u8> {
         der(&self.cert)
     }
 }
 
-fn der(pem: &str) -> Vec<u8> {
+pub(crate) fn der(pem: &str) -> Vec<u8> {
     openssl::x509::X509::from_pem(pem.as_bytes()).unwrap().to_der().unwrap()
 }
 
 /// Terminal `name` paired through the gate, and (when `tunnel_ip` is given) a live session at that address.
-async fn paired(f: &Fixture, name: &str, tunnel_ip: Option<&str>, cid: i64) -> Paired {
+pub(crate) async fn paired(f: &Fixture, name: &str, tunnel_ip: Option<&str>, cid: i64) -> Paired {
     let token = f.add_terminal(name, &[]);
     f.open_window().await;
     let key = KeyPair::generate().unwrap();
@@ -70,7 +70,13 @@ async fn session(f: &Fixture, credential_id: i64, name: &str, tunnel_ip: &str, c
 
 /// One request through master's router, as from `ip` with the verified client certificate `cert` (DER; what the
 /// accept loop puts into requests after the handshake).
-async fn call(state: &MasterState, ip: &str, cert: Option<&[u8]>, path: &str, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn call(
+    state: &MasterState,
+    ip: &str,
+    cert: Option<&[u8]>,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     let peer: SocketAddr = format!("{ip}:50000").parse().unwrap();
     let mut req = Request::builder()
         .method(Method::POST)
@@ -87,7 +93,7 @@ async fn call(state: &MasterState, ip: &str, cert: Option<&[u8]>, path: &str, bo
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-fn hb() -> Value {
+pub(crate) fn hb() -> Value {
     json!({"version": "20240115", "status": {"cash": "ok"}})
 }
 

@@ -219,6 +219,8 @@ async fn scrape_follows_the_store_and_the_files(f: Fixture) {
     assert_eq!(p.get("casvpn_revocations_total{kind=admin}"), 0.0);
     assert_eq!(p.get("casvpn_sessions{instance=terminal-0,kind=terminal,node=n1}"), 1.0);
     assert_eq!(p.get("casvpn_client_certs_expiring_30d{kind=terminal}"), 0.0);
+    assert_eq!(p.get("casvpn_terminal_renewals_overdue{}"), 0.0);
+    assert_eq!(p.get("casvpn_terminal_renewal_failures{}"), 0.0);
 
     // Every expiry gauge against openssl's reading of the real file, from the same now.
     let now = f.ctx.clock.now();
@@ -251,6 +253,17 @@ async fn scrape_follows_the_store_and_the_files(f: Fixture) {
     let p = Parsed::of(&scrape(&f, Some(&token)).await.2);
     assert_eq!(p.get("casvpn_client_cert_expiry_seconds{kind=terminal}"), (29 * 86400) as f64);
     assert_eq!(p.get("casvpn_client_certs_expiring_30d{kind=terminal}"), 1.0);
+    // 29 days left is past the latest renewal point (half of the 60-day window), and nothing renewed it.
+    assert_eq!(p.get("casvpn_terminal_renewals_overdue{}"), 1.0);
+    assert_eq!(p.get("casvpn_terminal_renewal_failures{}"), 0.0);
+    // A failed renewal counts (until one succeeds: tests/it/renewal.rs).
+    let code = "signer_unavailable".parse().unwrap();
+    let detail = "the signer did not sign".parse().unwrap();
+    let at = f.ctx.clock.now();
+    use cas_vpn::domain::renewal::FailureSource;
+    f.ctx.store.record_renewal_failure(atm1.id, FailureSource::Master, &code, &detail, at).await.unwrap();
+    let p = Parsed::of(&scrape(&f, Some(&token)).await.2);
+    assert_eq!(p.get("casvpn_terminal_renewal_failures{}"), 1.0);
 
     // A new token replaces the old one.
     let token_b = cas_vpn::ops::metrics::new_token(&f.ctx).await.unwrap();
@@ -366,6 +379,8 @@ async fn instances_come_from_the_vpn_service_and_the_alert_rules_name_only_expor
         "CasVpnServerCertExpiresSoon",
         "CasVpnInstanceCrashLooping",
         "CasVpnNoTerminalOnline",
+        "CasVpnTerminalRenewalsFailing",
+        "CasVpnTerminalRenewalsOverdue",
     ] {
         assert!(alerts.contains(wanted), "{wanted} missing from {alerts:?}");
     }

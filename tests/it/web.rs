@@ -1026,6 +1026,28 @@ async fn terminals_search_filter_and_page() {
     w.advance(not_after - 20 * 86_400 - w.now());
     let (_alice, mut c) = w.enrol("alice", IP_ALICE).await;
 
+    // The dashboard's renewal table: keygen-1 ends within 30 days and is past its renewal point (the latest is 30
+    // days before the end); once its renewal failed, it is named with why.
+    let cell = |body: &str, k: &str| {
+        let (_, rest) = body.split_once(&format!("data-renewal=\"{k}\">")).unwrap();
+        rest.split_once('<').unwrap().0.to_owned()
+    };
+    let r = c.get("/").await;
+    let got: Vec<String> = ["expiring-7d", "expiring-30d", "expiring-60d", "expired", "overdue", "failed"]
+        .iter()
+        .map(|k| cell(&r.body, k))
+        .collect();
+    assert_eq!(got, ["0", "1", "1", "0", "1", "0"], "{}", r.body);
+    assert!(!r.body.contains("renewal-failures"));
+    let (code, detail) = ("invalid_csr".parse().unwrap(), "invalid CSR: <not PEM>".parse().unwrap());
+    let source = cas_vpn::domain::renewal::FailureSource::Master;
+    store.record_renewal_failure(id("keygen-1").await, source, &code, &detail, w.now()).await.unwrap();
+    let r = c.get("/").await;
+    assert_eq!(cell(&r.body, "failed"), "1");
+    assert!(r.body.contains("<a href=\"/terminals/keygen-1\">keygen-1</a>"), "{}", r.body);
+    assert!(r.body.contains("<code>invalid_csr</code> invalid CSR: &#60;not PEM&#62;</td>"), "escaped: {}", r.body);
+    store.clear_renewal_failure(id("keygen-1").await).await.unwrap();
+
     // Filters.
     assert_eq!(terminals(&mut c, "filter=online").await.0, names(&["online-1"]));
     assert_eq!(terminals(&mut c, "filter=offline").await.0, names(&["offline-1"]));
