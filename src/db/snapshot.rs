@@ -24,9 +24,9 @@ use crate::domain::Actor;
 /// Tables whose rows describe the running moment, not the installation: never backed up, never restored (a
 /// restored server starts with them empty). Live VPN sessions; browser sessions and their one-time download
 /// tickets (bound to cookies of the old server); pairing-attempt reservations and bans (minutes long); cluster
-/// nodes and their event queues.
+/// nodes and their event queues; terminal health (observations of the live fleet, made afresh by master).
 pub const TRANSIENT: &[&str] =
-    &["sessions", "web_sessions", "web_downloads", "ip_bans", "nodes", "events", "event_acks"];
+    &["sessions", "web_sessions", "web_downloads", "ip_bans", "nodes", "events", "event_acks", "terminal_health"];
 
 /// Tables whose rows the migrations themselves insert (a store with only those is still empty): a load replaces
 /// them.

@@ -14,6 +14,8 @@
 //! certificate out, only within `renew_before_days` of the current certificate's end; a retry with the same key
 //! gets the same certificate). A renewed certificate works on the next connection: the store knows its serial.
 
+pub mod probe;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,6 +218,7 @@ async fn heartbeat(
     }
     let now = st.0.ctx.clock.now();
     st.0.ctx.store.touch_terminal(c.id, &req.version, now).await?;
+    probe::on_heartbeat(&st, c.id, c.name.as_str(), now).await;
     let current = current_cert(&st, &c).await?;
     tracing::debug!(terminal = %c.name, version = %req.version, "heartbeat");
     Ok(Json(HeartbeatResponse {
@@ -303,8 +306,10 @@ pub async fn run_master(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<()
     let listener = bind_master(ctx.cfg.network.master_bind_ip, SERVICE_PORT).await?;
     let state = MasterState::new(ctx)?;
     let follow = tokio::spawn(follow_config(state.clone(), stop.clone()));
+    let prober = tokio::spawn(probe::run(state.clone(), stop.clone()));
     let served = run_master_on(state, listener, stop).await;
     follow.abort();
+    prober.abort();
     served
 }
 
