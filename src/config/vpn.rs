@@ -604,6 +604,7 @@ mod tests {
             ("interface", "../x", "invalid interface name \"../x\": only a-z, 0-9, '_' and '-' are allowed"),
             ("instance_listen_ip", "0.0.0.0", "0.0.0.0 is not a single unicast address"),
             ("token_ttl", "0s", "invalid duration \"0s\": must be at least one second"),
+            ("terminal_heartbeat", "soon", "invalid duration \"soon\""),
             ("node", "vpn 2", "invalid name \"vpn 2\""),
         ];
         assert_eq!(cases.len(), VPN_KEYS.len(), "one case per key");
@@ -628,7 +629,7 @@ mod tests {
             "/batm/config/vpn:2: key terminal_port: unknown key; expected one of terminal_front_port, \
              terminal_ports, terminal_per_instance, terminal_subnet, admin_ports, admin_subnet, proto, key_type, \
              terminal_cert_days, admin_cert_days, server_cert_days, ca_days, crl_days, crl_validity, renew_before_days, \
-             public_hostname, interface, instance_listen_ip, token_ttl, node"
+             public_hostname, interface, instance_listen_ip, token_ttl, terminal_heartbeat, node"
         );
         assert_eq!(parse("just words\n").unwrap_err(), "/batm/config/vpn:1: expected key=value, found \"just words\"");
         // Spaces around '=' and trailing comments are fine.

@@ -43,7 +43,7 @@ pub(super) fn health_sql(alive: &str, fresh: &str, vpn: &str) -> String {
     let live = live_sql(alive);
     format!(
         "(CASE WHEN c.revoked_at IS NOT NULL THEN 'revoked' \
-         WHEN c.paired_at IS NULL AND NOT {live} THEN 'never_paired' \
+         WHEN c.paired_at IS NULL AND NOT ({vpn} = 1 AND {live}) THEN 'never_paired' \
          WHEN {vpn} = 1 AND NOT {live} THEN 'offline' \
          WHEN c.last_seen > {fresh} OR h.probed_ok_at > {fresh} THEN 'healthy' \
          WHEN {vpn} = 1 THEN 'agent_silent' ELSE 'offline' END)"

@@ -82,18 +82,91 @@ struct ProbeTls {
     ca: String,
 }
 
+/// The prober's state between ticks.
+pub struct Prober {
+    tls: Arc<ProbeTls>,
+    /// The address probes come from: `master_bind_ip`, the one address agents accept.
+    source: IpAddr,
+    port: u16,
+    backoff: Backoff,
+}
+
+impl Prober {
+    /// Probes from `master_bind_ip` to `wire::AGENT_STATUS_PORT`, with master's TLS material from `pki/`.
+    pub fn new(state: &MasterState) -> Result<Prober, crate::app::AppError> {
+        let ctx = &state.0.ctx;
+        Prober::with(state, IpAddr::V4(ctx.cfg.network.master_bind_ip), AGENT_STATUS_PORT)
+    }
+
+    /// As [`Prober::new`], from another source address and to another port (tests on loopback).
+    pub fn with(state: &MasterState, source: IpAddr, port: u16) -> Result<Prober, crate::app::AppError> {
+        let (cert, key, ca) = state.0.ctx.pki.read_master_tls()?;
+        Ok(Prober { tls: Arc::new(ProbeTls { cert, key, ca }), source, port, backoff: Backoff::default() })
+    }
+
+    /// One tick: record the changes, then (Scenario A) probe the due silent terminals and record the answers.
+    pub async fn tick(&mut self, state: &MasterState) -> Result<(), crate::db::DbError> {
+        let ctx = &state.0.ctx;
+        let vpn = state.0.tunnel_required.load(Ordering::Relaxed);
+        let clock = ctx.health_clock_in(vpn);
+        let facts = ctx.store.health_facts(&clock, None).await?;
+        record_changes(state, &clock, &facts).await?;
+        if !vpn {
+            return Ok(());
+        }
+        let silent: HashMap<i64, &HealthFacts> =
+            facts.iter().filter(|f| f.health(&clock) == Health::AgentSilent).map(|f| (f.credential_id, f)).collect();
+        self.backoff.retain(|id| silent.contains_key(&id));
+        let due: Vec<HealthFacts> = silent
+            .values()
+            .filter(|f| f.tunnel_ip.is_some() && self.backoff.due(f.credential_id, clock.now))
+            .take(PER_TICK)
+            .map(|f| (*f).clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+        let mut set = tokio::task::JoinSet::new();
+        for f in due {
+            let (tls, permits, source, port) = (self.tls.clone(), permits.clone(), self.source, self.port);
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let answer = probe(&tls, source, port, &f).await;
+                (f, answer)
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            let Ok((f, answer)) = done else { continue };
+            let now = ctx.clock.now();
+            match answer {
+                Ok(st) => {
+                    self.backoff.forget(f.credential_id);
+                    ctx.store.record_probe_ok(f.credential_id, now).await?;
+                    if ctx.store.record_health(f.credential_id, Health::Healthy, now).await? {
+                        tracing::info!(terminal = %f.name, openvpn = %st.openvpn, version = %st.version,
+                            "terminal healthy: its agent answered master's probe");
+                    }
+                }
+                Err(why) => {
+                    self.backoff.failed(f.credential_id, now, rand::random_range(0..5));
+                    tracing::debug!(terminal = %f.name, why, "probe failed");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs until `stop` turns true.
 pub async fn run(state: MasterState, mut stop: watch::Receiver<bool>) {
-    let ctx = state.0.ctx.clone();
-    let tls = match ctx.pki.read_master_tls() {
-        Ok((cert, key, ca)) => Arc::new(ProbeTls { cert, key, ca }),
+    let mut prober = match Prober::new(&state) {
+        Ok(p) => p,
         Err(e) => {
-            tracing::error!(error = %e, "master: no TLS material for probes; terminal health is recorded, not probed");
+            tracing::error!(error = %e, "master: no TLS material for probes; terminal health is not followed");
             return;
         }
     };
-    let source = IpAddr::V4(ctx.cfg.network.master_bind_ip);
-    let mut backoff = Backoff::default();
     let mut failing = false;
     loop {
         let jitter = Duration::from_millis(rand::random_range(0..1000));
@@ -101,8 +174,7 @@ pub async fn run(state: MasterState, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(TICK + jitter) => {}
         }
-        let vpn = state.0.tunnel_required.load(Ordering::Relaxed);
-        match tick(&state, &tls, source, vpn, &mut backoff).await {
+        match prober.tick(&state).await {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("master: health tick works again");
@@ -115,64 +187,6 @@ pub async fn run(state: MasterState, mut stop: watch::Receiver<bool>) {
             Err(_) => {}
         }
     }
-}
-
-/// One tick: record the changes, probe the due silent terminals.
-async fn tick(
-    state: &MasterState,
-    tls: &Arc<ProbeTls>,
-    source: IpAddr,
-    vpn: bool,
-    backoff: &mut Backoff,
-) -> Result<(), crate::db::DbError> {
-    let ctx = &state.0.ctx;
-    let clock = ctx.health_clock_in(vpn);
-    let facts = ctx.store.health_facts(&clock, None).await?;
-    record_changes(state, &clock, &facts).await?;
-    if !vpn {
-        return Ok(());
-    }
-    let silent: HashMap<i64, &HealthFacts> =
-        facts.iter().filter(|f| f.health(&clock) == Health::AgentSilent).map(|f| (f.credential_id, f)).collect();
-    backoff.retain(|id| silent.contains_key(&id));
-    let due: Vec<HealthFacts> = silent
-        .values()
-        .filter(|f| f.tunnel_ip.is_some() && backoff.due(f.credential_id, clock.now))
-        .take(PER_TICK)
-        .map(|f| (*f).clone())
-        .collect();
-    if due.is_empty() {
-        return Ok(());
-    }
-    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    let mut set = tokio::task::JoinSet::new();
-    for f in due {
-        let (tls, permits) = (tls.clone(), permits.clone());
-        set.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let answer = probe(&tls, source, &f).await;
-            (f, answer)
-        });
-    }
-    while let Some(done) = set.join_next().await {
-        let Ok((f, answer)) = done else { continue };
-        let now = ctx.clock.now();
-        match answer {
-            Ok(st) => {
-                backoff.forget(f.credential_id);
-                ctx.store.record_probe_ok(f.credential_id, now).await?;
-                if ctx.store.record_health(f.credential_id, Health::Healthy, now).await? {
-                    tracing::info!(terminal = %f.name, openvpn = %st.openvpn, version = %st.version,
-                        "terminal healthy: its agent answered master's probe");
-                }
-            }
-            Err(why) => {
-                backoff.failed(f.credential_id, now, rand::random_range(0..5));
-                tracing::debug!(terminal = %f.name, why, "probe failed");
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Records each terminal whose health differs from what the store last recorded.
@@ -193,11 +207,10 @@ async fn record_changes(
 }
 
 /// Asks one terminal's agent for its status.
-async fn probe(tls: &ProbeTls, source: IpAddr, f: &HealthFacts) -> Result<AgentStatus, String> {
+async fn probe(tls: &ProbeTls, source: IpAddr, port: u16, f: &HealthFacts) -> Result<AgentStatus, String> {
     let ip = f.tunnel_ip.as_deref().ok_or("no tunnel address")?;
     let client = ClientTls::for_probe(&tls.ca, &tls.cert, &tls.key, &f.name).map_err(|e| e.to_string())?;
-    let target =
-        Target { host: ip.to_owned(), port: AGENT_STATUS_PORT, tls: Some(Trust::Mutual(client)), source: Some(source) };
+    let target = Target { host: ip.to_owned(), port, tls: Some(Trust::Mutual(client)), source: Some(source) };
     let reply = http::send_json(&target, Method::GET, "/v1/status", None::<&()>, PROBE_TIMEOUT, MAX_ANSWER)
         .await
         .map_err(|e| e.to_string())?;
