@@ -29,6 +29,7 @@ const VOLATILE: &[(&str, &str)] = &[
     ("expires_at", "time"),
     ("until", "time"),
     ("since", "time"),
+    ("health_since", "time"),
     ("seconds_left", "seconds"),
     ("remaining_secs", "seconds"),
     // secrets and random identifiers
