@@ -3,7 +3,6 @@
 //! the agent's status endpoint (answers master alone: its address and its certificate) with master's prober.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cas_pki::{KeyType, Validity};
@@ -307,5 +306,4 @@ async fn agent_status_answers_only_master_and_the_prober_makes_a_silent_terminal
     prober.tick(&state).await.unwrap();
     let (h, recorded) = health().await;
     assert_eq!((h, recorded.map(|r| r.0)), (Health::Offline, Some(Health::Offline)));
-    let _ = Arc::clone(&f.ctx);
 }

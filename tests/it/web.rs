@@ -1025,7 +1025,7 @@ async fn terminals_search_filter_and_page() {
     let not_after = store.certificates_of(id("keygen-1").await).await.unwrap()[0].not_after;
     w.advance(not_after - 20 * 86_400 - w.now());
     // online-1's session is on node n1, alive now (its heartbeat is fresh by the fixture's clock).
-    crate::store::register(&store, "n1", w.now()).await;
+    crate::store::register(store, "n1", w.now()).await;
     let (_alice, mut c) = w.enrol("alice", IP_ALICE).await;
 
     // Filters.
