@@ -206,6 +206,26 @@ async fn ask(port: u16, tls: ClientTls) -> Result<http::Reply, http::HttpError> 
     http::send_json(&target, Method::GET, "/v1/status", None::<&()>, Duration::from_secs(5), 16 * 1024).await
 }
 
+/// Polls `GET /v1/status` until it gets an HTTP answer (the endpoint takes one connection at a time and a few a
+/// second: a connection beyond that is closed at once, which reads as an unexpected EOF).
+async fn ask_answered(port: u16, tls: &ClientTls) -> http::Reply {
+    ask_settled(port, tls).await.unwrap_or_else(|e| panic!("the status endpoint never answered: {e}"))
+}
+
+/// Polls `GET /v1/status` until the outcome is something else than a connection closed at once (the budget's
+/// refusal, while the previous connection is still being let go), or 15 s passed.
+async fn ask_settled(port: u16, tls: &ClientTls) -> Result<http::Reply, http::HttpError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = ask(port, tls.clone()).await;
+        let closed_at_once = r.as_ref().is_err_and(|e| e.to_string().contains("unexpected EOF"));
+        if !closed_at_once || std::time::Instant::now() >= deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn agent_status_answers_only_master_and_the_prober_makes_a_silent_terminal_healthy(f: Fixture) {
     use cas_vpn::master::MasterState;
     use cas_vpn::master::probe::Prober;
@@ -230,27 +250,29 @@ async fn agent_status_answers_only_master_and_the_prober_makes_a_silent_terminal
     let term_key = std::fs::read_to_string(dir.join("client.key")).unwrap();
 
     // master, from master's address, with master's certificate: the status.
-    let reply = ask(ep.port, ClientTls::for_probe(&ca, &m_cert, &m_key, "atm-1").unwrap()).await.unwrap();
+    let as_master = ClientTls::for_probe(&ca, &m_cert, &m_key, "atm-1").unwrap();
+    let reply = ask_answered(ep.port, &as_master).await;
     assert_eq!(reply.status, StatusCode::OK);
     let st: cas_vpn::wire::AgentStatus = reply.json().unwrap();
     assert_eq!((st.terminal.as_str(), st.openvpn.as_str(), st.version.as_str()), ("atm-1", "running", "20261101"));
     assert_eq!(st.status["openvpn"], "running");
     assert!(st.status["cert_not_after"].is_i64());
-    // The agent's own certificate is checked by name: asking for another terminal's name fails the handshake.
-    assert!(ask(ep.port, ClientTls::for_probe(&ca, &m_cert, &m_key, "atm-2").unwrap()).await.is_err());
+    // The agent's own certificate is checked by name: asking for another terminal's name fails the handshake
+    // (the endpoint answered master just before, so it is not its budget refusing).
+    assert_eq!(ask_answered(ep.port, &as_master).await.status, StatusCode::OK);
+    let e = ask_settled(ep.port, &ClientTls::for_probe(&ca, &m_cert, &m_key, "atm-2").unwrap()).await.unwrap_err();
+    assert!(e.to_string().contains("verify"), "{e}");
 
     // A terminal certificate of the same CA (not naming master): refused.
-    let reply = ask(ep.port, ClientTls::for_probe(&ca, &term_cert, &term_key, "atm-1").unwrap()).await.unwrap();
+    let reply = ask_answered(ep.port, &ClientTls::for_probe(&ca, &term_cert, &term_key, "atm-1").unwrap()).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert!(!String::from_utf8_lossy(&reply.body).contains("atm-1"), "nothing about the terminal");
     // A certificate of another CA: no TLS session at all.
     let admin_ca = f.ctx.pki.load_ca(Kind::Admin).unwrap();
     let stranger = admin_ca.issue_client("mallory", KeyType::EcP256, Validity::days_from_now(1)).unwrap();
-    assert!(
-        ask(ep.port, ClientTls::for_probe(&ca, &stranger.cert_pem, &stranger.key.to_pem(), "atm-1").unwrap())
-            .await
-            .is_err()
-    );
+    let with_stranger = ClientTls::for_probe(&ca, &stranger.cert_pem, &stranger.key.to_pem(), "atm-1").unwrap();
+    let e = ask_settled(ep.port, &with_stranger).await;
+    assert!(e.is_err(), "{:?}", e.map(|r| r.status));
     ep.stop().await;
 
     // From another address than master's (master is 127.0.0.2 here; the caller 127.0.0.1): closed before TLS, even
