@@ -17,7 +17,7 @@ pub enum Health {
     /// The tunnel is up but the agent has been silent for longer than the threshold (terminal software stuck or
     /// dead while openvpn still runs).
     AgentSilent,
-    /// Paired (or seen once) but no live session on a live node (Scenario A), or silent (Scenario B).
+    /// Paired but no session on a live node (Scenario A), or silent (Scenario B).
     Offline,
     /// Never paired and no live tunnel.
     NeverPaired,
