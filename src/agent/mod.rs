@@ -24,6 +24,8 @@ pub mod bench;
 
 pub mod run;
 
+pub mod status;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -83,6 +83,14 @@ pub async fn run(
     identity(&dir)?;
     sweep_keys(&dir);
     let profile_path = dir.join(OVPN_FILE);
+    // Scenario A: the status endpoint master probes, on the tunnel address while openvpn runs (`agent::status`).
+    let shared = super::status::Shared::new(master.terminal.clone(), opts.version.clone(), dir.clone());
+    let status_task = if profile_path.is_file() {
+        let who = super::status::Master::resolve(&master).await?;
+        Some(tokio::spawn(super::status::keep_serving(shared.clone(), who, stop.clone())))
+    } else {
+        None
+    };
 
     let mut child: Option<tokio::process::Child> = None;
     let mut backoff = Duration::from_secs(1);
@@ -94,6 +102,7 @@ pub async fn run(
         if child.is_none() && profile_path.is_file() && tokio::time::Instant::now() >= start_at {
             child = Some(start_openvpn(&opts.openvpn, &dir, events)?);
         }
+        shared.set_openvpn_running(child.is_some());
         enum Wake {
             Stop,
             Exited(String),
@@ -159,6 +168,10 @@ pub async fn run(
     }
     if let Some(c) = child.take() {
         stop_child(c).await;
+    }
+    shared.set_openvpn_running(false);
+    if let Some(t) = status_task {
+        let _ = t.await;
     }
     events(RunEvent::Stopped);
     Ok(())
@@ -248,12 +261,7 @@ async fn heartbeat(
 ) -> Result<HeartbeatResponse, AgentError> {
     let id = identity(dir)?;
     let target = mutual(target, master, &id)?;
-    let not_after = cas_pki::cert_info(&id.cert_pem).ok().map(|i| i.not_after.unix_timestamp());
-    let mut status = serde_json::Map::new();
-    status.insert("openvpn".into(), (if running { "running" } else { "stopped" }).into());
-    if let Some(t) = not_after {
-        status.insert("cert_not_after".into(), t.into());
-    }
+    let mut status = heartbeat_status(dir, running);
     if let Some(f) = renew_failed {
         let v = serde_json::to_value(f).map_err(|e| AgentError::Local(e.to_string()))?;
         status.insert("renew_failed".into(), v);
@@ -266,6 +274,19 @@ async fn heartbeat(
         return Err(master_refusal(&reply));
     }
     reply.json().map_err(AgentError::Protocol)
+}
+
+/// The heartbeat's `status` object (also in the status endpoint's answer): whether openvpn runs, and when the
+/// current certificate ends.
+pub(crate) fn heartbeat_status(dir: &Path, running: bool) -> serde_json::Map<String, serde_json::Value> {
+    let not_after =
+        identity(dir).ok().and_then(|id| cas_pki::cert_info(&id.cert_pem).ok()).map(|i| i.not_after.unix_timestamp());
+    let mut status = serde_json::Map::new();
+    status.insert("openvpn".into(), (if running { "running" } else { "stopped" }).into());
+    if let Some(t) = not_after {
+        status.insert("cert_not_after".into(), t.into());
+    }
+    status
 }
 
 /// Renews the certificate. `Ok(None)`: master says it is not time yet.

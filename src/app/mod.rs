@@ -84,6 +84,25 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The moment terminal health is judged at, by this context's clock and configuration: Scenario A when the
+    /// configuration runs the VPN, the silence threshold from `terminal_heartbeat` (config/vpn, also read under
+    /// Scenario B; default 60 s), a node alive within `cluster::ALIVE_FOR_SECS`.
+    pub fn health_clock(&self) -> crate::db::HealthClock {
+        self.health_clock_in(self.cfg.active_vpn().is_some())
+    }
+
+    /// As [`Ctx::health_clock`], with the scenario given (master follows a live switch itself).
+    pub fn health_clock_in(&self, vpn: bool) -> crate::db::HealthClock {
+        let now = self.clock.now();
+        let every = self.cfg.vpn.as_ref().map_or(60, |v| v.terminal_heartbeat.as_secs());
+        crate::db::HealthClock {
+            now,
+            alive_since: now - crate::cluster::ALIVE_FOR_SECS,
+            silent_after: crate::domain::health::silent_after(every),
+            vpn,
+        }
+    }
+
     /// Opens an initialised installation: the config must parse and the store must open (migrations run).
     pub async fn open(root: &Path, database_url: Option<&str>) -> Result<Ctx, AppError> {
         // Checked first so that a command run against the wrong root creates nothing there.

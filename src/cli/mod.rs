@@ -191,6 +191,9 @@ pub enum TerminalCmd {
         /// Include revoked terminals.
         #[arg(long)]
         all: bool,
+        /// Only terminals in this health: healthy, agent_silent, offline, never_paired or revoked.
+        #[arg(long, value_name = "HEALTH")]
+        health: Option<crate::domain::Health>,
         #[command(flatten)]
         json: Json,
     },
@@ -519,17 +522,28 @@ async fn terminal(ctx: Ctx, cmd: TerminalCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        TerminalCmd::List { all, json } => {
-            let rows = ops::terminal::list(&ctx, all).await?;
+        TerminalCmd::List { all, health, json } => {
+            // Asking for revoked terminals includes them.
+            let all = all || health == Some(crate::domain::Health::Revoked);
+            let rows: Vec<_> = ops::terminal::list(&ctx, all)
+                .await?
+                .into_iter()
+                .filter(|r| health.is_none_or(|h| r.health == h))
+                .collect();
             if json.json {
                 return print_json(&rows);
             }
-            println!("{:<24} {:<8} {:<16} {:<10} LAST SEEN", "NAME", "STATE", "TUNNEL IP", "VERSION");
+            println!(
+                "{:<24} {:<8} {:<23} {:<20} {:<16} {:<10} LAST SEEN",
+                "NAME", "STATE", "HEALTH", "HEALTH SINCE", "TUNNEL IP", "VERSION"
+            );
             for r in rows {
                 println!(
-                    "{:<24} {:<8} {:<16} {:<10} {}",
+                    "{:<24} {:<8} {:<23} {:<20} {:<16} {:<10} {}",
                     r.name,
                     r.state,
+                    r.health.label(),
+                    r.health_since.as_deref().unwrap_or("-"),
                     r.tunnel_ip.as_deref().unwrap_or("-"),
                     r.version.as_deref().unwrap_or("-"),
                     r.last_seen.as_deref().unwrap_or("-")
@@ -543,6 +557,11 @@ async fn terminal(ctx: Ctx, cmd: TerminalCmd) -> anyhow::Result<()> {
             }
             println!("name:        {}", d.row.name);
             println!("state:       {}", d.row.state);
+            println!(
+                "health:      {}{}",
+                d.row.health.label(),
+                d.row.health_since.as_deref().map(|t| format!(" since {t}")).unwrap_or_default()
+            );
             println!("tunnel ip:   {}", d.row.tunnel_ip.as_deref().unwrap_or("-"));
             println!("instance:    {}", d.row.home_instance.map_or("-".into(), |i| format!("terminal-{i}")));
             println!("created:     {}", d.row.created_at);
@@ -672,6 +691,11 @@ fn print_status(s: &ops::status::Status) {
     println!(
         "terminals: {} ({} paired)  admins: {}  revoked: {}  live sessions: {}",
         c.terminals, c.terminals_paired, c.admins, c.revoked, c.sessions
+    );
+    let h = &c.health;
+    println!(
+        "health:    {} healthy, {} tunnel up but agent silent, {} offline, {} never paired, {} revoked",
+        h.healthy, h.agent_silent, h.offline, h.never_paired, h.revoked
     );
     for i in &s.instances {
         println!("instance {:<12} port {:>5} {} {}", i.name, i.port, i.dev, i.subnet);

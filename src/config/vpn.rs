@@ -16,7 +16,7 @@ use crate::sys::fs::{read_optional, write_atomic};
 use cas_pki::KeyType;
 
 /// Every key of `config/vpn`, in the order `render` writes them, with the comment written above it.
-pub const VPN_KEYS: [(&str, &str); 20] = [
+pub const VPN_KEYS: [(&str, &str); 21] = [
     ("terminal_front_port", "Public port terminals connect to; connections are spread over the terminal instances."),
     ("terminal_ports", "Ports of the terminal OpenVPN instances (one instance per port), on instance_listen_ip."),
     ("terminal_per_instance", "Most terminals one terminal instance serves."),
@@ -48,6 +48,10 @@ pub const VPN_KEYS: [(&str, &str); 20] = [
     ("interface", "Dummy interface cas-vpn creates for the *_bind_ip service addresses (1-15 of a-z 0-9 _ -)."),
     ("instance_listen_ip", "Address the terminal instances listen on, behind terminal_front_port."),
     ("token_ttl", "Lifetime of a pairing token, e.g. 30m, 24h, 7d."),
+    (
+        "terminal_heartbeat",
+        "Heartbeat period of the terminals (agent run --heartbeat); 3 missed make a terminal's agent silent.",
+    ),
     ("node", "This node's name when several VPN nodes share one PostgreSQL store; empty means the host name."),
 ];
 
@@ -80,6 +84,8 @@ pub struct VpnConfig {
     pub interface: Interface,
     pub instance_listen_ip: Ipv4Addr,
     pub token_ttl: Dur,
+    /// The terminals' heartbeat period: health counts the agent silent after `domain::health::MISSED_HEARTBEATS`.
+    pub terminal_heartbeat: Dur,
     /// This node's name (several nodes on one PostgreSQL store); `None`: the host name.
     pub node: Option<Name>,
 }
@@ -107,6 +113,7 @@ impl Default for VpnConfig {
             interface: Interface("batm0".into()),
             instance_listen_ip: Ipv4Addr::LOCALHOST,
             token_ttl: Dur(std::time::Duration::from_secs(24 * 3600)),
+            terminal_heartbeat: Dur(std::time::Duration::from_secs(60)),
             node: None,
         }
     }
@@ -153,6 +160,7 @@ impl VpnConfig {
             "interface" => self.interface.to_string(),
             "instance_listen_ip" => self.instance_listen_ip.to_string(),
             "token_ttl" => render_dur(self.token_ttl),
+            "terminal_heartbeat" => render_dur(self.terminal_heartbeat),
             "node" => self.node.as_ref().map(Name::to_string).unwrap_or_default(),
             _ => unreachable!("only VPN_KEYS are rendered"),
         }
@@ -191,6 +199,13 @@ impl VpnConfig {
                 self.instance_listen_ip = ip;
             }
             "token_ttl" => self.token_ttl = v.parse().map_err(domain)?,
+            "terminal_heartbeat" => {
+                let d: Dur = v.parse().map_err(domain)?;
+                if d.as_secs() == 0 {
+                    return Err(format!("{} is too short: expected at least 1s, e.g. 60s", shown(v)));
+                }
+                self.terminal_heartbeat = d;
+            }
             "node" => self.node = if v.is_empty() { None } else { Some(v.parse().map_err(domain)?) },
             _ => unreachable!("only VPN_KEYS are applied"),
         }
@@ -589,6 +604,7 @@ mod tests {
             ("interface", "../x", "invalid interface name \"../x\": only a-z, 0-9, '_' and '-' are allowed"),
             ("instance_listen_ip", "0.0.0.0", "0.0.0.0 is not a single unicast address"),
             ("token_ttl", "0s", "invalid duration \"0s\": must be at least one second"),
+            ("terminal_heartbeat", "soon", "invalid duration \"soon\""),
             ("node", "vpn 2", "invalid name \"vpn 2\""),
         ];
         assert_eq!(cases.len(), VPN_KEYS.len(), "one case per key");
@@ -613,7 +629,7 @@ mod tests {
             "/batm/config/vpn:2: key terminal_port: unknown key; expected one of terminal_front_port, \
              terminal_ports, terminal_per_instance, terminal_subnet, admin_ports, admin_subnet, proto, key_type, \
              terminal_cert_days, admin_cert_days, server_cert_days, ca_days, crl_days, crl_validity, renew_before_days, \
-             public_hostname, interface, instance_listen_ip, token_ttl, node"
+             public_hostname, interface, instance_listen_ip, token_ttl, terminal_heartbeat, node"
         );
         assert_eq!(parse("just words\n").unwrap_err(), "/batm/config/vpn:1: expected key=value, found \"just words\"");
         // Spaces around '=' and trailing comments are fine.

@@ -25,7 +25,8 @@ use crate::domain::Actor;
 /// restored server starts with them empty). Live VPN sessions; browser sessions and their one-time download
 /// tickets (bound to cookies of the old server); pairing-attempt reservations and bans (minutes long); cluster
 /// nodes and their event queues; terminals' last renewal failures (their next attempt records them again); each
-/// gate's gauges (republished every 30 s).
+/// gate's gauges (republished every 30 s); terminal health (observations of the live fleet, made afresh by
+/// master).
 pub const TRANSIENT: &[&str] = &[
     "sessions",
     "web_sessions",
@@ -36,6 +37,7 @@ pub const TRANSIENT: &[&str] = &[
     "event_acks",
     "renewal_failures",
     "gate_gauges",
+    "terminal_health",
 ];
 
 /// Tables whose rows the migrations themselves insert (a store with only those is still empty): a load replaces

@@ -2,8 +2,12 @@
 //! of thousands of rows), certificates nearing expiry, and a filtered page of the audit trail. Only SQL text that
 //! is ours is ever concatenated; everything the user typed is bound.
 
+use super::health::{HealthClock, health_sql, live_sql};
 use super::{AuditRow, DbError, Store, narrow};
-use crate::domain::{Kind, Name};
+use crate::domain::{Health, Kind, Name};
+
+/// The health of `c` in a page query (placeholders `$9`, `$10`, `$11`: see [`TerminalFilter::sql`]).
+static HEALTH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| health_sql("$9", "$10", "$11"));
 
 /// Which terminals a page lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -12,19 +16,26 @@ pub enum TerminalFilter {
     /// Every unrevoked terminal.
     #[default]
     Active,
+    /// A live tunnel: a session on a node whose heartbeat is alive (healthy or agent silent).
     Online,
-    /// Paired (or seen) at least once, no live session now.
+    /// Health `offline`: paired (or seen) at least once, no live tunnel now (Scenario B: silent).
     Offline,
     NeverPaired,
     Revoked,
     /// Its newest certificate ends within the expiry horizon.
     Expiring,
+    /// Health `healthy`.
+    Healthy,
+    /// Health `agent_silent`: the tunnel is up, the agent silent.
+    AgentSilent,
 }
 
 impl TerminalFilter {
-    pub const ALL: [TerminalFilter; 6] = [
+    pub const ALL: [TerminalFilter; 8] = [
         TerminalFilter::Active,
         TerminalFilter::Online,
+        TerminalFilter::Healthy,
+        TerminalFilter::AgentSilent,
         TerminalFilter::Offline,
         TerminalFilter::NeverPaired,
         TerminalFilter::Revoked,
@@ -38,27 +49,24 @@ impl TerminalFilter {
             TerminalFilter::NeverPaired => "never_paired",
             TerminalFilter::Revoked => "revoked",
             TerminalFilter::Expiring => "expiring",
+            TerminalFilter::Healthy => "healthy",
+            TerminalFilter::AgentSilent => "agent_silent",
         }
     }
-    fn sql(self) -> &'static str {
+    /// The condition; `$9`, `$10`, `$11` are the health clock's alive-since, fresh-after and scenario.
+    fn sql(self) -> String {
+        let health = |h: Health| format!("{} = '{}'", *HEALTH, h.as_str());
         match self {
-            TerminalFilter::Active => "c.revoked_at IS NULL",
-            TerminalFilter::Online => {
-                "c.revoked_at IS NULL AND EXISTS (SELECT 1 FROM sessions s WHERE s.credential_id = c.id)"
-            }
-            TerminalFilter::Offline => {
-                "c.revoked_at IS NULL AND c.paired_at IS NOT NULL \
-                 AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.credential_id = c.id)"
-            }
-            TerminalFilter::NeverPaired => {
-                "c.revoked_at IS NULL AND c.paired_at IS NULL \
-                 AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.credential_id = c.id)"
-            }
-            TerminalFilter::Revoked => "c.revoked_at IS NOT NULL",
-            TerminalFilter::Expiring => {
-                "c.revoked_at IS NULL AND EXISTS (SELECT 1 FROM certificates x WHERE x.credential_id = c.id \
-                 AND x.revoked_at IS NULL AND x.not_after < $4)"
-            }
+            TerminalFilter::Active => "c.revoked_at IS NULL".into(),
+            TerminalFilter::Online => format!("c.revoked_at IS NULL AND {}", live_sql("$9")),
+            TerminalFilter::Offline => health(Health::Offline),
+            TerminalFilter::NeverPaired => health(Health::NeverPaired),
+            TerminalFilter::Healthy => health(Health::Healthy),
+            TerminalFilter::AgentSilent => health(Health::AgentSilent),
+            TerminalFilter::Revoked => "c.revoked_at IS NOT NULL".into(),
+            TerminalFilter::Expiring => "c.revoked_at IS NULL AND EXISTS (SELECT 1 FROM certificates x \
+                 WHERE x.credential_id = c.id AND x.revoked_at IS NULL AND x.not_after < $4)"
+                .into(),
         }
     }
 }
@@ -67,7 +75,10 @@ impl std::str::FromStr for TerminalFilter {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         TerminalFilter::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| {
-            format!("unknown filter {s:?} (expected one of active, online, offline, never_paired, revoked, expiring)")
+            format!(
+                "unknown filter {s:?} (expected one of active, online, healthy, agent_silent, offline, never_paired, \
+                 revoked, expiring)"
+            )
         })
     }
 }
@@ -84,6 +95,8 @@ pub struct TerminalQuery {
     pub expiring_before: i64,
     pub offset: u32,
     pub limit: u32,
+    /// When health is judged (also what `online` means: a session on a live node).
+    pub health: HealthClock,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -96,7 +109,11 @@ pub struct TerminalListRow {
     pub last_seen: Option<i64>,
     pub version: Option<String>,
     pub cert_not_after: Option<i64>,
+    /// Sessions on live nodes (stale rows of a dead node are not counted).
     pub sessions: u32,
+    pub health: Health,
+    /// When master recorded the change to `health` (`None`: not recorded).
+    pub health_since: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -110,6 +127,8 @@ struct Row {
     version: Option<String>,
     cert_not_after: Option<i64>,
     sessions: i64,
+    health: String,
+    health_since: Option<i64>,
 }
 
 /// A certificate that ends soon, for the dashboard.
@@ -164,6 +183,7 @@ impl Store {
     /// One page of terminals and how many match in all.
     pub async fn terminals_page(&self, q: &TerminalQuery) -> Result<(Vec<TerminalListRow>, u64), DbError> {
         // $1 search pattern (name substring), $2 serial prefix, $3/$5 address, $4 expiry horizon, $6 version.
+        // $9 alive-since, $10 fresh-after, $11 scenario A (1/0): the health clock.
         let mut filter = format!("c.kind = 'terminal' AND {}", q.filter.sql());
         if q.search.is_some() {
             filter.push_str(
@@ -176,15 +196,25 @@ impl Store {
         }
         // Every query binds all six parameters; PostgreSQL wants each one used, so unused ones are mentioned
         // harmlessly.
-        filter.push_str(" AND ($1 = $1 OR $2 = $2 OR $3 = $3 OR $4 = $4 OR $5 = $5 OR $6 = $6)");
+        filter.push_str(
+            " AND ($1 = $1 OR $2 = $2 OR $3 = $3 OR $4 = $4 OR $5 = $5 OR $6 = $6 OR $9 = $9 OR $10 = $10 OR $11 = $11)",
+        );
+        let health = &*HEALTH;
         let page = format!(
             "SELECT c.name, c.home_instance, c.host_index, c.revoked_at, c.paired_at, c.last_seen, c.version, \
              (SELECT MAX(x.not_after) FROM certificates x WHERE x.credential_id = c.id AND x.revoked_at IS NULL) \
              AS cert_not_after, \
-             (SELECT COUNT(*) FROM sessions s WHERE s.credential_id = c.id) AS sessions \
-             FROM credentials c WHERE {filter} ORDER BY c.name, c.id LIMIT $7 OFFSET $8"
+             (SELECT COUNT(*) FROM sessions s JOIN nodes n ON n.name = s.node \
+              WHERE s.credential_id = c.id AND n.last_seen >= $9) AS sessions, \
+             {health} AS health, CASE WHEN h.state = {health} THEN h.since END AS health_since \
+             FROM credentials c LEFT JOIN terminal_health h ON h.credential_id = c.id \
+             WHERE {filter} ORDER BY c.name, c.id LIMIT $7 OFFSET $8"
         );
-        let count = format!("SELECT COUNT(*) FROM credentials c WHERE {filter}");
+        let count = format!(
+            "SELECT COUNT(*) FROM credentials c LEFT JOIN terminal_health h ON h.credential_id = c.id WHERE {filter} \
+             AND ($7 = $7 OR $8 = $8)"
+        );
+        let (alive, fresh, vpn) = (q.health.alive_since, q.health.fresh_after(), i64::from(q.health.vpn));
         let escaped = q.search.as_deref().map(|s| s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         let name_pat = escaped.as_deref().map_or_else(String::new, |s| format!("%{s}%"));
         let serial_pat = escaped.as_deref().map_or_else(String::new, |s| format!("{}%", s.to_ascii_lowercase()));
@@ -200,6 +230,9 @@ impl Store {
                 .bind(&version)
                 .bind(i64::from(q.limit))
                 .bind(i64::from(q.offset))
+                .bind(alive)
+                .bind(fresh)
+                .bind(vpn)
                 .fetch_all(pool)
                 .await?;
             let total = sqlx::query_scalar(&count)
@@ -209,6 +242,11 @@ impl Store {
                 .bind(q.expiring_before)
                 .bind(host)
                 .bind(&version)
+                .bind(0_i64)
+                .bind(0_i64)
+                .bind(alive)
+                .bind(fresh)
+                .bind(vpn)
                 .fetch_one(pool)
                 .await?;
             (rows, total)
@@ -226,6 +264,8 @@ impl Store {
                     version: r.version,
                     cert_not_after: r.cert_not_after,
                     sessions: narrow("sessions", Some(r.sessions))?.unwrap_or(0),
+                    health: r.health.parse().map_err(DbError::Corrupt)?,
+                    health_since: r.health_since,
                 })
             })
             .collect::<Result<Vec<_>, DbError>>()?;

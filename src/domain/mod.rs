@@ -7,6 +7,7 @@ mod actor;
 pub mod addressing;
 pub mod budget;
 mod duration;
+pub mod health;
 mod kind;
 pub mod lifecycle;
 mod name;
@@ -20,6 +21,7 @@ mod token;
 
 pub use actor::{Actor, UnixUser};
 pub use duration::{Dur, Since};
+pub use health::Health;
 pub use kind::Kind;
 pub use name::Name;
 pub use net::{Cidr, Host, PortRange, Subnet, check_tunnel_side_ip, parse_cidrs};

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::{ADMIN_TUNNELS, ADMIN_UI_PORT, Door, PAIRING_PORT, Plan, TERMINAL_TUNNELS};
+use super::{ADMIN_TUNNELS, ADMIN_UI_PORT, AGENT_STATUS_PORT, Door, PAIRING_PORT, Plan, TERMINAL_TUNNELS};
 
 /// `(table, built-in chain, our chain)`: the jumps the engine makes sure exist, once, at position 1.
 pub const HOOKS_V4: [(&str, &str, &str); 3] = [
@@ -114,6 +114,13 @@ pub fn render_v4(p: &Plan) -> String {
     let _ = writeln!(w, "-A CASVPN-INPUT -d {}/32 -j DROP", p.master_ip);
     let _ = writeln!(w, "-A CASVPN-INPUT -d {}/32 -j DROP", p.admin_ip);
     let _ = writeln!(w, "-A CASVPN-TERMINAL -d {}/32 -p tcp --dport {PAIRING_PORT} -j ACCEPT", p.master_ip);
+    // Answers to master's health probes: the reply direction of connections master opened, nothing new.
+    let _ = writeln!(
+        w,
+        "-A CASVPN-TERMINAL -d {}/32 -p tcp --sport {AGENT_STATUS_PORT} -m conntrack --ctstate ESTABLISHED \
+         --ctdir REPLY -j ACCEPT",
+        p.master_ip
+    );
     let _ = writeln!(w, "-A CASVPN-TERMINAL -j DROP");
     let _ = writeln!(w, "-A CASVPN-ADMIN -d {}/32 -p tcp --dport {ADMIN_UI_PORT} -j ACCEPT", p.admin_ip);
     let _ = writeln!(w, "-A CASVPN-ADMIN -j DROP");

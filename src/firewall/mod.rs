@@ -37,6 +37,9 @@ use crate::domain::{Cidr, Kind, Subnet, parse_cidrs};
 
 /// The gate's and master's port.
 pub const PAIRING_PORT: u16 = 7741;
+/// The port of a terminal agent's status endpoint: master probes it inside the tunnel, so the answers (and only
+/// those: the reply direction of a connection master opened) come back in from terminal tunnels.
+pub const AGENT_STATUS_PORT: u16 = crate::wire::AGENT_STATUS_PORT;
 /// The admin UI's port (on `admin_bind_ip`; on `public_ip` only in bootstrap mode).
 pub const ADMIN_UI_PORT: u16 = 7777;
 /// Port 7743 (served by CAS), opened by `open_7743`.

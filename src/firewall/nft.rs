@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::{ADMIN_TUNNELS, ADMIN_UI_PORT, Door, PAIRING_PORT, Plan, TERMINAL_TUNNELS};
+use super::{ADMIN_TUNNELS, ADMIN_UI_PORT, AGENT_STATUS_PORT, Door, PAIRING_PORT, Plan, TERMINAL_TUNNELS};
 use crate::domain::Cidr;
 
 /// The table cas-vpn owns.
@@ -80,6 +80,12 @@ pub fn render(p: &Plan) -> String {
 
     let _ = writeln!(w, "\tchain from_terminal {{");
     let _ = writeln!(w, "\t\tip daddr {} tcp dport {PAIRING_PORT} accept", p.master_ip);
+    // Answers to master's health probes: the reply direction of connections master opened, nothing new.
+    let _ = writeln!(
+        w,
+        "\t\tip daddr {} tcp sport {AGENT_STATUS_PORT} ct direction reply ct state established accept",
+        p.master_ip
+    );
     let _ = writeln!(w, "\t\tdrop\n\t}}");
     let _ = writeln!(w, "\tchain from_admin {{");
     let _ = writeln!(w, "\t\tip daddr {} tcp dport {ADMIN_UI_PORT} accept", p.admin_ip);

@@ -69,9 +69,13 @@ fn only_the_listed_doors_and_never_the_terminal_instances_or_7777() {
     for never in [13000, 13010, 7777, 7743, 12001] {
         assert!(!ports.contains(&never), "{never}");
     }
-    // The tunnels: a terminal reaches master:7741 only, an admin the UI only, nothing is forwarded.
+    // The tunnels: a terminal reaches master:7741 only (and answers master's health probes, in the reply direction
+    // of connections master opened), an admin the UI only, nothing is forwarded.
     let text = nft::render(&p);
-    assert!(text.contains("chain from_terminal {\n\t\tip daddr 203.0.113.1 tcp dport 7741 accept\n\t\tdrop\n\t}"));
+    assert!(text.contains(
+        "chain from_terminal {\n\t\tip daddr 203.0.113.1 tcp dport 7741 accept\n\t\tip daddr 203.0.113.1 tcp sport \
+         7744 ct direction reply ct state established accept\n\t\tdrop\n\t}"
+    ));
     assert!(text.contains("chain from_admin {\n\t\tip daddr 203.0.113.2 tcp dport 7777 accept\n\t\tdrop\n\t}"));
     assert!(text.contains("iifname { \"cvt*\", \"cva*\" } drop"));
     // Everything else from the Internet gets nothing (drop, not reject: no TCP answer at all).

@@ -59,6 +59,43 @@ pub fn server_acceptor(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Ss
     Ok(b.build())
 }
 
+/// The agent's status endpoint (probed by master): its terminal certificate and key, client certificates required
+/// and verified against the terminal CA only. The purpose check is off: the certificate master presents is its
+/// server certificate (EKU serverAuth); whose it is, is checked by name afterwards ([`names_ip`]).
+pub fn peer_acceptor(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<SslAcceptor, MtlsError> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    let (cert, key) = (X509::from_pem(cert_pem.as_bytes())?, PKey::private_key_from_pem(key_pem.as_bytes())?);
+    b.set_certificate(&cert)?;
+    b.set_private_key(&key)?;
+    b.check_private_key()?;
+    let (ca, store) = only_ca(ca_pem)?;
+    b.set_verify_cert_store(store)?;
+    let mut names = openssl::stack::Stack::new()?;
+    names.push(ca.subject_name().to_owned()?)?;
+    b.set_client_ca_list(names);
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    b.set_verify_depth(1);
+    b.verify_param_mut().set_purpose(openssl::x509::X509PurposeId::ANY)?;
+    Ok(b.build())
+}
+
+/// Whether the certificate (DER) names `name` (an address or a DNS name) among its subject alternative names:
+/// master's certificate names `master_bind_ip` and `batm.master.hostname`; no terminal's or VPN server's does.
+pub fn names_ip(der: &[u8], name: &str) -> bool {
+    let Ok(cert) = X509::from_der(der) else { return false };
+    let Some(sans) = cert.subject_alt_names() else { return false };
+    let ip: Option<std::net::IpAddr> = name.parse().ok();
+    sans.iter().any(|n| match (ip, n.ipaddress(), n.dnsname()) {
+        (Some(ip), Some(bytes), _) => match ip {
+            std::net::IpAddr::V4(v4) => bytes == v4.octets(),
+            std::net::IpAddr::V6(v6) => bytes == v6.octets(),
+        },
+        (None, _, Some(dns)) => dns.eq_ignore_ascii_case(name),
+        _ => false,
+    })
+}
+
 /// A certificate's serial in the store's form: 32 lowercase hex digits.
 pub fn serial_hex(der: &[u8]) -> Option<String> {
     let cert = X509::from_der(der).ok()?;
@@ -92,6 +129,24 @@ impl ClientTls {
     /// `verify_name`: the address or host name master's certificate must name (what `master.json` says), which
     /// may differ from where the connection goes (`agent run --master`).
     pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str, verify_name: &str) -> Result<ClientTls, MtlsError> {
+        ClientTls::build(ca_pem, cert_pem, key_pem, verify_name, false)
+    }
+
+    /// master probing a terminal's agent: master's certificate and key presented, the agent's terminal
+    /// certificate verified against the terminal CA and its name (`verify_name`, the terminal's, which a terminal
+    /// certificate carries as its common name). The purpose check is off because that certificate is a client
+    /// certificate (EKU clientAuth) serving here.
+    pub fn for_probe(ca_pem: &str, cert_pem: &str, key_pem: &str, terminal: &str) -> Result<ClientTls, MtlsError> {
+        ClientTls::build(ca_pem, cert_pem, key_pem, terminal, true)
+    }
+
+    fn build(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        verify_name: &str,
+        any_purpose: bool,
+    ) -> Result<ClientTls, MtlsError> {
         if verify_name.is_empty() {
             return Err(MtlsError::Invalid("master's name is empty".into()));
         }
@@ -101,6 +156,9 @@ impl ClientTls {
         b.set_verify_cert_store(store)?;
         b.set_verify(SslVerifyMode::PEER);
         b.set_verify_depth(1);
+        if any_purpose {
+            b.verify_param_mut().set_purpose(openssl::x509::X509PurposeId::ANY)?;
+        }
         let (cert, key) = (X509::from_pem(cert_pem.as_bytes())?, PKey::private_key_from_pem(key_pem.as_bytes())?);
         b.set_certificate(&cert)?;
         b.set_private_key(&key)?;

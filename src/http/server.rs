@@ -42,6 +42,9 @@ pub struct ServeLimits {
     pub drain_timeout: Duration,
     /// Keep connections open between requests (the admin UI: a browser makes many; the gate and master: no).
     pub keep_alive: bool,
+    /// Accept connections from this address only: any other is closed at once, before TLS (the agent's status
+    /// endpoint answers master alone).
+    pub only_from: Option<std::net::IpAddr>,
 }
 
 impl Default for ServeLimits {
@@ -62,6 +65,7 @@ impl Default for ServeLimits {
             max_connection_time: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(10),
             keep_alive: false,
+            only_from: None,
         }
     }
 }
@@ -85,6 +89,21 @@ impl ServeLimits {
             l.budget.per_source_burst = 2000;
         }
         l
+    }
+
+    /// The agent's status endpoint (`agent::status`): master's probe, one connection at a time, short deadlines,
+    /// from master's address only.
+    pub fn agent_status(master: std::net::IpAddr) -> ServeLimits {
+        ServeLimits {
+            name: "agent status",
+            budget: Limits { per_source_pending: 1, per_source_rate: 1.0, per_source_burst: 4, pending: 1, total: 1 },
+            handshake_timeout: Duration::from_secs(3),
+            header_timeout: Duration::from_secs(3),
+            max_connection_time: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(1),
+            keep_alive: false,
+            only_from: Some(master),
+        }
     }
 
     /// The admin UI: a browser opens several kept-alive connections at once and many over a session.
@@ -128,6 +147,11 @@ pub async fn serve(
             next = door.next(&listener) => next,
             _ = stop.wait_for(|s| *s) => break,
         };
+        if limits.only_from.is_some_and(|ip| ip != peer_ip(&peer)) {
+            tracing::debug!(%peer, listener = limits.name, "connection from another address than the one allowed: closed");
+            drop((stream, pass));
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();

@@ -18,6 +18,8 @@
 
 mod renewal;
 
+pub mod probe;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -227,6 +229,7 @@ async fn heartbeat(
     if let Some(f) = &failed {
         renewal::note_reported(&st.0.ctx, &c, f, now).await?;
     }
+    probe::on_heartbeat(&st, c.id, c.name.as_str(), now).await;
     let current = current_cert(&st, &c).await?;
     let renew_after = match &current {
         Some(cur) => {
@@ -343,8 +346,10 @@ pub async fn run_master(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) -> Result<()
     let listener = bind_master(ctx.cfg.network.master_bind_ip, SERVICE_PORT).await?;
     let state = MasterState::new(ctx)?;
     let follow = tokio::spawn(follow_config(state.clone(), stop.clone()));
+    let prober = tokio::spawn(probe::run(state.clone(), stop.clone()));
     let served = run_master_on(state, listener, stop).await;
     follow.abort();
+    prober.abort();
     served
 }
 

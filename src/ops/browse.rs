@@ -32,8 +32,14 @@ pub struct PageRequest {
 pub struct TerminalItem {
     #[schema(value_type = String)]
     pub name: Name,
-    /// `online`, `offline` (paired, no session now), `never_paired` or `revoked`.
+    /// `online` (a session on a live node), `offline` (paired, no live session now), `never_paired` or `revoked`.
     pub state: &'static str,
+    /// `healthy`, `agent_silent` (tunnel up, agent silent), `offline`, `never_paired` or `revoked`
+    /// (`domain::health`).
+    #[schema(value_type = String)]
+    pub health: crate::domain::Health,
+    /// When the terminal entered that health (RFC 3339), as master recorded it; `None` when not recorded.
+    pub health_since: Option<String>,
     pub tunnel_ip: Option<String>,
     pub version: Option<String>,
     pub last_seen: Option<String>,
@@ -85,6 +91,7 @@ pub async fn terminals(ctx: &Ctx, req: &PageRequest) -> Result<TerminalPage, Ops
         expiring_before: horizon,
         offset: (page - 1).saturating_mul(PAGE_SIZE),
         limit: PAGE_SIZE,
+        health: ctx.health_clock(),
     };
     let (rows, total) = ctx.store.terminals_page(&q).await?;
     let terminals = rows
@@ -99,6 +106,8 @@ pub async fn terminals(ctx: &Ctx, req: &PageRequest) -> Result<TerminalPage, Ops
             } else {
                 "never_paired"
             },
+            health: r.health,
+            health_since: r.health_since.map(rfc3339),
             tunnel_ip: slices
                 .as_deref()
                 .zip(r.home_instance.zip(r.host_index))

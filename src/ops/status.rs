@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::instances::{Instance, plan};
 use super::{Ctx, OpsError, crl, rfc3339};
-use crate::domain::Kind;
+use crate::domain::{Health, Kind};
 use crate::pkifiles::ServerRole;
 
 /// Warn this long before a CRL's nextUpdate (openvpn rejects everyone once it passes).
@@ -28,6 +28,35 @@ pub struct Counts {
     pub admins: usize,
     pub revoked: usize,
     pub sessions: usize,
+    /// Terminals by health (`domain::health`), revoked ones included.
+    pub health: HealthCounts,
+}
+
+/// How many terminals are in each health state.
+#[derive(Debug, Default, Serialize)]
+pub struct HealthCounts {
+    pub healthy: usize,
+    pub agent_silent: usize,
+    pub offline: usize,
+    pub never_paired: usize,
+    pub revoked: usize,
+}
+
+impl HealthCounts {
+    /// Counts every terminal of the store by its health at `clock`.
+    pub async fn read(ctx: &Ctx, clock: &crate::db::HealthClock) -> Result<HealthCounts, OpsError> {
+        let mut h = HealthCounts::default();
+        for f in ctx.store.health_facts(clock, None).await? {
+            *match f.health(clock) {
+                Health::Healthy => &mut h.healthy,
+                Health::AgentSilent => &mut h.agent_silent,
+                Health::Offline => &mut h.offline,
+                Health::NeverPaired => &mut h.never_paired,
+                Health::Revoked => &mut h.revoked,
+            } += 1;
+        }
+        Ok(h)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -209,6 +238,7 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
         admins: n(c.admins),
         revoked: n(c.revoked),
         sessions: n(ctx.store.count_sessions().await?),
+        health: HealthCounts::read(ctx, &ctx.health_clock()).await?,
     };
     let mut exp = Vec::new();
     for kind in [Kind::Terminal, Kind::Admin] {

@@ -5,7 +5,7 @@
 //! any step leaves no row and no file. An import with `--out` stages in the root's private `pki/imports/` and is
 //! journaled, so a kill at any moment is rolled back or finished (`ops::import`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use cas_pki::{Issued, KeyType, Validity};
@@ -312,8 +312,13 @@ fn make_all(
 #[derive(Debug, Serialize)]
 pub struct TerminalRow {
     pub name: Name,
-    /// `pending` (not yet paired), `paired`, `online` (a live VPN session), or `revoked`.
+    /// `pending` (not yet paired), `paired`, `online` (a session on a live node), or `revoked`.
     pub state: &'static str,
+    /// `healthy`, `agent_silent` (tunnel up, agent silent), `offline`, `never_paired` or `revoked`
+    /// (`domain::health`).
+    pub health: crate::domain::Health,
+    /// When it entered that health (RFC 3339), as master recorded it; `None` when not recorded.
+    pub health_since: Option<String>,
     pub home_instance: Option<u32>,
     pub tunnel_ip: Option<String>,
     pub created_at: String,
@@ -325,12 +330,25 @@ pub struct TerminalRow {
 
 pub async fn list(ctx: &Ctx, include_revoked: bool) -> Result<Vec<TerminalRow>, OpsError> {
     let slices = ctx.cfg.vpn.as_ref().and_then(|v| terminal_slices(v).ok());
-    let online: HashSet<i64> = ctx.store.list_sessions().await?.iter().map(|s| s.credential_id).collect();
+    let clock = ctx.health_clock();
+    let facts: HashMap<i64, crate::db::HealthFacts> =
+        ctx.store.health_facts(&clock, None).await?.into_iter().map(|f| (f.credential_id, f)).collect();
     let rows = ctx.store.list_credentials(Some(Kind::Terminal), include_revoked).await?;
-    Ok(rows.iter().map(|c| row(c, slices.as_deref(), online.contains(&c.id))).collect())
+    Ok(rows.iter().map(|c| row(c, slices.as_deref(), facts.get(&c.id), &clock)).collect())
 }
 
-fn row(c: &Credential, slices: Option<&[crate::domain::Subnet]>, online: bool) -> TerminalRow {
+fn row(
+    c: &Credential,
+    slices: Option<&[crate::domain::Subnet]>,
+    facts: Option<&crate::db::HealthFacts>,
+    clock: &crate::db::HealthClock,
+) -> TerminalRow {
+    // Online: a session on a live node (stale rows a crashed node left are not).
+    let online = facts.is_some_and(|f| f.tunnel_ip.is_some());
+    let health = facts.map_or(
+        if c.revoked_at.is_some() { crate::domain::Health::Revoked } else { crate::domain::Health::NeverPaired },
+        |f| f.health(clock),
+    );
     let state = if c.revoked_at.is_some() {
         "revoked"
     } else if online {
@@ -343,6 +361,8 @@ fn row(c: &Credential, slices: Option<&[crate::domain::Subnet]>, online: bool) -
     TerminalRow {
         name: c.name.clone(),
         state,
+        health,
+        health_since: facts.and_then(|f| f.since(clock)).map(rfc3339),
         home_instance: slices.and(c.home_instance),
         tunnel_ip: slices
             .zip(c.home_instance.zip(c.host_index))
@@ -378,7 +398,8 @@ pub async fn show(ctx: &Ctx, name: &Name) -> Result<TerminalDetail, OpsError> {
         _ => return Err(crate::db::DbError::NotFound { what: format!("terminal {name}") }.into()),
     };
     let slices = ctx.cfg.vpn.as_ref().and_then(|v| terminal_slices(v).ok());
-    let online = !ctx.store.sessions_of(c.id).await?.is_empty();
+    let clock = ctx.health_clock();
+    let facts = ctx.store.health_facts(&clock, Some(c.id)).await?.pop();
     let certificates = ctx
         .store
         .certificates_of(c.id)
@@ -391,7 +412,7 @@ pub async fn show(ctx: &Ctx, name: &Name) -> Result<TerminalDetail, OpsError> {
         })
         .collect();
     Ok(TerminalDetail {
-        row: row(&c, slices.as_deref(), online),
+        row: row(&c, slices.as_deref(), facts.as_ref(), &clock),
         hw_serial: c.hw_serial.clone(),
         revoke_reason: c.revoke_reason.clone(),
         certificates,

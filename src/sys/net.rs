@@ -39,3 +39,28 @@ pub fn tun_usable_by(uid: u32, gid: u32) -> bool {
         mode & 0o006 == 0o006
     }
 }
+
+/// The local address the kernel picks to reach `to`: a UDP socket is connected there (which only consults the
+/// routing table; nothing is sent) and asked for its own address. It is the source address `to` would see.
+pub fn source_address_towards(to: std::net::IpAddr) -> std::io::Result<std::net::IpAddr> {
+    let any: std::net::SocketAddr =
+        if to.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let s = std::net::UdpSocket::bind(any)?;
+    s.connect((to, 9))?;
+    Ok(s.local_addr()?.ip())
+}
+
+/// The interface holding `ip`, when that interface is a tun device (it has `/sys/class/net/NAME/tun_flags`).
+pub fn tun_holding(ip: std::net::IpAddr) -> Option<String> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        let Some(sa) = a.address else { continue };
+        let held = sa.as_sockaddr_in().map(|s| std::net::IpAddr::V4(s.ip()));
+        let held = held.or_else(|| sa.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())));
+        if held == Some(ip) {
+            let tun = std::path::Path::new("/sys/class/net").join(&a.interface_name).join("tun_flags").exists();
+            return tun.then_some(a.interface_name);
+        }
+    }
+    None
+}

@@ -205,6 +205,9 @@ pub struct StatusSummary {
     terminals_paired: usize,
     admin_credentials: usize,
     live_sessions: usize,
+    /// Terminals by health: `healthy`, `agent_silent`, `offline`, `never_paired`, `revoked`.
+    #[schema(value_type = Object)]
+    health: ops::status::HealthCounts,
     pairing_window_open: bool,
     pairing_window_until: Option<String>,
     pending_approvals: usize,
@@ -225,6 +228,7 @@ async fn get_status(State(state): State<WebState>, t: Token) -> Result<Json<Stat
         terminals_paired: st.counts.terminals_paired,
         admin_credentials: st.counts.admins,
         live_sessions: st.counts.sessions,
+        health: st.counts.health,
         pairing_window_open: pairing.window.open,
         pairing_window_until: pairing.window.open_until,
         pending_approvals: pairing.pending.len(),
@@ -237,7 +241,8 @@ async fn get_status(State(state): State<WebState>, t: Token) -> Result<Json<Stat
 struct TerminalParams {
     /// Name (substring), certificate serial (prefix) or tunnel address.
     q: Option<String>,
-    /// `active` (default), `online`, `offline`, `never_paired`, `revoked` or `expiring`.
+    /// `active` (default), `online` (tunnel up), `healthy`, `agent_silent`, `offline`, `never_paired`, `revoked` or
+    /// `expiring`.
     filter: Option<String>,
     /// Exact version a terminal reports.
     version: Option<String>,

@@ -36,7 +36,9 @@ fn filter_labels() -> Vec<(&'static str, &'static str)> {
         .map(|f| {
             let label = match f {
                 TerminalFilter::Active => "all active",
-                TerminalFilter::Online => "online",
+                TerminalFilter::Online => "online (tunnel up)",
+                TerminalFilter::Healthy => "healthy",
+                TerminalFilter::AgentSilent => "tunnel up, agent silent",
                 TerminalFilter::Offline => "offline",
                 TerminalFilter::NeverPaired => "never paired",
                 TerminalFilter::Revoked => "revoked",
@@ -152,6 +154,8 @@ pub async fn show(
         nav: Nav::new(&s, "terminals"),
         name: name.to_string(),
         state: d.row.state.to_owned(),
+        health: d.row.health,
+        health_since: dash(d.row.health_since),
         tunnel_ip: dash(d.row.tunnel_ip),
         version: dash(d.row.version),
         hw_serial: dash(d.hw_serial),

@@ -156,6 +156,9 @@ pub struct TerminalDetail {
     pub nav: Nav,
     pub name: String,
     pub state: String,
+    pub health: crate::domain::Health,
+    /// When it entered that health, or `-`.
+    pub health_since: String,
     pub tunnel_ip: String,
     pub version: String,
     pub hw_serial: String,

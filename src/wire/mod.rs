@@ -8,6 +8,10 @@ use sha2::{Digest, Sha256};
 /// The port of the gate and of master (CAS's).
 pub const SERVICE_PORT: u16 = 7741;
 
+/// The port of the agent's status endpoint, on the terminal's own tunnel address (`agent::status`), which only
+/// master's probe may reach.
+pub const AGENT_STATUS_PORT: u16 = 7744;
+
 /// Terminals reporting a version older than this must upgrade before they pair.
 pub const MIN_TERMINAL_VERSION: u32 = 20230801;
 
@@ -202,6 +206,21 @@ pub struct UpgradeInfo {
 pub struct HeartbeatRequest {
     pub version: String,
     #[serde(default)]
+    pub status: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The agent's `GET /v1/status` answer to master's probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The terminal's name, as `master.json` says (master checks it is the terminal it meant to probe).
+    pub terminal: String,
+    /// The firmware version the agent reports in its heartbeats.
+    pub version: String,
+    /// Seconds since `agent run` started.
+    pub uptime_secs: u64,
+    /// `running` or `stopped`: the openvpn client the agent runs.
+    pub openvpn: String,
+    /// The same object as the heartbeat's `status`.
     pub status: serde_json::Map<String, serde_json::Value>,
 }
 

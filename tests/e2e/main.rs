@@ -11,6 +11,7 @@ mod browser;
 mod cleanup;
 mod firewall;
 mod flood;
+mod health;
 mod nodes;
 mod pairing;
 mod privsep;

@@ -30,6 +30,7 @@ const VOLATILE: &[(&str, &str)] = &[
     ("until", "time"),
     ("since", "time"),
     ("failed_at", "time"),
+    ("health_since", "time"),
     ("seconds_left", "seconds"),
     ("remaining_secs", "seconds"),
     // secrets and random identifiers
@@ -273,9 +274,21 @@ async fn golden_json_shapes() {
     g.check("agent_bench", &bench, &[]);
     gate.stop().await;
 
-    // atm-1 heartbeats and has a live session.
+    // atm-1 heartbeats (master records it healthy) and has a live session on a live node.
+    // One node registered (as `serve vpn` does at its start).
+    let node: cas_vpn::domain::Name = "n1".parse().unwrap();
+    let start = cas_vpn::db::NodeStart {
+        name: &node,
+        address: PUBLIC_IP,
+        version: "0.1.0",
+        run_id: "r",
+        now: unix_now(),
+        alive_since: unix_now() - 15,
+    };
+    f.ctx.store.register_node(&start).await.unwrap().unwrap();
     let atm1 = f.ctx.store.credential_by_name(&"atm-1".parse().unwrap()).await.unwrap().unwrap().id;
     f.ctx.store.touch_terminal(atm1, "20240115", unix_now()).await.unwrap();
+    f.ctx.store.record_health(atm1, cas_vpn::domain::Health::Healthy, unix_now()).await.unwrap();
     f.ctx
         .store
         .upsert_session(&cas_vpn::db::NewSession {
@@ -302,6 +315,8 @@ async fn golden_json_shapes() {
     g.check("revoke_terminal", &cli(i, &["revoke", "atm-2", "--json"]).await, &[]);
     g.check("revoke_again", &cli(i, &["revoke", "atm-2", "--json"]).await, &[]);
 
+    // The node's heartbeat, as `serve vpn` writes it every 5 s: its sessions count while it is alive.
+    f.ctx.store.node_heartbeat(&node, "r", unix_now()).await.unwrap();
     g.check("terminal_list", &cli(i, &["terminal", "list", "--all", "--json"]).await, &[]);
     g.check("terminal_show", &cli(i, &["terminal", "show", "atm-1", "--json"]).await, &[]);
     g.check("terminal_show_revoked", &cli(i, &["terminal", "show", "atm-2", "--json"]).await, &[]);
@@ -320,17 +335,6 @@ async fn golden_json_shapes() {
         .await
         .unwrap();
     g.check("status", &cli(i, &["status", "--json"]).await, &[]);
-    // One node registered (as `serve vpn` does at its start).
-    let node: cas_vpn::domain::Name = "n1".parse().unwrap();
-    let start = cas_vpn::db::NodeStart {
-        name: &node,
-        address: PUBLIC_IP,
-        version: "0.1.0",
-        run_id: "r",
-        now: unix_now(),
-        alive_since: unix_now() - 15,
-    };
-    f.ctx.store.register_node(&start).await.unwrap().unwrap();
     g.check("node_list", &cli(i, &["node", "list", "--json"]).await, &[("started_at", "time"), ("version", "version")]);
     g.check("web_user_add", &cli(i, &["web-user", "add", "carol", "--json"]).await, &[]);
     g.check("web_user_list", &cli(i, &["web-user", "list", "--json"]).await, &[]);

@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod gate;
 mod golden_json;
+mod health;
 mod hostile;
 mod import;
 mod layers;

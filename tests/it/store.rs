@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use cas_pki::RevocationReason::{CessationOfOperation, KeyCompromise, Superseded, Unspecified};
 use cas_vpn::db::{
-    AuditQuery, DbError, Download, NewCert, NewSession, NewTerminal, NewToken, Redeemed, Scope, Stage, Store,
-    TerminalFilter, TerminalLayout, TerminalQuery, TokenRefusal, WebSession,
+    AuditQuery, DbError, Download, HealthClock, NewCert, NewSession, NewTerminal, NewToken, Redeemed, Scope, Stage,
+    Store, TerminalFilter, TerminalLayout, TerminalQuery, TokenRefusal, WebSession,
 };
 use cas_vpn::domain::{Actor, Kind, Name, PortRange};
 use sha2::{Digest, Sha256};
@@ -951,12 +951,28 @@ async fn page(store: &Store, q: TerminalQuery) -> (Vec<String>, u64) {
     (rows.into_iter().map(|r| r.name.to_string()).collect(), total)
 }
 
+/// Registers node `n` with its heartbeat at `now`, as `serve vpn` does at its start.
+pub(crate) async fn register(store: &Store, n: &str, now: i64) {
+    let node = name(n);
+    let start = cas_vpn::db::NodeStart {
+        name: &node,
+        address: "203.0.113.1",
+        version: "0.1.0",
+        run_id: "h/r",
+        now,
+        alive_since: now - 15,
+    };
+    store.register_node(&start).await.unwrap().unwrap();
+}
+
 fn query(filter: TerminalFilter, search: Option<&str>) -> TerminalQuery {
     TerminalQuery {
         filter,
         search: search.map(str::to_owned),
         expiring_before: T0 + 30 * DAY,
         limit: 50,
+        // Scenario A at T0: nodes alive within 15 s, agents silent after 180 s.
+        health: HealthClock { now: T0, alive_since: T0 - 15, silent_after: 180, vpn: true },
         ..TerminalQuery::default()
     }
 }
@@ -986,6 +1002,8 @@ async fn terminals_page_filters_and_search(store: Store) {
         .unwrap();
     let id = |n: &str| created.iter().find(|c| c.name.as_str() == n).unwrap().id;
     let at = |n: &str| address(created.iter().find(|c| c.name.as_str() == n).unwrap());
+    // The session's node is alive (a session counts only then: `health`).
+    register(&store, "n1", T0).await;
     store
         .upsert_session(&NewSession {
             node: "n1".into(),

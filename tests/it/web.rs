@@ -1024,6 +1024,8 @@ async fn terminals_search_filter_and_page() {
     // keygen-1's certificate ends in 730 days: move to 20 days before that, inside the 30-day expiry horizon.
     let not_after = store.certificates_of(id("keygen-1").await).await.unwrap()[0].not_after;
     w.advance(not_after - 20 * 86_400 - w.now());
+    // online-1's session is on node n1, alive now (its heartbeat is fresh by the fixture's clock).
+    crate::store::register(store, "n1", w.now()).await;
     let (_alice, mut c) = w.enrol("alice", IP_ALICE).await;
 
     // The dashboard's renewal table: keygen-1 ends within 30 days and is past its renewal point (the latest is 30
@@ -1087,6 +1089,17 @@ async fn terminals_search_filter_and_page() {
     assert_eq!(terminals(&mut c, "q=keygen&filter=online").await.0, names(&[]));
     assert_eq!(terminals(&mut c, "q=revoked&filter=revoked").await.0, names(&["revoked-1"]));
     assert_eq!(terminals(&mut c, "q=revoked").await.0, names(&[]), "the default filter hides revoked ones");
+
+    // Health: the session's node alive, online-1 has its tunnel up but no heartbeat yet: agent silent.
+    assert_eq!(terminals(&mut c, "filter=agent_silent").await.0, names(&["online-1"]));
+    assert_eq!(terminals(&mut c, "filter=healthy").await.0, names(&[]));
+    let page = c.get("/terminals?q=online-1").await;
+    assert!(page.body.contains("tunnel up, agent silent"), "{}", page.body);
+    // Its node stops heartbeating (a crashed `serve vpn`): the session row is still there, but counts no more.
+    w.advance(cas_vpn::cluster::ALIVE_FOR_SECS + 1);
+    assert_eq!(terminals(&mut c, "filter=online").await.0, names(&[]));
+    assert_eq!(terminals(&mut c, "filter=offline").await.0, names(&["offline-1"]));
+    assert_eq!(terminals(&mut c, "filter=never_paired&q=online-1").await.0, names(&["online-1"]));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
