@@ -87,6 +87,11 @@ impl Ctx {
     /// The moment terminal health is judged at, by this context's clock and configuration: Scenario A when the
     /// configuration runs the VPN, the silence threshold from `terminal_heartbeat` (config/vpn, also read under
     /// Scenario B; default 60 s), a node alive within `cluster::ALIVE_FOR_SECS`.
+    /// Sessions of nodes whose heartbeat is at least this recent are online; older rows are a dead node's.
+    pub fn alive_since(&self) -> i64 {
+        self.clock.now() - crate::cluster::ALIVE_FOR_SECS
+    }
+
     pub fn health_clock(&self) -> crate::db::HealthClock {
         self.health_clock_in(self.cfg.active_vpn().is_some())
     }

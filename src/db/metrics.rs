@@ -125,14 +125,16 @@ impl Store {
         }))
     }
 
-    /// Live sessions per node, instance and credential kind, in that order.
-    pub async fn sessions_per_instance(&self) -> Result<Vec<InstanceSessions>, DbError> {
+    /// Live sessions (of nodes alive since `alive_since`) per node, instance and credential kind, in that order.
+    pub async fn sessions_per_instance(&self, alive_since: i64) -> Result<Vec<InstanceSessions>, DbError> {
         let rows: Vec<(String, String, String, i64)> = on_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT s.node, s.instance, c.kind, COUNT(*) FROM sessions s \
-                 JOIN credentials c ON c.id = s.credential_id GROUP BY s.node, s.instance, c.kind \
-                 ORDER BY s.node, s.instance, c.kind",
+                 JOIN credentials c ON c.id = s.credential_id \
+                 JOIN nodes n ON n.name = s.node AND n.last_seen >= $1 \
+                 GROUP BY s.node, s.instance, c.kind ORDER BY s.node, s.instance, c.kind",
             )
+            .bind(alive_since)
             .fetch_all(pool)
             .await?
         });

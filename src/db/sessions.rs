@@ -126,8 +126,26 @@ impl Store {
         Ok(on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?))
     }
 
-    /// Every live session with its credential's kind (`terminal`/`admin`), in one query.
-    pub async fn list_sessions_with_kind(&self) -> Result<Vec<(SessionRow, String)>, DbError> {
+    /// The sessions of nodes whose heartbeat is at least as recent as `alive_since` (`now - cluster::ALIVE_FOR_SECS`),
+    /// by node, instance, then CID: what is online. A node that died (`kill -9`, a power cut) leaves its rows until
+    /// another node or its own restart clears them; they are never shown as online.
+    pub async fn live_sessions(&self, alive_since: i64) -> Result<Vec<SessionRow>, DbError> {
+        const SQL: &str = "SELECT s.id, s.node, s.instance, s.credential_id, s.common_name, s.tunnel_ip, s.real_addr, \
+                           s.since, s.bytes_in, s.bytes_out, s.client_id FROM sessions s \
+                           JOIN nodes n ON n.name = s.node AND n.last_seen >= $1 \
+                           ORDER BY s.node, s.instance, s.client_id";
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL).bind(alive_since).fetch_all(pool).await?))
+    }
+
+    /// How many sessions [`Store::live_sessions`] lists.
+    pub async fn count_live_sessions(&self, alive_since: i64) -> Result<i64, DbError> {
+        const SQL: &str = "SELECT COUNT(*) FROM sessions s JOIN nodes n ON n.name = s.node AND n.last_seen >= $1";
+        Ok(on_pool!(self, pool => sqlx::query_scalar(SQL).bind(alive_since).fetch_one(pool).await?))
+    }
+
+    /// Every live session (of a node alive since `alive_since`, as [`Store::live_sessions`]) with its credential's
+    /// kind (`terminal`/`admin`), in one query.
+    pub async fn list_sessions_with_kind(&self, alive_since: i64) -> Result<Vec<(SessionRow, String)>, DbError> {
         #[derive(sqlx::FromRow)]
         struct Row {
             #[sqlx(flatten)]
@@ -136,8 +154,10 @@ impl Store {
         }
         const SQL: &str = "SELECT s.id, s.node, s.instance, s.credential_id, s.common_name, s.tunnel_ip, s.real_addr, s.since, \
                            s.bytes_in, s.bytes_out, s.client_id, c.kind FROM sessions s \
-                           JOIN credentials c ON c.id = s.credential_id ORDER BY s.node, s.instance, s.client_id";
-        let rows: Vec<Row> = on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
+                           JOIN credentials c ON c.id = s.credential_id \
+                           JOIN nodes n ON n.name = s.node AND n.last_seen >= $1 \
+                           ORDER BY s.node, s.instance, s.client_id";
+        let rows: Vec<Row> = on_pool!(self, pool => sqlx::query_as(SQL).bind(alive_since).fetch_all(pool).await?);
         Ok(rows.into_iter().map(|r| (r.session, r.kind)).collect())
     }
 

@@ -112,7 +112,7 @@ pub struct AdminRow {
 
 pub async fn list(ctx: &Ctx, include_revoked: bool) -> Result<Vec<AdminRow>, OpsError> {
     let live: std::collections::HashSet<i64> =
-        ctx.store.list_sessions().await?.iter().map(|s| s.credential_id).collect();
+        ctx.store.live_sessions(ctx.alive_since()).await?.iter().map(|s| s.credential_id).collect();
     Ok(ctx
         .store
         .list_credentials(Some(Kind::Admin), include_revoked)

@@ -143,7 +143,7 @@ pub struct SessionItem {
 }
 
 pub async fn sessions(ctx: &Ctx) -> Result<Vec<SessionItem>, OpsError> {
-    Ok(ctx.store.list_sessions_with_kind().await?.into_iter().map(|(s, kind)| item(s, kind)).collect())
+    Ok(ctx.store.list_sessions_with_kind(ctx.alive_since()).await?.into_iter().map(|(s, kind)| item(s, kind)).collect())
 }
 
 /// The live sessions of one credential.

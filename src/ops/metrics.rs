@@ -176,7 +176,7 @@ async fn from_store(ctx: &Ctx, now: i64) -> Result<FromStore, crate::db::DbError
         client_certs.push(s.client_cert_expiry(kind, now + EXPIRING_WITHIN_SECS).await?);
     }
     Ok(FromStore {
-        sessions: s.sessions_per_instance().await?,
+        sessions: s.sessions_per_instance(ctx.alive_since()).await?,
         pairings_ok: s.count_pairings().await?,
         counters: s.metric_counters().await?,
         bans_active: s.banned_ips(now).await?.len(),

@@ -168,7 +168,7 @@ pub async fn resume(ctx: &Ctx, name: &Name) -> Result<Drained, OpsError> {
 
 async fn terminal_sessions_on(store: &Store, node: &Name) -> Result<usize, OpsError> {
     Ok(store
-        .list_sessions_with_kind()
+        .list_sessions_with_kind(i64::MIN)
         .await?
         .iter()
         .filter(|(s, kind)| s.node == node.as_str() && kind == "terminal")

@@ -237,7 +237,7 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
         terminals_paired: n(c.terminals_paired),
         admins: n(c.admins),
         revoked: n(c.revoked),
-        sessions: n(ctx.store.count_sessions().await?),
+        sessions: n(ctx.store.count_live_sessions(ctx.alive_since()).await?),
         health: HealthCounts::read(ctx, &ctx.health_clock()).await?,
     };
     let mut exp = Vec::new();
@@ -312,7 +312,7 @@ pub async fn status(ctx: &Ctx) -> Result<Status, OpsError> {
             },
         ),
     );
-    let sessions = ctx.store.list_sessions().await?.iter().map(SessionReport::from).collect();
+    let sessions = ctx.store.live_sessions(ctx.alive_since()).await?.iter().map(SessionReport::from).collect();
     let net = &ctx.cfg.network;
     Ok(Status {
         root: ctx.cfg.root.display().to_string(),

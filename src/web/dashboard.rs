@@ -160,7 +160,7 @@ async fn live(state: &WebState) -> Result<Live, WebError> {
     Ok(Live {
         terminals: store.count_active(crate::domain::Kind::Terminal).await?,
         admins: store.count_active(crate::domain::Kind::Admin).await?,
-        sessions: usize::try_from(store.count_sessions().await?).unwrap_or(0),
+        sessions: usize::try_from(store.count_live_sessions(state.ctx.alive_since()).await?).unwrap_or(0),
         pending: store.list_pending_pairings(false, now).await?.len(),
         window_left: until.filter(|u| *u > now).map(|u| u - now),
     })

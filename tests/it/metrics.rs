@@ -193,6 +193,33 @@ async fn scrape_follows_the_store_and_the_files(f: Fixture) {
     f.install.ok(&["revoke", "atm-2"]);
     let atm1 = f.ctx.store.credential_by_name(&"atm-1".parse().unwrap()).await.unwrap().unwrap();
     let now = f.ctx.clock.now();
+    // n1 is alive (registered now); n0 registered a minute ago and died: its stale row is not a live session.
+    for (node, at) in [("n0", now - 60), ("n1", now)] {
+        let name: cas_vpn::domain::Name = node.parse().unwrap();
+        let start = cas_vpn::db::NodeStart {
+            name: &name,
+            address: "198.51.100.1",
+            version: "test",
+            run_id: node,
+            now: at,
+            alive_since: at - 15,
+        };
+        f.ctx.store.register_node(&start).await.unwrap().unwrap();
+    }
+    f.ctx
+        .store
+        .upsert_session(&NewSession {
+            node: "n0".into(),
+            instance: "terminal-1".into(),
+            credential_id: atm1.id,
+            common_name: "atm-1".into(),
+            tunnel_ip: "10.8.0.2".into(),
+            real_addr: "192.0.2.10:50000".into(),
+            since: now - 120,
+            client_id: 3,
+        })
+        .await
+        .unwrap();
     f.ctx
         .store
         .upsert_session(&NewSession {
@@ -218,6 +245,7 @@ async fn scrape_follows_the_store_and_the_files(f: Fixture) {
     assert_eq!(p.get("casvpn_revocations_total{kind=terminal}"), 1.0);
     assert_eq!(p.get("casvpn_revocations_total{kind=admin}"), 0.0);
     assert_eq!(p.get("casvpn_sessions{instance=terminal-0,kind=terminal,node=n1}"), 1.0);
+    assert!(!p.values.keys().any(|k| k.contains("node=n0")), "a dead node's stale session is not live: {body}");
     assert_eq!(p.get("casvpn_client_certs_expiring_30d{kind=terminal}"), 0.0);
     assert_eq!(p.get("casvpn_terminal_renewals_overdue{}"), 0.0);
     assert_eq!(p.get("casvpn_terminal_renewal_failures{}"), 0.0);
