@@ -135,10 +135,10 @@ impl Client {
                 self.ups.push(now);
             } else if line.contains("Connection reset") || line.contains("SIGUSR1") || line.contains("SIGTERM") {
                 self.downs.push(now);
-            } else if let Some(rest) = line.split("Restart pause, ").nth(1) {
-                if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
-                    self.pauses.push(n);
-                }
+            } else if let Some(rest) = line.split("Restart pause, ").nth(1)
+                && let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok())
+            {
+                self.pauses.push(n);
             }
             if line.contains("AUTH_FAILED") {
                 self.auth_failed += 1;
