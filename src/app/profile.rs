@@ -18,6 +18,21 @@ pub fn metadata_for(kind: Kind, name: &Name) -> ClientMetadata {
     ClientMetadata::User(format!("cv1:{k}:{name}").into_bytes())
 }
 
+/// Shortest and longest reconnection period a terminal profile gets (`connect-retry N N`, seconds).
+pub const RETRY_SECS: std::ops::RangeInclusive<u16> = 2..=5;
+
+/// A terminal's reconnection period: the same for the same name, spread evenly over [`RETRY_SECS`] across a fleet.
+/// openvpn 2.x has no jitter of its own, so a fleet with one period would come back from a restart as one herd at
+/// the same second; spread over a few periods it arrives in waves the front and the instances take in turn. Short,
+/// because under `auth-retry nointeract` this period is also every other pause (openvpn's own 10 s, its backoff
+/// and a server's `TEMP[backoff N]` are all capped by it): see ARCHITECTURE.md, "A fleet's storm".
+pub fn terminal_retry_secs(name: &Name) -> u16 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(name.as_str().as_bytes());
+    let span = RETRY_SECS.end() - RETRY_SECS.start() + 1;
+    RETRY_SECS.start() + u16::from_be_bytes([h[0], h[1]]) % span
+}
+
 /// Parses metadata written by `metadata_for`; anything else is `None`.
 pub fn parse_metadata(m: &ClientMetadata) -> Option<(Kind, Name)> {
     let ClientMetadata::User(bytes) = m else { return None };
@@ -140,6 +155,7 @@ impl ProfileMaker {
             port: port.unwrap_or(self.front_port),
             server_name: &self.server_name,
             retry_auth: self.kind == Kind::Terminal,
+            retry_secs: terminal_retry_secs(name),
             ca: &self.ca,
             cert: &cert,
             key: key_pem.as_ref(),
@@ -152,6 +168,21 @@ impl ProfileMaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_periods_are_stable_per_name_and_spread_over_the_range() {
+        let name = |i: usize| -> Name { format!("atm-{i:04}").parse().unwrap() };
+        assert_eq!(terminal_retry_secs(&name(7)), terminal_retry_secs(&name(7)));
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 0..2000 {
+            let s = terminal_retry_secs(&name(i));
+            assert!(RETRY_SECS.contains(&s), "{s}");
+            *seen.entry(s).or_insert(0) += 1;
+        }
+        let even = 2000 / RETRY_SECS.len();
+        assert_eq!(seen.len(), RETRY_SECS.len(), "every period is used: {seen:?}");
+        assert!(seen.values().all(|&n| n > even * 3 / 4 && n < even * 5 / 4), "spread evenly: {seen:?}");
+    }
 
     #[test]
     fn metadata_round_trip_and_refusals() {

@@ -90,6 +90,8 @@ pub struct ClientProfile<'a> {
     pub server_name: &'a Name,
     /// Terminals retry after a denial; admins (a person at a keyboard) see it and stop.
     pub retry_auth: bool,
+    /// A terminal's reconnection period in seconds (`connect-retry N N`; `app::profile::terminal_retry_secs`).
+    pub retry_secs: u16,
     pub ca: &'a Pem,
     pub cert: &'a Pem,
     pub key: Option<&'a Pem>,

@@ -92,6 +92,7 @@ fn profile_on(kind: Kind, key: Option<&Pem>, key_file: Option<&ConfPath>, nodes:
         port: 7742,
         server_name: &n("cas-vpn-terminal-server"),
         retry_auth: kind == Kind::Terminal,
+        retry_secs: 4,
         ca: &ca,
         cert: &cert,
         key,

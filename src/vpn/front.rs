@@ -67,11 +67,60 @@ pub struct Front {
     pub instance_ports: Arc<std::sync::RwLock<Vec<u16>>>,
     pub instance_ip: Ipv4Addr,
     pub real_addrs: RealAddrs,
-    /// Home instances of the terminals looked up so far (the answer when the store does not answer in time).
-    pub homes: std::sync::Mutex<HashMap<Name, u32>>,
+    /// Home instances of the active terminals: all of them read at start (`preload`), then what each lookup
+    /// learns. A terminal found here is relayed at once and looked up again behind its back when its entry is
+    /// older than [`HOME_FRESH`]; only one not found here waits for the store.
+    pub homes: Homes,
 }
 
+/// The front's home cache, shared with the instances' registry (kills clear their name).
+pub type Homes = Arc<std::sync::Mutex<HashMap<Name, Home>>>;
+
+/// A terminal's home instance and when the front learned it.
+#[derive(Debug, Clone, Copy)]
+pub struct Home {
+    pub index: u32,
+    pub learned: tokio::time::Instant,
+}
+
+/// How long a learned home is used without asking the store again. A home never changes while the terminal
+/// exists; what the store can add is a revocation (or deletion), and openvpn refuses a revoked terminal anyway
+/// (its CONNECT answer and the CRL): the front's own refusal only saves it that work, so it may lag a little.
+pub const HOME_FRESH: Duration = Duration::from_secs(30);
+
 impl Front {
+    /// Reads every active terminal's home instance in one query (at start and at each re-plan), so a fleet that
+    /// comes back after a restart is relayed without one store query per connection on its way in.
+    pub async fn preload(&self) {
+        match self.store.list_credentials(Some(Kind::Terminal), false).await {
+            Ok(terminals) => {
+                let learned = tokio::time::Instant::now();
+                let fresh: HashMap<Name, Home> = terminals
+                    .into_iter()
+                    .filter_map(|c| Some((c.name, Home { index: c.home_instance?, learned })))
+                    .collect();
+                *self.homes.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "front: cannot read the terminals' home instances; looking them up one by one")
+            }
+        }
+    }
+
+    /// Asks the store for `name`'s home (bounded by the store deadline) and remembers the answer: `Ok(None)` for a
+    /// terminal that is unknown, revoked or not a terminal, `Err` when the store did not answer.
+    async fn look_up(&self, name: &Name) -> Result<Option<u32>, ()> {
+        let looked_up = tokio::time::timeout(STORE_DEADLINE, self.store.credential_by_name(name)).await;
+        let Ok(Ok(cred)) = looked_up else { return Err(()) };
+        let home = cred.filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none()).and_then(|c| c.home_instance);
+        let mut known = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+        match home {
+            Some(index) => known.insert(name.clone(), Home { index, learned: tokio::time::Instant::now() }),
+            None => known.remove(name),
+        };
+        Ok(home)
+    }
+
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
         let door = Doorman::new("front", LIMITS);
         loop {
@@ -95,7 +144,12 @@ impl Front {
     }
 
     /// Relays one connection; `Err` when it was refused before relaying, `Ok` with why the relay ended.
-    async fn relay(&self, mut conn: TcpStream, peer: SocketAddr, pass: &Pass) -> Result<&'static str, Refused> {
+    async fn relay(
+        self: &Arc<Self>,
+        mut conn: TcpStream,
+        peer: SocketAddr,
+        pass: &Pass,
+    ) -> Result<&'static str, Refused> {
         let mut first = Vec::new();
         let read = async {
             let len = usize::from(conn.read_u16().await.map_err(|_| Refused("closed before a first packet"))?);
@@ -109,25 +163,25 @@ impl Front {
         tokio::time::timeout(FIRST_PACKET_TIMEOUT, read).await.map_err(|_| Refused("no first packet in time"))??;
         let name = terminal_of(&first, &self.key)
             .ok_or(Refused("no valid tls-crypt-v2 client key (a client older than OpenVPN 2.5, or not ours)"))?;
-        let looked_up = tokio::time::timeout(STORE_DEADLINE, self.store.credential_by_name(&name)).await;
-        let home = match looked_up {
-            Ok(Ok(cred)) => {
-                let home =
-                    cred.filter(|c| c.kind == Kind::Terminal && c.revoked_at.is_none()).and_then(|c| c.home_instance);
-                let mut known = self.homes.lock().unwrap_or_else(|e| e.into_inner());
-                match home {
-                    Some(h) => known.insert(name, h),
-                    None => known.remove(&name),
-                };
-                home.ok_or(Refused("unknown or revoked terminal"))?
+        let known = self.homes.lock().unwrap_or_else(|e| e.into_inner()).get(&name).copied();
+        let home = match known {
+            Some(h) => {
+                if h.learned.elapsed() > HOME_FRESH {
+                    // Relayed now; the store's answer (a revocation) counts from the next connection on.
+                    let (me, name) = (self.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let _ = me.look_up(&name).await;
+                    });
+                }
+                h.index
             }
-            // A passing fault: a terminal seen before still reaches its instance, whose openvpn asks the store again
-            // and answers a temporary denial (`TEMP[backoff N]`) the client retries by itself; routing on a stale
-            // home is harmless, openvpn decides. A terminal never seen here waits for the store (the client retries).
-            _ => {
-                let known = self.homes.lock().unwrap_or_else(|e| e.into_inner()).get(&name).copied();
-                known.ok_or(Refused("store unavailable"))?
-            }
+            // A terminal not seen here: the store decides. One the store does not know in time waits for it (the
+            // client retries); openvpn asks the store again anyway and answers a passing fault with `TEMP[backoff N]`.
+            None => match self.look_up(&name).await {
+                Ok(Some(index)) => index,
+                Ok(None) => return Err(Refused("unknown or revoked terminal")),
+                Err(()) => return Err(Refused("store unavailable")),
+            },
         };
         pass.establish();
         let port = self
@@ -137,7 +191,7 @@ impl Front {
             .and_then(|p| p.get(home as usize).copied())
             .ok_or(Refused("home instance out of range"))?;
         let mut upstream =
-            TcpStream::connect((self.instance_ip, port)).await.map_err(|_| Refused("home instance unreachable"))?;
+            connect_home(self.instance_ip, port).await.map_err(|_| Refused("home instance unreachable"))?;
         let local_port = upstream.local_addr().map_err(|_| Refused("no local address"))?.port();
         if let Ok(mut m) = self.real_addrs.lock() {
             m.insert(local_port, peer);
@@ -145,13 +199,39 @@ impl Front {
         let result = async {
             upstream.write_u16(first.len() as u16).await?;
             upstream.write_all(&first).await?;
-            tokio::io::copy_bidirectional(&mut conn, &mut upstream).await
+            // The first packet is not needed any more while the session lives (hours).
+            drop(std::mem::take(&mut first));
+            tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut upstream, RELAY_BUF, RELAY_BUF).await
         }
         .await;
         if let Ok(mut m) = self.real_addrs.lock() {
             m.remove(&local_port);
         }
         Ok(if result.is_ok() { "closed" } else { "relay error" })
+    }
+}
+
+/// Bytes of each direction's relay buffer. A relay lives as long as its session, so these buffers are most of
+/// what `serve vpn` holds per terminal: tokio's default (8 KiB each way) made 2,000 sessions cost 33 MB, 2 KiB
+/// holds a whole openvpn packet of a 1500-byte tunnel MTU and costs a quarter of that. A terminal's traffic
+/// (heartbeats, renewals) never needs more per read.
+const RELAY_BUF: usize = 2048;
+
+/// How long a terminal that proved itself waits for its home instance to listen. One that arrives while its
+/// instance (re)starts (a `serve` restart, a crashed openvpn being restarted) is held for that moment rather than
+/// cut off: a cut-off openvpn client pauses a whole restart pause before it tries again, and a whole fleet
+/// cut off this way comes back that much later.
+const HOME_WAIT: Duration = Duration::from_secs(5);
+const HOME_RETRY: Duration = Duration::from_millis(50);
+
+async fn connect_home(ip: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    let deadline = tokio::time::Instant::now() + HOME_WAIT;
+    loop {
+        match TcpStream::connect((ip, port)).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() + HOME_RETRY >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(HOME_RETRY).await,
+        }
     }
 }
 

@@ -104,6 +104,45 @@ pub struct Instance {
     ready: watch::Sender<bool>,
     /// How long CONNECT/REAUTH answers took (`/metrics`).
     answers: crate::control::AnswerLatency,
+    /// Terminal CONNECTs whose store lookups run beside the loop come back here (see `Decided`).
+    decided_tx: mpsc::UnboundedSender<Decided>,
+    decided_rx: mpsc::UnboundedReceiver<Decided>,
+    /// Session rows go to the store through one task beside the loop, in order (see `SessionWrite`).
+    writes: mpsc::UnboundedSender<SessionWrite>,
+    writes_rx: Option<mpsc::UnboundedReceiver<SessionWrite>>,
+    /// Kills so far, and the count at the last kill of each name, while answers are in flight (see `Decided`).
+    kills: u64,
+    killed: HashMap<Name, u64>,
+    in_flight: usize,
+}
+
+/// A session row change, written by `write_sessions` in the order the loop sent them. The loop never waits on
+/// these writes: a fleet coming back writes about 200 rows an instance, and a kill must not queue behind them.
+enum SessionWrite {
+    /// ESTABLISHED: the session's row, and for a terminal its first session marks it paired.
+    Record {
+        row: NewSession,
+        terminal: bool,
+    },
+    Remove {
+        client_id: i64,
+    },
+    /// The process is gone: every row of this instance.
+    Clear,
+}
+
+/// A terminal CONNECT whose store lookups are done: what `connect_decided` answers openvpn with. A terminal
+/// instance asks the store for many CONNECTs at once (a fleet coming back after a restart: about 200 an instance)
+/// instead of one after another, while the loop keeps owning the instance's state and answering kills.
+struct Decided {
+    cid: u64,
+    kid: u64,
+    env: Env,
+    decision: Decision,
+    asked: std::time::Instant,
+    /// `kills` when the store was asked: a kill of the same name since then voids an `Allow` (the store may have
+    /// been read before the revocation that the kill carries out).
+    kills_then: u64,
 }
 
 impl Instance {
@@ -114,6 +153,8 @@ impl Instance {
         real_addrs: RealAddrs,
         ready: watch::Sender<bool>,
     ) -> Instance {
+        let (decided_tx, decided_rx) = mpsc::unbounded_channel();
+        let (writes, writes_rx) = mpsc::unbounded_channel();
         Instance {
             spec,
             store,
@@ -129,6 +170,13 @@ impl Instance {
             sessions: HashMap::new(),
             ready,
             answers: crate::control::AnswerLatency::new(),
+            decided_tx,
+            decided_rx,
+            writes,
+            writes_rx: Some(writes_rx),
+            kills: 0,
+            killed: HashMap::new(),
+            in_flight: 0,
         }
     }
 
@@ -138,6 +186,10 @@ impl Instance {
 
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) {
         let _ = self.store.clear_sessions(self.node.name.as_str(), Some(self.spec.name.as_str())).await;
+        let writer = self.writes_rx.take().map(|rx| {
+            let (store, node, instance) = (self.store.clone(), self.node.name.to_string(), self.spec.name.to_string());
+            tokio::spawn(write_sessions(store, node, instance, rx))
+        });
         self.event(Event::Start).await;
         let mut stats = tokio::time::interval(STATS_EVERY);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -147,6 +199,10 @@ impl Instance {
                 ctl = control.recv() => match ctl {
                     None | Some(Control::Stop) => self.event(Event::Stop).await,
                     Some(Control::Kill { name, reply }) => {
+                        if self.in_flight > 0 {
+                            self.kills += 1;
+                            self.killed.insert(name.clone(), self.kills);
+                        }
                         let n = self.kill_sessions_of(&name).await;
                         let _ = reply.send(n);
                     }
@@ -173,6 +229,7 @@ impl Instance {
                     self.event(Event::Tick).await;
                 }
                 () = sleep_until(self.mgmt_try_at) => self.try_connect_mgmt().await,
+                Some(d) = self.decided_rx.recv() => self.connect_decided(d).await,
                 ev = next_event(&mut self.mgmt) => match ev {
                     Some(ev) => self.client_event(ev).await,
                     None if self.child.is_none() || matches!(self.machine.state(), State::Stopping { .. }) => {
@@ -195,6 +252,12 @@ impl Instance {
             }
         }
         let _ = std::fs::remove_file(&self.spec.pidfile);
+        // The writer finishes what was sent, then the rows go.
+        let _ = self.writes.send(SessionWrite::Clear);
+        drop(std::mem::replace(&mut self.writes, mpsc::unbounded_channel().0));
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
         let _ = self.store.clear_sessions(self.node.name.as_str(), Some(self.spec.name.as_str())).await;
     }
 
@@ -284,7 +347,7 @@ impl Instance {
         self.mgmt_try_at = None;
         let _ = self.ready.send(false);
         self.sessions.clear();
-        let _ = self.store.clear_sessions(self.node.name.as_str(), Some(self.spec.name.as_str())).await;
+        let _ = self.writes.send(SessionWrite::Clear);
         let _ = std::fs::remove_file(&self.spec.pidfile);
     }
 
@@ -302,7 +365,19 @@ impl Instance {
             ClientEvent::Connect { cid, kid, .. } if self.spec.role.kind == Kind::Terminal && self.node.draining() => {
                 mgmt.client_deny(cid, kid, crate::cluster::DRAINING).await
             }
-            ClientEvent::Connect { cid, kid, env } => match self.authorize(&env).await {
+            ClientEvent::Connect { cid, kid, env } if self.spec.role.kind == Kind::Terminal => {
+                let (store, role, tx) = (self.store.clone(), self.spec.role.clone(), self.decided_tx.clone());
+                let asked = asked.unwrap_or_else(std::time::Instant::now);
+                let kills_then = self.kills;
+                self.in_flight += 1;
+                tokio::spawn(async move {
+                    let decision = Instance::authorize(&store, &role, &env).await;
+                    let _ = tx.send(Decided { cid, kid, env, decision, asked, kills_then });
+                });
+                // Answered (and measured) in `connect_decided`.
+                return;
+            }
+            ClientEvent::Connect { cid, kid, env } => match Self::authorize(&self.store, &self.spec.role, &env).await {
                 Decision::Allow { credential_id, name, tunnel_ip, netmask } => {
                     let real_addr = self.real_addr(&env);
                     let mut suspend = false;
@@ -341,7 +416,7 @@ impl Instance {
                     mgmt.client_deny(cid, kid, reason).await
                 }
             },
-            ClientEvent::Reauth { cid, kid, env } => match self.authorize(&env).await {
+            ClientEvent::Reauth { cid, kid, env } => match Self::authorize(&self.store, &self.spec.role, &env).await {
                 Decision::Allow { .. } => mgmt.client_auth_nt(cid, kid).await,
                 Decision::Deny(reason) => {
                     self.forget(cid).await;
@@ -360,23 +435,11 @@ impl Instance {
                         since: crate::app::now(),
                         client_id: cid as i64,
                     };
-                    if let Err(e) = self.store.upsert_session(&row).await {
-                        tracing::error!(instance = %self.spec.name, error = %e, "cannot record session");
-                    }
+                    let (credential_id, since) = (s.credential_id, row.since);
+                    let terminal = self.spec.role.kind == Kind::Terminal;
+                    let _ = self.writes.send(SessionWrite::Record { row, terminal });
                     if self.spec.role.kind == Kind::Admin {
-                        self.end_bootstrap(s.credential_id, row.since).await;
-                    }
-                    if self.spec.role.kind == Kind::Terminal {
-                        match self.store.mark_paired_by_session(s.credential_id, row.since).await {
-                            Ok(true) => tracing::info!(
-                                terminal = %s.name,
-                                "first VPN session of a profile delivered out of band: the terminal counts as paired"
-                            ),
-                            Ok(false) => {}
-                            Err(e) => {
-                                tracing::error!(terminal = %s.name, error = %e, "cannot mark the terminal paired")
-                            }
-                        }
+                        self.end_bootstrap(credential_id, since).await;
                     }
                 }
                 Ok(())
@@ -425,7 +488,16 @@ impl Instance {
 
     async fn forget(&mut self, cid: u64) {
         if self.sessions.remove(&cid).is_some() {
+            let _ = self.writes.send(SessionWrite::Remove { client_id: cid as i64 });
+        }
+    }
+
+    /// As `forget`, and the row is gone from the store when it returns (a kill's caller reads the store next):
+    /// removed at once, and once more behind whatever the writer still holds for it.
+    async fn forget_now(&mut self, cid: u64) {
+        if self.sessions.remove(&cid).is_some() {
             let _ = self.store.remove_session(self.node.name.as_str(), self.spec.name.as_str(), cid as i64).await;
+            let _ = self.writes.send(SessionWrite::Remove { client_id: cid as i64 });
         }
     }
 
@@ -475,7 +547,48 @@ impl Instance {
         format!("{ip}:{port}")
     }
 
-    async fn authorize(&self, env: &Env) -> Decision {
+    /// Answers a terminal CONNECT whose lookups are done (see `Decided`).
+    async fn connect_decided(&mut self, d: Decided) {
+        let Decided { cid, kid, env, decision, asked, kills_then } = d;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let killed_since = match &decision {
+            Decision::Allow { name, .. } => self.killed.get(name).is_some_and(|k| *k > kills_then),
+            Decision::Deny(_) => false,
+        };
+        if self.in_flight == 0 {
+            self.killed.clear();
+        }
+        let Some(mgmt) = self.mgmt() else { return };
+        let result = match decision {
+            // A drain that began while the store was asked wins.
+            _ if self.node.draining() => mgmt.client_deny(cid, kid, crate::cluster::DRAINING).await,
+            // Killed (revoked?) while the store was asked: the answer may predate the revocation. Asked again at
+            // the client's next attempt, which a revocation then refuses.
+            Decision::Allow { .. } if killed_since => mgmt.client_deny(cid, kid, super::auth::PASSING_FAULT).await,
+            Decision::Allow { credential_id, name, tunnel_ip, netmask } => {
+                let real_addr = self.real_addr(&env);
+                self.sessions.insert(cid, Session { credential_id, name: name.clone(), tunnel_ip, real_addr });
+                tracing::info!(instance = %self.spec.name, credential = %name, %tunnel_ip, "client allowed");
+                let r = mgmt.client_auth(cid, kid, &[format!("ifconfig-push {tunnel_ip} {netmask}")]).await;
+                if r.is_err() {
+                    // Gone while the store was asked (openvpn refuses the answer): nothing to remember.
+                    self.sessions.remove(&cid);
+                }
+                r
+            }
+            Decision::Deny(reason) => {
+                tracing::warn!(instance = %self.spec.name, cn = ?env.get("common_name"), reason, "client denied");
+                mgmt.client_deny(cid, kid, reason).await
+            }
+        };
+        self.answers.observe(asked.elapsed());
+        if let Err(e) = result {
+            tracing::warn!(instance = %self.spec.name, error = %e, "management command failed");
+        }
+    }
+
+    /// The store's answer to a CONNECT or REAUTH on the instance `role`.
+    async fn authorize(store: &Store, role: &crate::app::instances::InstanceRole, env: &Env) -> Decision {
         let (Some(cn), Some(serial)) = (env.get("common_name"), env.get("tls_serial_hex_0")) else {
             return Decision::Deny("no client certificate");
         };
@@ -484,8 +597,8 @@ impl Instance {
         // Store errors deny: never let a client in on a guess. A store that does not answer within the deadline
         // is a passing fault too (openvpn would otherwise wait for the answer until its hand-window ends).
         let lookups = async {
-            let cred = self.store.credential_by_name(&name).await?;
-            Ok::<_, crate::db::DbError>((cred, self.store.certificate_by_serial(&serial).await?))
+            let cred = store.credential_by_name(&name).await?;
+            Ok::<_, crate::db::DbError>((cred, store.certificate_by_serial(&serial).await?))
         };
         let (cred, cert) = match tokio::time::timeout(super::front::STORE_DEADLINE, lookups).await {
             Ok(Ok(found)) => found,
@@ -499,7 +612,7 @@ impl Instance {
             }
         };
         let claim = Claim { common_name: cn.to_owned(), serial_hex: serial };
-        decide(&self.spec.role, &claim, cred.as_ref(), cert.as_ref())
+        decide(role, &claim, cred.as_ref(), cert.as_ref())
     }
 
     /// Sends every session of this instance on to the client's next `remote` (a drain of the node).
@@ -529,9 +642,40 @@ impl Instance {
                 Ok(()) => ended += 1,
                 Err(e) => tracing::warn!(instance = %self.spec.name, error = %e, "client-kill failed"),
             }
-            self.forget(cid).await;
+            self.forget_now(cid).await;
         }
         ended
+    }
+}
+
+/// Applies an instance's session writes in order until the instance drops its sender.
+async fn write_sessions(store: Store, node: String, instance: String, mut rx: mpsc::UnboundedReceiver<SessionWrite>) {
+    while let Some(w) = rx.recv().await {
+        match w {
+            SessionWrite::Record { row, terminal } => {
+                if let Err(e) = store.upsert_session(&row).await {
+                    tracing::error!(%instance, error = %e, "cannot record session");
+                }
+                if terminal {
+                    match store.mark_paired_by_session(row.credential_id, row.since).await {
+                        Ok(true) => tracing::info!(
+                            terminal = %row.common_name,
+                            "first VPN session of a profile delivered out of band: the terminal counts as paired"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(terminal = %row.common_name, error = %e, "cannot mark the terminal paired")
+                        }
+                    }
+                }
+            }
+            SessionWrite::Remove { client_id } => {
+                let _ = store.remove_session(&node, &instance, client_id).await;
+            }
+            SessionWrite::Clear => {
+                let _ = store.clear_sessions(&node, Some(&instance)).await;
+            }
+        }
     }
 }
 

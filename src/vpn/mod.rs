@@ -29,8 +29,10 @@ use crate::db::Store;
 use crate::domain::Name;
 use instance::{Control, Instance, InstanceStatus, RealAddrs};
 
-/// How long to wait for one instance to be ready before starting the next (they start one after another, so
-/// 2000 terminals do not all hit a just-started server at once).
+/// How long `apply` waits for the instances it started to be ready. They start all at once: the front port
+/// holds a terminal until its own instance listens, so nothing is gained by starting them one after another, and on
+/// a busy machine that took a second or more per instance while the whole fleet waited outside (ARCHITECTURE.md,
+/// "A fleet's storm").
 const READY_WAIT: Duration = Duration::from_secs(2);
 
 struct Handle {
@@ -43,28 +45,35 @@ struct Handle {
 /// The running instances' control channels, shared with the control socket: a `kill` (revocation) or a `status`
 /// reaches every instance at once and never waits behind `apply`, which may be starting or stopping instances for
 /// seconds.
+///
+/// It also holds the front's home cache, so that a killed credential (a revocation) is looked up afresh by the
+/// front at its next connection, and refused there, instead of being relayed on what the front learned before.
 #[derive(Clone, Default)]
-pub struct Registry(Arc<RwLock<HashMap<Name, mpsc::Sender<Control>>>>);
+pub struct Registry {
+    ctls: Arc<RwLock<HashMap<Name, mpsc::Sender<Control>>>>,
+    homes: front::Homes,
+}
 
 impl Registry {
     fn senders(&self) -> Vec<mpsc::Sender<Control>> {
-        self.0.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.ctls.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
     fn insert(&self, name: Name, ctl: mpsc::Sender<Control>) {
-        if let Ok(mut m) = self.0.write() {
+        if let Ok(mut m) = self.ctls.write() {
             m.insert(name, ctl);
         }
     }
 
     fn remove(&self, name: &Name) {
-        if let Ok(mut m) = self.0.write() {
+        if let Ok(mut m) = self.ctls.write() {
             m.remove(name);
         }
     }
 
     /// Kills every live session of `name` on every instance; returns how many.
     pub async fn kill(&self, name: &Name) -> usize {
+        self.homes.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         let total = self.ask_all(|reply| Control::Kill { name: name.clone(), reply }).await;
         // One line per revocation (or other kill) in the service log, whatever it found.
         tracing::info!(credential = %name, sessions = total, "kill: live sessions ended");
@@ -119,8 +128,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(store: Store, node: Arc<Local>, real_addrs: RealAddrs) -> Supervisor {
-        Supervisor { store, node, real_addrs, instances: HashMap::new(), registry: Registry::default() }
+    /// `homes`: the front's home cache, which kills clear (see `Registry`).
+    pub fn new(store: Store, node: Arc<Local>, real_addrs: RealAddrs, homes: front::Homes) -> Supervisor {
+        let registry = Registry { ctls: Default::default(), homes };
+        Supervisor { store, node, real_addrs, instances: HashMap::new(), registry }
     }
 
     /// The handle the control socket uses for kills and status.
@@ -129,13 +140,15 @@ impl Supervisor {
     }
 
     /// Makes the running set match `wanted` (spec + config hash): stops instances no longer wanted, restarts
-    /// those whose config changed, starts new ones one after another. Untouched instances keep running.
+    /// those whose config changed, starts new ones all at once and waits (bounded) until they are ready. Untouched
+    /// instances keep running.
     pub async fn apply(&mut self, wanted: Vec<(InstanceSpec, [u8; 32])>) {
         let keep: std::collections::HashSet<&Name> = wanted.iter().map(|(s, _)| &s.name).collect();
         let gone: Vec<Name> = self.instances.keys().filter(|n| !keep.contains(n)).cloned().collect();
         for name in gone {
             self.stop(&name).await;
         }
+        let mut started = Vec::new();
         for (spec, hash) in wanted {
             match self.instances.get(&spec.name) {
                 Some(h) if h.config_hash == hash => continue,
@@ -145,22 +158,27 @@ impl Supervisor {
                 }
                 None => {}
             }
-            self.start(spec, hash).await;
+            started.push(self.start(spec, hash));
+        }
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        for (name, mut ready) in started {
+            if tokio::time::timeout_at(deadline, ready.wait_for(|r| *r)).await.is_err() {
+                tracing::warn!(instance = %name, "not ready within {READY_WAIT:?}; going on");
+            }
         }
     }
 
-    async fn start(&mut self, spec: InstanceSpec, config_hash: [u8; 32]) {
+    /// Starts one instance; returns its name and readiness.
+    fn start(&mut self, spec: InstanceSpec, config_hash: [u8; 32]) -> (Name, watch::Receiver<bool>) {
         let (ctl, rx) = mpsc::channel(16);
-        let (ready_tx, mut ready) = watch::channel(false);
+        let (ready_tx, ready) = watch::channel(false);
         let name = spec.name.clone();
         let inst = Instance::new(spec, self.store.clone(), self.node.clone(), self.real_addrs.clone(), ready_tx);
         let join = tokio::spawn(inst.run(rx));
         // Reachable for kills from the moment it exists, not only once it is ready.
         self.registry.insert(name.clone(), ctl.clone());
-        if tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r)).await.is_err() {
-            tracing::warn!(instance = %name, "not ready within {READY_WAIT:?}; starting the next one anyway");
-        }
-        self.instances.insert(name, Handle { config_hash, ctl, join });
+        self.instances.insert(name.clone(), Handle { config_hash, ctl, join });
+        (name, ready)
     }
 
     async fn stop(&mut self, name: &Name) {

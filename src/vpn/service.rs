@@ -50,7 +50,8 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
 
     let real_addrs = Arc::new(StdMutex::new(HashMap::new()));
     // Owned by this loop alone: kills and status go through its registry, never through `apply`.
-    let mut supervisor = Supervisor::new(ctx.store.clone(), local.clone(), real_addrs.clone());
+    let homes = super::front::Homes::default();
+    let mut supervisor = Supervisor::new(ctx.store.clone(), local.clone(), real_addrs.clone(), homes.clone());
     let start = std::time::Instant::now();
     let accounts = crate::app::accounts::lookup(&crate::app::accounts::UserMode::from_env()?)?;
     // openvpn runs as its own user with CAP_NET_ADMIN only, where that user exists and we may switch to it.
@@ -84,8 +85,9 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
         instance_ports: ports.clone(),
         instance_ip: vpn.instance_listen_ip,
         real_addrs,
-        homes: Default::default(),
+        homes,
     });
+    front.preload().await;
     let task = Some(start_front(&front, vpn.terminal_front_port).await?);
     let mut vpn_on = VpnOn { front, port: vpn.terminal_front_port, task };
 

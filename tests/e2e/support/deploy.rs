@@ -240,6 +240,12 @@ impl Deployment {
         self.serve.as_mut().expect("serving")
     }
 
+    /// Stops the running serve as an operator's restart does (SIGTERM to its process group, up to 2 s, then
+    /// SIGKILL) and waits until it is gone; `start_service` starts it again.
+    pub fn stop_serve(&mut self) -> std::process::ExitStatus {
+        self.serve.take().expect("serving").stop()
+    }
+
     /// kill -9 of the cas-vpn process itself (not its children: they must go by themselves).
     pub fn kill9_serve(&mut self) {
         let mut g = self.serve.take().expect("serving");
