@@ -19,8 +19,9 @@ pub enum GateWrite {
     Reserve { keys: Vec<BanKey>, now: i64, window_secs: i64 },
     /// Give a successful attempt's reservation back ([`Store::give_back_attempts`]).
     GiveBack { keys: Vec<BanKey> },
-    /// Redeem a token ([`Store::redeem_token`], with the hardware serial the terminal reported); when it pairs (or
-    /// finds the same key's earlier pairing), give back `give_back`, the reservation of the request's attempt.
+    /// Redeem a token ([`Store::redeem_token`], with the hardware serial the terminal reported); when it pairs,
+    /// give back `give_back`, the reservation of the request's attempt (a retry that finds its earlier pairing may
+    /// still fail, its certificate revoked meanwhile: its attempt is settled by the gate afterwards as any other).
     Redeem(RedeemWrite),
 }
 
@@ -40,7 +41,8 @@ pub struct RedeemWrite {
 pub enum GateWritten {
     Reserved(Reserved),
     GaveBack,
-    /// A refusal changed nothing but a key mismatch's lock of the token; the reservation is then still held.
+    /// A refusal changed nothing but a key mismatch's lock of the token; the reservation is then still held, as it
+    /// is after `AlreadySameKey`.
     Redeemed(Result<Redeemed, TokenRefusal>),
 }
 
@@ -87,7 +89,7 @@ impl Store {
                                     r.hw_serial.as_deref(),
                                     r.now
                                 )?;
-                                if outcome.is_ok() {
+                                if matches!(outcome, Ok(Redeemed::Fresh { .. })) {
                                     give_back_in_tx!($tx, &r.give_back)?;
                                 }
                                 GateWritten::Redeemed(outcome)

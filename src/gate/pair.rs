@@ -198,7 +198,7 @@ async fn guarded_attempt<T>(
     let failed = matches!(&result, Err(e) if e.counts_as_failure());
     let banned = if failed {
         // A failure is settled at once, alone: its ban must be in force before this source's next turn. (A work
-        // that gave its reservation back has paired: it does not fail after that.)
+        // that gave its reservation back has paired: the answer was rendered before, so it does not fail after.)
         let _w = st.0.writes.lock().await;
         store.settle_attempt(keys, true, now, BAN_SECS).await?
     } else {
@@ -366,7 +366,7 @@ async fn token_flow(
         GateWritten::Redeemed(r) => r,
         other => return Err(ApiError::internal(format!("a redemption answered {other:?}"))),
     };
-    if redeemed.is_ok() {
+    if matches!(redeemed, Ok(Redeemed::Fresh { .. })) {
         attempt.given_back();
     }
     match redeemed {
