@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod clock;
 pub mod crl;
 pub mod csr;
+pub mod group_commit;
 pub mod instances;
 pub mod pending;
 pub mod profile;

@@ -66,6 +66,29 @@ impl Store {
         Ok(())
     }
 
+    /// Writes audit rows in one transaction, each with its time (the signer's group commit of its signatures' rows).
+    pub async fn audit_many(&self, rows: &[(NewAudit, i64)]) -> Result<(), DbError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        in_tx!(self, tx => async {
+            for (row, at) in rows {
+                sqlx::query(
+                    "INSERT INTO audit (at, actor, action, subject, detail, source) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(at)
+                .bind(row.actor.to_string())
+                .bind(row.action.as_str())
+                .bind(row.subject.as_str())
+                .bind(row.detail.as_str())
+                .bind(row.source.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
     /// The newest `limit` audit rows, newest first.
     pub async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRow>, DbError> {
         Ok(on_pool!(self, pool => {

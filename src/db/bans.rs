@@ -40,55 +40,101 @@ const LIVE: &str = "((banned_until IS NOT NULL AND banned_until > $1) \
 const STALE: &str = "((ip_bans.banned_until IS NOT NULL AND ip_bans.banned_until <= $2) \
                       OR (ip_bans.banned_until IS NULL AND ip_bans.first_failure_at + $3 <= $2))";
 /// Giving one attempt of key `$1` back: the row goes when it held only that attempt (the usual case)…
-const GIVE_BACK_LAST: &str = "DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 1";
+pub(crate) const GIVE_BACK_LAST: &str = "DELETE FROM ip_bans WHERE ip = $1 AND banned_until IS NULL AND failures <= 1";
 /// …else it holds one fewer.
-const GIVE_BACK_ONE: &str = "UPDATE ip_bans SET failures = failures - 1 WHERE ip = $1 AND banned_until IS NULL";
+pub(crate) const GIVE_BACK_ONE: &str =
+    "UPDATE ip_bans SET failures = failures - 1 WHERE ip = $1 AND banned_until IS NULL";
+
+/// The body of [`Store::reserve_attempt`] inside an open transaction `$tx` (the gate's grouped writes run it too,
+/// `Store::gate_writes`). Evaluates to `Result<Reserved, DbError>`. One upsert a key: a row that no longer counts
+/// starts afresh; the count is taken first and given back in the same transaction when a key turns out banned or
+/// full (the refusal path; the common path writes nothing else). A macro because `in_tx!` expands its body once
+/// per backend.
+macro_rules! reserve_in_tx {
+    ($tx:ident, $keys:expr, $now:expr, $window:expr) => {
+        async {
+            let (keys, now, window_secs): (&[$crate::db::BanKey], i64, i64) = ($keys, $now, $window);
+            let mut taken: Vec<&str> = Vec::with_capacity(keys.len());
+            let mut refusal = None;
+            for k in keys {
+                let (failures, banned_until): (i64, Option<i64>) = sqlx::query_as($crate::db::bans::RESERVE.as_str())
+                    .bind(&k.key)
+                    .bind(now)
+                    .bind(window_secs)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                if let Some(until) = banned_until {
+                    refusal = Some($crate::db::Reserved::Banned { key: k.key.clone(), until });
+                    break;
+                }
+                taken.push(&k.key);
+                if failures > i64::from(k.max) {
+                    refusal = Some($crate::db::Reserved::Busy { key: k.key.clone() });
+                    break;
+                }
+            }
+            let Some(refusal) = refusal else { return Ok($crate::db::Reserved::Go) };
+            if matches!(refusal, $crate::db::Reserved::Banned { .. }) {
+                sqlx::query($crate::db::metrics::BUMP)
+                    .bind($crate::db::Counter::PairingsBanned.as_str())
+                    .bind(1_i64)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            for key in taken {
+                if sqlx::query($crate::db::bans::GIVE_BACK_LAST).bind(key).execute(&mut *$tx).await?.rows_affected()
+                    == 0
+                {
+                    sqlx::query($crate::db::bans::GIVE_BACK_ONE).bind(key).execute(&mut *$tx).await?;
+                }
+            }
+            Ok::<_, $crate::db::DbError>(refusal)
+        }
+        .await
+    };
+}
+pub(crate) use reserve_in_tx;
+
+/// Gives back one attempt of every key of `$keys` inside an open transaction `$tx` (a success's reservation).
+/// Evaluates to `Result<(), DbError>`.
+macro_rules! give_back_in_tx {
+    ($tx:ident, $keys:expr) => {
+        async {
+            let keys: &[$crate::db::BanKey] = $keys;
+            for k in keys {
+                if sqlx::query($crate::db::bans::GIVE_BACK_LAST).bind(&k.key).execute(&mut *$tx).await?.rows_affected()
+                    == 0
+                {
+                    sqlx::query($crate::db::bans::GIVE_BACK_ONE).bind(&k.key).execute(&mut *$tx).await?;
+                }
+            }
+            Ok::<(), $crate::db::DbError>(())
+        }
+        .await
+    };
+}
+pub(crate) use give_back_in_tx;
+
+/// Takes one attempt of key `$1` at `$2` (window `$3`): see `reserve_in_tx!`.
+pub(crate) static RESERVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO ip_bans (ip, failures, first_failure_at, banned_until) VALUES ($1, 1, $2, NULL) \
+         ON CONFLICT (ip) DO UPDATE SET \
+           failures = CASE WHEN {STALE} THEN 1 \
+                           WHEN ip_bans.banned_until IS NOT NULL THEN ip_bans.failures \
+                           ELSE ip_bans.failures + 1 END, \
+           first_failure_at = CASE WHEN {STALE} THEN $2 ELSE ip_bans.first_failure_at END, \
+           banned_until = CASE WHEN {STALE} THEN NULL ELSE ip_bans.banned_until END \
+         RETURNING failures, banned_until"
+    )
+});
 
 impl Store {
     /// Takes one attempt for every key of a source at `now`, or says why not (nothing changes then). One upsert a
     /// key: a row that no longer counts starts afresh; the count is taken first and given back in the same
     /// transaction when a key turns out banned or full (the refusal path; the common path writes nothing else).
     pub async fn reserve_attempt(&self, keys: &[BanKey], now: i64, window_secs: i64) -> Result<Reserved, DbError> {
-        in_tx!(self, tx => async {
-            let mut taken: Vec<&str> = Vec::with_capacity(keys.len());
-            let mut refusal = None;
-            for k in keys {
-                let (failures, banned_until): (i64, Option<i64>) = sqlx::query_as(&format!(
-                    "INSERT INTO ip_bans (ip, failures, first_failure_at, banned_until) VALUES ($1, 1, $2, NULL) \
-                     ON CONFLICT (ip) DO UPDATE SET \
-                       failures = CASE WHEN {STALE} THEN 1 \
-                                       WHEN ip_bans.banned_until IS NOT NULL THEN ip_bans.failures \
-                                       ELSE ip_bans.failures + 1 END, \
-                       first_failure_at = CASE WHEN {STALE} THEN $2 ELSE ip_bans.first_failure_at END, \
-                       banned_until = CASE WHEN {STALE} THEN NULL ELSE ip_bans.banned_until END \
-                     RETURNING failures, banned_until"
-                ))
-                .bind(&k.key)
-                .bind(now)
-                .bind(window_secs)
-                .fetch_one(&mut *tx)
-                .await?;
-                if let Some(until) = banned_until {
-                    refusal = Some(Reserved::Banned { key: k.key.clone(), until });
-                    break;
-                }
-                taken.push(&k.key);
-                if failures > i64::from(k.max) {
-                    refusal = Some(Reserved::Busy { key: k.key.clone() });
-                    break;
-                }
-            }
-            let Some(refusal) = refusal else { return Ok(Reserved::Go) };
-            if matches!(refusal, Reserved::Banned { .. }) {
-                sqlx::query(BUMP).bind(Counter::PairingsBanned.as_str()).bind(1_i64).execute(&mut *tx).await?;
-            }
-            for key in taken {
-                if sqlx::query(GIVE_BACK_LAST).bind(key).execute(&mut *tx).await?.rows_affected() == 0 {
-                    sqlx::query(GIVE_BACK_ONE).bind(key).execute(&mut *tx).await?;
-                }
-            }
-            Ok(refusal)
-        })
+        in_tx!(self, tx => async { reserve_in_tx!(tx, keys, now, window_secs) })
     }
 
     /// Settles an attempt `reserve_attempt` let go: a failure stays counted and bans each key that reached its
@@ -141,10 +187,8 @@ impl Store {
             return Ok(());
         }
         in_tx!(self, tx => async {
-            for k in batches.iter().flatten() {
-                if sqlx::query(GIVE_BACK_LAST).bind(&k.key).execute(&mut *tx).await?.rows_affected() == 0 {
-                    sqlx::query(GIVE_BACK_ONE).bind(&k.key).execute(&mut *tx).await?;
-                }
+            for keys in batches {
+                give_back_in_tx!(tx, keys)?;
             }
             Ok(())
         })

@@ -79,6 +79,7 @@ mod bans;
 mod certificates;
 mod credentials;
 pub mod events;
+mod gate_writes;
 mod health;
 mod metrics;
 mod nodes;
@@ -96,6 +97,7 @@ pub use bans::{BanKey, Reserved};
 pub use certificates::{CertRow, NewCert};
 pub use credentials::{Credential, NewTerminal, TerminalLayout};
 pub use events::{Event, EventAck, EventKind};
+pub use gate_writes::{GateWrite, GateWritten, RedeemWrite};
 pub use health::{HealthClock, HealthFacts};
 pub use metrics::{ClientCertExpiry, Counter, InstanceSessions};
 pub use nodes::{NodeRefusal, NodeRow, NodeStart};
@@ -236,9 +238,13 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        // No ping before handing out a pooled connection (sqlx's default tests each one with a round trip to its
+        // worker thread): a SQLite connection is a file handle in this process, not a socket that can go stale, and
+        // under a burst of pairings that ping was one more thread hand-off for every query.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         Ok(Store::Sqlite(pool))

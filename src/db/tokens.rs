@@ -7,7 +7,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::certificates::{NewCert, cert_err, insert_cert};
+use super::certificates::NewCert;
 use super::credentials::{CRED_BY_ID, CredRow};
 use super::{DbError, Store};
 use crate::domain::Kind;
@@ -44,6 +44,58 @@ macro_rules! redeem_prechecks {
     }};
 }
 pub(crate) use redeem_prechecks;
+
+/// The body of a redemption inside an open transaction `$tx` (see [`Store::redeem_token`]; the gate's grouped
+/// writes run it too, `Store::gate_writes`): prechecks, the terminal still active, the conditional UPDATE that takes
+/// the token, the certificate, the terminal marked paired (with the hardware serial it reported, if any).
+/// Evaluates to `Result<Result<Redeemed, TokenRefusal>, DbError>`; refusals are the inner `Err`, so that the
+/// transaction still commits the lock of a mismatch. A macro because `in_tx!` expands its body once per backend.
+macro_rules! redeem_in_tx {
+    ($tx:ident, $id:expr, $pubkey:expr, $cert:expr, $hw:expr, $now:expr) => {
+        async {
+            let (id, pubkey_sha256, cert, hw, now): (&str, &str, &$crate::db::NewCert, Option<&str>, i64) =
+                ($id, $pubkey, $cert, $hw, $now);
+            let token = $crate::db::tokens::redeem_prechecks!($tx, id, pubkey_sha256, now);
+            let active: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM credentials WHERE id = $1 AND kind = 'terminal' AND revoked_at IS NULL",
+            )
+            .bind(token.credential_id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+            if active.is_none() {
+                return Ok(Err($crate::db::TokenRefusal::Revoked));
+            }
+            // The guard that matters: whatever was read above, only one UPDATE can find the token unused.
+            let took = sqlx::query($crate::db::tokens::TAKE_TOKEN)
+                .bind(now)
+                .bind(pubkey_sha256)
+                .bind(cert.serial.as_str())
+                .bind(id)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+            if took != 1 {
+                return Ok(Err($crate::db::TokenRefusal::Used));
+            }
+            $crate::db::certificates::insert_cert($crate::domain::Kind::Terminal, Some(token.credential_id), cert, now)
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| $crate::db::certificates::cert_err(e, cert))?;
+            sqlx::query("UPDATE credentials SET paired_at = $1, hw_serial = COALESCE($2, hw_serial) WHERE id = $3")
+                .bind(now)
+                .bind(hw)
+                .bind(token.credential_id)
+                .execute(&mut *$tx)
+                .await?;
+            Ok::<_, $crate::db::DbError>(Ok($crate::db::Redeemed::Fresh {
+                credential_id: token.credential_id,
+                cert_serial: cert.serial.clone(),
+            }))
+        }
+        .await
+    };
+}
+pub(crate) use redeem_in_tx;
 
 /// Why a token was refused: the `reason` of [`DbError::TokenUnusable`]. Its text is stable and safe to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -196,40 +248,8 @@ impl Store {
         now: i64,
     ) -> Result<Redeemed, DbError> {
         // The inner Result carries refusals, so that the transaction still commits the lock of a mismatch.
-        let outcome: Result<Redeemed, TokenRefusal> = in_tx!(self, tx => async {
-            let token = redeem_prechecks!(tx, id, pubkey_sha256, now);
-            let active: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM credentials WHERE id = $1 AND kind = 'terminal' AND revoked_at IS NULL",
-            )
-            .bind(token.credential_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if active.is_none() {
-                return Ok(Err(TokenRefusal::Revoked));
-            }
-            // The guard that matters: whatever was read above, only one UPDATE can find the token unused.
-            let took = sqlx::query(TAKE_TOKEN)
-            .bind(now)
-            .bind(pubkey_sha256)
-            .bind(cert.serial.as_str())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if took != 1 {
-                return Ok(Err(TokenRefusal::Used));
-            }
-            insert_cert(Kind::Terminal, Some(token.credential_id), cert, now)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| cert_err(e, cert))?;
-            sqlx::query("UPDATE credentials SET paired_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(token.credential_id)
-                .execute(&mut *tx)
-                .await?;
-            Ok(Ok(Redeemed::Fresh { credential_id: token.credential_id, cert_serial: cert.serial.clone() }))
-        })?;
+        let outcome: Result<Redeemed, TokenRefusal> =
+            in_tx!(self, tx => async { redeem_in_tx!(tx, id, pubkey_sha256, cert, None::<&str>, now) })?;
         outcome.map_err(|reason| DbError::TokenUnusable { reason })
     }
 

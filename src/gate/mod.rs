@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod pair;
 pub mod per_source;
 pub mod upgrade;
+pub(crate) mod writer;
 
 pub use pair::ban_keys;
 
@@ -36,13 +37,6 @@ pub const MAX_NET_FAILURES_V4: u32 = 20;
 /// Failures from one IPv6 /64 that ban it (one host usually holds a whole /64, and can change address in it).
 pub const MAX_NET_FAILURES_V6: u32 = 10;
 
-/// Reservations waiting to be given back, and whether a request is giving them back now.
-#[derive(Default)]
-pub(crate) struct GiveBack {
-    pub(crate) waiting: Vec<Vec<crate::db::BanKey>>,
-    pub(crate) running: bool,
-}
-
 /// Everything the gate's handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct GateState(Arc<Inner>);
@@ -60,8 +54,8 @@ pub(crate) struct Inner {
     /// in its busy handler (milliseconds each, growing), which under a burst of pairings costs far more than
     /// queueing them here.
     pub(crate) writes: tokio::sync::Mutex<()>,
-    /// Successful attempts' reservations waiting to be given back together (see `pair::give_back`).
-    pub(crate) give_back: std::sync::Mutex<GiveBack>,
+    /// The pairing writes waiting to be written together (group commit, `writer`).
+    pub(crate) writer: writer::Writer,
     /// One pairing attempt at a time per source address (see `pair::guarded`).
     pub(crate) per_source: Arc<per_source::Locks>,
 }
@@ -84,7 +78,7 @@ impl GateState {
             terminal_ca,
             upgrades,
             writes: tokio::sync::Mutex::new(()),
-            give_back: Default::default(),
+            writer: writer::new(),
             per_source: Arc::default(),
             ctx,
         })))

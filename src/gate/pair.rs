@@ -1,10 +1,12 @@
 //! `POST /v1/pair` (token and approval flows) and `GET /v1/pair/{id}` (approval polling).
 //!
 //! Order of checks, cheapest and least revealing first: ban → window → body → version → token (parse, lookup,
-//! constant-time secret check, pin) → CSR. Only then is anything written: one store transaction that uses the token
-//! and records the certificate. Refusals caused by the client count towards a ban of its address.
+//! constant-time secret check, pin) → CSR. Only then is anything written: one store transaction that uses the token,
+//! records the certificate and gives the attempt's reservation back (grouped with other requests' writes,
+//! `writer`). Refusals caused by the client count towards a ban of its address.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::body::Body;
@@ -12,11 +14,12 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::writer;
 use super::{BAN_SECS, GateState, MAX_FAILURES, MAX_NET_FAILURES_V4, MAX_NET_FAILURES_V6};
 use crate::app::csr::{self, CheckedCsr};
 use crate::app::new_cert;
 use crate::control::signer;
-use crate::db::{BanKey, Reserved};
+use crate::db::{BanKey, GateWrite, GateWritten, RedeemWrite, Reserved};
 use crate::db::{Credential, DbError, PendingPairing, Redeemed, Submitted, TokenRefusal};
 use crate::domain::OpenVpnVersion;
 use crate::domain::{Kind, Name, PairingState, PairingToken};
@@ -60,14 +63,15 @@ pub async fn pair(
 ) -> Result<Outcome, ApiError> {
     let ip = peer_ip(&peer).to_string();
     let now = st.ctx().clock.now();
-    guarded(&st, &ip, now, Request::Pair, async {
+    let attempt = Attempt::new(&ip);
+    guarded_attempt(&st, &attempt, now, Request::Pair, async {
         if !window_open(&st, now).await? {
             return Err(ApiError::WindowClosed);
         }
         let req: PairRequest = read_json(&headers, body).await?;
         check_terminal_info(&st, &req)?;
         match req.token.as_deref() {
-            Some(token) => token_flow(&st, &req, token, now).await,
+            Some(token) => token_flow(&st, &req, token, &attempt, now).await,
             None => approval_flow(&st, &req, &ip, now).await,
         }
     })
@@ -110,6 +114,30 @@ impl Request {
     }
 }
 
+/// A pairing attempt of one source: the keys it is counted under, and whether its reservation was already given
+/// back (by the redemption that paired, in the pairing's own transaction).
+pub(crate) struct Attempt {
+    ip: String,
+    keys: Vec<BanKey>,
+    given_back: AtomicBool,
+}
+
+impl Attempt {
+    pub(crate) fn new(ip: &str) -> Attempt {
+        Attempt { ip: ip.to_owned(), keys: ban_keys(ip), given_back: AtomicBool::new(false) }
+    }
+
+    /// The reservation to give back with a redemption (see [`Attempt::given_back`]).
+    fn keys(&self) -> Vec<BanKey> {
+        self.keys.clone()
+    }
+
+    /// Records that the reservation was given back in the transaction that paired.
+    fn given_back(&self) {
+        self.given_back.store(true, Ordering::Relaxed);
+    }
+}
+
 pub(crate) async fn guarded<T>(
     st: &GateState,
     ip: &str,
@@ -117,6 +145,18 @@ pub(crate) async fn guarded<T>(
     what: Request,
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
+    guarded_attempt(st, &Attempt::new(ip), now, what, work).await
+}
+
+/// [`guarded`] for an attempt whose work may give its reservation back itself.
+async fn guarded_attempt<T>(
+    st: &GateState,
+    attempt: &Attempt,
+    now: i64,
+    what: Request,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let ip = attempt.ip.as_str();
     // Pairing attempts (a token or a pairing id is a guess at a secret) are evaluated one at a time per source, so
     // the ban a burst earns stops the rest of that burst (`per_source`); upgrade downloads are not attempts.
     let _turn = match what {
@@ -125,10 +165,10 @@ pub(crate) async fn guarded<T>(
     };
     let name = what.name();
     let store = &st.ctx().store;
-    let keys = ban_keys(ip);
+    let keys = &attempt.keys;
     if what == Request::Upgrade {
         // Downloads are not guesses: they are not counted, but a banned source gets none.
-        if let Some((key, _)) = store.banned_key(&keys, now).await? {
+        if let Some((key, _)) = store.banned_key(keys, now).await? {
             tracing::info!(ip, what = name, outcome = "banned", key);
             return Err(ApiError::Banned);
         }
@@ -136,11 +176,12 @@ pub(crate) async fn guarded<T>(
         log_outcome(ip, name, &result, &[]);
         return result;
     }
-    // Counted before it is evaluated, in the store (shared by every gate): see `db::bans`. A write, so it queues
-    // behind this gate's other writes (see `Inner::writes`) rather than in SQLite's busy handler.
-    let reserved = {
-        let _w = st.0.writes.lock().await;
-        store.reserve_attempt(&keys, now, BAN_SECS).await?
+    // Counted before it is evaluated, in the store (shared by every gate): see `db::bans`. Written with the other
+    // requests' writes waiting at that moment, in one transaction (`writer`).
+    let reserve = GateWrite::Reserve { keys: keys.clone(), now, window_secs: BAN_SECS };
+    let reserved = match writer::write(st, reserve).await? {
+        GateWritten::Reserved(r) => r,
+        other => return Err(ApiError::internal(format!("a reservation answered {other:?}"))),
     };
     match reserved {
         Reserved::Go => {}
@@ -156,10 +197,14 @@ pub(crate) async fn guarded<T>(
     let result = work.await;
     let failed = matches!(&result, Err(e) if e.counts_as_failure());
     let banned = if failed {
+        // A failure is settled at once, alone: its ban must be in force before this source's next turn. (A work
+        // that gave its reservation back has paired: the answer was rendered before, so it does not fail after.)
         let _w = st.0.writes.lock().await;
-        store.settle_attempt(&keys, true, now, BAN_SECS).await?
+        store.settle_attempt(keys, true, now, BAN_SECS).await?
     } else {
-        give_back(st, keys).await;
+        if !attempt.given_back.load(Ordering::Relaxed) {
+            give_back(st, keys.clone()).await;
+        }
         Vec::new()
     };
     if banned.iter().any(|k| k == ip) {
@@ -173,41 +218,13 @@ pub(crate) async fn guarded<T>(
     result
 }
 
-/// Gives a successful attempt's reservation back, grouped with those of other requests finishing meanwhile: one
-/// task writes every waiting give-back in one transaction (and again while more arrive), the requests leave theirs
-/// and go on (the one that started the task waits for it). A pairing thus costs one store write for its
-/// reservation and a share of one for its give-back, instead of two. The task is spawned, so a request dropped
-/// mid-way (its client went away) never strands the queue. A failure is settled at once (its ban must be). A give-back the store refuses, or one lost in a crash,
-/// leaves the attempt counted as a failure for the rest of the window: the cautious side.
+/// Gives a successful attempt's reservation back (with the other writes waiting, `writer`). A give-back the store
+/// refuses, or one lost in a crash, leaves the attempt counted as a failure for the rest of the window: the
+/// cautious side.
 async fn give_back(st: &GateState, keys: Vec<BanKey>) {
-    {
-        let mut g = st.0.give_back.lock().unwrap_or_else(|e| e.into_inner());
-        g.waiting.push(keys);
-        if g.running {
-            return;
-        }
-        g.running = true;
+    if let Err(e) = writer::write(st, GateWrite::GiveBack { keys }).await {
+        tracing::warn!(error = %e, "could not give back the reservation of a successful attempt");
     }
-    let st = st.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let batch = {
-                let mut g = st.0.give_back.lock().unwrap_or_else(|e| e.into_inner());
-                if g.waiting.is_empty() {
-                    g.running = false;
-                    return;
-                }
-                std::mem::take(&mut g.waiting)
-            };
-            let _w = st.0.writes.lock().await;
-            if let Err(e) = st.ctx().store.give_back_attempts(&batch).await {
-                tracing::warn!(error = %e, attempts = batch.len(), "could not give back reservations of successful attempts");
-            }
-        }
-    });
-    // The request that started the task waits for it (so a lone request's give-back is done before its answer);
-    // dropping this wait does not stop the task.
-    let _ = task.await;
 }
 
 /// The keys a source is counted under: its address (5 failures) and its /24 or /64 (more: a site or a carrier NAT
@@ -272,7 +289,13 @@ fn check_terminal_info(st: &GateState, req: &PairRequest) -> Result<(), ApiError
 }
 
 /// The token flow (zero-touch).
-async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> Result<Outcome, ApiError> {
+async fn token_flow(
+    st: &GateState,
+    req: &PairRequest,
+    text: &str,
+    attempt: &Attempt,
+    now: i64,
+) -> Result<Outcome, ApiError> {
     let store = &st.ctx().store;
     let token: PairingToken = text.parse().map_err(|_| ApiError::InvalidToken("malformed"))?;
     let row = store.token(token.id()).await?;
@@ -328,22 +351,31 @@ async fn token_flow(st: &GateState, req: &PairRequest, text: &str, now: i64) -> 
     let new = new_cert(&cert_pem)?;
     // Rendered before the store changes, so a failure here writes nothing.
     let answer = answer(st, &cred.name, &new.cert_pem, &new.serial)?;
-    let redeemed = {
-        let _w = st.0.writes.lock().await;
-        let r = store.redeem_token(token.id(), &pk, &new, now).await;
-        if let (Ok(Redeemed::Fresh { credential_id, .. }), Some(_)) = (&r, hw) {
-            store.mark_paired(*credential_id, hw, now).await?;
-        }
-        r
+    // One transaction (shared with other requests' writes, `writer`): the token taken, the certificate recorded,
+    // the terminal marked paired, and this attempt's reservation given back.
+    let redeem = RedeemWrite {
+        token_id: token.id().to_owned(),
+        pubkey_sha256: pk,
+        cert: new,
+        hw_serial: hw.map(str::to_owned),
+        give_back: attempt.keys(),
+        now,
     };
+    let serial = redeem.cert.serial.clone();
+    let redeemed = match writer::write(st, GateWrite::Redeem(redeem)).await? {
+        GateWritten::Redeemed(r) => r,
+        other => return Err(ApiError::internal(format!("a redemption answered {other:?}"))),
+    };
+    if matches!(redeemed, Ok(Redeemed::Fresh { .. })) {
+        attempt.given_back();
+    }
     match redeemed {
         Ok(Redeemed::Fresh { .. }) => {
-            tracing::info!(token_id = token.id(), terminal = %cred.name, serial = %new.serial, "terminal paired");
+            tracing::info!(token_id = token.id(), terminal = %cred.name, %serial, "terminal paired");
             Ok(answer)
         }
         Ok(Redeemed::AlreadySameKey { cert_serial, .. }) => answer_for_serial(st, &cred, &cert_serial).await,
-        Err(DbError::TokenUnusable { reason }) => Err(refusal(reason)),
-        Err(e) => Err(e.into()),
+        Err(reason) => Err(refusal(reason)),
     }
 }
 

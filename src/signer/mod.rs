@@ -15,10 +15,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::app::accounts::{self, Accounts, UserMode};
+use crate::app::group_commit::GroupCommit;
 use crate::app::{AppError, Ctx, crl, csr};
 use crate::config::VpnConfig;
 use crate::control::server;
 use crate::control::signer::{MAX_LINE, SignerRequest, SignerResponse, socket_path};
+use crate::db::NewAudit;
 use crate::domain::{Actor, Kind, Name};
 
 /// Who is calling, from the socket's peer credentials.
@@ -73,6 +75,10 @@ impl Caller {
 
 struct Signer {
     ctx: Arc<Ctx>,
+    /// The audit rows of signatures, written together when several are signed at once (group commit): one
+    /// transaction a group rather than one write each, which under a burst of pairings would queue behind the
+    /// gate's writes for the store's one write lock, row by row.
+    audits: GroupCommit<(NewAudit, i64), Result<(), String>>,
     terminal: Ca,
     admin: Ca,
     accounts: Option<Accounts>,
@@ -87,6 +93,7 @@ pub async fn run_signer(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) -> Resul
         admin: ctx.pki.load_ca(Kind::Admin)?,
         own_uid: nix::unistd::geteuid().as_raw(),
         accounts,
+        audits: GroupCommit::new(MAX_AUDIT_GROUP),
         ctx: ctx.clone(),
     });
     for kind in [Kind::Terminal, Kind::Admin] {
@@ -132,6 +139,9 @@ pub async fn run_signer(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) -> Resul
     let _ = std::fs::remove_file(socket_path(&ctx.cfg.root));
     Ok(())
 }
+
+/// At most this many audit rows share one transaction.
+const MAX_AUDIT_GROUP: usize = 256;
 
 /// How often the signer looks for a newer CRL in the store (one small query; the text only when newer).
 const ADOPT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -303,10 +313,25 @@ impl Signer {
     ) -> Result<String, SignerResponse> {
         let detail = format!("{kind} certificate, serial {serial}");
         let actor = caller.actor(uid);
-        self.ctx
-            .store
-            .audit(&actor, "signer.sign", name.as_str(), &detail, self.ctx.clock.now())
+        let row = NewAudit {
+            actor: actor.clone(),
+            source: None,
+            action: "signer.sign".into(),
+            subject: name.to_string(),
+            detail,
+        };
+        let store = self.ctx.store.clone();
+        let write = move |rows: Vec<(NewAudit, i64)>| {
+            let store = store.clone();
+            async move {
+                let written = store.audit_many(&rows).await.map_err(|e| e.to_string());
+                vec![written; rows.len()]
+            }
+        };
+        self.audits
+            .submit((row, self.ctx.clock.now()), write)
             .await
+            .unwrap_or_else(|| Err("the audit writer stopped".into()))
             .map_err(|e| SignerResponse::Error { message: format!("audit: {e}") })?;
         tracing::info!(caller = %actor, %name, %serial, "signed");
         Ok(serial.to_owned())

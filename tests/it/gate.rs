@@ -981,3 +981,61 @@ async fn a_burst_of_wrong_tokens_gets_at_most_five_evaluated() {
     let (s, v) = f.pair("192.0.2.100", &req(Some(&token), Some(&csr(&key)))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
+
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    concurrent_pairings_give_their_reservations_back_and_failures_count_exactly
+);
+
+/// Many pairings at once, each from its own address, with a source's wrong tokens in among them: the gate writes
+/// them in shared transactions (group commit). Every terminal pairs; each success's reservation went with its
+/// pairing (no row is left for any of them); the failures are counted exactly (four, so the fifth bans).
+async fn concurrent_pairings_give_their_reservations_back_and_failures_count_exactly(f: Fixture) {
+    const N: usize = 12;
+    f.open_window().await;
+    let tokens: Vec<String> = (0..N).map(|i| f.add_terminal(&format!("atm-many-{i}"), &[])).collect();
+    let wrong = wrong_secret(&tokens[0]);
+    let mut all = tokio::task::JoinSet::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let body = serde_json::to_vec(&req(Some(token), Some(&csr(&KeyPair::generate().unwrap())))).unwrap();
+        let state = f.state.clone();
+        all.spawn(async move { (true, call_raw(state, &format!("198.18.{i}.1:40000"), body).await) });
+    }
+    for _ in 0..4 {
+        let body = serde_json::to_vec(&req(Some(&wrong), Some(&csr(&KeyPair::generate().unwrap())))).unwrap();
+        let state = f.state.clone();
+        all.spawn(async move { (false, call_raw(state, "203.0.113.7:40000", body).await) });
+    }
+    for (good, (status, v)) in all.join_all().await {
+        if good {
+            assert_eq!(status, StatusCode::OK, "{v}");
+        } else {
+            assert_eq!(code(&v), "invalid_token", "{v}");
+        }
+    }
+    let paired = count(&f.ctx.store, "SELECT COUNT(*) FROM credentials WHERE paired_at IS NOT NULL").await;
+    assert_eq!(paired, N as i64);
+    // Only the failing source and its /24 hold rows: every success gave its attempt back.
+    assert_eq!(count(&f.ctx.store, "SELECT COUNT(*) FROM ip_bans").await, 2);
+    assert!(!f.ctx.store.is_banned("203.0.113.7", f.ctx.clock.now()).await.unwrap());
+    let body = serde_json::to_vec(&req(Some(&wrong), Some(&csr(&KeyPair::generate().unwrap())))).unwrap();
+    let (_, v) = call_raw(f.state.clone(), "203.0.113.7:40000", body.clone()).await;
+    assert_eq!(code(&v), "invalid_token", "the fifth failure is evaluated…");
+    let (_, v) = call_raw(f.state.clone(), "203.0.113.7:40000", body).await;
+    assert_eq!(code(&v), "banned", "…and bans: four were counted before it, no more, no fewer");
+    assert!(f.state.per_source_is_empty());
+}
+
+async fn call_raw(state: GateState, peer: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let peer: SocketAddr = peer.parse().unwrap();
+    let r = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/pair")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = router(state).layer(MockConnectInfo(peer)).oneshot(r).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+}

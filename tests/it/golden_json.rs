@@ -44,6 +44,7 @@ const VOLATILE: &[(&str, &str)] = &[
     ("serials", "serial"),
     ("crl_number", "crl_number"),
     // measurements (agent bench)
+    ("prepare_secs", "float"),
     ("elapsed_secs", "float"),
     ("pairings_per_sec", "float"),
     ("p50_ms", "float"),

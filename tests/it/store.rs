@@ -37,6 +37,7 @@ store_on_both_backends!(
     crl_numbers_increase,
     sessions_crud_and_heartbeat,
     bans_and_pairing_window,
+    grouped_gate_writes_count_exactly_and_give_back_with_the_pairing,
     audit_rows,
     web_tables,
     terminals_page_filters_and_search,
@@ -674,6 +675,69 @@ async fn sessions_crud_and_heartbeat(store: Store) {
         .await
         .unwrap();
     assert!(matches!(store.touch_terminal(adm.id, "1", T0).await, Err(DbError::NotFound { .. })));
+}
+
+/// The gate's grouped writes (`Store::gate_writes`): one transaction does what the writes would do one after
+/// another (counts exact inside a group), a redemption that pairs gives its attempt's reservation back in its own
+/// transaction while a refused one keeps it, and a write that fails is its own failure: the others of its group
+/// still happen, and it leaves nothing.
+async fn grouped_gate_writes_count_exactly_and_give_back_with_the_pairing(store: Store) {
+    use cas_vpn::db::{BanKey, GateWrite, GateWritten, RedeemWrite, Reserved};
+    const BAN: i64 = 900;
+    // A /24 that allows two attempts at once, so that every count shows.
+    let keys = |ip: &str| vec![BanKey { key: ip.to_owned(), max: 5 }, BanKey { key: "192.0.2.0/24".into(), max: 2 }];
+    let reserve = |ip: &str| GateWrite::Reserve { keys: keys(ip), now: T0, window_secs: BAN };
+    let redeem = |tok: &str, n: u64, cn: &str, ip: &str| {
+        GateWrite::Redeem(RedeemWrite {
+            token_id: tok.to_owned(),
+            pubkey_sha256: sha256_hex(tok),
+            cert: cert(&serial(n), cn),
+            hw_serial: Some("HW-7".into()),
+            give_back: keys(ip),
+            now: T0 + 10,
+        })
+    };
+    let outcomes = |r: Vec<Result<GateWritten, DbError>>| r.into_iter().map(Result::unwrap).collect::<Vec<_>>();
+    let go = GateWritten::Reserved(Reserved::Go);
+    let busy = GateWritten::Reserved(Reserved::Busy { key: "192.0.2.0/24".into() });
+    let a = one_terminal(&store, "ga", None, Some("tga")).await;
+    one_terminal(&store, "gb", None, Some("tgb")).await;
+
+    // Three sources of one /24 in one group: the third finds the /24 full, exactly as one by one.
+    let out = outcomes(store.gate_writes(&[reserve("192.0.2.1"), reserve("192.0.2.2"), reserve("192.0.2.3")]).await);
+    assert_eq!(out, [go.clone(), go.clone(), busy.clone()]);
+
+    // .1 pairs (its reservation goes with it); .2 presents an unknown token (its reservation stays: a failure).
+    let out =
+        outcomes(store.gate_writes(&[redeem("tga", 1, "ga", "192.0.2.1"), redeem("nope", 2, "gb", "192.0.2.2")]).await);
+    assert_eq!(
+        out,
+        [
+            GateWritten::Redeemed(Ok(Redeemed::Fresh { credential_id: a, cert_serial: serial(1) })),
+            GateWritten::Redeemed(Err(TokenRefusal::Unknown)),
+        ]
+    );
+    let c = store.credential_by_id(a).await.unwrap().unwrap();
+    assert_eq!((c.paired_at, c.hw_serial.as_deref()), (Some(T0 + 10), Some("HW-7")), "paired with its serial");
+    assert!(store.certificate_by_serial(&serial(1)).await.unwrap().is_some());
+    // The /24 now holds .2's attempt only: one more fits, a second does not.
+    let out = outcomes(store.gate_writes(&[reserve("192.0.2.4"), reserve("192.0.2.5")]).await);
+    assert_eq!(out, [go.clone(), busy], "the pairing gave its reservation back, the refusal kept its own");
+
+    // A write that fails (a serial already recorded) fails alone: the rest of its group is written, it leaves
+    // nothing (the token stays unused, no certificate, no give-back).
+    let elsewhere =
+        GateWrite::Reserve { keys: vec![BanKey { key: "198.51.100.9".into(), max: 5 }], now: T0, window_secs: BAN };
+    let out = store.gate_writes(&[elsewhere, redeem("tgb", 1, "gb", "192.0.2.4")]).await;
+    assert!(matches!(&out[0], Ok(r) if *r == go), "{out:?}");
+    assert!(matches!(&out[1], Err(DbError::SerialTaken { .. })), "{out:?}");
+    assert_eq!(store.token("tgb").await.unwrap().unwrap().used_at, None);
+    let out = outcomes(store.gate_writes(&[reserve("192.0.2.6")]).await);
+    assert_eq!(
+        out,
+        [GateWritten::Reserved(Reserved::Busy { key: "192.0.2.0/24".into() })],
+        "the failed redemption gave nothing back"
+    );
 }
 
 async fn bans_and_pairing_window(store: Store) {
