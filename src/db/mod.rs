@@ -83,6 +83,7 @@ mod metrics;
 mod nodes;
 mod pairing;
 mod pairing_ext;
+mod revocations;
 mod sessions;
 pub mod snapshot;
 mod tokens;
@@ -97,6 +98,7 @@ pub use events::{Event, EventAck, EventKind};
 pub use metrics::{ClientCertExpiry, Counter, InstanceSessions};
 pub use nodes::{NodeRefusal, NodeRow, NodeStart};
 pub use pairing_ext::{PendingPairing, Submitted};
+pub use revocations::{BulkRefusal, BulkRevocation, BulkRevoked};
 pub use sessions::{NewSession, SessionRow};
 pub use tokens::{NewToken, Redeemed, TokenRefusal, TokenRow};
 pub use views::{AuditQuery, CredentialCounts, ExpiringCert, TerminalFilter, TerminalListRow, TerminalQuery};
@@ -109,6 +111,8 @@ pub enum DbError {
     NotFound { what: String },
     #[error("{name} is already revoked")]
     AlreadyRevoked { name: Name },
+    #[error("{0}")]
+    BulkRefused(BulkRefusal),
     #[error("the name {name} is already in use by an active credential")]
     NameTaken { name: Name },
     #[error("every admin VPN port in {range} is in use: revoke an admin credential or widen admin_ports")]

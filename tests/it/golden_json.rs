@@ -307,6 +307,11 @@ async fn golden_json_shapes() {
     g.check("admin_vpn_list", &cli(i, &["admin-vpn", "list", "--all", "--json"]).await, &[]);
     g.check("admin_vpn_resume", &cli(i, &["admin-vpn", "resume", "alice", "--json"]).await, &[]);
     g.check("status", &cli(i, &["status", "--json"]).await, &[]);
+    // A bulk revocation: an admin (its port freed) and the already revoked atm-2 (allowed: redone).
+    cli(i, &["admin-vpn", "issue", "dave", "--out", &p("dave.ovpn")]).await;
+    std::fs::write(p("bulk.txt"), "# a bulk revocation\natm-2\ndave\n").unwrap();
+    let bulk = cli(i, &["revoke", "--file", &p("bulk.txt"), "--allow-revoked", "--json"]).await;
+    g.check("revoke_file", &bulk, &[]);
     // One node registered (as `serve vpn` does at its start).
     let node: cas_vpn::domain::Name = "n1".parse().unwrap();
     let start = cas_vpn::db::NodeStart {
