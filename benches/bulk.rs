@@ -1,6 +1,6 @@
 //! Bulk revocation figure with real openvpn in network namespaces (root): `BULK_N` (default 1,000) terminals
-//! connected at once (real openvpn clients, `BULK_PER_NS` (default 100) per client namespace, routes not
-//! executed), then all revoked by one `revoke --file` → every session gone (each client sees its reset, and the
+//! connected at once (real openvpn clients, `BULK_PER_NS` (default 20: the front port's per-source cap,
+//! `front_max_conns`) per client namespace, routes not executed), then all revoked by one `revoke --file` → every session gone (each client sees its reset, and the
 //! store holds none), side by side with the 1 s goal. Run: `scripts/bench-bulk`. Prints `name=value` lines.
 
 #[path = "../tests/e2e/support/mod.rs"]
@@ -26,7 +26,7 @@ fn main() {
     }
     require_root();
     let n = env("BULK_N", 1000);
-    let per_ns = env("BULK_PER_NS", 100).max(1);
+    let per_ns = env("BULK_PER_NS", 20).max(1);
     let mut d = Deployment::new(n.div_ceil(per_ns), &[]);
     let names: Vec<String> = (0..n).map(|i| format!("atm-{i:04}")).collect();
     let csv = d.root().join("names.csv");
