@@ -270,7 +270,11 @@ impl Ca {
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
     ) -> Result<String, CaError> {
-        Ok(crl::build(&self.issuer, &self.key_id, revoked, crl_number, this_update, next_update)?)
+        // The issuer name exactly as the CA certificate encodes it (what a verifier compares).
+        let der = pem::decode(&self.cert_pem, &["CERTIFICATE"]).map_err(|e| CaError::BadCaCert(e.to_string()))?.der;
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| CaError::BadCaCert(e.to_string()))?;
+        let issuer = cert.subject().as_raw();
+        Ok(crl::build(self.issuer.key(), issuer, &self.key_id, revoked, crl_number, this_update, next_update)?)
     }
 
     fn issue(

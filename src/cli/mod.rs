@@ -6,6 +6,7 @@ pub mod backup;
 pub mod metrics;
 pub mod node;
 pub mod pairing;
+pub mod revoke;
 pub mod web_user;
 
 use std::io::Write;
@@ -88,9 +89,17 @@ pub enum Cmd {
     /// The Prometheus scrape token of `/metrics` (admin UI).
     #[command(subcommand)]
     Metrics(metrics::MetricsCmd),
-    /// End a terminal or admin credential (and its live session).
+    /// End a terminal or admin credential (and its live session), or every one named in --file.
     Revoke {
-        name: Name,
+        #[arg(required_unless_present = "file")]
+        name: Option<Name>,
+        /// One name per line (blank lines and `#` comments skipped; `-` reads stdin): all are revoked in one
+        /// transaction with one CRL, or none when a name is unknown or already revoked.
+        #[arg(long, conflicts_with = "name", value_name = "NAMES")]
+        file: Option<PathBuf>,
+        /// With --file: already revoked names are not an error; their live sessions are ended again.
+        #[arg(long, requires = "file")]
+        allow_revoked: bool,
         #[arg(long, default_value = "unspecified")]
         reason: RevocationReason,
         #[command(flatten)]
@@ -383,7 +392,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Revoke { name, reason, json } => {
+        Cmd::Revoke { name: None, file: Some(file), allow_revoked, reason, json } => {
+            // Invariant 14: a broken configuration file never blocks a revocation.
+            revoke::revoke_file(open_lenient(&root, db).await?, &file, allow_revoked, reason, json).await?;
+        }
+        Cmd::Revoke { name: None, file: None, .. } => anyhow::bail!("a NAME or --file is required"),
+        Cmd::Revoke { name: Some(name), reason, json, .. } => {
             // Invariant 14: a broken configuration file never blocks a revocation.
             let ctx = open_lenient(&root, db).await?;
             let r = ops::revoke::revoke(&ctx, &name, reason).await?;

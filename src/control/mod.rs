@@ -33,6 +33,13 @@ pub enum Request {
     Kill {
         name: Name,
     },
+    /// Kill every live session of each of these credentials (a bulk revocation), answered with the total. A
+    /// client sends at most [`KILL_BATCH`] names per request (the server bounds its request line); a service
+    /// from before this request answers an error, and the client falls back to one `kill` per name.
+    #[serde(rename = "kill-many")]
+    KillMany {
+        names: Vec<Name>,
+    },
     /// Re-plan instances from the store (an admin credential was issued or revoked).
     Reload,
     Status,
@@ -53,6 +60,9 @@ pub enum Response {
         message: String,
     },
 }
+
+/// Names per `kill-many` request: 256 names of at most 64 bytes fit the server's request line with room to spare.
+pub const KILL_BATCH: usize = 256;
 
 pub fn socket_path(root: &Path) -> PathBuf {
     root.join("vpn").join("run").join("control.sock")

@@ -75,6 +75,8 @@ macro_rules! cred_cols {
     };
 }
 pub(crate) const CRED_BY_ID: &str = concat!("SELECT ", cred_cols!(), " FROM credentials WHERE id = $1");
+/// Every credential row, filtered by what the caller appends (`WHERE …`).
+pub(crate) const CRED_SELECT: &str = concat!("SELECT ", cred_cols!(), " FROM credentials");
 const CRED_ACTIVE_BY_NAME: &str =
     concat!("SELECT ", cred_cols!(), " FROM credentials WHERE name = $1 AND revoked_at IS NULL");
 

@@ -159,6 +159,22 @@ impl Store {
         }))
     }
 
+    /// Each node's acknowledgements of the events `first..=last` (a bulk revocation's kills): the newest event it
+    /// acknowledged there and the sessions it ended for them all. A node applies events in order, so having
+    /// acknowledged `last` means it applied every one before.
+    pub async fn event_acks_between(&self, first: i64, last: i64) -> Result<Vec<(String, i64, i64)>, DbError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT node, MAX(event_id), CAST(COALESCE(SUM(killed), 0) AS BIGINT) FROM event_acks \
+                 WHERE event_id BETWEEN $1 AND $2 GROUP BY node ORDER BY node",
+            )
+            .bind(first)
+            .bind(last)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     /// Deletes events (and their acknowledgements) older than `before`: a node that was down longer than that
     /// starts afresh anyway (its sessions were cleared). Returns how many.
     pub async fn prune_events(&self, before: i64) -> Result<u64, DbError> {

@@ -86,6 +86,7 @@ mod nodes;
 mod pairing;
 mod pairing_ext;
 mod renewals;
+mod revocations;
 mod sessions;
 pub mod snapshot;
 mod tokens;
@@ -103,6 +104,7 @@ pub use metrics::{ClientCertExpiry, Counter, InstanceSessions};
 pub use nodes::{NodeRefusal, NodeRow, NodeStart};
 pub use pairing_ext::{PendingPairing, Submitted};
 pub use renewals::{RenewalCandidate, RenewalFailure};
+pub use revocations::{BulkRefusal, BulkRevocation, BulkRevoked};
 pub use sessions::{NewSession, SessionRow};
 pub use tokens::{NewToken, Redeemed, TokenRefusal, TokenRow};
 pub use views::{AuditQuery, CredentialCounts, ExpiringCert, TerminalFilter, TerminalListRow, TerminalQuery};
@@ -115,6 +117,8 @@ pub enum DbError {
     NotFound { what: String },
     #[error("{name} is already revoked")]
     AlreadyRevoked { name: Name },
+    #[error("{0}")]
+    BulkRefused(BulkRefusal),
     #[error("the name {name} is already in use by an active credential")]
     NameTaken { name: Name },
     #[error("every admin VPN port in {range} is in use: revoke an admin credential or widen admin_ports")]

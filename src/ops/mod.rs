@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod backup;
 pub mod browse;
+pub mod bulk_revoke;
 pub mod doctor;
 pub mod firewall;
 pub mod import;

@@ -119,6 +119,40 @@ pub async fn wait_for_acks(
     }
 }
 
+/// As [`wait_for_acks`] for the events `first..=last` (a bulk revocation's kills): a node has acknowledged when it
+/// acknowledged `last` (it applies events in order), and `killed` sums what it ended for all of them.
+pub async fn wait_for_acks_between(
+    ctx: &Ctx,
+    first: i64,
+    last: i64,
+    deadline: Duration,
+) -> Result<Vec<NodeAck>, OpsError> {
+    if matches!(ctx.store, Store::Sqlite(_)) {
+        return Ok(Vec::new());
+    }
+    let nodes = live_nodes(&ctx.store, ctx.clock.now()).await?;
+    let start = Instant::now();
+    loop {
+        let acks = ctx.store.event_acks_between(first, last).await?;
+        let report: Vec<NodeAck> = nodes
+            .iter()
+            .map(|n| {
+                let ack = acks.iter().find(|(node, _, _)| node == n);
+                let acknowledged = ack.is_some_and(|(_, newest, _)| *newest == last);
+                NodeAck {
+                    node: n.clone(),
+                    acknowledged,
+                    killed: if acknowledged { ack.map_or(0, |(_, _, k)| u64::try_from(*k).unwrap_or(0)) } else { 0 },
+                }
+            })
+            .collect();
+        if report.iter().all(|a| a.acknowledged) || start.elapsed() >= deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Starts a drain of `name`: its terminals are sent to their next `remote` and new ones are turned away, until
 /// `resume`. Waits for the node's acknowledgement and for its last terminal session to go (or the deadlines).
 pub async fn drain(ctx: &Ctx, name: &Name) -> Result<Drained, OpsError> {

@@ -91,14 +91,23 @@ pub async fn import(
 }
 
 pub fn read_names(csv_path: &Path) -> Result<Vec<Name>, OpsError> {
-    let err = |line: usize, why: String| OpsError::Input { path: csv_path.to_owned(), line, why };
+    let file = std::fs::File::open(csv_path).map_err(|e| OpsError::Input {
+        path: csv_path.to_owned(),
+        line: 0,
+        why: e.to_string(),
+    })?;
+    read_names_from(std::io::BufReader::new(file), csv_path)
+}
+
+/// [`read_names`] from any reader; `label` names it in errors.
+pub fn read_names_from(input: impl std::io::Read, label: &Path) -> Result<Vec<Name>, OpsError> {
+    let err = |line: usize, why: String| OpsError::Input { path: label.to_owned(), line, why };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
         .comment(Some(b'#'))
-        .from_path(csv_path)
-        .map_err(|e| err(0, e.to_string()))?;
+        .from_reader(input);
     let mut names = Vec::new();
     let mut seen: HashMap<Name, usize> = HashMap::new();
     for (i, record) in reader.records().enumerate() {
@@ -115,7 +124,7 @@ pub fn read_names(csv_path: &Path) -> Result<Vec<Name>, OpsError> {
         names.push(name);
     }
     if names.is_empty() {
-        return Err(err(1, "no terminal names in the file".into()));
+        return Err(err(1, "no names in the file".into()));
     }
     Ok(names)
 }

@@ -13,15 +13,15 @@ use crate::control::{ControlError, Request, Response, server, socket_path};
 use crate::db::Store;
 use crate::domain::Actor;
 
-/// Longest request line read.
-const MAX_LINE: u64 = 4096;
+/// Longest request line read: a `kill-many` of `control::KILL_BATCH` names of the longest kind is about 18 KiB.
+const MAX_LINE: u64 = 64 * 1024;
 
 /// Whether the caller `uid` may make `req`.
 pub fn allowed(req: &Request, uid: u32, own_uid: u32, accounts: Option<&Accounts>) -> bool {
     let owner = uid == 0 || uid == own_uid;
     let admin = accounts.is_some_and(|a| a.admin.uid == uid);
     match req {
-        Request::Kill { .. } | Request::Reload => owner || admin,
+        Request::Kill { .. } | Request::KillMany { .. } | Request::Reload => owner || admin,
         Request::Status => owner || accounts.is_some_and(|a| a.service_of(uid).is_some()),
     }
 }
@@ -71,6 +71,10 @@ pub async fn serve(
                     Response::Error { message: format!("uid {uid} may not do this") }
                 }
                 Ok(Request::Kill { name }) => Response::Killed { sessions: registry.kill(&name).await },
+                Ok(Request::KillMany { names }) if names.len() > crate::control::KILL_BATCH => {
+                    Response::Error { message: format!("at most {} names per kill-many", crate::control::KILL_BATCH) }
+                }
+                Ok(Request::KillMany { names }) => Response::Killed { sessions: registry.kill_many(&names).await },
                 Ok(Request::Reload) => {
                     let (tx, rx) = oneshot::channel();
                     if reload.send(tx).await.is_ok() && rx.await.is_ok() {
@@ -95,6 +99,7 @@ mod tests {
     fn only_root_own_uid_and_admin_may_kill() {
         let a = Accounts::example();
         let kill = Request::Kill { name: "atm-1".parse().unwrap() };
+        let many = Request::KillMany { names: vec!["atm-1".parse().unwrap(), "atm-2".parse().unwrap()] };
         for (uid, may_kill, may_status) in [
             (0, true, true),
             (500, true, true),
@@ -104,6 +109,7 @@ mod tests {
             (77, false, false),
         ] {
             assert_eq!(allowed(&kill, uid, 500, Some(&a)), may_kill, "kill by {uid}");
+            assert_eq!(allowed(&many, uid, 500, Some(&a)), may_kill, "kill-many by {uid}");
             assert_eq!(allowed(&Request::Reload, uid, 500, Some(&a)), may_kill, "reload by {uid}");
             assert_eq!(allowed(&Request::Status, uid, 500, Some(&a)), may_status, "status by {uid}");
         }

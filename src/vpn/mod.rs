@@ -80,6 +80,29 @@ impl Registry {
         total
     }
 
+    /// Kills every live session of each of `names` (a bulk revocation): each instance is fed the kills by a task
+    /// of its own, all at once, and the answers are summed.
+    pub async fn kill_many(&self, names: &[Name]) -> usize {
+        let per_instance = self.senders().into_iter().map(|ctl| async move {
+            let mut waits = Vec::with_capacity(names.len());
+            for name in names {
+                let (reply, rx) = oneshot::channel();
+                if ctl.send(Control::Kill { name: name.clone(), reply }).await.is_err() {
+                    break;
+                }
+                waits.push(rx);
+            }
+            let mut n = 0;
+            for w in waits {
+                n += w.await.unwrap_or(0);
+            }
+            n
+        });
+        let total: usize = futures_util::future::join_all(per_instance).await.into_iter().sum();
+        tracing::info!(credentials = names.len(), sessions = total, "kill: live sessions ended (bulk)");
+        total
+    }
+
     /// Moves every terminal session of this node elsewhere (a drain): each is killed with openvpn's
     /// `RESTART,[N]`, which sends the client on to its next `remote`. Returns how many.
     pub async fn drain(&self) -> usize {

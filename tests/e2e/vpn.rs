@@ -146,6 +146,50 @@ fn admin_vpn_one_credential_one_port_one_session() {
     wait_until("alice's instance is gone", CONNECT, || d.instance("admin-12000").is_null());
 }
 
+/// `revoke --file`: several live terminals revoked by one command (one transaction, one CRL, one `kill-many`)
+/// are all disconnected within a second and never get back in; a terminal not on the list is untouched.
+#[test]
+#[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
+fn revoke_file_ends_every_listed_session_and_none_returns() {
+    require_root();
+    let (d, clients) = Deployment::with_connected_terminals(4);
+    let _master = tcp_listener(d.server(), MASTER_IP, 7741);
+    wait_until("four sessions recorded", CONNECT, || (0..4).all(|i| d.sessions_of(&format!("atm-{i}")) == 1));
+
+    let list = d.root().join("stolen.txt");
+    std::fs::write(&list, "# stolen in one night\natm-0\natm-1\n\natm-2\n").unwrap();
+    let marks: Vec<usize> = clients.iter().map(|c| c.mark()).collect();
+    let t0 = Instant::now();
+    let r = d.json(&["revoke", "--file", list.to_str().unwrap()]);
+    let returned = t0.elapsed();
+    assert_eq!((r["revoked"].as_u64(), r["killed_sessions"].as_u64()), (Some(3), Some(3)), "{r}");
+    for (c, mark) in clients.iter().zip(&marks).take(3) {
+        c.wait_for_line_from(*mark, refused, Duration::from_secs(1));
+    }
+    let gone = t0.elapsed();
+    eprintln!("revoke --file returned after {returned:?}; every listed client saw its session end after {gone:?}");
+    assert!(gone <= Duration::from_secs(1), "every session must end within 1 s, took {gone:?}");
+    for i in 0..3 {
+        assert_eq!(d.sessions_of(&format!("atm-{i}")), 0, "atm-{i}");
+    }
+
+    // They keep retrying and are refused every time.
+    wait_until("three refused reconnection attempts each", CONNECT, || {
+        clients
+            .iter()
+            .zip(&marks)
+            .take(3)
+            .all(|(c, m)| c.lines()[*m..].iter().filter(|l| l.contains("TCP connection established")).count() >= 3)
+    });
+    for (i, (c, m)) in clients.iter().zip(&marks).take(3).enumerate() {
+        assert!(!c.lines()[*m..].iter().any(|l| l.contains(INIT_COMPLETED)), "revoked atm-{i} got back in");
+    }
+    // atm-3 was not on the list.
+    assert_eq!(d.sessions_of("atm-3"), 1);
+    assert!(tcp_connect(d.lan.client(3), MASTER_IP, 7741, PROBE));
+    assert_eq!(clients[3].lines().iter().filter(|l| l.contains(INIT_COMPLETED)).count(), 1, "atm-3 reconnected");
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
 fn revoke_ends_the_session_within_a_second_and_it_never_returns() {

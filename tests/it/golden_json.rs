@@ -336,6 +336,11 @@ async fn golden_json_shapes() {
         .await
         .unwrap();
     g.check("status", &cli(i, &["status", "--json"]).await, &[]);
+    // A bulk revocation: an admin (its port freed) and the already revoked atm-2 (allowed: redone).
+    cli(i, &["admin-vpn", "issue", "dave", "--out", &p("dave.ovpn")]).await;
+    std::fs::write(p("bulk.txt"), "# a bulk revocation\natm-2\ndave\n").unwrap();
+    let bulk = cli(i, &["revoke", "--file", &p("bulk.txt"), "--allow-revoked", "--json"]).await;
+    g.check("revoke_file", &bulk, &[]);
     g.check("node_list", &cli(i, &["node", "list", "--json"]).await, &[("started_at", "time"), ("version", "version")]);
     g.check("web_user_add", &cli(i, &["web-user", "add", "carol", "--json"]).await, &[]);
     g.check("web_user_list", &cli(i, &["web-user", "list", "--json"]).await, &[]);

@@ -3,6 +3,7 @@
 mod agent;
 mod audit;
 mod backup;
+mod bulk;
 mod cli;
 mod gate;
 mod golden_json;

@@ -31,6 +31,7 @@ store_on_both_backends!(
     two_thousand_terminals_in_one_batch,
     admin_ports_lowest_free_and_exhaustion,
     revoke_errors_and_effects,
+    bulk_revoke_is_all_or_nothing,
     serials_are_never_reused,
     tokens_redeem_once,
     concurrent_redeems_pair_once,
@@ -373,6 +374,85 @@ async fn admin_ports_lowest_free_and_exhaustion(store: Store) {
     let ids: Vec<i64> = admins.iter().filter(|c| c.name.as_str() == "admin-07").map(|c| c.id).collect();
     assert_eq!(ids, [old.id, again.id], "ordered by name, then id");
     assert_eq!(store.list_credentials(Some(Kind::Terminal), true).await.unwrap(), []);
+}
+
+/// `revoke --file`'s store half: an unknown or already revoked name refuses the whole list (nothing changes,
+/// every culprit named); a good list revokes every credential, its certificates and tokens, with one audit row
+/// and one kill event each, in one transaction.
+async fn bulk_revoke_is_all_or_nothing(store: Store) {
+    let big = TerminalLayout { instances: 2, hosts_per_instance: 200 };
+    let new: Vec<NewTerminal> = (0..120)
+        .map(|i| NewTerminal {
+            name: name(&format!("atm-{i:03}")),
+            cert: Some(cert(&serial(1000 + i), &format!("atm-{i:03}"))),
+            token: Some(token(&format!("tok-{i}"), T0 + DAY)),
+        })
+        .collect();
+    store.create_terminals(&new, big, T0).await.unwrap();
+    let gone = one_terminal(&store, "gone", Some(&serial(9)), None).await;
+    store.revoke(&name("gone"), Superseded, &root(), T0 + 1).await.unwrap();
+    let events_before = store.events_after(0, "n1").await.unwrap().len();
+
+    // Refusals: all names checked first; nothing changes.
+    let before = counts(&store).await;
+    let mut names: Vec<Name> = new.iter().map(|t| t.name.clone()).collect();
+    names.extend([name("nobody"), name("gone"), name("nobody-2")]);
+    let err = store.revoke_many(&names, KeyCompromise, &root(), T0 + 10, false).await.unwrap_err();
+    let DbError::BulkRefused(r) = &err else { panic!("{err:?}") };
+    assert_eq!(r.unknown, [name("nobody"), name("nobody-2")]);
+    assert_eq!(r.already_revoked, [name("gone")]);
+    let text = err.to_string();
+    assert!(text.contains("nothing revoked") && text.contains("nobody-2") && text.contains("gone"), "{text}");
+    assert_eq!(counts(&store).await, before);
+    assert_eq!(store.events_after(0, "n1").await.unwrap().len(), events_before);
+    assert!(store.list_credentials(None, false).await.unwrap().iter().all(|c| !c.is_revoked()));
+    // Allowing revoked names does not allow unknown ones.
+    let err = store.revoke_many(&names, KeyCompromise, &root(), T0 + 10, true).await.unwrap_err();
+    assert!(matches!(&err, DbError::BulkRefused(r) if r.already_revoked.is_empty() && r.unknown.len() == 2));
+    assert_eq!(counts(&store).await, before);
+
+    // The good list (and the revoked one, allowed): everything in one go.
+    names.retain(|n| !n.as_str().starts_with("nobody"));
+    let done = store.revoke_many(&names, KeyCompromise, &root(), T0 + 20, true).await.unwrap();
+    assert_eq!(done.revoked.len(), 121);
+    assert_eq!(
+        done.revoked.iter().map(|r| r.credential.name.clone()).collect::<Vec<_>>(),
+        names,
+        "reported in the order asked"
+    );
+    for (i, r) in done.revoked.iter().take(120).enumerate() {
+        assert!(!r.already);
+        assert_eq!(r.serials, [serial(1000 + i as u64)]);
+        assert_eq!(r.credential.revoked_at, Some(T0 + 20));
+        let row = store.certificate_by_serial(&r.serials[0]).await.unwrap().unwrap();
+        assert_eq!((row.revoked_at, row.revoke_reason.as_deref()), (Some(T0 + 20), Some("key-compromise")));
+        assert!(store.token(&format!("tok-{i}")).await.unwrap().unwrap().locked_at.is_some());
+    }
+    let redo = &done.revoked[120];
+    assert!(redo.already && redo.serials.is_empty() && redo.credential.id == gone);
+    assert_eq!(redo.credential.revoked_at, Some(T0 + 1), "a redo keeps the first revocation");
+    assert_eq!(store.certificate_by_serial(&serial(9)).await.unwrap().unwrap().revoked_at, Some(T0 + 1));
+    assert!(store.list_credentials(None, false).await.unwrap().is_empty());
+    let after = counts(&store).await;
+    assert_eq!(after["audit"], before["audit"] + 120, "one audit row per credential revoked now");
+    assert_eq!(after["credentials"], before["credentials"]);
+    // One kill event per name, all in this transaction's id range, every node meant.
+    let events = store.events_after(0, "n1").await.unwrap();
+    let kills: Vec<_> = events[events_before..].iter().collect();
+    assert_eq!(kills.len(), 121);
+    assert!(kills.iter().all(|e| e.kind == cas_vpn::db::EventKind::Kill && e.node.is_none()));
+    assert_eq!(
+        kills.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>(),
+        names.iter().map(Name::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!((kills[0].id, kills[120].id), (done.first_event, done.last_event));
+    let serials: HashSet<String> =
+        store.revoked_certificates(Kind::Terminal).await.unwrap().into_iter().map(|(s, _, _)| s).collect();
+    assert_eq!(serials.len(), 121);
+    // The same list again, not allowed: all already revoked.
+    let err = store.revoke_many(&names, Unspecified, &root(), T0 + 30, false).await.unwrap_err();
+    assert!(matches!(&err, DbError::BulkRefused(r) if r.already_revoked.len() == 121 && r.unknown.is_empty()));
+    assert!(err.to_string().contains("and 101 more"), "{err}");
 }
 
 async fn revoke_errors_and_effects(store: Store) {
