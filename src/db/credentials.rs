@@ -439,7 +439,8 @@ impl Store {
     ) -> Result<(Credential, Vec<String>, i64), DbError> {
         // Stored as its stable text (`key-compromise`, …), which is what the CRL is made from later.
         let reason_text = reason.as_str();
-        in_tx!(self, tx => async {
+        // Durable: `revoke` returns a promise that the credential never connects again.
+        in_durable_tx!(self, tx => async {
             let row: Option<CredRow> =
                 sqlx::query_as(CRED_ACTIVE_BY_NAME).bind(name.as_str()).fetch_optional(&mut *tx).await?;
             let Some(row) = row else {

@@ -100,30 +100,9 @@ impl Store {
                 }
             };
         }
-        // A pairing's answer is sent once this commits, and a terminal holding a certificate the store forgot could
-        // never connect: a group that redeems is made durable (SQLite `synchronous = FULL`: the WAL is synced at
-        // this commit; the store's default NORMAL syncs it only at checkpoints, which survives a killed process
-        // but not a power cut). One sync per group, not per pairing. PostgreSQL commits durably already.
+        // A pairing's answer is sent once this commits: a group that redeems is made durable (`in_durable_tx!`),
+        // one sync per group, not per pairing.
         let durable = writes.iter().any(|w| matches!(w, GateWrite::Redeem(_)));
-        match self {
-            Store::Sqlite(pool) if durable => {
-                let mut conn = pool.acquire().await?;
-                // Outside the transaction: SQLite refuses to change it inside one.
-                sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
-                let out = async {
-                    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
-                    let out = body!(tx).await;
-                    super::finish(tx, out).await
-                }
-                .await;
-                // Back to the store's default before the connection returns to the pool; a connection that cannot
-                // be set back is closed rather than reused.
-                if sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await.is_err() {
-                    let _ = conn.detach();
-                }
-                out
-            }
-            _ => in_tx!(self, tx => body!(tx)),
-        }
+        if durable { in_durable_tx!(self, tx => body!(tx)) } else { in_tx!(self, tx => body!(tx)) }
     }
 }

@@ -57,6 +57,37 @@ macro_rules! in_tx {
     };
 }
 
+/// As `in_tx!`, made durable at its commit on SQLite too: `synchronous = FULL` for this one transaction, so the
+/// WAL is synced at the commit (the store's default NORMAL syncs it at checkpoints: that survives a killed process
+/// but not a power cut). For the changes whose loss in a power cut would break a promise already made: a
+/// revocation (the store forgetting it would drop the serial from the next CRL and let the credential back in) and
+/// a redeemed pairing token (a terminal holding a certificate the store forgot could never connect). PostgreSQL
+/// commits durably already.
+macro_rules! in_durable_tx {
+    ($store:expr, $tx:ident => $body:expr) => {
+        match $store {
+            $crate::db::Store::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                // Outside the transaction: SQLite refuses to change it inside one.
+                sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+                let out = async {
+                    let mut $tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+                    let out: Result<_, $crate::db::DbError> = $body.await;
+                    $crate::db::finish($tx, out).await
+                }
+                .await;
+                // Back to the store's default before the connection returns to the pool; one that cannot be set
+                // back is closed rather than reused.
+                if sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await.is_err() {
+                    let _ = conn.detach();
+                }
+                out
+            }
+            store @ $crate::db::Store::Postgres(_) => in_tx!(store, $tx => $body),
+        }
+    };
+}
+
 /// Inside an `in_tx!` body: inserts an event row and announces it (`events::Notify`), in that transaction.
 /// Yields `Result<i64, DbError>` (the event id).
 macro_rules! publish_event_in {

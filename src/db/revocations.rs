@@ -84,7 +84,8 @@ impl Store {
             return Err(DbError::NotFound { what: "credential names to revoke (the list is empty)".into() });
         }
         let reason_text = reason.as_str();
-        in_tx!(self, tx => async {
+        // Durable, as `Store::revoke`.
+        in_durable_tx!(self, tx => async {
             // Every row of these names: the active one is revoked; a name with only revoked rows was revoked.
             let mut rows: Vec<CredRow> = Vec::with_capacity(names.len());
             for chunk in names.chunks(NAMES_CHUNK) {

@@ -1302,6 +1302,29 @@ async fn audit_page_filters(store: Store) {
 // ---------------------------------------------------------------------------------------------------------------
 // backend-specific
 
+/// A revocation commits with `synchronous = FULL` (durable through a power cut) and hands its connection back to
+/// the pool as the store's default (NORMAL), so no other write pays for it or silently keeps it.
+#[tokio::test]
+async fn durable_transactions_hand_their_connection_back_as_it_was() {
+    let dir = tempfile::Builder::new().prefix("cv-store-").tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("cas-vpn.sqlite")).await.unwrap();
+    for i in 0..3 {
+        one_terminal(&store, &format!("atm-d{i}"), Some(&format!("0d{i}")), None).await;
+    }
+    for i in 0..3 {
+        store.revoke(&name(&format!("atm-d{i}")), KeyCompromise, &Actor::Uid(0), T0 + i).await.unwrap();
+    }
+    let Store::Sqlite(pool) = &store else { unreachable!() };
+    let mut conns = Vec::new();
+    for _ in 0..pool.size() {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    for c in conns.iter_mut() {
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut **c).await.unwrap();
+        assert_eq!(sync, 1, "a pooled connection left at synchronous {sync}");
+    }
+}
+
 #[tokio::test]
 async fn sqlite_urls_pragmas_and_reopen() {
     let dir = tempfile::Builder::new().prefix("cv-store-").tempdir().unwrap();
