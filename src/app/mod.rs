@@ -126,7 +126,12 @@ impl Ctx {
             crate::sys::fs::ensure_dir(&root.join("db"), 0o700)?;
         }
         let store = Store::open(&self::database_url(root, database_url)).await?;
-        Ok(Ctx {
+        Ok(Ctx::with_store(root, database_url, cfg, store))
+    }
+
+    /// The context of the CLI's user on `store`, with the system clock.
+    fn with_store(root: &Path, database_url: Option<&str>, cfg: Config, store: Store) -> Ctx {
+        Ctx {
             cfg,
             store,
             pki: PkiDir::new(root, ca_passphrase()),
@@ -134,7 +139,7 @@ impl Ctx {
             clock: Clock::system(),
             database_url: database_url.map(str::to_owned),
             source: None,
-        })
+        }
     }
 
     /// As `open`, for the commands that must work with a broken configuration file (`Config::load_lenient`): the
@@ -163,16 +168,7 @@ impl Ctx {
             Ok(ctx) => Ok((ctx, warnings, None)),
             Err(AppError::Db(e)) => {
                 let store = Store::unopened(&self::database_url(root, database_url))?;
-                let ctx = Ctx {
-                    cfg,
-                    store,
-                    pki: PkiDir::new(root, ca_passphrase()),
-                    actor: cli_actor(),
-                    clock: Clock::system(),
-                    database_url: database_url.map(str::to_owned),
-                    source: None,
-                };
-                Ok((ctx, warnings, Some(e.to_string())))
+                Ok((Ctx::with_store(root, database_url, cfg, store), warnings, Some(e.to_string())))
             }
             Err(e) => Err(e),
         }

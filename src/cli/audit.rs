@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use clap::Args;
 
-use crate::domain::{Actor, Since};
+use crate::domain::{Actor, Since, unsafe_char};
 use crate::ops::{self, Ctx};
 
 #[derive(Debug, Args)]
@@ -87,25 +87,6 @@ pub async fn run(ctx: Ctx, args: AuditArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// Characters that must not reach a terminal as they are: control characters (C0, DEL, C1: newlines, escape
-/// sequences) and the invisible format characters that reorder or hide text (bidi overrides and isolates,
-/// zero-width characters, line and paragraph separators).
-fn unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{00AD}'
-                | '\u{061C}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{206F}'
-                | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-        )
 }
 
 /// A stored value for the table: unsafe characters as escapes (`\n`, `\r`, `\t`, `\u{1b}`), and the backslash

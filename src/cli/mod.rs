@@ -419,22 +419,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("admin port {p} is free again");
                 }
             }
-            match r.killed_sessions {
-                Some(n) => println!("{n} live session(s) ended"),
-                None => println!("no cas-vpn serve is running here: no live session to end"),
-            }
-            for n in &r.nodes {
-                if n.acknowledged {
-                    println!("node {}: {} live session(s) ended", n.node, n.killed);
-                } else {
-                    eprintln!(
-                        "warning: node {} did not acknowledge within {} s; it ends the session when it catches up, \
-                         and refuses the credential at its next connection",
-                        n.node,
-                        ops::nodes::ACK_DEADLINE.as_secs()
-                    );
-                }
-            }
+            revoke::print_kills(r.killed_sessions, &r.nodes, false);
         }
         Cmd::Pairing(p) => pairing::pairing(Ctx::open(&root, db).await?, p).await?,
         Cmd::UnbanIp { ip, json } => pairing::unban_ip(Ctx::open(&root, db).await?, ip, json).await?,

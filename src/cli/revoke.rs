@@ -33,21 +33,29 @@ pub async fn revoke_file(
     if !freed.is_empty() {
         println!("admin port(s) free again: {}", freed.join(", "));
     }
-    match r.killed_sessions {
+    print_kills(r.killed_sessions, &r.nodes, true);
+    Ok(())
+}
+
+/// What a revocation's kills did: here (`None`: no `serve` runs here) and on each other node; a node that did not
+/// acknowledge is a warning on stderr (the revocation stands, and that node ends the sessions when it catches up).
+pub(super) fn print_kills(here: Option<usize>, nodes: &[ops::nodes::NodeAck], many: bool) {
+    match here {
         Some(n) => println!("{n} live session(s) ended"),
         None => println!("no cas-vpn serve is running here: no live session to end"),
     }
-    for n in &r.nodes {
+    let (sessions, credentials) =
+        if many { ("sessions", "credentials at their") } else { ("session", "credential at its") };
+    for n in nodes {
         if n.acknowledged {
             println!("node {}: {} live session(s) ended", n.node, n.killed);
         } else {
             eprintln!(
-                "warning: node {} did not acknowledge within {} s; it ends the sessions when it catches up, and \
-                 refuses the credentials at their next connection",
+                "warning: node {} did not acknowledge within {} s; it ends the {sessions} when it catches up, and \
+                 refuses the {credentials} next connection",
                 n.node,
                 ops::nodes::ACK_DEADLINE.as_secs()
             );
         }
     }
-    Ok(())
 }

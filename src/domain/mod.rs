@@ -76,3 +76,23 @@ pub(crate) fn shown(raw: &str) -> String {
     }
     format!("\"{out}\"")
 }
+
+/// Characters that must not reach a terminal as they are: control characters (C0, DEL, C1: newlines, escape
+/// sequences) and the invisible format characters that reorder or hide text (bidi overrides and isolates,
+/// zero-width characters, line and paragraph separators). `cas-vpn audit` escapes them; a renewal failure's
+/// detail refuses them.
+pub fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}

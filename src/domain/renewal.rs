@@ -11,7 +11,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{DomainError, shown};
+use super::{DomainError, shown, unsafe_char};
 
 /// How renewals are timed: the length of the window (`renew_before_days` of `config/vpn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,25 +169,6 @@ impl std::str::FromStr for FailureDetail {
         }
         Ok(FailureDetail(s.to_owned()))
     }
-}
-
-/// Control characters (C0, DEL, C1) and the invisible format characters that reorder or hide text (bidi
-/// overrides and isolates, zero-width characters, line and paragraph separators): the same set `cas-vpn audit`
-/// escapes.
-fn unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{00AD}'
-                | '\u{061C}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{206F}'
-                | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-        )
 }
 
 impl std::fmt::Display for FailureDetail {

@@ -41,6 +41,20 @@ fn only_ca(ca_pem: &str) -> Result<(X509, openssl::x509::store::X509Store), Mtls
 
 /// master's acceptor: its certificate and key, client certificates required and verified against `ca_pem` only.
 pub fn server_acceptor(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<SslAcceptor, MtlsError> {
+    Ok(requiring_ca(cert_pem, key_pem, ca_pem)?.build())
+}
+
+/// The agent's status endpoint (probed by master): its terminal certificate and key, client certificates required
+/// and verified against the terminal CA only. The purpose check is off: the certificate master presents is its
+/// server certificate (EKU serverAuth); whose it is, is checked by name afterwards ([`names_ip`]).
+pub fn peer_acceptor(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<SslAcceptor, MtlsError> {
+    let mut b = requiring_ca(cert_pem, key_pem, ca_pem)?;
+    b.verify_param_mut().set_purpose(openssl::x509::X509PurposeId::ANY)?;
+    Ok(b.build())
+}
+
+/// An acceptor presenting `cert_pem`/`key_pem` that requires a client certificate issued by `ca_pem`, and no other.
+fn requiring_ca(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<openssl::ssl::SslAcceptorBuilder, MtlsError> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     let (cert, key) = (X509::from_pem(cert_pem.as_bytes())?, PKey::private_key_from_pem(key_pem.as_bytes())?);
@@ -56,28 +70,7 @@ pub fn server_acceptor(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Ss
     b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
     // The terminal CA is a root issuing leaves only: a chain is the leaf and the root.
     b.set_verify_depth(1);
-    Ok(b.build())
-}
-
-/// The agent's status endpoint (probed by master): its terminal certificate and key, client certificates required
-/// and verified against the terminal CA only. The purpose check is off: the certificate master presents is its
-/// server certificate (EKU serverAuth); whose it is, is checked by name afterwards ([`names_ip`]).
-pub fn peer_acceptor(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<SslAcceptor, MtlsError> {
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
-    let (cert, key) = (X509::from_pem(cert_pem.as_bytes())?, PKey::private_key_from_pem(key_pem.as_bytes())?);
-    b.set_certificate(&cert)?;
-    b.set_private_key(&key)?;
-    b.check_private_key()?;
-    let (ca, store) = only_ca(ca_pem)?;
-    b.set_verify_cert_store(store)?;
-    let mut names = openssl::stack::Stack::new()?;
-    names.push(ca.subject_name().to_owned()?)?;
-    b.set_client_ca_list(names);
-    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
-    b.set_verify_depth(1);
-    b.verify_param_mut().set_purpose(openssl::x509::X509PurposeId::ANY)?;
-    Ok(b.build())
+    Ok(b)
 }
 
 /// Whether the certificate (DER) names `name` (an address or a DNS name) among its subject alternative names:

@@ -92,17 +92,7 @@ pub async fn revoke_many(
         Some(n) => detail.push_str(&format!("; {n} live session(s) ended")),
         None => detail.push_str("; no serve running"),
     }
-    let silent: Vec<&str> = nodes.iter().filter(|n| !n.acknowledged).map(|n| n.node.as_str()).collect();
-    if !nodes.is_empty() {
-        let ended: u64 = nodes.iter().map(|n| n.killed).sum();
-        detail.push_str(&format!(
-            "; {} node(s) acknowledged, {ended} session(s) ended there",
-            nodes.len() - silent.len()
-        ));
-    }
-    if !silent.is_empty() {
-        detail.push_str(&format!("; no acknowledgement from {}", silent.join(", ")));
-    }
+    detail.push_str(&super::nodes::acks_detail(&nodes));
     ctx.audit("revoke.bulk", &format!("{} credential(s)", all.len()), &detail, ctx.clock.now()).await?;
     if done.revoked.iter().any(|r| r.credential.kind == Kind::Admin) {
         // Their instances stop, their ports are free, and the firewall closes them (as a single revoke does).

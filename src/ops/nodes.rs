@@ -84,6 +84,24 @@ async fn live_nodes(store: &Store, now: i64) -> Result<Vec<String>, OpsError> {
     Ok(store.list_nodes().await?.into_iter().filter(|n| n.last_seen >= now - ALIVE_FOR_SECS).map(|n| n.name).collect())
 }
 
+/// What the other nodes said, for an audit row's detail: how many acknowledged and ended how many sessions, and
+/// which did not acknowledge (empty when there is no other node).
+pub fn acks_detail(nodes: &[NodeAck]) -> String {
+    let mut detail = String::new();
+    let silent: Vec<&str> = nodes.iter().filter(|n| !n.acknowledged).map(|n| n.node.as_str()).collect();
+    if !nodes.is_empty() {
+        let ended: u64 = nodes.iter().map(|n| n.killed).sum();
+        detail.push_str(&format!(
+            "; {} node(s) acknowledged, {ended} session(s) ended there",
+            nodes.len() - silent.len()
+        ));
+    }
+    if !silent.is_empty() {
+        detail.push_str(&format!("; no acknowledgement from {}", silent.join(", ")));
+    }
+    detail
+}
+
 /// Waits until every node alive when asked (or `only` that one) acknowledged event `id`, or `deadline` passed;
 /// one entry per such node. On SQLite there are no other nodes and the local one answered through its control
 /// socket already: nothing to wait for.

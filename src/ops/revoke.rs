@@ -74,17 +74,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
         Some(n) => format!("crl #{}; {n} live session(s) ended", report.crl_number),
         None => format!("crl #{}; no serve running", report.crl_number),
     };
-    let silent: Vec<&str> = nodes.iter().filter(|n| !n.acknowledged).map(|n| n.node.as_str()).collect();
-    if !nodes.is_empty() {
-        let ended: u64 = nodes.iter().map(|n| n.killed).sum();
-        detail.push_str(&format!(
-            "; {} node(s) acknowledged, {ended} session(s) ended there",
-            nodes.len() - silent.len()
-        ));
-    }
-    if !silent.is_empty() {
-        detail.push_str(&format!("; no acknowledgement from {}", silent.join(", ")));
-    }
+    detail.push_str(&super::nodes::acks_detail(&nodes));
     ctx.audit("revoke.sessions", name.as_str(), &detail, ctx.clock.now()).await?;
     if cred.kind == Kind::Admin {
         // Its instance stops and its port is free for the next credential.
