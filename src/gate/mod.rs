@@ -122,13 +122,6 @@ pub async fn run_gate(ctx: Arc<Ctx>, stop: watch::Receiver<bool>, node: Option<N
     let addr = SocketAddr::new(ctx.cfg.network.gate_bind_ip.into(), SERVICE_PORT);
     let node = crate::cluster::node_name(&ctx.cfg, node.as_ref());
     let state = GateState::new(ctx)?;
-    let gauges = tokio::spawn(publish_gauges(state.clone(), node, stop.clone()));
-    let served = run_gate_on_addr(state, addr, stop).await;
-    gauges.abort();
-    served
-}
-
-async fn run_gate_on_addr(state: GateState, addr: SocketAddr, stop: watch::Receiver<bool>) -> Result<(), AppError> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrNotAvailable {
             " (gate_bind_ip is not an address of this host: `serve all` or `serve vpn` puts it on the service \
@@ -138,7 +131,10 @@ async fn run_gate_on_addr(state: GateState, addr: SocketAddr, stop: watch::Recei
         };
         AppError::Other(format!("gate: cannot listen on {addr}: {e}{hint}"))
     })?;
-    run_gate_on(state, listener, stop, ServeLimits::gate()).await
+    let gauges = tokio::spawn(publish_gauges(state.clone(), node, stop.clone()));
+    let served = run_gate_on(state, listener, stop, ServeLimits::gate()).await;
+    gauges.abort();
+    served
 }
 
 /// Serves the gate on an already bound listener (tests bind 127.0.0.1:0).

@@ -377,13 +377,51 @@ async fn approval_flow_pending_rejected_expired_and_duplicate_keys(f: Fixture) {
     assert_eq!((s, e["error"].as_str()), (axum::http::StatusCode::FORBIDDEN, Some("window_closed")));
 }
 
+/// master on loopback for terminal `name`'s agent: the terminal gets a live session whose "tunnel address" is
+/// 127.0.0.1, so Scenario A's check of the source address passes. `port` 0 picks a free one.
+pub struct LoopbackMaster {
+    pub port: u16,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), cas_vpn::app::AppError>>,
+}
+
+impl LoopbackMaster {
+    pub async fn start(f: &Fixture, name: &str, port: u16) -> LoopbackMaster {
+        use cas_vpn::master::{MasterState, bind_master, run_master_on};
+        let id = f.ctx.store.credential_by_name(&name.parse().unwrap()).await.unwrap().unwrap().id;
+        f.ctx
+            .store
+            .upsert_session(&cas_vpn::db::NewSession {
+                node: "n1".into(),
+                instance: "terminal-0".into(),
+                credential_id: id,
+                common_name: name.into(),
+                tunnel_ip: "127.0.0.1".into(),
+                real_addr: "198.51.100.7:1".into(),
+                since: cas_vpn::ops::now(),
+                client_id: 1,
+            })
+            .await
+            .unwrap();
+        let listener = bind_master("127.0.0.1".parse().unwrap(), port).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(run_master_on(MasterState::new(f.ctx.clone()).unwrap(), listener, rx));
+        LoopbackMaster { port, stop, task }
+    }
+
+    pub async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 both_backends!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_restart
 );
 
 async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_restart(f: Fixture) {
-    use cas_vpn::master::{MasterState, bind_master, run_master_on};
     use std::os::unix::fs::PermissionsExt;
 
     let token = f.add_terminal("atm-1", &[]);
@@ -402,26 +440,9 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     f.ctx.clock.set(present).unwrap();
     let first_ovpn = std::fs::read_to_string(dir.join("client.ovpn")).unwrap();
 
-    // master on loopback; the terminal's "tunnel address" is 127.0.0.1.
     let id = f.ctx.store.credential_by_name(&"atm-1".parse().unwrap()).await.unwrap().unwrap().id;
-    f.ctx
-        .store
-        .upsert_session(&cas_vpn::db::NewSession {
-            node: "n1".into(),
-            instance: "terminal-0".into(),
-            credential_id: id,
-            common_name: "atm-1".into(),
-            tunnel_ip: "127.0.0.1".into(),
-            real_addr: "198.51.100.7:1".into(),
-            since: cas_vpn::ops::now(),
-            client_id: 1,
-        })
-        .await
-        .unwrap();
-    let listener = bind_master("127.0.0.1".parse().unwrap(), 0).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop_master, rx) = watch::channel(false);
-    let master = tokio::spawn(run_master_on(MasterState::new(f.ctx.clone()).unwrap(), listener, rx));
+    let master = LoopbackMaster::start(&f, "atm-1", 0).await;
+    let port = master.port;
 
     // A stand-in for openvpn that records its starts and pids.
     let fake = f.install.path("fake-openvpn");
@@ -467,8 +488,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     assert!(f.install.json(&["terminal", "show", "atm-1"])["last_seen"].is_string());
 
     // master restarts: heartbeats fail for a while, then resume on their own.
-    stop_master.send(true).unwrap();
-    master.await.unwrap().unwrap();
+    master.stop().await;
     // Heartbeats from now on are recorded a minute later by master's clock: that is how the test sees them resume.
     f.advance(60);
     let resumed_from = f.ctx.clock.now();
@@ -478,9 +498,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
         failures() > failed_before
     })
     .await;
-    let listener = bind_master("127.0.0.1".parse().unwrap(), port).await.unwrap();
-    let (stop_master, rx) = watch::channel(false);
-    let master = tokio::spawn(run_master_on(MasterState::new(f.ctx.clone()).unwrap(), listener, rx));
+    let master = LoopbackMaster::start(&f, "atm-1", port).await;
     let store = f.ctx.store.clone();
     crate::support::wait::wait_until_async("heartbeats resume", within_30s(), async || {
         store.credential_by_id(id).await.unwrap().unwrap().last_seen.is_some_and(|t| t >= resumed_from)
@@ -504,8 +522,7 @@ async fn agent_run_heartbeats_renews_restarts_openvpn_and_survives_a_master_rest
     crate::support::wait::poll_until_async(deadline, async || survivors().is_empty()).await;
     let left = survivors();
     assert!(left.is_empty(), "openvpn {left:?} outlived the agent");
-    stop_master.send(true).unwrap();
-    master.await.unwrap().unwrap();
+    master.stop().await;
 }
 
 #[tokio::test]

@@ -904,20 +904,13 @@ fn wrong_secret(token: &str) -> String {
 
 /// POSTs `body` to /v1/pair 200 times at once from `peer`, spread over `gates` in turn; the error codes answered.
 async fn burst(gates: &[GateState], peer: &str, body: &[u8]) -> Vec<String> {
-    let peer: SocketAddr = peer.parse().unwrap();
     let mut burst = tokio::task::JoinSet::new();
     for i in 0..200 {
-        let (state, body) = (gates[i % gates.len()].clone(), body.to_vec());
+        let (state, peer, body) = (gates[i % gates.len()].clone(), peer.to_owned(), body.to_vec());
         burst.spawn(async move {
-            let r = Request::builder()
-                .method(Method::POST)
-                .uri("/v1/pair")
-                .header("content-type", "application/json")
-                .body(Body::from(body))
-                .unwrap();
-            let resp = router(state).layer(MockConnectInfo(peer)).oneshot(r).await.unwrap();
-            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-            serde_json::from_slice::<Value>(&bytes).unwrap()["error"].as_str().unwrap_or_default().to_owned()
+            let (status, v) = call_raw(state, &peer, body).await;
+            assert!(v.is_object(), "{status}: the answer is not JSON");
+            v["error"].as_str().unwrap_or_default().to_owned()
         });
     }
     burst.join_all().await

@@ -233,7 +233,6 @@ async fn fleet_progress_and_failures(store: Store) {
 /// record is a directory), master keeps it as the terminal's, and the renewal that follows the repair clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_reports_a_failure_master_never_saw_and_a_renewal_clears_it() {
-    use cas_vpn::master::{bind_master, run_master_on};
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
@@ -252,24 +251,8 @@ async fn the_agent_reports_a_failure_master_never_saw_and_a_renewal_clears_it() 
     gate.stop().await;
     f.ctx.clock.set(present).unwrap();
     let id = f.ctx.store.credential_by_name(&name("atm-1")).await.unwrap().unwrap().id;
-    f.ctx
-        .store
-        .upsert_session(&cas_vpn::db::NewSession {
-            node: "n1".into(),
-            instance: "terminal-0".into(),
-            credential_id: id,
-            common_name: "atm-1".into(),
-            tunnel_ip: "127.0.0.1".into(),
-            real_addr: "198.51.100.7:1".into(),
-            since: cas_vpn::ops::now(),
-            client_id: 1,
-        })
-        .await
-        .unwrap();
-    let listener = bind_master("127.0.0.1".parse().unwrap(), 0).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop_master, rx) = tokio::sync::watch::channel(false);
-    let master = tokio::spawn(run_master_on(MasterState::new(f.ctx.clone()).unwrap(), listener, rx));
+    let master = crate::agent::LoopbackMaster::start(&f, "atm-1", 0).await;
+    let port = master.port;
 
     // The agent cannot keep its renewal record: the renewal fails before any request leaves.
     std::fs::create_dir(dir.join("renew.json")).unwrap();
@@ -306,6 +289,5 @@ async fn the_agent_reports_a_failure_master_never_saw_and_a_renewal_clears_it() 
             && store.renewal_failure_of(id).await.unwrap().is_none()
     })
     .await;
-    stop_master.send(true).unwrap();
-    master.await.unwrap().unwrap();
+    master.stop().await;
 }
