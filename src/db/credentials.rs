@@ -534,23 +534,6 @@ impl Store {
         })
     }
 
-    /// A terminal's first VPN session counts as its pairing when it never paired through the gate: a server-made
-    /// profile handed over out of band (`terminal import --out`) is in use. Returns whether it changed anything.
-    pub async fn mark_paired_by_session(&self, credential_id: i64, now: i64) -> Result<bool, DbError> {
-        let done = on_pool!(self, pool => {
-            sqlx::query(
-                "UPDATE credentials SET paired_at = $1 \
-                 WHERE id = $2 AND kind = 'terminal' AND paired_at IS NULL AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(credential_id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        Ok(done > 0)
-    }
-
     pub async fn mark_paired(&self, credential_id: i64, hw_serial: Option<&str>, now: i64) -> Result<(), DbError> {
         let done = on_pool!(self, pool => {
             sqlx::query(

@@ -32,6 +32,37 @@ pub struct SessionRow {
     pub client_id: i64,
 }
 
+/// One change to a node's session rows, as one of its instances saw it: applied in order, many in one
+/// transaction ([`Store::apply_session_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// A session is up (ESTABLISHED); for a terminal, its first session marks it paired.
+    Record {
+        row: NewSession,
+        terminal: bool,
+    },
+    Remove {
+        instance: String,
+        client_id: i64,
+    },
+    /// The instance's process is gone: every row of that instance.
+    Clear {
+        instance: String,
+    },
+}
+
+const UPSERT_SESSION: &str = "INSERT INTO sessions (instance, credential_id, common_name, tunnel_ip, real_addr, since, client_id, node) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (node, instance, client_id) DO UPDATE SET credential_id = excluded.credential_id, \
+     common_name = excluded.common_name, tunnel_ip = excluded.tunnel_ip, \
+     real_addr = excluded.real_addr, since = excluded.since, bytes_in = 0, bytes_out = 0";
+const REMOVE_SESSION: &str = "DELETE FROM sessions WHERE instance = $1 AND client_id = $2 AND node = $3";
+const CLEAR_SESSIONS: &str = "DELETE FROM sessions WHERE node = $2 AND ($1 IS NULL OR instance = $1)";
+/// A terminal's first VPN session counts as its pairing when it never paired through the gate: a server-made
+/// profile handed over out of band (`terminal import --out`) is in use.
+const MARK_PAIRED_BY_SESSION: &str = "UPDATE credentials SET paired_at = $1 \
+     WHERE id = $2 AND kind = 'terminal' AND paired_at IS NULL AND revoked_at IS NULL";
+
 macro_rules! session_select {
     ($tail:literal) => {
         concat!(
@@ -47,25 +78,64 @@ impl Store {
     /// and reused the CID), its byte counters reset.
     pub async fn upsert_session(&self, s: &NewSession) -> Result<(), DbError> {
         on_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO sessions (instance, credential_id, common_name, tunnel_ip, real_addr, since, client_id, node) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (node, instance, client_id) DO UPDATE SET credential_id = excluded.credential_id, \
-                 common_name = excluded.common_name, tunnel_ip = excluded.tunnel_ip, \
-                 real_addr = excluded.real_addr, since = excluded.since, bytes_in = 0, bytes_out = 0",
-            )
-            .bind(s.instance.as_str())
-            .bind(s.credential_id)
-            .bind(s.common_name.as_str())
-            .bind(s.tunnel_ip.as_str())
-            .bind(s.real_addr.as_str())
-            .bind(s.since)
-            .bind(s.client_id)
-            .bind(s.node.as_str())
-            .execute(pool)
-            .await?;
+            sqlx::query(UPSERT_SESSION)
+                .bind(s.instance.as_str())
+                .bind(s.credential_id)
+                .bind(s.common_name.as_str())
+                .bind(s.tunnel_ip.as_str())
+                .bind(s.real_addr.as_str())
+                .bind(s.since)
+                .bind(s.client_id)
+                .bind(s.node.as_str())
+                .execute(pool)
+                .await?;
         });
         Ok(())
+    }
+
+    /// Applies `changes` of `node`'s sessions in order, in one transaction: a fleet coming back writes about 2,000
+    /// rows within seconds, and one transaction each would make every other writer of the store wait behind them.
+    /// A `Record` names its node in its row. Returns the names of the terminals whose first session marked them
+    /// paired.
+    pub async fn apply_session_changes(&self, node: &str, changes: &[SessionChange]) -> Result<Vec<String>, DbError> {
+        in_tx!(self, tx => async {
+            let mut paired = Vec::new();
+            for change in changes {
+                match change {
+                    SessionChange::Record { row, terminal } => {
+                        sqlx::query(UPSERT_SESSION)
+                            .bind(row.instance.as_str())
+                            .bind(row.credential_id)
+                            .bind(row.common_name.as_str())
+                            .bind(row.tunnel_ip.as_str())
+                            .bind(row.real_addr.as_str())
+                            .bind(row.since)
+                            .bind(row.client_id)
+                            .bind(row.node.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                        if *terminal {
+                            let done = sqlx::query(MARK_PAIRED_BY_SESSION)
+                                .bind(row.since)
+                                .bind(row.credential_id)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                            if done > 0 {
+                                paired.push(row.common_name.clone());
+                            }
+                        }
+                    }
+                    SessionChange::Remove { instance, client_id } => {
+                        sqlx::query(REMOVE_SESSION).bind(instance).bind(client_id).bind(node).execute(&mut *tx).await?;
+                    }
+                    SessionChange::Clear { instance } => {
+                        sqlx::query(CLEAR_SESSIONS).bind(Some(instance)).bind(node).execute(&mut *tx).await?;
+                    }
+                }
+            }
+            Ok(paired)
+        })
     }
 
     /// Updates a session's byte counters. A session that is gone already is not an error (counters race
@@ -96,7 +166,7 @@ impl Store {
     /// Forgets a session (disconnect). Forgetting one that is gone already is not an error.
     pub async fn remove_session(&self, node: &str, instance: &str, client_id: i64) -> Result<(), DbError> {
         on_pool!(self, pool => {
-            sqlx::query("DELETE FROM sessions WHERE instance = $1 AND client_id = $2 AND node = $3")
+            sqlx::query(REMOVE_SESSION)
                 .bind(instance)
                 .bind(client_id)
                 .bind(node)
@@ -110,7 +180,7 @@ impl Store {
     /// instances (the node starts). Other nodes' sessions are theirs. Returns how many.
     pub async fn clear_sessions(&self, node: &str, instance: Option<&str>) -> Result<u64, DbError> {
         let n = on_pool!(self, pool => {
-            sqlx::query("DELETE FROM sessions WHERE node = $2 AND ($1 IS NULL OR instance = $1)")
+            sqlx::query(CLEAR_SESSIONS)
                 .bind(instance)
                 .bind(node)
                 .execute(pool)

@@ -14,11 +14,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 
 use super::auth::{Claim, Decision, decide, normalise_serial};
-use super::mgmt::{ClientEvent, Env, Mgmt};
+use super::mgmt::{ClientEvent, Env, Mgmt, MgmtError};
+use super::writer::SessionWriter;
 use crate::app::instances::InstanceSpec;
 use crate::cluster::Local;
 pub use crate::control::InstanceStatus;
-use crate::db::{EventKind, NewSession, Store};
+use crate::db::{EventKind, NewSession, SessionChange, Store};
 use crate::domain::lifecycle::{Action, Event, Machine, State};
 use crate::domain::takeover::{self, TakeoverWatch};
 use crate::domain::{Kind, Name};
@@ -107,28 +108,15 @@ pub struct Instance {
     /// Terminal CONNECTs whose store lookups run beside the loop come back here (see `Decided`).
     decided_tx: mpsc::UnboundedSender<Decided>,
     decided_rx: mpsc::UnboundedReceiver<Decided>,
-    /// Session rows go to the store through one task beside the loop, in order (see `SessionWrite`).
-    writes: mpsc::UnboundedSender<SessionWrite>,
-    writes_rx: Option<mpsc::UnboundedReceiver<SessionWrite>>,
+    /// Session rows go to the store through the service's writer, never from this loop (`writer`).
+    writes: SessionWriter,
+    /// Counts the openvpn processes this instance has run: a CONNECT answered after its process is gone belongs to a
+    /// client of that process, and must never be sent to the next one (CIDs start again at 0 there).
+    generation: u64,
     /// Kills so far, and the count at the last kill of each name, while answers are in flight (see `Decided`).
     kills: u64,
     killed: HashMap<Name, u64>,
     in_flight: usize,
-}
-
-/// A session row change, written by `write_sessions` in the order the loop sent them. The loop never waits on
-/// these writes: a fleet coming back writes about 200 rows an instance, and a kill must not queue behind them.
-enum SessionWrite {
-    /// ESTABLISHED: the session's row, and for a terminal its first session marks it paired.
-    Record {
-        row: NewSession,
-        terminal: bool,
-    },
-    Remove {
-        client_id: i64,
-    },
-    /// The process is gone: every row of this instance.
-    Clear,
 }
 
 /// A terminal CONNECT whose store lookups are done: what `connect_decided` answers openvpn with. A terminal
@@ -143,6 +131,8 @@ struct Decided {
     /// `kills` when the store was asked: a kill of the same name since then voids an `Allow` (the store may have
     /// been read before the revocation that the kill carries out).
     kills_then: u64,
+    /// The instance's `generation` when the CONNECT came.
+    generation: u64,
 }
 
 impl Instance {
@@ -152,9 +142,9 @@ impl Instance {
         node: Arc<Local>,
         real_addrs: RealAddrs,
         ready: watch::Sender<bool>,
+        writes: SessionWriter,
     ) -> Instance {
         let (decided_tx, decided_rx) = mpsc::unbounded_channel();
-        let (writes, writes_rx) = mpsc::unbounded_channel();
         Instance {
             spec,
             store,
@@ -173,7 +163,7 @@ impl Instance {
             decided_tx,
             decided_rx,
             writes,
-            writes_rx: Some(writes_rx),
+            generation: 0,
             kills: 0,
             killed: HashMap::new(),
             in_flight: 0,
@@ -186,10 +176,6 @@ impl Instance {
 
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) {
         let _ = self.store.clear_sessions(self.node.name.as_str(), Some(self.spec.name.as_str())).await;
-        let writer = self.writes_rx.take().map(|rx| {
-            let (store, node, instance) = (self.store.clone(), self.node.name.to_string(), self.spec.name.to_string());
-            tokio::spawn(write_sessions(store, node, instance, rx))
-        });
         self.event(Event::Start).await;
         let mut stats = tokio::time::interval(STATS_EVERY);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -204,11 +190,11 @@ impl Instance {
                             self.killed.insert(name.clone(), self.kills);
                         }
                         let n = self.kill_sessions_of(&name).await;
-                        let _ = reply.send(n);
+                        self.reply_when_written(reply, n);
                     }
                     Some(Control::Drain { reply }) => {
                         let n = self.drain().await;
-                        let _ = reply.send(n);
+                        self.reply_when_written(reply, n);
                     }
                     Some(Control::Status { reply }) => {
                         let _ = reply.send(self.status());
@@ -252,12 +238,9 @@ impl Instance {
             }
         }
         let _ = std::fs::remove_file(&self.spec.pidfile);
-        // The writer finishes what was sent, then the rows go.
-        let _ = self.writes.send(SessionWrite::Clear);
-        drop(std::mem::replace(&mut self.writes, mpsc::unbounded_channel().0));
-        if let Some(w) = writer {
-            let _ = w.await;
-        }
+        // What was sent is written, then the rows go.
+        self.writes.send(SessionChange::Clear { instance: self.spec.name.to_string() });
+        self.writes.flushed().await;
         let _ = self.store.clear_sessions(self.node.name.as_str(), Some(self.spec.name.as_str())).await;
     }
 
@@ -347,7 +330,8 @@ impl Instance {
         self.mgmt_try_at = None;
         let _ = self.ready.send(false);
         self.sessions.clear();
-        let _ = self.writes.send(SessionWrite::Clear);
+        self.generation += 1;
+        self.writes.send(SessionChange::Clear { instance: self.spec.name.to_string() });
         let _ = std::fs::remove_file(&self.spec.pidfile);
     }
 
@@ -368,11 +352,11 @@ impl Instance {
             ClientEvent::Connect { cid, kid, env } if self.spec.role.kind == Kind::Terminal => {
                 let (store, role, tx) = (self.store.clone(), self.spec.role.clone(), self.decided_tx.clone());
                 let asked = asked.unwrap_or_else(std::time::Instant::now);
-                let kills_then = self.kills;
+                let (kills_then, generation) = (self.kills, self.generation);
                 self.in_flight += 1;
                 tokio::spawn(async move {
                     let decision = Instance::authorize(&store, &role, &env).await;
-                    let _ = tx.send(Decided { cid, kid, env, decision, asked, kills_then });
+                    let _ = tx.send(Decided { cid, kid, env, decision, asked, kills_then, generation });
                 });
                 // Answered (and measured) in `connect_decided`.
                 return;
@@ -437,7 +421,7 @@ impl Instance {
                     };
                     let (credential_id, since) = (s.credential_id, row.since);
                     let terminal = self.spec.role.kind == Kind::Terminal;
-                    let _ = self.writes.send(SessionWrite::Record { row, terminal });
+                    self.writes.send(SessionChange::Record { row, terminal });
                     if self.spec.role.kind == Kind::Admin {
                         self.end_bootstrap(credential_id, since).await;
                     }
@@ -488,17 +472,18 @@ impl Instance {
 
     async fn forget(&mut self, cid: u64) {
         if self.sessions.remove(&cid).is_some() {
-            let _ = self.writes.send(SessionWrite::Remove { client_id: cid as i64 });
+            self.writes.send(SessionChange::Remove { instance: self.spec.name.to_string(), client_id: cid as i64 });
         }
     }
 
-    /// As `forget`, and the row is gone from the store when it returns (a kill's caller reads the store next):
-    /// removed at once, and once more behind whatever the writer still holds for it.
-    async fn forget_now(&mut self, cid: u64) {
-        if self.sessions.remove(&cid).is_some() {
-            let _ = self.store.remove_session(self.node.name.as_str(), self.spec.name.as_str(), cid as i64).await;
-            let _ = self.writes.send(SessionWrite::Remove { client_id: cid as i64 });
-        }
+    /// Answers a kill or a drain once the session rows it removed are gone from the store (its caller reads the
+    /// store next), without holding up this loop meanwhile.
+    fn reply_when_written(&self, reply: oneshot::Sender<usize>, n: usize) {
+        let writes = self.writes.clone();
+        tokio::spawn(async move {
+            writes.flushed().await;
+            let _ = reply.send(n);
+        });
     }
 
     /// One live session per admin credential across nodes too: the newest wins, so a session of this credential
@@ -549,7 +534,7 @@ impl Instance {
 
     /// Answers a terminal CONNECT whose lookups are done (see `Decided`).
     async fn connect_decided(&mut self, d: Decided) {
-        let Decided { cid, kid, env, decision, asked, kills_then } = d;
+        let Decided { cid, kid, env, decision, asked, kills_then, generation } = d;
         self.in_flight = self.in_flight.saturating_sub(1);
         let killed_since = match &decision {
             Decision::Allow { name, .. } => self.killed.get(name).is_some_and(|k| *k > kills_then),
@@ -557,6 +542,10 @@ impl Instance {
         };
         if self.in_flight == 0 {
             self.killed.clear();
+        }
+        if generation != self.generation {
+            // Its client went with the process that asked; the CID may be another client's in the new one.
+            return;
         }
         let Some(mgmt) = self.mgmt() else { return };
         let result = match decision {
@@ -570,8 +559,10 @@ impl Instance {
                 self.sessions.insert(cid, Session { credential_id, name: name.clone(), tunnel_ip, real_addr });
                 tracing::info!(instance = %self.spec.name, credential = %name, %tunnel_ip, "client allowed");
                 let r = mgmt.client_auth(cid, kid, &[format!("ifconfig-push {tunnel_ip} {netmask}")]).await;
-                if r.is_err() {
-                    // Gone while the store was asked (openvpn refuses the answer): nothing to remember.
+                if matches!(r, Err(MgmtError::Refused { .. })) {
+                    // Gone while the store was asked (openvpn refuses the answer): nothing to remember. An answer
+                    // not acknowledged in time may still be carried out: the session stays known, so that its
+                    // ESTABLISHED is recorded, or its DISCONNECT forgets it.
                     self.sessions.remove(&cid);
                 }
                 r
@@ -642,40 +633,9 @@ impl Instance {
                 Ok(()) => ended += 1,
                 Err(e) => tracing::warn!(instance = %self.spec.name, error = %e, "client-kill failed"),
             }
-            self.forget_now(cid).await;
+            self.forget(cid).await;
         }
         ended
-    }
-}
-
-/// Applies an instance's session writes in order until the instance drops its sender.
-async fn write_sessions(store: Store, node: String, instance: String, mut rx: mpsc::UnboundedReceiver<SessionWrite>) {
-    while let Some(w) = rx.recv().await {
-        match w {
-            SessionWrite::Record { row, terminal } => {
-                if let Err(e) = store.upsert_session(&row).await {
-                    tracing::error!(%instance, error = %e, "cannot record session");
-                }
-                if terminal {
-                    match store.mark_paired_by_session(row.credential_id, row.since).await {
-                        Ok(true) => tracing::info!(
-                            terminal = %row.common_name,
-                            "first VPN session of a profile delivered out of band: the terminal counts as paired"
-                        ),
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::error!(terminal = %row.common_name, error = %e, "cannot mark the terminal paired")
-                        }
-                    }
-                }
-            }
-            SessionWrite::Remove { client_id } => {
-                let _ = store.remove_session(&node, &instance, client_id).await;
-            }
-            SessionWrite::Clear => {
-                let _ = store.clear_sessions(&node, Some(&instance)).await;
-            }
-        }
     }
 }
 

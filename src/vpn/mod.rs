@@ -6,6 +6,7 @@
 //! - `mgmt`: the management protocol and client.
 //! - `front`: the terminal front port (7742), relaying each terminal to its home instance.
 //! - `control`: the server side of the control socket (`crate::control`) other cas-vpn processes use.
+//! - `writer`: the one task that writes every instance's session rows to the store, batched.
 //! - `service`: wires it all together with graceful shutdown (interfaces and the firewall belong to `serve net`,
 //!   CRLs to `serve signer`).
 
@@ -15,6 +16,7 @@ pub mod front;
 pub mod instance;
 pub mod mgmt;
 pub mod service;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -148,13 +150,16 @@ pub struct Supervisor {
     real_addrs: RealAddrs,
     instances: HashMap<Name, Handle>,
     registry: Registry,
+    writes: writer::SessionWriter,
 }
 
 impl Supervisor {
     /// `homes`: the front's home cache, which kills clear (see `Registry`).
     pub fn new(store: Store, node: Arc<Local>, real_addrs: RealAddrs, homes: front::Homes) -> Supervisor {
         let registry = Registry { ctls: Default::default(), homes };
-        Supervisor { store, node, real_addrs, instances: HashMap::new(), registry }
+        // Ends by itself once the supervisor and every instance are gone, each instance having flushed its rows.
+        let writes = writer::SessionWriter::spawn(store.clone(), node.name.to_string());
+        Supervisor { store, node, real_addrs, instances: HashMap::new(), registry, writes }
     }
 
     /// The handle the control socket uses for kills and status.
@@ -196,7 +201,14 @@ impl Supervisor {
         let (ctl, rx) = mpsc::channel(16);
         let (ready_tx, ready) = watch::channel(false);
         let name = spec.name.clone();
-        let inst = Instance::new(spec, self.store.clone(), self.node.clone(), self.real_addrs.clone(), ready_tx);
+        let inst = Instance::new(
+            spec,
+            self.store.clone(),
+            self.node.clone(),
+            self.real_addrs.clone(),
+            ready_tx,
+            self.writes.clone(),
+        );
         let join = tokio::spawn(inst.run(rx));
         // Reachable for kills from the moment it exists, not only once it is ready.
         self.registry.insert(name.clone(), ctl.clone());

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use cas_pki::RevocationReason::Unspecified;
 use cas_vpn::cluster::{ALIVE_FOR_SECS, DEAD_AFTER_SECS, follow};
-use cas_vpn::db::{Event, EventKind, NewCert, NewSession, NewTerminal, NodeRefusal, NodeStart, Store, TerminalLayout};
+use cas_vpn::db::{
+    Event, EventKind, NewCert, NewSession, NewTerminal, NodeRefusal, NodeStart, SessionChange, Store, TerminalLayout,
+};
 use cas_vpn::domain::{Actor, Name, PortRange};
 use tokio::sync::watch;
 
@@ -22,6 +24,7 @@ const SMALL: TerminalLayout = TerminalLayout { instances: 2, hosts_per_instance:
 store_on_both_backends!(
     registration_refuses_a_held_name_and_a_second_node_on_sqlite,
     sessions_belong_to_their_node_and_a_dead_nodes_go,
+    session_changes_apply_in_order_in_one_transaction,
     changes_that_reach_live_sessions_write_their_event_in_the_same_transaction,
     the_follower_applies_every_event_and_acknowledges_it,
     crls_are_kept_for_the_other_nodes,
@@ -120,6 +123,41 @@ async fn sessions_belong_to_their_node_and_a_dead_nodes_go(store: Store) {
     assert_eq!(store.clear_dead_nodes_sessions(T0 - DEAD_AFTER_SECS).await.unwrap(), 0, "alive");
     assert_eq!(store.clear_dead_nodes_sessions(T0 + 1).await.unwrap(), 1, "dead: never shown online again");
     assert!(store.list_sessions().await.unwrap().is_empty());
+}
+
+async fn session_changes_apply_in_order_in_one_transaction(store: Store) {
+    let ids = store.create_terminals(&[terminal("t1"), terminal("t2"), terminal("t3")], SMALL, T0).await.unwrap();
+    store.upsert_session(&session("n2", 7, ids[2].id, "198.18.0.9")).await.unwrap();
+    let record =
+        |cid: i64, i: usize| SessionChange::Record { row: session("n1", cid, ids[i].id, "198.18.0.2"), terminal: true };
+    // In order: a session up, gone, up again under the same CID; another up; a removal of a CID never seen.
+    let changes = [
+        record(1, 0),
+        SessionChange::Remove { instance: "terminal-0".into(), client_id: 1 },
+        record(1, 0),
+        record(2, 1),
+        SessionChange::Remove { instance: "terminal-0".into(), client_id: 99 },
+    ];
+    let paired = store.apply_session_changes("n1", &changes).await.unwrap();
+    assert_eq!(paired, ["t", "t"], "each terminal's first session marks it paired, once");
+    let rows = store.list_sessions().await.unwrap();
+    let mine: Vec<i64> = rows.iter().filter(|r| r.node == "n1").map(|r| r.client_id).collect();
+    assert_eq!(mine, [1, 2]);
+    for id in [ids[0].id, ids[1].id] {
+        assert_eq!(store.credential_by_id(id).await.unwrap().unwrap().paired_at, Some(T0));
+    }
+    // Again: nobody is marked twice.
+    assert!(store.apply_session_changes("n1", &[record(3, 0)]).await.unwrap().is_empty());
+
+    // A change that fails (a credential that does not exist) leaves the whole batch unwritten.
+    let bad = SessionChange::Record { row: session("n1", 4, i64::MAX, "198.18.0.4"), terminal: true };
+    let batch = [SessionChange::Clear { instance: "terminal-0".into() }, bad];
+    assert!(store.apply_session_changes("n1", &batch).await.is_err());
+    assert_eq!(store.list_sessions().await.unwrap().len(), 4, "rolled back: the clear did not happen either");
+    // Clear ends this node's instance's rows only.
+    store.apply_session_changes("n1", &[SessionChange::Clear { instance: "terminal-0".into() }]).await.unwrap();
+    let left = store.list_sessions().await.unwrap();
+    assert_eq!((left.len(), left[0].node.as_str()), (1, "n2"));
 }
 
 async fn changes_that_reach_live_sessions_write_their_event_in_the_same_transaction(store: Store) {
