@@ -108,6 +108,8 @@ pub struct Instance {
     /// Terminal CONNECTs whose store lookups run beside the loop come back here (see `Decided`).
     decided_tx: mpsc::UnboundedSender<Decided>,
     decided_rx: mpsc::UnboundedReceiver<Decided>,
+    acked_tx: mpsc::UnboundedSender<Acked>,
+    acked_rx: mpsc::UnboundedReceiver<Acked>,
     /// Session rows go to the store through the service's writer, never from this loop (`writer`).
     writes: SessionWriter,
     /// Counts the openvpn processes this instance has run: a CONNECT answered after its process is gone belongs to a
@@ -135,6 +137,16 @@ struct Decided {
     generation: u64,
 }
 
+/// openvpn's acknowledgement of a terminal CONNECT's answer (see `connect_decided`).
+struct Acked {
+    cid: u64,
+    generation: u64,
+    asked: std::time::Instant,
+    /// The answer let the client in.
+    allowed: bool,
+    result: Result<(), MgmtError>,
+}
+
 impl Instance {
     pub fn new(
         spec: InstanceSpec,
@@ -145,6 +157,7 @@ impl Instance {
         writes: SessionWriter,
     ) -> Instance {
         let (decided_tx, decided_rx) = mpsc::unbounded_channel();
+        let (acked_tx, acked_rx) = mpsc::unbounded_channel();
         Instance {
             spec,
             store,
@@ -162,6 +175,8 @@ impl Instance {
             answers: crate::control::AnswerLatency::new(),
             decided_tx,
             decided_rx,
+            acked_tx,
+            acked_rx,
             writes,
             generation: 0,
             kills: 0,
@@ -216,6 +231,7 @@ impl Instance {
                 }
                 () = sleep_until(self.mgmt_try_at) => self.try_connect_mgmt().await,
                 Some(d) = self.decided_rx.recv() => self.connect_decided(d).await,
+                Some(a) = self.acked_rx.recv() => self.answer_acked(a),
                 ev = next_event(&mut self.mgmt) => match ev {
                     Some(ev) => self.client_event(ev).await,
                     None if self.child.is_none() || matches!(self.machine.state(), State::Stopping { .. }) => {
@@ -548,33 +564,49 @@ impl Instance {
             return;
         }
         let Some(mgmt) = self.mgmt() else { return };
-        let result = match decision {
+        // The answer is queued for openvpn here, in order (a kill queued after it comes after it), and its
+        // acknowledgement awaited beside the loop (`answer_acked`): the next answers, and kills, do not wait for it.
+        let mut allowed = false;
+        let queued = match decision {
             // A drain that began while the store was asked wins.
-            _ if self.node.draining() => mgmt.client_deny(cid, kid, crate::cluster::DRAINING).await,
+            _ if self.node.draining() => mgmt.client_deny_queued(cid, kid, crate::cluster::DRAINING).await,
             // Killed (revoked?) while the store was asked: the answer may predate the revocation. Asked again at
             // the client's next attempt, which a revocation then refuses.
-            Decision::Allow { .. } if killed_since => mgmt.client_deny(cid, kid, super::auth::PASSING_FAULT).await,
+            Decision::Allow { .. } if killed_since => {
+                mgmt.client_deny_queued(cid, kid, super::auth::PASSING_FAULT).await
+            }
             Decision::Allow { credential_id, name, tunnel_ip, netmask } => {
                 let real_addr = self.real_addr(&env);
                 self.sessions.insert(cid, Session { credential_id, name: name.clone(), tunnel_ip, real_addr });
                 tracing::info!(instance = %self.spec.name, credential = %name, %tunnel_ip, "client allowed");
-                let r = mgmt.client_auth(cid, kid, &[format!("ifconfig-push {tunnel_ip} {netmask}")]).await;
-                if matches!(r, Err(MgmtError::Refused { .. })) {
-                    // Gone while the store was asked (openvpn refuses the answer): nothing to remember. An answer
-                    // not acknowledged in time may still be carried out: the session stays known, so that its
-                    // ESTABLISHED is recorded, or its DISCONNECT forgets it.
-                    self.sessions.remove(&cid);
-                }
-                r
+                allowed = true;
+                mgmt.client_auth_queued(cid, kid, &[format!("ifconfig-push {tunnel_ip} {netmask}")]).await
             }
             Decision::Deny(reason) => {
                 tracing::warn!(instance = %self.spec.name, cn = ?env.get("common_name"), reason, "client denied");
-                mgmt.client_deny(cid, kid, reason).await
+                mgmt.client_deny_queued(cid, kid, reason).await
             }
         };
-        self.answers.observe(asked.elapsed());
-        if let Err(e) = result {
-            tracing::warn!(instance = %self.spec.name, error = %e, "management command failed");
+        let acked = self.acked_tx.clone();
+        tokio::spawn(async move {
+            let result = match queued {
+                Ok(answer) => answer.success().await.map(drop),
+                Err(e) => Err(e),
+            };
+            let _ = acked.send(Acked { cid, generation, asked, allowed, result });
+        });
+    }
+
+    /// openvpn acknowledged (or refused) a CONNECT's answer.
+    fn answer_acked(&mut self, a: Acked) {
+        self.answers.observe(a.asked.elapsed());
+        let Err(e) = a.result else { return };
+        tracing::warn!(instance = %self.spec.name, error = %e, "management command failed");
+        if a.allowed && a.generation == self.generation && matches!(e, MgmtError::Refused { .. } | MgmtError::Closed) {
+            // Gone while the store was asked (openvpn refuses the answer): nothing to remember. An answer not
+            // acknowledged in time may still be carried out: the session stays known, so that its ESTABLISHED is
+            // recorded, or its DISCONNECT forgets it.
+            self.sessions.remove(&a.cid);
         }
     }
 

@@ -53,36 +53,38 @@ impl Mgmt {
     }
 
     async fn request(&self, text: String, multiline: bool) -> Result<Vec<String>, MgmtError> {
+        self.submit(text, multiline).await?.lines().await
+    }
+
+    /// Queues `text` for openvpn and returns its answer to await. Commands are written in the order they are
+    /// queued, and openvpn carries them out in that order.
+    async fn submit(&self, text: String, multiline: bool) -> Result<Answer, MgmtError> {
         let command = text.lines().next().unwrap_or("").to_owned();
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request { text, multiline, reply }).await.map_err(|_| MgmtError::Closed)?;
-        match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(MgmtError::Closed),
-            Err(_) => Err(MgmtError::Timeout { command }),
-        }
+        Ok(Answer { command, rx })
     }
 
     /// A one-line command; `SUCCESS:` is Ok, anything else an error.
     pub async fn command(&self, text: &str) -> Result<String, MgmtError> {
-        let lines = self.request(text.to_owned(), false).await?;
-        let answer = lines.into_iter().next().unwrap_or_default();
-        if answer.starts_with("SUCCESS:") {
-            Ok(answer)
-        } else {
-            Err(MgmtError::Refused { command: text.lines().next().unwrap_or("").to_owned(), answer })
-        }
+        self.submit(text.to_owned(), false).await?.success().await
     }
 
     /// Lets a client in, with per-client config lines (`ifconfig-push …`, `push "…"`).
     pub async fn client_auth(&self, cid: u64, kid: u64, lines: &[String]) -> Result<(), MgmtError> {
+        self.client_auth_queued(cid, kid, lines).await?.success().await.map(drop)
+    }
+
+    /// [`Mgmt::client_auth`], queued: returns once the command is in line (ahead of any command queued later, a
+    /// kill of the same client included), its acknowledgement to be awaited apart.
+    pub async fn client_auth_queued(&self, cid: u64, kid: u64, lines: &[String]) -> Result<Answer, MgmtError> {
         let mut text = format!("client-auth {cid} {kid}\n");
         for l in lines {
             text.push_str(l);
             text.push('\n');
         }
         text.push_str("END");
-        self.command(&text).await.map(drop)
+        self.submit(text, false).await
     }
 
     /// Lets a renegotiating client go on with nothing new to push.
@@ -95,13 +97,18 @@ impl Mgmt {
     /// what makes a client retry by itself (a plain AUTH_FAILED carries no reason, and permanent denials give a
     /// stranger none).
     pub async fn client_deny(&self, cid: u64, kid: u64, reason: &'static str) -> Result<(), MgmtError> {
+        self.client_deny_queued(cid, kid, reason).await?.success().await.map(drop)
+    }
+
+    /// [`Mgmt::client_deny`], queued (as [`Mgmt::client_auth_queued`]).
+    pub async fn client_deny_queued(&self, cid: u64, kid: u64, reason: &'static str) -> Result<Answer, MgmtError> {
         debug_assert!(!reason.contains('"'));
         let command = if reason.starts_with("TEMP[") {
             format!("client-deny {cid} {kid} \"{reason}\" \"{reason}\"")
         } else {
             format!("client-deny {cid} {kid} \"{reason}\"")
         };
-        self.command(&command).await.map(drop)
+        self.submit(command, false).await
     }
 
     /// Ends a session now (the client may reconnect; it is then asked again, and denied if revoked).
@@ -117,6 +124,29 @@ impl Mgmt {
     pub async fn status(&self) -> Result<Vec<StatusClient>, MgmtError> {
         let lines = self.request("status 3".into(), true).await?;
         Ok(parse_status(&lines))
+    }
+}
+
+/// openvpn's answer to one queued command, awaited apart from queuing it (bounded by `COMMAND_TIMEOUT`).
+pub struct Answer {
+    command: String,
+    rx: oneshot::Receiver<Result<Vec<String>, MgmtError>>,
+}
+
+impl Answer {
+    async fn lines(self) -> Result<Vec<String>, MgmtError> {
+        match tokio::time::timeout(COMMAND_TIMEOUT, self.rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(MgmtError::Closed),
+            Err(_) => Err(MgmtError::Timeout { command: self.command }),
+        }
+    }
+
+    /// The one-line answer, which must say `SUCCESS:`.
+    pub async fn success(self) -> Result<String, MgmtError> {
+        let command = self.command.clone();
+        let answer = self.lines().await?.into_iter().next().unwrap_or_default();
+        if answer.starts_with("SUCCESS:") { Ok(answer) } else { Err(MgmtError::Refused { command, answer }) }
     }
 }
 

@@ -4,5 +4,5 @@
 mod client;
 pub mod proto;
 
-pub use client::{Mgmt, MgmtError};
+pub use client::{Answer, Mgmt, MgmtError};
 pub use proto::{ClientEvent, Env, StatusClient};

@@ -147,8 +147,14 @@ impl Deployment {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_env(args, &[])
+    }
+
+    /// As [`Deployment::cli`], with `env` set for the command too (e.g. `RUST_LOG`).
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(bin());
         cmd.env("CAS_VPN_ROOT", self.root()).env("CAS_VPN_SERVICE_USERS", &self.users).args(args);
+        cmd.envs(env.iter().copied());
         self.set_database(&mut cmd);
         cmd.output().unwrap()
     }
