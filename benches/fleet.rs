@@ -114,8 +114,8 @@ const WHY: &[&str] = &[
 
 /// What `serve all`'s log says about refusals and slow answers, counted after a phase.
 const SERVE_WHY: &[&str] = &[
-    "shed",
-    "refused",
+    "refusing connections",
+    "connections refused",
     "store did not answer",
     "store unavailable",
     "client denied",
@@ -447,8 +447,11 @@ fn print_serve_why(phase: &str, d: &Deployment, from: usize) {
     let text: Vec<String> =
         SERVE_WHY.iter().zip(&counts).filter(|(_, n)| **n > 0).map(|(w, n)| format!("{w:?}:{n}")).collect();
     println!("{phase}_serve_log_lines={} (of {} lines)", text.join(" "), lines.len().saturating_sub(skip));
-    if let Some(example) = lines.iter().skip(skip).find(|l| SERVE_WHY.iter().any(|w| l.contains(w))) {
-        println!("{phase}_serve_log_example={}", example.chars().take(300).collect::<String>());
+    // The first line of each kind.
+    for w in SERVE_WHY {
+        if let Some(example) = lines.iter().skip(skip).find(|l| l.contains(w)) {
+            println!("{phase}_serve_log_example={}", example.chars().take(300).collect::<String>());
+        }
     }
 }
 

@@ -19,8 +19,9 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
-/// Lines kept per process; older ones are dropped (indices keep counting, see [`ChildGuard::mark`]).
-const MAX_LINES: usize = 20_000;
+/// Lines kept per process; older ones are dropped (indices keep counting, see [`ChildGuard::mark`]). A whole fleet
+/// bench phase of `serve all` (openvpn's lines for 2,000 clients) fits.
+const MAX_LINES: usize = 200_000;
 /// Lines printed to stderr when a guard is dropped during a panic.
 const DUMP_LINES: usize = 50;
 /// How long `Drop` waits after SIGTERM before SIGKILL.
