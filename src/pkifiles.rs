@@ -6,6 +6,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use cas_pki::{AltName, Ca, KeyType, PrivateKey, Revoked, TlsCryptV2ServerKey, Validity};
 use time::OffsetDateTime;
@@ -313,12 +314,17 @@ impl PkiDir {
         crl_number: u64,
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
-    ) -> Result<String, PkiFilesError> {
+    ) -> Result<(String, CrlSteps), PkiFilesError> {
+        let t = Instant::now();
         let pem = ca.crl(revoked, crl_number, this_update, next_update).map_err(pki_err)?;
+        let sign = t.elapsed();
+        let t = Instant::now();
         preflight_crl(ca.cert_pem(), &pem).map_err(|why| PkiFilesError::CrlCheck { kind, why })?;
+        let check = t.elapsed();
         // Public data, and openvpn (its own user) must read it.
+        let t = Instant::now();
         write_changed(&self.crl_path(kind), pem.as_bytes(), 0o644)?;
-        Ok(pem)
+        Ok((pem, CrlSteps { sign, check, write: t.elapsed() }))
     }
 
     /// Publishes a CRL another node made (read from the store), after the same check as our own: signed by
@@ -341,6 +347,14 @@ impl PkiDir {
     pub fn read_crl(&self, kind: Kind) -> Result<Option<String>, PkiFilesError> {
         Ok(read_optional(&self.crl_path(kind))?)
     }
+}
+
+/// How long each step of `publish_crl` took.
+#[derive(Debug, Clone, Copy)]
+pub struct CrlSteps {
+    pub sign: Duration,
+    pub check: Duration,
+    pub write: Duration,
 }
 
 /// Writes atomically and makes sure OpenVPN notices: it re-reads a CRL only when its size or mtime (1 s

@@ -2,6 +2,8 @@
 //! every client, so `is_fresh` says when one must be remade long before its nextUpdate.
 
 use cas_pki::{RevocationReason, Revoked, Serial};
+use std::time::Instant;
+
 use serde::Serialize;
 use time::Duration;
 
@@ -19,6 +21,26 @@ pub struct CrlReport {
     pub next_update: String,
     #[serde(skip)]
     pub pem: String,
+    /// How long each step took (zero when another process made the CRL); the CRL bench prints them.
+    #[serde(skip)]
+    pub timings: CrlTimings,
+}
+
+/// The time of each step of `refresh`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CrlTimings {
+    /// Reading the revoked serials from the store.
+    pub store_read: std::time::Duration,
+    /// Taking the next CRL number in the store.
+    pub store_number: std::time::Duration,
+    /// DER encoding and signing.
+    pub sign: std::time::Duration,
+    /// The pre-flight check of the signed CRL.
+    pub preflight: std::time::Duration,
+    /// The atomic write of the file.
+    pub write: std::time::Duration,
+    /// Keeping the CRL in the store for the other nodes.
+    pub store_record: std::time::Duration,
 }
 
 /// How long a new CRL is valid (nextUpdate − now): `crl_validity`, else `crl_days` from config/vpn.
@@ -49,6 +71,7 @@ pub async fn publish(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
             revoked: p.revoked,
             next_update: p.next_update,
             pem: ctx.pki.read_crl(kind)?.unwrap_or_default(),
+            timings: CrlTimings::default(),
         }),
         Err(SignerError::NotRunning { .. }) => refresh(ctx, kind).await,
         Err(e) => Err(AppError::Other(format!("CRL of the {kind} CA: {e}"))),
@@ -58,6 +81,8 @@ pub async fn publish(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
 /// Makes a new CRL for `kind` from the store and publishes it, in this process (it loads the CA key).
 pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
     let ca = ctx.pki.load_ca(kind)?;
+    let mut timings = CrlTimings::default();
+    let t = Instant::now();
     let rows = ctx.store.revoked_certificates(kind).await?;
     let revoked = rows
         .iter()
@@ -69,19 +94,26 @@ pub async fn refresh(ctx: &Ctx, kind: Kind) -> Result<CrlReport, AppError> {
             })
         })
         .collect::<Result<Vec<_>, AppError>>()?;
+    timings.store_read = t.elapsed();
     let now = time::OffsetDateTime::now_utc();
     let this_update = now - BACKDATE;
     let next_update = now + validity(ctx);
+    let t = Instant::now();
     let number = ctx.store.next_crl_number(kind, this_update.unix_timestamp(), next_update.unix_timestamp()).await?;
-    let pem = ctx.pki.publish_crl(&ca, kind, &revoked, number, this_update, next_update)?;
+    timings.store_number = t.elapsed();
+    let (pem, steps) = ctx.pki.publish_crl(&ca, kind, &revoked, number, this_update, next_update)?;
+    (timings.sign, timings.preflight, timings.write) = (steps.sign, steps.check, steps.write);
     // The other nodes publish this same CRL (`adopt`), so one that was down heals itself.
+    let t = Instant::now();
     ctx.store.record_crl(kind, number, &pem).await?;
+    timings.store_record = t.elapsed();
     Ok(CrlReport {
         ca: kind,
         crl_number: number,
         revoked: revoked.len(),
         next_update: super::rfc3339(next_update.unix_timestamp()),
         pem,
+        timings,
     })
 }
 
