@@ -406,8 +406,11 @@ mod tests {
                 assert!(check_crl(ca.cert_pem(), &bad).is_err(), "byte {i} ^ {flip:#x} passed");
             }
         }
-        // Cut short, or with a byte more.
-        assert!(check_crl(ca.cert_pem(), &der[..der.len() - 1]).is_err());
+        // Cut short anywhere, or with a byte more.
+        for len in 0..der.len() {
+            assert!(check_crl(ca.cert_pem(), &der[..len]).is_err(), "{len} bytes passed");
+            let _ = crl_number(&der[..len]);
+        }
         let mut longer = der.clone();
         longer.push(0);
         assert!(check_crl(ca.cert_pem(), &longer).is_err());
