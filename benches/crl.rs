@@ -57,15 +57,28 @@ async fn main() {
     println!("store_revoke_many_{n}_ms={}", t.elapsed().as_millis());
 
     let mut runs = Vec::new();
+    let mut steps: [Vec<f64>; 6] = Default::default();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     for _ in 0..5 {
         let t = Instant::now();
         let r = ops::crl::refresh(&ctx, Kind::Terminal).await.unwrap();
-        runs.push(t.elapsed().as_secs_f64() * 1000.0);
+        runs.push(ms(t.elapsed()));
         assert_eq!(r.revoked, n);
+        let s = r.timings;
+        for (i, d) in
+            [s.store_read, s.store_number, s.sign, s.preflight, s.write, s.store_record].into_iter().enumerate()
+        {
+            steps[i].push(ms(d));
+        }
     }
     let (med, max) = median(runs);
     println!("crl_{n}_revoked_end_to_end_ms_median={med:.0}");
     println!("crl_{n}_revoked_end_to_end_ms_max={max:.0}");
+    // Each step's median: where the time goes.
+    let names = ["store_read", "store_number", "sign", "preflight", "write", "store_record"];
+    for (name, runs) in names.into_iter().zip(steps) {
+        println!("crl_{n}_step_{name}_ms_median={:.1}", median(runs).0);
+    }
     let crl_path = root.join("pki/crl-terminal.pem");
     println!("crl_bytes={}", std::fs::metadata(&crl_path).unwrap().len());
 

@@ -6,6 +6,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use cas_pki::{AltName, Ca, KeyType, PrivateKey, Revoked, TlsCryptV2ServerKey, Validity};
 use time::OffsetDateTime;
@@ -302,9 +303,9 @@ impl PkiDir {
         read_optional(&p)?.ok_or(PkiFilesError::Missing { path: p })
     }
 
-    /// Signs a CRL, checks it the way OpenVPN will (signature, issuer, dates), then swaps it in atomically in
-    /// `pki/`. An unparseable or expired CRL locks out every client, so a CRL that fails
-    /// the check is never written.
+    /// Signs a CRL, checks it the way OpenVPN will (`preflight_crl`), then swaps it in atomically in `pki/`, as
+    /// PEM (what OpenVPN's `crl-verify` reads). An unparseable or expired CRL locks out every client, so a CRL
+    /// that fails the check is never written. Returns the PEM written.
     pub fn publish_crl(
         &self,
         ca: &Ca,
@@ -313,34 +314,52 @@ impl PkiDir {
         crl_number: u64,
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
-    ) -> Result<String, PkiFilesError> {
-        let pem = ca.crl(revoked, crl_number, this_update, next_update).map_err(pki_err)?;
-        preflight_crl(ca.cert_pem(), &pem).map_err(|why| PkiFilesError::CrlCheck { kind, why })?;
+    ) -> Result<(String, CrlSteps), PkiFilesError> {
+        let t = Instant::now();
+        let der = ca.crl_der(revoked, crl_number, this_update, next_update).map_err(pki_err)?;
+        let sign = t.elapsed();
+        let t = Instant::now();
+        preflight_crl(ca.cert_pem(), &der).map_err(|why| PkiFilesError::CrlCheck { kind, why })?;
+        let check = t.elapsed();
+        let t = Instant::now();
+        let pem = cas_pki::crl_der_to_pem(&der);
+        drop(der);
         // Public data, and openvpn (its own user) must read it.
         write_changed(&self.crl_path(kind), pem.as_bytes(), 0o644)?;
-        Ok(pem)
+        Ok((pem, CrlSteps { sign, check, write: t.elapsed() }))
     }
 
-    /// Publishes a CRL another node made (read from the store), after the same check as our own: signed by
-    /// this CA, dates in order. A CRL that fails it is never written.
+    /// Publishes a CRL another node made (read from the store), after the same check as our own. A CRL that
+    /// fails it is never written. What is written is exactly the CRL checked (its one PEM block, re-encoded):
+    /// nothing else that the stored text may hold reaches OpenVPN, which would read every block of the file.
     pub fn install_crl(&self, kind: Kind, pem: &str) -> Result<(), PkiFilesError> {
         let ca_cert = self.read_ca_cert(kind)?;
-        preflight_crl(&ca_cert, pem).map_err(|why| PkiFilesError::CrlCheck { kind, why })?;
-        write_changed(&self.crl_path(kind), pem.as_bytes(), 0o644)?;
+        let check = |why| PkiFilesError::CrlCheck { kind, why };
+        let der = cas_pki::crl_pem_to_der(pem).map_err(|e| check(e.to_string()))?;
+        preflight_crl(&ca_cert, &der).map_err(check)?;
+        write_changed(&self.crl_path(kind), cas_pki::crl_der_to_pem(&der).as_bytes(), 0o644)?;
         Ok(())
     }
 
     /// The CRL number of the CRL on disk (0 when there is none or it does not parse).
     pub fn crl_number(&self, kind: Kind) -> Result<u64, PkiFilesError> {
         let Some(pem) = self.read_crl(kind)? else { return Ok(0) };
-        let Ok((_, block)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else { return Ok(0) };
-        let Ok((_, crl)) = x509_parser::parse_x509_crl(&block.contents) else { return Ok(0) };
-        Ok(crl.crl_number().and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+        // The header only: the signer asks every few seconds, and a CRL may list 100,000 certificates.
+        let Ok(der) = cas_pki::crl_pem_to_der(&pem) else { return Ok(0) };
+        Ok(cas_pki::crl_number(&der).unwrap_or(0))
     }
 
     pub fn read_crl(&self, kind: Kind) -> Result<Option<String>, PkiFilesError> {
         Ok(read_optional(&self.crl_path(kind))?)
     }
+}
+
+/// How long each step of `publish_crl` took.
+#[derive(Debug, Clone, Copy)]
+pub struct CrlSteps {
+    pub sign: Duration,
+    pub check: Duration,
+    pub write: Duration,
 }
 
 /// Writes atomically and makes sure OpenVPN notices: it re-reads a CRL only when its size or mtime (1 s
@@ -359,26 +378,17 @@ fn write_changed(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiFilesErro
     Ok(())
 }
 
-/// What OpenVPN will do with the CRL, done first: parse, signature by the CA, thisUpdate not in the future,
-/// nextUpdate in the future.
-pub fn preflight_crl(ca_cert_pem: &str, crl_pem: &str) -> Result<(), String> {
-    use openssl::asn1::Asn1Time;
-    let ca = openssl::x509::X509::from_pem(ca_cert_pem.as_bytes()).map_err(|e| format!("CA: {e}"))?;
-    let crl = openssl::x509::X509Crl::from_pem(crl_pem.as_bytes()).map_err(|e| format!("parse: {e}"))?;
-    let key = ca.public_key().map_err(|e| e.to_string())?;
-    if !crl.verify(&key).map_err(|e| e.to_string())? {
-        return Err("signature does not verify with the CA key".into());
-    }
-    if crl.issuer_name().to_der().ok() != ca.subject_name().to_der().ok() {
-        return Err("issuer is not the CA".into());
-    }
-    let now = Asn1Time::days_from_now(0).map_err(|e| e.to_string())?;
-    if crl.last_update() > now {
+/// What OpenVPN will do with the CRL `der`, done first: its structure, issuer and signature by the CA
+/// (`cas_pki::check_crl`: the signature over exactly these bytes), thisUpdate not in the future, nextUpdate in
+/// the future.
+pub fn preflight_crl(ca_cert_pem: &str, der: &[u8]) -> Result<(), String> {
+    let crl = cas_pki::check_crl(ca_cert_pem, der)?;
+    let now = OffsetDateTime::now_utc();
+    if crl.this_update > now {
         return Err("thisUpdate is in the future".into());
     }
-    match crl.next_update() {
-        Some(next) if next > now => Ok(()),
-        Some(_) => Err("nextUpdate has passed".into()),
-        None => Err("no nextUpdate".into()),
+    if crl.next_update <= now {
+        return Err("nextUpdate has passed".into());
     }
+    Ok(())
 }

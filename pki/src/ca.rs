@@ -261,8 +261,14 @@ impl Ca {
         Ok((cert_pem, serial))
     }
 
-    /// A CRL listing `revoked`, signed by this CA. `this_update` should be backdated a few minutes by the
-    /// caller: OpenVPN rejects a CRL from the future.
+    /// The CA's key, for tests that sign bytes of their own.
+    #[cfg(test)]
+    pub(crate) fn signing_key(&self) -> &PrivateKey {
+        self.issuer.key()
+    }
+
+    /// A CRL listing `revoked`, signed by this CA, in PEM. `this_update` should be backdated a few minutes by
+    /// the caller: OpenVPN rejects a CRL from the future.
     pub fn crl(
         &self,
         revoked: &[Revoked],
@@ -270,6 +276,17 @@ impl Ca {
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
     ) -> Result<String, CaError> {
+        Ok(crl::der_to_pem(&self.crl_der(revoked, crl_number, this_update, next_update)?))
+    }
+
+    /// `crl`, in DER.
+    pub fn crl_der(
+        &self,
+        revoked: &[Revoked],
+        crl_number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<Vec<u8>, CaError> {
         // The issuer name exactly as the CA certificate encodes it (what a verifier compares).
         let der = pem::decode(&self.cert_pem, &["CERTIFICATE"]).map_err(|e| CaError::BadCaCert(e.to_string()))?.der;
         let (_, cert) = X509Certificate::from_der(&der).map_err(|e| CaError::BadCaCert(e.to_string()))?;

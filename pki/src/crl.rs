@@ -27,6 +27,8 @@ pub enum CrlError {
     InvalidDates(String),
     #[error("CRL signing failed: {0}")]
     Sign(String),
+    #[error("not a PEM CRL: {0}")]
+    Pem(String),
 }
 
 /// Why a certificate was revoked (the RFC 5280 reason codes cas-vpn uses).
@@ -95,7 +97,39 @@ pub struct Revoked {
     pub reason: RevocationReason,
 }
 
-/// Builds and signs a PEM CRL. `issuer_der` is the CA certificate's subject exactly as encoded there (OpenVPN
+/// A DER CRL as PEM (`X509 CRL`, what OpenVPN's `crl-verify` reads).
+pub fn crl_der_to_pem(der: &[u8]) -> String {
+    der_to_pem(der)
+}
+
+/// The DER of the first `X509 CRL` PEM block of `pem`.
+pub fn crl_pem_to_der(pem: &str) -> Result<Vec<u8>, CrlError> {
+    let mut block = crate::pem::decode(pem, &["X509 CRL"]).map_err(|e| CrlError::Pem(e.to_string()))?;
+    Ok(std::mem::take(&mut *block.der))
+}
+
+/// What `pem::encode` writes (64 columns, `\n`), encoded straight into one buffer of the exact size: a CRL is
+/// public, so the zeroizing writer's line-by-line string building is not needed for a 6 MB CRL.
+pub(crate) fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    const BEGIN: &[u8] = b"-----BEGIN X509 CRL-----\n";
+    const END: &[u8] = b"-----END X509 CRL-----\n";
+    let lines = der.len().div_ceil(48);
+    let mut out = vec![0; BEGIN.len() + der.len().div_ceil(3) * 4 + lines + END.len()];
+    out[..BEGIN.len()].copy_from_slice(BEGIN);
+    let mut at = BEGIN.len();
+    for chunk in der.chunks(48) {
+        at += base64::engine::general_purpose::STANDARD
+            .encode_slice(chunk, &mut out[at..])
+            .expect("the buffer is sized for the encoding");
+        out[at] = b'\n';
+        at += 1;
+    }
+    out[at..].copy_from_slice(END);
+    String::from_utf8(out).expect("base64 and the armour are ASCII")
+}
+
+/// Builds and signs a DER CRL. `issuer_der` is the CA certificate's subject exactly as encoded there (OpenVPN
 /// and OpenSSL match a CRL to its CA by these bytes); `key_id` is the CA's subject key identifier.
 ///
 /// The DER is written directly, in one pass over the entries into one buffer: a CRL of 100,000 entries is a
@@ -111,7 +145,7 @@ pub(crate) fn build(
     crl_number: u64,
     this_update: OffsetDateTime,
     next_update: OffsetDateTime,
-) -> Result<String, CrlError> {
+) -> Result<Vec<u8>, CrlError> {
     let this_update = truncate_to_second(this_update);
     let next_update = truncate_to_second(next_update);
     if !representable(this_update) || !representable(next_update) {
@@ -174,20 +208,18 @@ pub(crate) fn build(
     bits.push(0); // no unused bits
     bits.extend_from_slice(&signature);
     der::tlv(&mut body, 0x03, &bits);
-    let crl = der::wrap(0x30, &body);
-    // A CRL is public: the zeroizing PEM writer's wipe is harmless here.
-    Ok(crate::pem::encode("X509 CRL", &crl).to_string())
+    Ok(der::wrap(0x30, &body))
 }
 
 /// The few DER pieces a CRL needs.
-mod der {
+pub(crate) mod der {
     use time::OffsetDateTime;
 
     use crate::key::KeyType;
 
     /// AlgorithmIdentifier of the CA key's signature: ecdsa-with-SHA256 (no parameters), or
     /// sha256WithRSAEncryption (NULL parameters).
-    pub(super) fn algorithm(kt: KeyType) -> &'static [u8] {
+    pub(crate) fn algorithm(kt: KeyType) -> &'static [u8] {
         match kt {
             KeyType::EcP256 => &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02],
             KeyType::Rsa2048 | KeyType::Rsa3072 => {
@@ -207,13 +239,13 @@ mod der {
         }
     }
 
-    pub(super) fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
+    pub(crate) fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
         out.push(tag);
         len(out, content.len());
         out.extend_from_slice(content);
     }
 
-    pub(super) fn wrap(tag: u8, content: &[u8]) -> Vec<u8> {
+    pub(crate) fn wrap(tag: u8, content: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(content.len() + 6);
         tlv(&mut out, tag, content);
         out
@@ -489,6 +521,15 @@ mod tests {
         assert_eq!(got, want);
         // u64::MAX as the CRL number comes out unsigned.
         assert!(r.text.contains(&format!("{}", u64::MAX)) || r.text.contains("0xFFFFFFFFFFFFFFFF"), "CRL number");
+    }
+
+    #[test]
+    fn pem_is_what_the_pem_writer_writes() {
+        for n in [1, 47, 48, 49, 95, 96, 97, 1000, 4801] {
+            let der: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
+            assert_eq!(der_to_pem(&der), *crate::pem::encode("X509 CRL", &der), "{n}");
+            assert_eq!(crl_pem_to_der(&der_to_pem(&der)).unwrap(), der);
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 mod ca;
 mod crl;
+mod crl_check;
 mod csr;
 mod info;
 mod key;
@@ -29,7 +30,8 @@ mod openvpn_interop;
 mod testutil;
 
 pub use ca::{AltName, Ca, CaError, Issued};
-pub use crl::{CrlError, RevocationReason, Revoked};
+pub use crl::{CrlError, RevocationReason, Revoked, crl_der_to_pem, crl_pem_to_der};
+pub use crl_check::{CrlSummary, check_crl, crl_number};
 pub use csr::{CsrError, MAX_CSR_PEM_LEN, VerifiedCsr};
 pub use info::{CertInfo, CertInfoError, cert_info};
 pub use key::{KeyError, KeyType, PrivateKey};

@@ -95,9 +95,12 @@ impl FromStr for Serial {
         if digits.len() > 32 {
             return Err(SerialError::TooLong);
         }
-        let padded = format!("{digits:0>32}");
+        // Right-aligned nibble by nibble (no padded copy: a CRL reads 100,000 of these).
         let mut out = [0u8; 16];
-        hex::decode_to_slice(&padded, &mut out).map_err(|_| SerialError::NotHex)?;
+        for (i, b) in (32 - digits.len()..).zip(digits.bytes()) {
+            let v = (b as char).to_digit(16).ok_or(SerialError::NotHex)? as u8;
+            out[i / 2] |= if i % 2 == 0 { v << 4 } else { v };
+        }
         if out == [0u8; 16] {
             return Err(SerialError::Zero);
         }

@@ -273,10 +273,49 @@ async fn crls_are_kept_for_the_other_nodes(store: Store) {
     assert_eq!(store.crl_newer_than(Kind::Terminal, n1).await.unwrap(), None, "nothing newer than what a node has");
     // Two nodes make CRLs at once: the one whose number is no longer the newest is not kept.
     let n2 = store.next_crl_number(Kind::Terminal, T0, T0 + 86_400).await.unwrap();
+    assert_eq!(store.crl_newer_than(Kind::Terminal, 0).await.unwrap(), None, "CRL 1's text is not CRL 2");
     let n3 = store.next_crl_number(Kind::Terminal, T0, T0 + 86_400).await.unwrap();
     store.record_crl(Kind::Terminal, n3, "CRL 3").await.unwrap();
     store.record_crl(Kind::Terminal, n2, "CRL 2").await.unwrap();
     assert_eq!(store.crl_newer_than(Kind::Terminal, n1).await.unwrap(), Some((n3, "CRL 3".into())));
+}
+
+/// A CRL from the store is checked before it is written: one changed byte and it is refused, the file on disk
+/// stays as it was; what is written is the one CRL checked, nothing else the stored text holds. On SQLite (one
+/// node) a new CRL is not copied into the store: the node's file is the one copy.
+#[tokio::test]
+async fn a_crl_from_the_store_is_checked_before_it_is_written() {
+    use cas_vpn::domain::Kind;
+    let install = crate::support::Install::new();
+    let ctx = cas_vpn::ops::Ctx::open(install.root(), None).await.unwrap();
+    let made = cas_vpn::ops::crl::refresh(&ctx, Kind::Terminal).await.unwrap();
+    assert_eq!(ctx.store.crl_newer_than(Kind::Terminal, 0).await.unwrap(), None, "SQLite keeps no copy");
+    let path = install.path("pki/crl-terminal.pem");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), made.pem);
+    assert_eq!(ctx.pki.crl_number(Kind::Terminal).unwrap(), made.crl_number);
+
+    // Another node's CRL as the store hands it over, made by the same CA.
+    let now = time::OffsetDateTime::now_utc();
+    let (this, next) = (now - time::Duration::minutes(5), now + time::Duration::days(1));
+    let n = ctx.store.next_crl_number(Kind::Terminal, this.unix_timestamp(), next.unix_timestamp()).await.unwrap();
+    let revoked = [cas_pki::Revoked { serial: cas_pki::Serial::random(), revoked_at: this, reason: Unspecified }];
+    let good = ctx.pki.load_ca(Kind::Terminal).unwrap().crl(&revoked, n, this, next).unwrap();
+    let der = cas_pki::crl_pem_to_der(&good).unwrap();
+    for at in [4, der.len() / 2, der.len() - 1] {
+        let mut bad = der.clone();
+        bad[at] ^= 1;
+        ctx.store.record_crl(Kind::Terminal, n, &cas_pki::crl_der_to_pem(&bad)).await.unwrap();
+        let err = cas_vpn::ops::crl::adopt(&ctx, Kind::Terminal).await.unwrap_err();
+        assert!(err.to_string().contains("pre-flight"), "byte {at}: {err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), made.pem, "byte {at}: the file is untouched");
+    }
+    // A good CRL followed by another block: only the CRL checked reaches the file (OpenVPN reads every block).
+    let other = ctx.pki.load_ca(Kind::Terminal).unwrap().crl(&[], n + 7, this, next).unwrap();
+    ctx.store.record_crl(Kind::Terminal, n, &format!("{good}{other}")).await.unwrap();
+    assert_eq!(cas_vpn::ops::crl::adopt(&ctx, Kind::Terminal).await.unwrap(), Some(n));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), good);
+    assert_eq!(ctx.pki.crl_number(Kind::Terminal).unwrap(), n);
+    assert_eq!(cas_vpn::ops::crl::adopt(&ctx, Kind::Terminal).await.unwrap(), None, "nothing newer now");
 }
 
 /// SQLite serves one node: a second `serve vpn` on the same store refuses at once, saying why and what to do,
