@@ -3,11 +3,16 @@
 //! key outside the root's private directories other than the profiles it publishes.
 //!
 //! ```text
-//!  make (memory) → stage in pki/imports/<id>/ (NAME.ovpn, tokens.csv; one syncfs) → journal.json (atomic)
-//!    → store commit (one transaction) → audit row (exactly once) → journal: committed
-//!    → publish: each profile into DIR through a temp name (O_EXCL, 0600) + rename, one syncfs
-//!    → tokens.csv last → the staging directory goes (renamed to .trash-<id>, then deleted)
+//!  make (memory) → stage in pki/imports/<id>/staged.bundle (every profile and tokens.csv in one file, fsynced)
+//!    → journal.json (atomic) → store commit (one transaction, audit row in it) → journal: committed
+//!    → publish from memory: each profile into DIR through a temp name (O_EXCL, 0600) + rename, one syncfs
+//!    → tokens.csv last → the staging directory goes (renamed to .trash-<id>, then its two files deleted)
 //! ```
+//! Staging is one file ([`Bundle`]) rather than one per profile: creating, reading back and deleting 2,000 staged
+//! files cost more than making the keys. The run that staged it publishes from memory; only a resume reads it,
+//! checking its SHA-256 first (a truncated or damaged bundle is refused, changing nothing). Staging directories of
+//! older versions (one `NAME.ovpn` per profile beside `tokens.csv`; their journal has no `staging` field) are still
+//! resumed from those files.
 //! Killed before the commit, an import is rolled back: its staging directory is deleted, the store never saw it.
 //! Killed after, it is finished: publishing is idempotent (every file is rewritten, temp files of its names in
 //! DIR are swept first), so it can be redone from any point. Whether an import is committed is the store's word,
@@ -25,12 +30,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::terminal::{AddOptions, Added, Batch, ImportReport, Progress, placement};
 use super::{Ctx, OpsError};
 use crate::db::AuditQuery;
 use crate::domain::{Kind, Name};
-use crate::sys::fs::{self as sysfs, Staged};
+use crate::sys::fs as sysfs;
 use crate::sys::lock::{InstanceLock, LockError};
 
 /// Test hook (debug builds only): `CAS_VPN_FAILPOINT=import.<moment>` makes an import stop at that moment, log
@@ -41,6 +47,7 @@ pub const FAILPOINT_ENV: &str = "CAS_VPN_FAILPOINT";
 
 const JOURNAL: &str = "journal.json";
 const TOKENS: &str = "tokens.csv";
+const BUNDLE: &str = "staged.bundle";
 const TRASH: &str = ".trash-";
 const AUDIT_ACTION: &str = "terminal.import";
 
@@ -54,9 +61,15 @@ pub enum ImportError {
     )]
     Unfinished { id: String, names: usize, out: String },
     #[error(
-        "{path}: unreadable import journal ({why}); nothing was changed: its import's staged profiles and tokens.csv are beside it"
+        "{path}: unreadable import journal ({why}); nothing was changed: its import's staged profiles and tokens are beside it"
     )]
     Journal { path: PathBuf, why: String },
+    #[error(
+        "{path}: damaged import bundle ({why}); nothing was changed. Import {id} is committed (its {names} terminals \
+         are in the store) but its staged profiles and tokens are lost: revoke those terminals (`cas-vpn revoke \
+         --file NAMES`), delete {dir} and import them again"
+    )]
+    Bundle { path: PathBuf, why: String, id: String, names: usize, dir: PathBuf },
 }
 
 impl From<ImportError> for OpsError {
@@ -74,6 +87,18 @@ enum State {
     Committed,
 }
 
+/// How an import's profiles and tokens are staged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Staging {
+    /// `NAME.ovpn` per profile and `tokens.csv`: imports staged by versions before the bundle (their journal has
+    /// no `staging` field), still resumed.
+    #[default]
+    Files,
+    /// One `staged.bundle` ([`Bundle`]).
+    Bundle,
+}
+
 /// What an import writes before its commit, beside its staged files.
 #[derive(Debug, Serialize, Deserialize)]
 struct Journal {
@@ -85,6 +110,8 @@ struct Journal {
     marker_token: String,
     state: State,
     names: Vec<Name>,
+    #[serde(default)]
+    staging: Staging,
 }
 
 /// The import lock of a root, held while an import (or a resume) runs.
@@ -187,7 +214,7 @@ pub async fn settle_before(
                 discard(ctx, &id, &dir)?;
             }
             Found::Committed { journal, dir } if Some(&journal.id) == same.as_ref() => {
-                report = Some(finish(ctx, journal, &dir, true).await?);
+                report = Some(finish_found(ctx, journal, &dir).await?);
             }
             Found::Committed { .. } => {}
         }
@@ -218,19 +245,20 @@ pub async fn run(
         marker_token: marker_token.to_owned(),
         state: State::Staged,
         names,
+        staging: Staging::Bundle,
     };
-    let staged = (|| -> Result<(), OpsError> {
+    let tokens = batch.tokens_csv();
+    let staged =
+        Staged { profiles: batch.profiles().map(|(n, p)| (n.as_str(), p.as_bytes())).collect(), tokens: &tokens };
+    let stage = (|| -> Result<(), OpsError> {
         sysfs::ensure_dir(&dir, 0o700)?;
-        let mut staged = Staged::default();
-        for (name, profile) in batch.profiles() {
-            staged.stage(&dir.join(format!("{name}.ovpn")), profile.as_bytes(), 0o600)?;
-        }
-        staged.stage(&dir.join(TOKENS), batch.tokens_csv().as_bytes(), 0o600)?;
-        // Durable before the journal exists: a committed import's keys must survive a power cut.
-        staged.publish()?;
+        // Durable before the journal exists: a committed import's keys must survive a power cut. The bundle is
+        // fsynced with its directory's entry (write_atomic), and `imports/` for the staging directory's own.
+        sysfs::write_atomic(&dir.join(BUNDLE), &Bundle::encode(&staged), 0o600)?;
+        sysfs::sync_dir(&imports_dir(ctx))?;
         write_journal(&dir, &journal)
     })();
-    if let Err(e) = staged {
+    if let Err(e) = stage {
         let _ = discard(ctx, &id, &dir);
         return Err(e);
     }
@@ -250,7 +278,8 @@ pub async fn run(
         return Err(e);
     }
     failpoint("import.after_commit");
-    finish(ctx, journal, &dir, false).await
+    // Published from memory: the bundle is only read back by a resume.
+    finish(ctx, journal, &dir, &staged, false).await
 }
 
 fn write_journal(dir: &Path, j: &Journal) -> Result<(), OpsError> {
@@ -258,14 +287,172 @@ fn write_journal(dir: &Path, j: &Journal) -> Result<(), OpsError> {
     Ok(sysfs::write_atomic(&dir.join(JOURNAL), text.as_bytes(), 0o600)?)
 }
 
-/// Finishes a committed import: its audit row (exactly once), then publishing, then the staging directory goes.
-/// Idempotent: any step may have been done before by a killed run.
 /// The subject of an import's audit row (unique: it names the import).
 fn audit_subject(j: &Journal) -> String {
     format!("import {}: {} terminals", j.id, j.names.len())
 }
 
-async fn finish(ctx: &Ctx, mut j: Journal, dir: &Path, resumed: bool) -> Result<ImportReport, OpsError> {
+/// An import's staged profiles (name without `.ovpn`, content) and `tokens.csv`, borrowed from the batch in memory
+/// or from a [`Bundle`] read back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Staged<'a> {
+    pub profiles: Vec<(&'a str, &'a [u8])>,
+    pub tokens: &'a str,
+}
+
+/// An import's staging file, `pki/imports/<id>/staged.bundle`: every profile and `tokens.csv` in one file, so that
+/// staging costs one file creation, not one per profile. Length-prefixed, with a SHA-256 of everything before it
+/// at its end, so a truncated or damaged bundle is told from a good one before anything is published from it:
+///
+/// ```text
+/// "cas-vpn import bundle 1\n"  u64 count  (u64 len, name, u64 len, profile) × count  u64 len, tokens.csv
+/// SHA-256 (32 bytes) of all of the above      (integers little-endian)
+/// ```
+pub struct Bundle {
+    bytes: Vec<u8>,
+}
+
+impl Bundle {
+    const MAGIC: &'static [u8] = b"cas-vpn import bundle 1\n";
+
+    /// The bundle's bytes for `staged`.
+    pub fn encode(staged: &Staged) -> Vec<u8> {
+        let size = staged.profiles.iter().map(|(n, p)| 16 + n.len() + p.len()).sum::<usize>();
+        let mut b = Vec::with_capacity(Self::MAGIC.len() + 8 + size + 8 + staged.tokens.len() + 32);
+        b.extend_from_slice(Self::MAGIC);
+        b.extend_from_slice(&(staged.profiles.len() as u64).to_le_bytes());
+        let chunk = |b: &mut Vec<u8>, data: &[u8]| {
+            b.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            b.extend_from_slice(data);
+        };
+        for (name, profile) in &staged.profiles {
+            chunk(&mut b, name.as_bytes());
+            chunk(&mut b, profile);
+        }
+        chunk(&mut b, staged.tokens.as_bytes());
+        let sum = Sha256::digest(&b);
+        b.extend_from_slice(&sum);
+        b
+    }
+
+    /// Reads a bundle file (not yet checked: see [`Bundle::staged`]).
+    pub fn read(path: &Path) -> Result<Bundle, OpsError> {
+        let bytes = std::fs::read(path).map_err(|source| sysfs::FsError::Read { path: path.to_owned(), source })?;
+        Ok(Bundle { bytes })
+    }
+
+    /// Its content, once its header, checksum and every length are checked; what is wrong otherwise.
+    pub fn staged(&self) -> Result<Staged<'_>, String> {
+        let b = &self.bytes;
+        if !b.starts_with(Self::MAGIC) {
+            return Err("not an import bundle: no header".into());
+        }
+        let Some(body_len) = b.len().checked_sub(32).filter(|&n| n >= Self::MAGIC.len()) else {
+            return Err(format!("truncated: {} bytes", b.len()));
+        };
+        let (body, sum) = b.split_at(body_len);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err("checksum mismatch: truncated or damaged".into());
+        }
+        let mut rest = &body[Self::MAGIC.len()..];
+        let count = take_u64(&mut rest)?;
+        let mut profiles = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(rest.len() / 16));
+        for _ in 0..count {
+            let name = std::str::from_utf8(take_chunk(&mut rest)?).map_err(|_| "a name is not UTF-8")?;
+            profiles.push((name, take_chunk(&mut rest)?));
+        }
+        let tokens = std::str::from_utf8(take_chunk(&mut rest)?).map_err(|_| "tokens.csv is not UTF-8")?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after tokens.csv", rest.len()));
+        }
+        Ok(Staged { profiles, tokens })
+    }
+}
+
+fn take_u64(rest: &mut &[u8]) -> Result<u64, String> {
+    let (n, tail) = rest.split_first_chunk::<8>().ok_or("a length runs past the end")?;
+    *rest = tail;
+    Ok(u64::from_le_bytes(*n))
+}
+
+fn take_chunk<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], String> {
+    let len = usize::try_from(take_u64(rest)?).map_err(|_| "a length too large")?;
+    if len > rest.len() {
+        return Err("a length runs past the end".into());
+    }
+    let (chunk, tail) = rest.split_at(len);
+    *rest = tail;
+    Ok(chunk)
+}
+
+/// What a resume reads from a staging directory: a bundle, or the files of an older version.
+enum Loaded {
+    Bundle(Bundle),
+    Files { profiles: Vec<(String, Vec<u8>)>, tokens: String },
+}
+
+impl Loaded {
+    fn read(j: &Journal, dir: &Path) -> Result<Loaded, OpsError> {
+        Ok(match j.staging {
+            Staging::Bundle => Loaded::Bundle(Bundle::read(&dir.join(BUNDLE))?),
+            Staging::Files => {
+                let mut profiles = Vec::new();
+                if j.server_keygen {
+                    for name in &j.names {
+                        let path = dir.join(format!("{name}.ovpn"));
+                        let data = std::fs::read(&path).map_err(|source| sysfs::FsError::Read { path, source })?;
+                        profiles.push((name.to_string(), data));
+                    }
+                }
+                Loaded::Files { profiles, tokens: sysfs::read(&dir.join(TOKENS))? }
+            }
+        })
+    }
+
+    /// The staged content, checked against the journal: every profile of its names, in order, or none.
+    fn staged(&self, j: &Journal, dir: &Path) -> Result<Staged<'_>, OpsError> {
+        let staged = match self {
+            Loaded::Bundle(b) => b.staged(),
+            Loaded::Files { profiles, tokens } => {
+                Ok(Staged { profiles: profiles.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect(), tokens })
+            }
+        };
+        let staged = staged.and_then(|s| {
+            let want: Vec<&str> = if j.server_keygen { j.names.iter().map(Name::as_str).collect() } else { vec![] };
+            let names: Vec<&str> = s.profiles.iter().map(|(n, _)| *n).collect();
+            if names != want {
+                return Err(format!(
+                    "{} profiles staged, not those of the journal's {} names",
+                    names.len(),
+                    want.len()
+                ));
+            }
+            Ok(s)
+        });
+        staged.map_err(|why| {
+            let (id, names, dir) = (j.id.clone(), j.names.len(), dir.to_owned());
+            ImportError::Bundle { path: dir.join(BUNDLE), why, id, names, dir }.into()
+        })
+    }
+}
+
+/// Finishes a committed import found on disk: its staged content is read and checked first, so a damaged bundle
+/// is refused before anything changes.
+async fn finish_found(ctx: &Ctx, j: Journal, dir: &Path) -> Result<ImportReport, OpsError> {
+    let loaded = Loaded::read(&j, dir)?;
+    let staged = loaded.staged(&j, dir)?;
+    finish(ctx, j, dir, &staged, true).await
+}
+
+/// Finishes a committed import: its audit row (exactly once), then publishing, then the staging directory goes.
+/// Idempotent: any step may have been done before by a killed run.
+async fn finish(
+    ctx: &Ctx,
+    mut j: Journal,
+    dir: &Path,
+    staged: &Staged<'_>,
+    resumed: bool,
+) -> Result<ImportReport, OpsError> {
     let subject = audit_subject(&j);
     let q = AuditQuery {
         action: Some(AUDIT_ACTION.into()),
@@ -282,18 +469,17 @@ async fn finish(ctx: &Ctx, mut j: Journal, dir: &Path, resumed: bool) -> Result<
         j.state = State::Committed;
         write_journal(dir, &j)?;
     }
-    let tokens = sysfs::read(&dir.join(TOKENS))?;
-    publish(&j, dir, &tokens)?;
+    publish(&j, staged)?;
     failpoint("import.before_cleanup");
     discard(ctx, &j.id, dir)?;
-    report(ctx, &j, &tokens, resumed).await
+    report(ctx, &j, staged.tokens, resumed).await
 }
 
-/// Copies the staged profiles into the operator's directory, then `tokens.csv`. DIR may be on another file system
+/// Writes the staged profiles into the operator's directory, then `tokens.csv`. DIR may be on another file system
 /// than the root, so each file goes through a temp name there (created exclusively, 0600) and a rename: a kill
 /// leaves at most one temp file, which the next run sweeps. Everything is rewritten, so a resumed run overwrites
 /// whatever an interrupted one published.
-fn publish(j: &Journal, dir: &Path, tokens: &str) -> Result<(), OpsError> {
+fn publish(j: &Journal, staged: &Staged) -> Result<(), OpsError> {
     let out = &j.out_dir;
     sysfs::ensure_dir(out, 0o700)?;
     let mut ours: HashSet<String> = HashSet::from([TOKENS.to_owned()]);
@@ -309,13 +495,11 @@ fn publish(j: &Journal, dir: &Path, tokens: &str) -> Result<(), OpsError> {
         }
     }
     if j.server_keygen {
-        for (i, name) in j.names.iter().enumerate() {
-            let file = format!("{name}.ovpn");
-            let data = std::fs::read(dir.join(&file))
-                .map_err(|source| sysfs::FsError::Read { path: dir.join(&file), source })?;
-            let target = out.join(&file);
-            let tmp = sysfs::write_temp(&target, &data, 0o600)?;
-            if i == j.names.len() / 2 {
+        let half = staged.profiles.len() / 2;
+        for (i, (name, data)) in staged.profiles.iter().enumerate() {
+            let target = out.join(format!("{name}.ovpn"));
+            let tmp = sysfs::write_temp(&target, data, 0o600)?;
+            if i == half {
                 failpoint("import.mid_publish");
             }
             sysfs::rename_into(&tmp, &target)?;
@@ -325,7 +509,7 @@ fn publish(j: &Journal, dir: &Path, tokens: &str) -> Result<(), OpsError> {
     }
     failpoint("import.before_tokens");
     // Last: its presence tells the operator the directory is complete.
-    sysfs::write_atomic(&out.join(TOKENS), tokens.as_bytes(), 0o600)?;
+    sysfs::write_atomic(&out.join(TOKENS), staged.tokens.as_bytes(), 0o600)?;
     Ok(())
 }
 
@@ -396,7 +580,7 @@ pub async fn resume(ctx: &Ctx) -> Result<ResumeReport, OpsError> {
             }
             Found::Committed { journal, dir } => {
                 let import_id = journal.id.clone();
-                r.finished.push(Finished { import_id, report: finish(ctx, journal, &dir, true).await? });
+                r.finished.push(Finished { import_id, report: finish_found(ctx, journal, &dir).await? });
             }
         }
     }
@@ -440,5 +624,59 @@ fn failpoint(name: &str) {
         loop {
             std::thread::park();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Vec<(String, Vec<u8>)>, String) {
+        let profiles =
+            (0..3).map(|k| (format!("atm-{k}"), format!("client\n<key>\n{k}\n</key>\n").into_bytes())).collect();
+        (profiles, "name,token,expires_at\natm-0,cv1.x,2030-01-01T00:00:00Z\n".into())
+    }
+
+    #[test]
+    fn import_bundle_round_trips() {
+        let (profiles, tokens) = sample();
+        let staged =
+            Staged { profiles: profiles.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect(), tokens: &tokens };
+        let b = Bundle { bytes: Bundle::encode(&staged) };
+        assert_eq!(b.staged().unwrap(), staged);
+        let empty = Staged { profiles: vec![], tokens: "" };
+        assert_eq!(Bundle { bytes: Bundle::encode(&empty) }.staged().unwrap(), empty);
+    }
+
+    #[test]
+    fn import_bundle_refuses_every_truncation_and_every_changed_byte() {
+        let (profiles, tokens) = sample();
+        let staged =
+            Staged { profiles: profiles.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect(), tokens: &tokens };
+        let good = Bundle::encode(&staged);
+        for len in 0..good.len() {
+            assert!(Bundle { bytes: good[..len].to_vec() }.staged().is_err(), "cut at {len}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(Bundle { bytes: longer }.staged().is_err());
+        for at in 0..good.len() {
+            let mut bytes = good.clone();
+            bytes[at] ^= 1;
+            assert!(Bundle { bytes }.staged().is_err(), "byte {at} changed");
+        }
+    }
+
+    #[test]
+    fn import_bundle_with_a_good_checksum_but_bad_lengths_is_refused() {
+        // A bundle whose checksum matches what it says, but whose lengths do not add up (a bug, not a disk).
+        let mut body = Bundle::MAGIC.to_vec();
+        body.extend_from_slice(&u64::MAX.to_le_bytes());
+        body.extend_from_slice(&5u64.to_le_bytes());
+        body.extend_from_slice(b"ab");
+        let sum = Sha256::digest(&body);
+        body.extend_from_slice(&sum);
+        let err = Bundle { bytes: body }.staged().unwrap_err();
+        assert!(err.contains("past the end"), "{err}");
     }
 }

@@ -107,6 +107,12 @@ pub fn sync_fs(dir: &Path) -> Result<(), FsError> {
     d.sync_all().map_err(err)
 }
 
+/// Makes `dir`'s entries durable (an fsync of the directory: a file or directory created in it survives a power
+/// cut).
+pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| FsError::Write { path: dir.to_owned(), source })
+}
+
 /// Removes `dir` and everything in it; a directory already gone is fine.
 pub fn remove_dir(dir: &Path) -> Result<(), FsError> {
     match fs::remove_dir_all(dir) {

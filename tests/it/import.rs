@@ -295,3 +295,143 @@ fn a_killed_import_with_out_is_rolled_back_or_finished() {
         assert_eq!(imports_check(&i)["level"], "ok", "{what}");
     }
 }
+
+/// An import of `n` names `prefix0000…` with `--server-keygen --out DIR`, stopped at `failpoint` and killed there;
+/// returns its arguments (to run it again), DIR and its staging directory.
+fn killed_at(i: &Install, prefix: &str, n: usize, failpoint: &str) -> (Vec<String>, PathBuf, PathBuf) {
+    let csv = i.path(&format!("{prefix}names.csv"));
+    fs::write(&csv, (0..n).map(|k| format!("{prefix}{k:04}\n")).collect::<String>()).unwrap();
+    let out = i.path(&format!("{prefix}out"));
+    let args: Vec<String> =
+        ["terminal", "import", csv.to_str().unwrap(), "--server-keygen", "--out", out.to_str().unwrap()]
+            .map(String::from)
+            .to_vec();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, lines) = spawn(i, &argv, Some(failpoint));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reached = loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(&format!("failpoint {failpoint} reached")) => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    assert!(reached, "the failpoint {failpoint} was not reached");
+    let _ = child.kill();
+    child.wait().unwrap();
+    let staging = staging_dirs(i);
+    assert_eq!(staging.len(), 1, "{staging:?}");
+    (args, out, i.path("pki/imports").join(&staging[0]))
+}
+
+/// The files of `dir`, name → content.
+fn contents(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+/// What DIR must hold once an import is published from `bundle`: every profile and `tokens.csv`, byte for byte.
+fn want_published(bundle: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let b = cas_vpn::ops::import::Bundle::read(bundle).unwrap();
+    let staged = b.staged().unwrap();
+    let mut want: std::collections::BTreeMap<String, Vec<u8>> =
+        staged.profiles.iter().map(|(n, p)| (format!("{n}.ovpn"), p.to_vec())).collect();
+    want.insert("tokens.csv".into(), staged.tokens.as_bytes().to_vec());
+    want
+}
+
+/// A committed import whose staged bundle is truncated or damaged is refused, by `--resume` and by a re-run
+/// alike, with what happened and what to do, and nothing changes (DIR, the staging directory, the store); with
+/// the bundle intact again, the resume publishes profiles byte-identical to the staged ones.
+#[test]
+fn a_damaged_bundle_is_refused_and_a_good_one_resumes_byte_identical() {
+    let i = Install::new();
+    let (args, out, staging) = killed_at(&i, "b-", 20, "import.after_commit");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let bundle = staging.join("staged.bundle");
+    let good = fs::read(&bundle).unwrap();
+    let want = want_published(&bundle);
+    assert_eq!(want.len(), 21);
+    let before = contents(&staging);
+    let names = terminals(&i, "b-");
+    assert_eq!(names.len(), 20);
+
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x20;
+    let damaged: [(&str, Vec<u8>); 4] = [
+        ("truncated", good[..good.len() - 1000].to_vec()),
+        ("cut in its header", good[..10].to_vec()),
+        ("empty", Vec::new()),
+        ("one byte changed", flipped),
+    ];
+    for (what, bytes) in damaged {
+        fs::write(&bundle, &bytes).unwrap();
+        for cmd in [&["terminal", "import", "--resume"][..], &argv[..]] {
+            let err = i.fails(cmd, 1);
+            assert!(err.contains("damaged import bundle") && err.contains("nothing was changed"), "{what}: {err}");
+            assert!(err.contains("revoke") && err.contains(staging.to_str().unwrap()), "{what}: {err}");
+            assert!(!out.exists() || fs::read_dir(&out).unwrap().next().is_none(), "{what}: DIR was written");
+            let mut now = contents(&staging);
+            assert_eq!(now.remove("staged.bundle"), Some(bytes.clone()), "{what}: the bundle changed");
+            let mut then = before.clone();
+            then.remove("staged.bundle");
+            assert_eq!(now, then, "{what}: the staging directory changed");
+            assert_eq!(terminals(&i, "b-"), names, "{what}");
+        }
+        assert_eq!(imports_check(&i)["level"], "fail", "{what}");
+    }
+
+    fs::write(&bundle, &good).unwrap();
+    let r = i.json(&["terminal", "import", "--resume"]);
+    assert_eq!(r["finished"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(contents(&out), want, "the resumed profiles are the staged ones, byte for byte");
+    assert!(staging_dirs(&i).is_empty());
+    assert_eq!(import_audits(&i, 1).len(), 1);
+    assert_eq!(imports_check(&i)["level"], "ok");
+}
+
+/// A staging directory left by a version before the bundle (one `NAME.ovpn` per profile beside `tokens.csv`, a
+/// journal without `staging`) is still resumed from those files, and one killed before its commit rolled back.
+#[test]
+fn an_old_format_staging_directory_is_resumed() {
+    let i = Install::new();
+    // Rewrites a staging directory the way older versions laid it out.
+    let to_old_format = |staging: &Path| {
+        let bundle = staging.join("staged.bundle");
+        let files = want_published(&bundle);
+        for (name, data) in &files {
+            fs::write(staging.join(name), data).unwrap();
+        }
+        fs::remove_file(&bundle).unwrap();
+        let journal = staging.join("journal.json");
+        let mut j: serde_json::Value = serde_json::from_slice(&fs::read(&journal).unwrap()).unwrap();
+        assert_eq!(j.as_object_mut().unwrap().remove("staging"), Some("bundle".into()));
+        fs::write(&journal, serde_json::to_vec_pretty(&j).unwrap()).unwrap();
+        files
+    };
+
+    // Committed: finished from the old files, byte for byte.
+    let (_, out, staging) = killed_at(&i, "o-", 20, "import.mid_publish");
+    let want = to_old_format(&staging);
+    let r = i.json(&["terminal", "import", "--resume"]);
+    let finished = r["finished"].as_array().unwrap();
+    assert_eq!(finished.len(), 1, "{r}");
+    assert_eq!(finished[0]["created"], 20, "{r}");
+    assert_eq!(contents(&out), want, "profiles and tokens.csv published from the old staging files");
+    assert!(staging_dirs(&i).is_empty());
+    assert_eq!(imports_check(&i)["level"], "ok");
+
+    // Uncommitted: rolled back.
+    let (args, out, staging) = killed_at(&i, "u-", 5, "import.before_commit");
+    to_old_format(&staging);
+    let r = i.json(&["terminal", "import", "--resume"]);
+    assert_eq!(r["rolled_back"].as_array().unwrap().len(), 1, "{r}");
+    assert!(staging_dirs(&i).is_empty() && terminals(&i, "u-").is_empty());
+    assert!(!out.join("tokens.csv").exists());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    i.ok(&argv);
+    assert_eq!(terminals(&i, "u-").len(), 5);
+}
