@@ -465,7 +465,7 @@ fn revoke_all(d: &Deployment, names: &[String]) -> (Vec<f64>, usize) {
         .iter()
         .map(|n| {
             let t0 = Instant::now();
-            let out = d.cli_with_env(&["revoke", n], &[("RUST_LOG", "cas_vpn=debug,sqlx=info")]);
+            let out = d.cli_with_env(&["revoke", n], &[("RUST_LOG", "cas_vpn=debug,sqlx=debug")]);
             let took = ms(t0.elapsed());
             if !out.status.success() {
                 failed += 1;

@@ -45,6 +45,13 @@ pub enum SessionChange {
         instance: String,
         client_id: i64,
     },
+    /// A session's byte counters, as openvpn reports them (`status 3`). A session gone already is no error.
+    Bytes {
+        instance: String,
+        client_id: i64,
+        bytes_in: i64,
+        bytes_out: i64,
+    },
     /// The instance's process is gone: every row of that instance.
     Clear {
         instance: String,
@@ -57,6 +64,8 @@ const UPSERT_SESSION: &str = "INSERT INTO sessions (instance, credential_id, com
      common_name = excluded.common_name, tunnel_ip = excluded.tunnel_ip, \
      real_addr = excluded.real_addr, since = excluded.since, bytes_in = 0, bytes_out = 0";
 const REMOVE_SESSION: &str = "DELETE FROM sessions WHERE instance = $1 AND client_id = $2 AND node = $3";
+const SESSION_BYTES: &str =
+    "UPDATE sessions SET bytes_in = $1, bytes_out = $2 WHERE instance = $3 AND client_id = $4 AND node = $5";
 const CLEAR_SESSIONS: &str = "DELETE FROM sessions WHERE node = $2 AND ($1 IS NULL OR instance = $1)";
 /// A terminal's first VPN session counts as its pairing when it never paired through the gate: a server-made
 /// profile handed over out of band (`terminal import --out`) is in use.
@@ -129,6 +138,16 @@ impl Store {
                     SessionChange::Remove { instance, client_id } => {
                         sqlx::query(REMOVE_SESSION).bind(instance).bind(client_id).bind(node).execute(&mut *tx).await?;
                     }
+                    SessionChange::Bytes { instance, client_id, bytes_in, bytes_out } => {
+                        sqlx::query(SESSION_BYTES)
+                            .bind(bytes_in)
+                            .bind(bytes_out)
+                            .bind(instance)
+                            .bind(client_id)
+                            .bind(node)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     SessionChange::Clear { instance } => {
                         sqlx::query(CLEAR_SESSIONS).bind(Some(instance)).bind(node).execute(&mut *tx).await?;
                     }
@@ -149,9 +168,7 @@ impl Store {
         bytes_out: i64,
     ) -> Result<(), DbError> {
         on_pool!(self, pool => {
-            sqlx::query(
-                "UPDATE sessions SET bytes_in = $1, bytes_out = $2 WHERE instance = $3 AND client_id = $4 AND node = $5",
-            )
+            sqlx::query(SESSION_BYTES)
                 .bind(bytes_in)
                 .bind(bytes_out)
                 .bind(instance)

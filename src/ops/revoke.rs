@@ -34,6 +34,10 @@ pub struct Revoked {
 }
 
 pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<Revoked, OpsError> {
+    // Each step's time at debug level (`RUST_LOG=cas_vpn=debug`): where a slow revocation spent it.
+    let started = std::time::Instant::now();
+    let step =
+        |what: &str| tracing::debug!(credential = %name, ms = started.elapsed().as_millis() as u64, "revoke: {what}");
     let (cred, serials, event, already) = match ctx.store.revoke(name, reason, &ctx.actor, ctx.clock.now()).await {
         Ok((cred, serials, event)) => (cred, serials, event, false),
         Err(DbError::AlreadyRevoked { .. }) => {
@@ -48,7 +52,9 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
         }
         Err(e) => return Err(e.into()),
     };
+    step("stored");
     let report = crl::publish(ctx, cred.kind).await?;
+    step("CRL published");
     let pending = ctx.pki.pending_dir().join(format!("{name}.ovpn"));
     if pending.exists() {
         std::fs::remove_file(&pending)
@@ -65,6 +71,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
         Some(other) => return Err(OpsError::Other(format!("unexpected answer from the running cas-vpn: {other:?}"))),
         None => None,
     };
+    step("live sessions ended");
     // Every other node ends its sessions of the credential from the store's event (PostgreSQL NOTIFY, then
     // catch-up); wait for each live one to say so.
     let nodes = super::nodes::wait_for_acks(ctx, event, None, super::nodes::ACK_DEADLINE).await?;
@@ -76,6 +83,7 @@ pub async fn revoke(ctx: &Ctx, name: &Name, reason: RevocationReason) -> Result<
     };
     detail.push_str(&super::nodes::acks_detail(&nodes));
     ctx.audit("revoke.sessions", name.as_str(), &detail, ctx.clock.now()).await?;
+    step("audited");
     if cred.kind == Kind::Admin {
         // Its instance stops and its port is free for the next credential.
         let _ = control::request(&ctx.cfg.root, &Request::Reload, RELOAD_TIMEOUT).await;

@@ -196,7 +196,7 @@ impl Instance {
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stats.tick() => self.record_stats().await,
+                _ = stats.tick() => self.record_stats(),
                 ctl = control.recv() => match ctl {
                     None | Some(Control::Stop) => self.event(Event::Stop).await,
                     Some(Control::Kill { name, reply }) => {
@@ -457,23 +457,24 @@ impl Instance {
         }
     }
 
-    /// Reads `status 3` (parsed by its HEADER line, so 2.4 and 2.6 both work) into the sessions' byte counters.
-    async fn record_stats(&mut self) {
+    /// Reads `status 3` (parsed by its HEADER line, so 2.4 and 2.6 both work) into the sessions' byte counters,
+    /// beside the loop: openvpn may take a while to answer while a fleet comes back, and a kill must not wait for
+    /// it. The counters go through the writer with the other session changes (one transaction, not one each).
+    fn record_stats(&self) {
         let Some(mgmt) = self.mgmt() else { return };
-        let Ok(clients) = mgmt.status().await else { return };
-        for c in clients {
-            let Some(cid) = c.client_id.filter(|cid| self.sessions.contains_key(cid)) else { continue };
-            let _ = self
-                .store
-                .update_session_bytes(
-                    self.node.name.as_str(),
-                    self.spec.name.as_str(),
-                    cid as i64,
-                    c.bytes_received,
-                    c.bytes_sent,
-                )
-                .await;
-        }
+        let (writes, instance) = (self.writes.clone(), self.spec.name.to_string());
+        tokio::spawn(async move {
+            let Ok(clients) = mgmt.status().await else { return };
+            for c in clients {
+                let Some(cid) = c.client_id else { continue };
+                writes.send(SessionChange::Bytes {
+                    instance: instance.clone(),
+                    client_id: cid as i64,
+                    bytes_in: c.bytes_received,
+                    bytes_out: c.bytes_sent,
+                });
+            }
+        });
     }
 
     /// The first admin VPN session ends the web UI's bootstrap mode for good (the firewall then closes public

@@ -8,12 +8,18 @@
 //! the instances never touch the store for their sessions, and a kill's caller waits for [`SessionWriter::flushed`]
 //! (the rows it removed are gone from the store) without holding up the instance's loop.
 
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{SessionChange, Store};
 
 /// At most this many changes in one store transaction (an instance's whole fleet coming back is ~200).
 const BATCH: usize = 512;
+/// Changes arriving within this time of the first go in the same transaction (unless a caller waits on a flush):
+/// while a fleet comes back one by one, a transaction per change would hold SQLite's one write lock most of the
+/// time, and a revocation in another process would wait for it.
+const GATHER: Duration = Duration::from_millis(20);
 
 enum Write {
     Change(SessionChange),
@@ -55,6 +61,7 @@ async fn run(store: Store, node: String, mut rx: mpsc::UnboundedReceiver<Write>)
     let mut changes = Vec::new();
     let mut flushes = Vec::new();
     while rx.recv_many(&mut queued, BATCH).await > 0 {
+        gather(&mut rx, &mut queued).await;
         for w in queued.drain(..) {
             match w {
                 Write::Change(c) => changes.push(c),
@@ -69,6 +76,17 @@ async fn run(store: Store, node: String, mut rx: mpsc::UnboundedReceiver<Write>)
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
+    }
+}
+
+/// Adds to `queued` what arrives within [`GATHER`], up to [`BATCH`]; at once when a flush is waited on.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<Write>, queued: &mut Vec<Write>) {
+    let deadline = tokio::time::Instant::now() + GATHER;
+    let mut flush = queued.iter().any(|w| matches!(w, Write::Flush(_)));
+    while !flush && queued.len() < BATCH {
+        let Ok(Some(w)) = tokio::time::timeout_at(deadline, rx.recv()).await else { return };
+        flush = matches!(w, Write::Flush(_));
+        queued.push(w);
     }
 }
 

@@ -146,6 +146,14 @@ async fn session_changes_apply_in_order_in_one_transaction(store: Store) {
     for id in [ids[0].id, ids[1].id] {
         assert_eq!(store.credential_by_id(id).await.unwrap().unwrap().paired_at, Some(T0));
     }
+    // Byte counters: of a session of this node's instance only (n2's CID 7 on the same instance name is not ours).
+    let bytes =
+        |client_id| SessionChange::Bytes { instance: "terminal-0".into(), client_id, bytes_in: 10, bytes_out: 20 };
+    store.apply_session_changes("n1", &[bytes(2), bytes(7), bytes(99)]).await.unwrap();
+    let rows = store.list_sessions().await.unwrap();
+    let counters: Vec<(&str, i64, i64, i64)> =
+        rows.iter().map(|r| (r.node.as_str(), r.client_id, r.bytes_in, r.bytes_out)).collect();
+    assert_eq!(counters, [("n1", 1, 0, 0), ("n1", 2, 10, 20), ("n2", 7, 0, 0)]);
     // Again: nobody is marked twice.
     assert!(store.apply_session_changes("n1", &[record(3, 0)]).await.unwrap().is_empty());
 
