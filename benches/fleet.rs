@@ -122,6 +122,7 @@ const SERVE_WHY: &[&str] = &[
     "home instance unreachable",
     "management command failed",
     "session batch failed",
+    "slow kill",
     "cannot record a session change",
 ];
 
@@ -346,17 +347,21 @@ fn print_rss(phase: &str, launcher: i32) {
     let all: f64 = cas_vpn_pids(launcher).into_iter().map(rss_mib).sum();
     // RSS counts the binary's pages it touched too (shared with the other services; a debug build's are many):
     // the anonymous part is what the process itself holds.
-    let anon = vpn_pid(launcher).map_or(f64::NAN, |p| {
-        let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
-        let kib: f64 = rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("Anonymous:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(f64::NAN);
-        kib / 1024.0
-    });
+    // Pss shares each page among the processes that map it (the services run the same binary).
+    let rollup = |field: &str| {
+        vpn_pid(launcher).map_or(f64::NAN, |p| {
+            let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+            let kib: f64 = rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(f64::NAN);
+            kib / 1024.0
+        })
+    };
     println!("{phase}_cas_vpn_serve_vpn_rss_mb={vpn:.1}  (goal <= 40)");
-    println!("{phase}_cas_vpn_serve_vpn_anonymous_mb={anon:.1}");
+    println!("{phase}_cas_vpn_serve_vpn_anonymous_mb={:.1}", rollup("Anonymous:"));
+    println!("{phase}_cas_vpn_serve_vpn_pss_mb={:.1}", rollup("Pss:"));
     println!("{phase}_cas_vpn_all_services_rss_mb={all:.1}");
 }
 

@@ -285,6 +285,27 @@ impl Store {
         Ok(Store::Sqlite(pool))
     }
 
+    /// A handle on the same store with a connection of its own, opened when first used: for a task whose writes
+    /// must not queue behind a burst of reads for the shared pool's connections (the session writer while a fleet
+    /// comes back, every CONNECT asking the store).
+    pub fn dedicated(&self) -> Store {
+        match self {
+            Store::Sqlite(pool) => Store::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .test_before_acquire(false)
+                    .connect_lazy_with((*pool.connect_options()).clone()),
+            ),
+            Store::Postgres(pool) => Store::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with((*pool.connect_options()).clone()),
+            ),
+        }
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         match self {

@@ -201,7 +201,7 @@ impl Front {
             upstream.write_all(&first).await?;
             // The first packet is not needed any more while the session lives (hours).
             drop(std::mem::take(&mut first));
-            tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut upstream, RELAY_BUF, RELAY_BUF).await
+            super::relay::relay(&conn, &upstream).await
         }
         .await;
         if let Ok(mut m) = self.real_addrs.lock() {
@@ -210,12 +210,6 @@ impl Front {
         Ok(if result.is_ok() { "closed" } else { "relay error" })
     }
 }
-
-/// Bytes of each direction's relay buffer. A relay lives as long as its session, so these buffers are most of
-/// what `serve vpn` holds per terminal: tokio's default (8 KiB each way) made 2,000 sessions cost 33 MB, 2 KiB
-/// holds a whole openvpn packet of a 1500-byte tunnel MTU and costs a quarter of that. A terminal's traffic
-/// (heartbeats, renewals) never needs more per read.
-const RELAY_BUF: usize = 2048;
 
 /// How long a terminal that proved itself waits for its home instance to listen. One that arrives while its
 /// instance (re)starts (a `serve` restart, a crashed openvpn being restarted) is held for that moment rather than

@@ -84,6 +84,8 @@ struct Session {
 
 /// Retry period for (re)connecting the management socket while openvpn runs.
 const MGMT_RETRY: Duration = Duration::from_millis(25);
+/// A kill (or drain) that takes longer than this is logged with where its time went.
+const SLOW_KILL: Duration = Duration::from_secs(1);
 /// How often session byte counters are read (`status 3`) into the store.
 const STATS_EVERY: Duration = Duration::from_secs(15);
 
@@ -204,12 +206,14 @@ impl Instance {
                             self.kills += 1;
                             self.killed.insert(name.clone(), self.kills);
                         }
+                        let started = TokioInstant::now();
                         let n = self.kill_sessions_of(&name).await;
-                        self.reply_when_written(reply, n);
+                        self.reply_when_written(reply, n, "kill", started);
                     }
                     Some(Control::Drain { reply }) => {
+                        let started = TokioInstant::now();
                         let n = self.drain().await;
-                        self.reply_when_written(reply, n);
+                        self.reply_when_written(reply, n, "drain", started);
                     }
                     Some(Control::Status { reply }) => {
                         let _ = reply.send(self.status());
@@ -494,12 +498,21 @@ impl Instance {
     }
 
     /// Answers a kill or a drain once the session rows it removed are gone from the store (its caller reads the
-    /// store next), without holding up this loop meanwhile.
-    fn reply_when_written(&self, reply: oneshot::Sender<usize>, n: usize) {
+    /// store next), without holding up this loop meanwhile. One that took longer than [`SLOW_KILL`] says where
+    /// the time went (openvpn's answers, or the store).
+    fn reply_when_written(&self, reply: oneshot::Sender<usize>, n: usize, what: &'static str, started: TokioInstant) {
         let writes = self.writes.clone();
+        let openvpn = started.elapsed();
+        let instance = self.spec.name.clone();
         tokio::spawn(async move {
             writes.flushed().await;
             let _ = reply.send(n);
+            if started.elapsed() > SLOW_KILL {
+                tracing::warn!(
+                    %instance, sessions = n, openvpn_ms = openvpn.as_millis(),
+                    store_ms = (started.elapsed() - openvpn).as_millis(), "slow {what}"
+                );
+            }
         });
     }
 

@@ -15,6 +15,7 @@ pub mod control;
 pub mod front;
 pub mod instance;
 pub mod mgmt;
+pub mod relay;
 pub mod service;
 pub mod writer;
 
@@ -76,9 +77,10 @@ impl Registry {
     /// Kills every live session of `name` on every instance; returns how many.
     pub async fn kill(&self, name: &Name) -> usize {
         self.homes.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let started = std::time::Instant::now();
         let total = self.ask_all(|reply| Control::Kill { name: name.clone(), reply }).await;
         // One line per revocation (or other kill) in the service log, whatever it found.
-        tracing::info!(credential = %name, sessions = total, "kill: live sessions ended");
+        tracing::info!(credential = %name, sessions = total, ms = started.elapsed().as_millis(), "kill: live sessions ended");
         total
     }
 
@@ -158,7 +160,9 @@ impl Supervisor {
     pub fn new(store: Store, node: Arc<Local>, real_addrs: RealAddrs, homes: front::Homes) -> Supervisor {
         let registry = Registry { ctls: Default::default(), homes };
         // Ends by itself once the supervisor and every instance are gone, each instance having flushed its rows.
-        let writes = writer::SessionWriter::spawn(store.clone(), node.name.to_string());
+        // On a connection of its own: behind the shared pool, a kill's flush waited seconds for the CONNECT lookups
+        // of a fleet coming back.
+        let writes = writer::SessionWriter::spawn(store.dedicated(), node.name.to_string());
         Supervisor { store, node, real_addrs, instances: HashMap::new(), registry, writes }
     }
 

@@ -1,6 +1,12 @@
 //! The management client: one task owns the socket. Commands go in through a channel and are answered in order
 //! (openvpn answers commands in the order it got them); `>CLIENT:` notifications come out through an unbounded
 //! channel, so the task never blocks on a slow consumer while that consumer waits for a command's answer.
+//!
+//! At most [`IN_FLIGHT`] commands are with openvpn at a time; the rest wait here, a kill ahead of the others.
+//! openvpn reads its management socket 256 bytes per turn of its event loop, and a turn of a server busy with
+//! 200 handshakes (a fleet coming back) takes tens of milliseconds: with every CONNECT answer written at once, a
+//! revocation's `client-kill` waited behind a hundred of them, over 5 s. Eight in flight (about two turns' worth)
+//! keep openvpn fed and put a kill at most two turns from being carried out.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -28,8 +34,21 @@ struct Request {
     text: String,
     /// Answer ends with a line `END` (status) rather than one SUCCESS/ERROR line.
     multiline: bool,
+    priority: Priority,
     reply: oneshot::Sender<Result<Vec<String>, MgmtError>>,
 }
+
+/// Where a command waits for its turn with openvpn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    /// In the order queued.
+    InTurn,
+    /// Ahead of every `InTurn` command not yet with openvpn (a revocation's kill).
+    First,
+}
+
+/// Commands written to openvpn and not yet answered, at most (see the module's documentation).
+const IN_FLIGHT: usize = 8;
 
 /// A handle to an instance's management interface; cheap to clone.
 #[derive(Clone)]
@@ -53,21 +72,21 @@ impl Mgmt {
     }
 
     async fn request(&self, text: String, multiline: bool) -> Result<Vec<String>, MgmtError> {
-        self.submit(text, multiline).await?.lines().await
+        self.submit(text, multiline, Priority::InTurn).await?.lines().await
     }
 
-    /// Queues `text` for openvpn and returns its answer to await. Commands are written in the order they are
-    /// queued, and openvpn carries them out in that order.
-    async fn submit(&self, text: String, multiline: bool) -> Result<Answer, MgmtError> {
+    /// Queues `text` for openvpn and returns its answer to await. Commands of one priority are written in the
+    /// order they are queued, and openvpn carries them out in the order written.
+    async fn submit(&self, text: String, multiline: bool, priority: Priority) -> Result<Answer, MgmtError> {
         let command = text.lines().next().unwrap_or("").to_owned();
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request { text, multiline, reply }).await.map_err(|_| MgmtError::Closed)?;
+        self.tx.send(Request { text, multiline, priority, reply }).await.map_err(|_| MgmtError::Closed)?;
         Ok(Answer { command, rx })
     }
 
     /// A one-line command; `SUCCESS:` is Ok, anything else an error.
     pub async fn command(&self, text: &str) -> Result<String, MgmtError> {
-        self.submit(text.to_owned(), false).await?.success().await
+        self.submit(text.to_owned(), false, Priority::InTurn).await?.success().await
     }
 
     /// Lets a client in, with per-client config lines (`ifconfig-push …`, `push "…"`).
@@ -84,7 +103,7 @@ impl Mgmt {
             text.push('\n');
         }
         text.push_str("END");
-        self.submit(text, false).await
+        self.submit(text, false, Priority::InTurn).await
     }
 
     /// Lets a renegotiating client go on with nothing new to push.
@@ -108,12 +127,13 @@ impl Mgmt {
         } else {
             format!("client-deny {cid} {kid} \"{reason}\"")
         };
-        self.submit(command, false).await
+        self.submit(command, false, Priority::InTurn).await
     }
 
-    /// Ends a session now (the client may reconnect; it is then asked again, and denied if revoked).
+    /// Ends a session now (the client may reconnect; it is then asked again, and denied if revoked). Goes to
+    /// openvpn ahead of every answer still waiting here: a revocation does not wait for a fleet's CONNECTs.
     pub async fn client_kill(&self, cid: u64) -> Result<(), MgmtError> {
-        self.command(&format!("client-kill {cid}")).await.map(drop)
+        self.submit(format!("client-kill {cid}"), false, Priority::First).await?.success().await.map(drop)
     }
 
     /// Ends a session and sends the client on to its next `remote` (openvpn's `RESTART,[N]`): a drain.
@@ -155,8 +175,16 @@ async fn run(stream: UnixStream, mut requests: mpsc::Receiver<Request>, events: 
     let mut lines = BufReader::new(read).lines();
     let mut parser = Parser::default();
     let mut pending: VecDeque<(Request, Vec<String>)> = VecDeque::new();
+    let mut waiting = Waiting::default();
     loop {
         tokio::select! {
+            // What was queued is taken in before openvpn's next answer frees a place: a kill queued meanwhile
+            // takes that place. (Requests come from the instance at the pace of openvpn's own events.)
+            biased;
+            req = requests.recv() => {
+                let Some(req) = req else { break };
+                waiting.push(req);
+            }
             line = lines.next_line() => {
                 let Ok(Some(line)) = line else { break };
                 match parser.feed(&line) {
@@ -183,19 +211,144 @@ async fn run(stream: UnixStream, mut requests: mpsc::Receiver<Request>, events: 
                     None => {}
                 }
             }
-            req = requests.recv() => {
-                let Some(req) = req else { break };
-                let mut text = req.text.clone();
-                text.push('\n');
-                if write.write_all(text.as_bytes()).await.is_err() {
-                    let _ = req.reply.send(Err(MgmtError::Closed));
-                    break;
-                }
-                pending.push_back((req, Vec::new()));
+        }
+        // Whatever the turn freed or brought is written now, up to the window.
+        let mut closed = false;
+        while pending.len() < IN_FLIGHT {
+            let Some(req) = waiting.next() else { break };
+            let mut text = req.text.clone();
+            text.push('\n');
+            if write.write_all(text.as_bytes()).await.is_err() {
+                let _ = req.reply.send(Err(MgmtError::Closed));
+                closed = true;
+                break;
             }
+            pending.push_back((req, Vec::new()));
+        }
+        if closed {
+            break;
         }
     }
-    for (req, _) in pending {
+    for req in pending.into_iter().map(|(r, _)| r).chain(waiting.drain()) {
         let _ = req.reply.send(Err(MgmtError::Closed));
+    }
+}
+
+/// Commands not yet written to openvpn, by priority.
+#[derive(Default)]
+struct Waiting {
+    first: VecDeque<Request>,
+    in_turn: VecDeque<Request>,
+}
+
+impl Waiting {
+    fn push(&mut self, req: Request) {
+        match req.priority {
+            Priority::First => self.first.push_back(req),
+            Priority::InTurn => self.in_turn.push_back(req),
+        }
+    }
+
+    fn next(&mut self) -> Option<Request> {
+        self.first.pop_front().or_else(|| self.in_turn.pop_front())
+    }
+
+    fn drain(self) -> impl Iterator<Item = Request> {
+        self.first.into_iter().chain(self.in_turn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+    use tokio::net::UnixStream;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A management client wired to a stand-in for openvpn's end of the socket.
+    fn connected() -> (Mgmt, BufReader<UnixStream>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        let (events_tx, _events_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(ours, rx, events_tx));
+        (Mgmt { tx }, BufReader::new(theirs))
+    }
+
+    async fn next_line(openvpn: &mut BufReader<UnixStream>) -> String {
+        let mut line = String::new();
+        tokio::time::timeout(DEADLINE, openvpn.read_line(&mut line)).await.expect("a command in time").unwrap();
+        line.trim_end().to_owned()
+    }
+
+    /// openvpn's answer to the oldest command it has.
+    async fn answer(openvpn: &mut BufReader<UnixStream>, line: &str) {
+        tokio::io::AsyncWriteExt::write_all(openvpn.get_mut(), format!("{line}\n").as_bytes()).await.unwrap();
+    }
+
+    /// Nothing more arrives within a short while (what the window holds back stays here).
+    async fn nothing_more(openvpn: &mut BufReader<UnixStream>) {
+        let mut line = String::new();
+        let more = tokio::time::timeout(Duration::from_millis(200), openvpn.read_line(&mut line)).await;
+        assert!(more.is_err(), "openvpn got more than the window: {line:?}");
+    }
+
+    #[tokio::test]
+    async fn a_kill_overtakes_the_answers_waiting_beyond_the_window() {
+        let (mgmt, mut openvpn) = connected();
+        let mut answers = Vec::new();
+        for cid in 0..20u64 {
+            answers.push(
+                mgmt.client_auth_queued(cid, 1, &[format!("ifconfig-push 10.8.0.{} 255.255.0.0", cid + 2)])
+                    .await
+                    .unwrap(),
+            );
+        }
+        // openvpn gets the first IN_FLIGHT answers (three lines each) and no more while it has not answered.
+        for cid in 0..IN_FLIGHT as u64 {
+            assert_eq!(next_line(&mut openvpn).await, format!("client-auth {cid} 1"));
+            next_line(&mut openvpn).await;
+            assert_eq!(next_line(&mut openvpn).await, "END");
+        }
+        nothing_more(&mut openvpn).await;
+
+        let kill = mgmt.submit("client-kill 99".into(), false, Priority::First).await.unwrap();
+        // One answer from openvpn frees one place: the kill takes it, ahead of the twelve answers still waiting.
+        answer(&mut openvpn, "SUCCESS: client-auth command succeeded").await;
+        assert_eq!(next_line(&mut openvpn).await, "client-kill 99");
+        nothing_more(&mut openvpn).await;
+
+        // openvpn answers everything in order; every command gets its own answer.
+        for _ in 1..IN_FLIGHT {
+            answer(&mut openvpn, "SUCCESS: client-auth command succeeded").await;
+        }
+        answer(&mut openvpn, "SUCCESS: client-kill command succeeded").await;
+        tokio::time::timeout(DEADLINE, kill.success()).await.unwrap().expect("the kill answered SUCCESS");
+        for cid in IN_FLIGHT as u64..20 {
+            assert_eq!(next_line(&mut openvpn).await, format!("client-auth {cid} 1"));
+            next_line(&mut openvpn).await;
+            assert_eq!(next_line(&mut openvpn).await, "END");
+            answer(&mut openvpn, "SUCCESS: client-auth command succeeded").await;
+        }
+        for answer in answers {
+            tokio::time::timeout(DEADLINE, answer.success()).await.unwrap().expect("each answer SUCCESS");
+        }
+    }
+
+    #[tokio::test]
+    async fn waiting_commands_fail_as_closed_when_openvpn_goes() {
+        let (mgmt, mut openvpn) = connected();
+        let mut answers = Vec::new();
+        for cid in 0..(IN_FLIGHT as u64 + 3) {
+            answers.push(mgmt.client_deny_queued(cid, 1, "revoked").await.unwrap());
+        }
+        for _ in 0..IN_FLIGHT {
+            next_line(&mut openvpn).await;
+        }
+        drop(openvpn);
+        for answer in answers {
+            let got = tokio::time::timeout(DEADLINE, answer.success()).await.unwrap();
+            assert!(matches!(got, Err(MgmtError::Closed)), "{got:?}");
+        }
     }
 }
