@@ -86,20 +86,8 @@ impl Store {
     /// Records a session; a row with the same (node, instance, client_id) is replaced (an instance restarted
     /// and reused the CID), its byte counters reset.
     pub async fn upsert_session(&self, s: &NewSession) -> Result<(), DbError> {
-        on_pool!(self, pool => {
-            sqlx::query(UPSERT_SESSION)
-                .bind(s.instance.as_str())
-                .bind(s.credential_id)
-                .bind(s.common_name.as_str())
-                .bind(s.tunnel_ip.as_str())
-                .bind(s.real_addr.as_str())
-                .bind(s.since)
-                .bind(s.client_id)
-                .bind(s.node.as_str())
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
+        let change = SessionChange::Record { row: s.clone(), terminal: false };
+        self.apply_session_changes(&s.node, std::slice::from_ref(&change)).await.map(drop)
     }
 
     /// Applies `changes` of `node`'s sessions in order, in one transaction: a fleet coming back writes about 2,000
