@@ -145,29 +145,6 @@ impl Store {
         })
     }
 
-    /// Updates a session's byte counters. A session that is gone already is not an error (counters race
-    /// disconnects).
-    pub async fn update_session_bytes(
-        &self,
-        node: &str,
-        instance: &str,
-        client_id: i64,
-        bytes_in: i64,
-        bytes_out: i64,
-    ) -> Result<(), DbError> {
-        on_pool!(self, pool => {
-            sqlx::query(SESSION_BYTES)
-                .bind(bytes_in)
-                .bind(bytes_out)
-                .bind(instance)
-                .bind(client_id)
-                .bind(node)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
-    }
-
     /// Forgets a session (disconnect). Forgetting one that is gone already is not an error.
     pub async fn remove_session(&self, node: &str, instance: &str, client_id: i64) -> Result<(), DbError> {
         on_pool!(self, pool => {

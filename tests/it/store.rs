@@ -717,8 +717,14 @@ async fn sessions_crud_and_heartbeat(store: Store) {
     assert_eq!(keys, [("term-0", 1), ("term-0", 2), ("term-1", 7)]);
     assert_eq!((all[0].bytes_in, all[0].bytes_out), (0, 0));
 
-    store.update_session_bytes("n1", "term-0", 1, 1000, 2000).await.unwrap();
-    store.update_session_bytes("n1", "term-9", 1, 1, 1).await.unwrap(); // gone already: fine
+    let bytes = |instance: &str, client_id, bytes_in, bytes_out| cas_vpn::db::SessionChange::Bytes {
+        instance: instance.into(),
+        client_id,
+        bytes_in,
+        bytes_out,
+    };
+    // A session gone already is fine (counters race disconnects).
+    store.apply_session_changes("n1", &[bytes("term-0", 1, 1000, 2000), bytes("term-9", 1, 1, 1)]).await.unwrap();
     let s = store.session_by_tunnel_ip("198.18.0.2").await.unwrap().unwrap();
     assert_eq!((s.credential_id, s.bytes_in, s.bytes_out, s.common_name.as_str()), (ids[0], 1000, 2000, "t1"));
     assert!(store.session_by_tunnel_ip("198.18.9.9").await.unwrap().is_none());
