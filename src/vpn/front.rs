@@ -15,7 +15,7 @@ use cas_pki::TlsCryptV2ServerKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::instance::RealAddrs;
+use super::instance::{RealAddrs, Relayed};
 use crate::app::profile::parse_metadata;
 use crate::db::Store;
 use crate::domain::budget::Limits;
@@ -194,7 +194,7 @@ impl Front {
             connect_home(self.instance_ip, port).await.map_err(|_| Refused("home instance unreachable"))?;
         let local_port = upstream.local_addr().map_err(|_| Refused("no local address"))?.port();
         if let Ok(mut m) = self.real_addrs.lock() {
-            m.insert(local_port, peer);
+            m.insert(name.clone(), Relayed { peer, local_port });
         }
         let result = async {
             upstream.write_u16(first.len() as u16).await?;
@@ -204,8 +204,10 @@ impl Front {
             super::relay::relay(&conn, &upstream).await
         }
         .await;
-        if let Ok(mut m) = self.real_addrs.lock() {
-            m.remove(&local_port);
+        if let Ok(mut m) = self.real_addrs.lock()
+            && m.get(&name).is_some_and(|r| r.local_port == local_port)
+        {
+            m.remove(&name);
         }
         Ok(if result.is_ok() { "closed" } else { "relay error" })
     }

@@ -54,9 +54,26 @@ impl OpenvpnLine {
     }
 }
 
-/// Real client addresses of connections the terminal front relayed, by the local port of the relay's connection
-/// to the instance (what openvpn reports as `untrusted_port`).
-pub type RealAddrs = Arc<Mutex<HashMap<u16, SocketAddr>>>;
+/// Real client addresses of the connections the terminal front relays, by terminal (the name its wrapped key
+/// carries): openvpn sees the front's address only, and a terminal instance's CONNECT carries no port to tell the
+/// relays apart (its management notifications are filtered, see [`TERMINAL_ENV_FILTER`]).
+pub type RealAddrs = Arc<Mutex<HashMap<Name, Relayed>>>;
+
+/// A relayed connection: the terminal's own address, and the local port of the relay's connection to the instance
+/// (so that a relay that ends removes its own entry, not a newer connection's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    pub peer: SocketAddr,
+    pub local_port: u16,
+}
+
+/// Asked of a terminal instance's openvpn as soon as its management interface is connected: only the variables
+/// cas-vpn reads (`X509_0_CN`, `tls_serial_*`, `untrusted_ip`, …) and the client's peer info go with each
+/// `>CLIENT:` notification, about a third of the full environment. openvpn writes its management output 1 KiB per
+/// turn of its event loop and reads no command while output is waiting; with the full environment (about 2 KiB for
+/// each CONNECT and again for each ESTABLISHED), a fleet coming back kept it writing, and the answers and kills
+/// waited.
+pub const TERMINAL_ENV_FILTER: &str = "env-filter 2";
 
 pub enum Control {
     Stop,
@@ -86,7 +103,7 @@ struct Session {
 const MGMT_RETRY: Duration = Duration::from_millis(25);
 /// A kill (or drain) that takes longer than this is logged with where its time went.
 const SLOW_KILL: Duration = Duration::from_secs(1);
-/// How often session byte counters are read (`status 3`) into the store.
+/// How often session byte counters are read (`status 3`) into the store, when the instance is quiet.
 const STATS_EVERY: Duration = Duration::from_secs(15);
 
 pub struct Instance {
@@ -121,6 +138,10 @@ pub struct Instance {
     kills: u64,
     killed: HashMap<Name, u64>,
     in_flight: usize,
+    /// When openvpn last asked about a client (CONNECT or REAUTH), and how many byte-counter reads were put off
+    /// since (see [`stats_due`]).
+    last_question: Option<TokioInstant>,
+    stats_put_off: u32,
 }
 
 /// A terminal CONNECT whose store lookups are done: what `connect_decided` answers openvpn with. A terminal
@@ -184,6 +205,8 @@ impl Instance {
             kills: 0,
             killed: HashMap::new(),
             in_flight: 0,
+            last_question: None,
+            stats_put_off: 0,
         }
     }
 
@@ -198,7 +221,15 @@ impl Instance {
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stats.tick() => self.record_stats(),
+                _ = stats.tick() => {
+                    let busy = self.last_question.is_some_and(|t| t.elapsed() < QUIET_FOR);
+                    if stats_due(busy, self.stats_put_off) {
+                        self.stats_put_off = 0;
+                        self.record_stats();
+                    } else {
+                        self.stats_put_off += 1;
+                    }
+                }
                 ctl = control.recv() => match ctl {
                     None | Some(Control::Stop) => self.event(Event::Stop).await,
                     Some(Control::Kill { name, reply }) => {
@@ -337,6 +368,17 @@ impl Instance {
         match Mgmt::connect(&self.spec.management).await {
             Ok(m) => {
                 tracing::debug!(instance = %self.spec.name, "management connected");
+                if self.spec.role.kind == Kind::Terminal {
+                    // Queued first: every later command and notification comes after it. A refusal (an openvpn
+                    // without the command) leaves the full environment, which is only slower.
+                    let filter = m.0.clone();
+                    let instance = self.spec.name.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = filter.command(TERMINAL_ENV_FILTER).await {
+                            tracing::warn!(%instance, error = %e, "management env-filter not applied");
+                        }
+                    });
+                }
                 self.mgmt = Some(m);
                 let _ = self.ready.send(true);
             }
@@ -364,6 +406,9 @@ impl Instance {
         // A question openvpn waits on: how long its answer takes is measured (store lookups and the command).
         let asked =
             matches!(ev, ClientEvent::Connect { .. } | ClientEvent::Reauth { .. }).then(std::time::Instant::now);
+        if asked.is_some() {
+            self.last_question = Some(TokioInstant::now());
+        }
         let result = match ev {
             // A draining node lets no new terminal in: the client moves on to its next `remote`.
             ClientEvent::Connect { cid, kid, .. } if self.spec.role.kind == Kind::Terminal && self.node.draining() => {
@@ -383,7 +428,7 @@ impl Instance {
             }
             ClientEvent::Connect { cid, kid, env } => match Self::authorize(&self.store, &self.spec.role, &env).await {
                 Decision::Allow { credential_id, name, tunnel_ip, netmask } => {
-                    let real_addr = self.real_addr(&env);
+                    let real_addr = self.real_addr(&env, &name);
                     let mut suspend = false;
                     if self.spec.role.kind == Kind::Admin {
                         // One live session per admin credential: the newest wins (see README), the older is killed
@@ -416,7 +461,7 @@ impl Instance {
                     }
                 }
                 Decision::Deny(reason) => {
-                    tracing::warn!(instance = %self.spec.name, cn = ?env.get("common_name"), reason, "client denied");
+                    tracing::warn!(instance = %self.spec.name, cn = ?common_name(&env), reason, "client denied");
                     mgmt.client_deny(cid, kid, reason).await
                 }
             },
@@ -550,16 +595,17 @@ impl Instance {
         let _ = self.store.audit(&crate::domain::Actor::Vpn, "admin.suspended", name.as_str(), &detail, now).await;
     }
 
-    fn real_addr(&self, env: &Env) -> String {
+    fn real_addr(&self, env: &Env, name: &Name) -> String {
         let ip = env.get("untrusted_ip").unwrap_or("");
-        let port = env.get("untrusted_port").unwrap_or("");
         if ip.starts_with("127.")
-            && let Ok(p) = port.parse::<u16>()
-            && let Some(real) = self.real_addrs.lock().ok().and_then(|m| m.get(&p).copied())
+            && let Some(real) = self.real_addrs.lock().ok().and_then(|m| m.get(name).copied())
         {
-            return real.to_string();
+            return real.peer.to_string();
         }
-        format!("{ip}:{port}")
+        match env.get("untrusted_port") {
+            Some(port) => format!("{ip}:{port}"),
+            None => ip.to_owned(),
+        }
     }
 
     /// Answers a terminal CONNECT whose lookups are done (see `Decided`).
@@ -590,14 +636,14 @@ impl Instance {
                 mgmt.client_deny_queued(cid, kid, super::auth::PASSING_FAULT).await
             }
             Decision::Allow { credential_id, name, tunnel_ip, netmask } => {
-                let real_addr = self.real_addr(&env);
+                let real_addr = self.real_addr(&env, &name);
                 self.sessions.insert(cid, Session { credential_id, name: name.clone(), tunnel_ip, real_addr });
                 tracing::info!(instance = %self.spec.name, credential = %name, %tunnel_ip, "client allowed");
                 allowed = true;
                 mgmt.client_auth_queued(cid, kid, &[format!("ifconfig-push {tunnel_ip} {netmask}")]).await
             }
             Decision::Deny(reason) => {
-                tracing::warn!(instance = %self.spec.name, cn = ?env.get("common_name"), reason, "client denied");
+                tracing::warn!(instance = %self.spec.name, cn = ?common_name(&env), reason, "client denied");
                 mgmt.client_deny_queued(cid, kid, reason).await
             }
         };
@@ -626,7 +672,7 @@ impl Instance {
 
     /// The store's answer to a CONNECT or REAUTH on the instance `role`.
     async fn authorize(store: &Store, role: &crate::app::instances::InstanceRole, env: &Env) -> Decision {
-        let (Some(cn), Some(serial)) = (env.get("common_name"), env.get("tls_serial_hex_0")) else {
+        let (Some(cn), Some(serial)) = (common_name(env), env.get("tls_serial_hex_0")) else {
             return Decision::Deny("no client certificate");
         };
         let Ok(name) = cn.parse::<Name>() else { return Decision::Deny("unknown credential") };
@@ -685,6 +731,25 @@ impl Instance {
     }
 }
 
+/// The client certificate's common name: `common_name`, or under [`TERMINAL_ENV_FILTER`] (which passes no
+/// `common_name`) `X509_0_CN`, the same name read from the same certificate (depth 0 is the client's own).
+fn common_name(env: &Env) -> Option<&str> {
+    env.get("common_name").or_else(|| env.get("X509_0_CN"))
+}
+
+/// An instance is busy while openvpn asked about a client within this time.
+const QUIET_FOR: Duration = Duration::from_secs(5);
+/// Byte-counter reads put off in a row, at most (a busy instance's counters are still read every minute).
+const MAX_STATS_PUT_OFF: u32 = 3;
+
+/// Whether this tick reads the byte counters. `status 3` of 200 sessions is about 30 KiB, which openvpn writes
+/// 1 KiB per turn of its event loop, reading no command meanwhile: read while a fleet comes back, it held the
+/// CONNECT answers and a revocation's kill for 30 turns of a busy server. Counters are for the operator's
+/// eyes; a minute late costs nothing.
+fn stats_due(busy: bool, put_off: u32) -> bool {
+    !busy || put_off >= MAX_STATS_PUT_OFF
+}
+
 async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
     match child {
         Some(c) => c.wait().await,
@@ -709,6 +774,46 @@ async fn next_event(mgmt: &mut Option<(Mgmt, mpsc::UnboundedReceiver<ClientEvent
 #[cfg(test)]
 mod tests {
     use super::OpenvpnLine;
+
+    fn env_of(lines: &[&str]) -> super::Env {
+        let mut p = super::super::mgmt::proto::Parser::default();
+        assert_eq!(p.feed(">CLIENT:CONNECT,1,0"), None);
+        for l in lines {
+            assert_eq!(p.feed(&format!(">CLIENT:ENV,{l}")), None);
+        }
+        match p.feed(">CLIENT:ENV,END") {
+            Some(super::super::mgmt::proto::Message::Client(super::ClientEvent::Connect { env, .. })) => env,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn byte_counters_wait_for_a_quiet_moment_but_never_more_than_a_minute() {
+        use super::{MAX_STATS_PUT_OFF, STATS_EVERY, stats_due};
+        assert!(stats_due(false, 0));
+        assert!(!stats_due(true, 0));
+        assert!(!stats_due(true, MAX_STATS_PUT_OFF - 1));
+        assert!(stats_due(true, MAX_STATS_PUT_OFF));
+        assert!(STATS_EVERY * (MAX_STATS_PUT_OFF + 1) <= std::time::Duration::from_secs(60));
+    }
+
+    /// What openvpn 2.6 sends under `env-filter 2` (no `common_name`, no `untrusted_port`) still names the client,
+    /// from its own certificate; a full environment's `common_name` is read first.
+    #[test]
+    fn the_common_name_is_read_from_a_filtered_environment_too() {
+        let filtered = env_of(&[
+            "IV_VER=2.6.3",
+            "untrusted_ip=127.0.0.1",
+            "tls_serial_hex_0=3a:0f",
+            "tls_serial_0=14863",
+            "X509_0_CN=atm-7",
+            "X509_1_CN=cas-vpn terminal CA",
+        ]);
+        assert_eq!(super::common_name(&filtered), Some("atm-7"));
+        let full = env_of(&["X509_0_CN=atm-7", "common_name=atm-7"]);
+        assert_eq!(super::common_name(&full), Some("atm-7"));
+        assert_eq!(super::common_name(&env_of(&["X509_1_CN=cas-vpn terminal CA"])), None, "a CA's name is no client's");
+    }
 
     #[test]
     fn openvpn_lines_keep_their_level_and_management_chatter_is_quiet() {
