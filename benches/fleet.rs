@@ -123,6 +123,7 @@ const SERVE_WHY: &[&str] = &[
     "management command failed",
     "session batch failed",
     "slow kill",
+    "session batch slow",
     "cannot record a session change",
 ];
 

@@ -56,6 +56,9 @@ impl SessionWriter {
     }
 }
 
+/// A batch whose transaction takes longer than this is logged.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn run(store: Store, node: String, mut rx: mpsc::UnboundedReceiver<Write>) {
     let mut queued = Vec::new();
     let mut changes = Vec::new();
@@ -91,7 +94,13 @@ async fn gather(rx: &mut mpsc::UnboundedReceiver<Write>, queued: &mut Vec<Write>
 }
 
 async fn apply(store: &Store, node: &str, changes: &[SessionChange]) {
-    match store.apply_session_changes(node, changes).await {
+    let started = std::time::Instant::now();
+    let applied = store.apply_session_changes(node, changes).await;
+    // A kill waits on this write (`revoke` returns after it): a slow one says so, with its size.
+    if started.elapsed() > SLOW_BATCH {
+        tracing::warn!(changes = changes.len(), ms = started.elapsed().as_millis(), "session batch slow");
+    }
+    match applied {
         Ok(paired) => paired.iter().for_each(log_paired),
         Err(e) => {
             // One bad change (a credential deleted under its session) must not cost the others theirs.
