@@ -147,15 +147,8 @@ impl Store {
 
     /// Forgets a session (disconnect). Forgetting one that is gone already is not an error.
     pub async fn remove_session(&self, node: &str, instance: &str, client_id: i64) -> Result<(), DbError> {
-        on_pool!(self, pool => {
-            sqlx::query(REMOVE_SESSION)
-                .bind(instance)
-                .bind(client_id)
-                .bind(node)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
+        let change = SessionChange::Remove { instance: instance.to_owned(), client_id };
+        self.apply_session_changes(node, std::slice::from_ref(&change)).await.map(drop)
     }
 
     /// Forgets every session of `instance` on `node` (it stopped or restarted), or of all that node's

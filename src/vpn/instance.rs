@@ -292,7 +292,6 @@ impl Instance {
         // What was sent is written, then the rows go.
         self.writes.send(SessionChange::Clear { instance: self.spec.name.to_string() });
         self.writes.flushed().await;
-        let _ = self.store.clear_sessions(self.node.name.as_str(), Some(self.spec.name.as_str())).await;
     }
 
     fn status(&self) -> InstanceStatus {

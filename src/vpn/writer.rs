@@ -20,6 +20,8 @@ const BATCH: usize = 512;
 /// while a fleet comes back one by one, a transaction per change would hold SQLite's one write lock most of the
 /// time, and a revocation in another process would wait for it.
 const GATHER: Duration = Duration::from_millis(20);
+/// A batch whose transaction takes longer than this is logged.
+const SLOW_BATCH: Duration = Duration::from_millis(500);
 
 enum Write {
     Change(SessionChange),
@@ -55,9 +57,6 @@ impl SessionWriter {
         }
     }
 }
-
-/// A batch whose transaction takes longer than this is logged.
-const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn run(store: Store, node: String, mut rx: mpsc::UnboundedReceiver<Write>) {
     let mut queued = Vec::new();

@@ -213,25 +213,33 @@ async fn run(stream: UnixStream, mut requests: mpsc::Receiver<Request>, events: 
             }
         }
         // Whatever the turn freed or brought is written now, up to the window.
-        let mut closed = false;
-        while pending.len() < IN_FLIGHT {
-            let Some(req) = waiting.next() else { break };
-            let mut text = req.text.clone();
-            text.push('\n');
-            if write.write_all(text.as_bytes()).await.is_err() {
-                let _ = req.reply.send(Err(MgmtError::Closed));
-                closed = true;
-                break;
-            }
-            pending.push_back((req, Vec::new()));
-        }
-        if closed {
+        if fill_window(&mut write, &mut pending, &mut waiting).await.is_err() {
             break;
         }
     }
     for req in pending.into_iter().map(|(r, _)| r).chain(waiting.drain()) {
         let _ = req.reply.send(Err(MgmtError::Closed));
     }
+}
+
+/// Writes waiting commands to openvpn while fewer than [`IN_FLIGHT`] are unanswered. `Err` when the socket is
+/// closed (the command that found it so has been answered `Closed`).
+async fn fill_window(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    pending: &mut VecDeque<(Request, Vec<String>)>,
+    waiting: &mut Waiting,
+) -> Result<(), ()> {
+    while pending.len() < IN_FLIGHT {
+        let Some(req) = waiting.next() else { break };
+        let mut text = req.text.clone();
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() {
+            let _ = req.reply.send(Err(MgmtError::Closed));
+            return Err(());
+        }
+        pending.push_back((req, Vec::new()));
+    }
+    Ok(())
 }
 
 /// Commands not yet written to openvpn, by priority.
