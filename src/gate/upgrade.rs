@@ -336,23 +336,30 @@ async fn fetch(up: &Upstream, pkg: &Package, dir: &Path) -> Result<(), String> {
     .map_err(|e| e.to_string())?
 }
 
-/// Counts a download as in flight until its body is dropped (fully sent, or the client went away).
-struct InFlight(Arc<watch::Sender<usize>>);
+/// A download's slot, counted as in flight until its body is dropped (fully sent, or the client went away).
+///
+/// The slot is a field so that it is released only after `drop` has taken the download off the count: were it
+/// released first, the next download could be counted before this one is uncounted, and the count would show more
+/// downloads than there are slots.
+struct InFlight {
+    count: Arc<watch::Sender<usize>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
 
 impl InFlight {
-    fn new(up: &Upgrades) -> InFlight {
+    fn new(up: &Upgrades, slot: tokio::sync::OwnedSemaphorePermit) -> InFlight {
         up.in_flight.send_modify(|n| {
             *n += 1;
             up.max_in_flight.fetch_max(*n, Ordering::SeqCst);
         });
         up.started.fetch_add(1, Ordering::SeqCst);
-        InFlight(up.in_flight.clone())
+        InFlight { count: up.in_flight.clone(), _slot: slot }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        self.count.send_modify(|n| *n -= 1);
     }
 }
 
@@ -371,7 +378,7 @@ pub async fn download(
             up.refused.fetch_add(1, Ordering::SeqCst);
             return Err(ApiError::SlotsFull { retry_after: SLOTS_RETRY_AFTER });
         };
-        let counted = InFlight::new(up);
+        let held = InFlight::new(up, permit);
         if let Err(why) = up.ensure_present(pkg).await {
             tracing::warn!(file = %pkg.file, %why, "upgrade package unavailable");
             return Err(ApiError::UpgradeUnavailable { retry_after: FETCH_RETRY_AFTER });
@@ -380,7 +387,6 @@ pub async fn download(
         let resp = tower_http::services::ServeFile::new(&path).oneshot(req).await.map_err(ApiError::internal)?;
         let (parts, body) = resp.into_parts();
         // The slot and the count are held by the body: released when it is fully sent or dropped.
-        let held = (permit, counted);
         let body = body.map_frame(move |f| {
             let _ = &held;
             f
