@@ -15,7 +15,7 @@ use cas_pki::TlsCryptV2ServerKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::instance::{RealAddrs, Relayed};
+use super::relays::Relays;
 use crate::app::profile::parse_metadata;
 use crate::db::Store;
 use crate::domain::budget::Limits;
@@ -66,7 +66,8 @@ pub struct Front {
     /// Port of terminal instance i (updated when the configuration is re-read).
     pub instance_ports: Arc<std::sync::RwLock<Vec<u16>>>,
     pub instance_ip: Ipv4Addr,
-    pub real_addrs: RealAddrs,
+    /// Open relays by terminal: their real addresses, and the cut a kill makes.
+    pub relays: Relays,
     /// Home instances of the active terminals: all of them read at start (`preload`), then what each lookup
     /// learns. A terminal found here is relayed at once and looked up again behind its back when its entry is
     /// older than [`HOME_FRESH`]; only one not found here waits for the store.
@@ -192,24 +193,21 @@ impl Front {
             .ok_or(Refused("home instance out of range"))?;
         let mut upstream =
             connect_home(self.instance_ip, port).await.map_err(|_| Refused("home instance unreachable"))?;
-        let local_port = upstream.local_addr().map_err(|_| Refused("no local address"))?.port();
-        if let Ok(mut m) = self.real_addrs.lock() {
-            m.insert(name.clone(), Relayed { peer, local_port });
-        }
-        let result = async {
+        let ticket = self.relays.open(&name, peer);
+        let relayed = async {
             upstream.write_u16(first.len() as u16).await?;
             upstream.write_all(&first).await?;
             // The first packet is not needed any more while the session lives (hours).
             drop(std::mem::take(&mut first));
             super::relay::relay(&conn, &upstream).await
-        }
-        .await;
-        if let Ok(mut m) = self.real_addrs.lock()
-            && m.get(&name).is_some_and(|r| r.local_port == local_port)
-        {
-            m.remove(&name);
-        }
-        Ok(if result.is_ok() { "closed" } else { "relay error" })
+        };
+        let ended = tokio::select! {
+            result = relayed => if result.is_ok() { "closed" } else { "relay error" },
+            // A kill: returning drops both sockets, so the terminal and openvpn each see the connection end now.
+            () = ticket.cut() => "cut by a kill",
+        };
+        drop(ticket);
+        Ok(ended)
     }
 }
 

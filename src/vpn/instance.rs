@@ -3,8 +3,8 @@
 //! live sessions in the store and in memory (for kills by name).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -16,6 +16,7 @@ use tokio::time::Instant as TokioInstant;
 use super::auth::{Claim, Decision, decide, normalise_serial};
 use super::mgmt::{ClientEvent, Env, Mgmt, MgmtError};
 use super::writer::SessionWriter;
+use super::relays::Relays;
 use crate::app::instances::InstanceSpec;
 use crate::cluster::Local;
 pub use crate::control::InstanceStatus;
@@ -54,19 +55,6 @@ impl OpenvpnLine {
     }
 }
 
-/// Real client addresses of the connections the terminal front relays, by terminal (the name its wrapped key
-/// carries): openvpn sees the front's address only, and a terminal instance's CONNECT carries no port to tell the
-/// relays apart (its management notifications are filtered, see [`TERMINAL_ENV_FILTER`]).
-pub type RealAddrs = Arc<Mutex<HashMap<Name, Relayed>>>;
-
-/// A relayed connection: the terminal's own address, and the local port of the relay's connection to the instance
-/// (so that a relay that ends removes its own entry, not a newer connection's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Relayed {
-    pub peer: SocketAddr,
-    pub local_port: u16,
-}
-
 /// Asked of a terminal instance's openvpn as soon as its management interface is connected: only the variables
 /// cas-vpn reads (`X509_0_CN`, `tls_serial_*`, `untrusted_ip`, …) and the client's peer info go with each
 /// `>CLIENT:` notification, about a third of the full environment. openvpn writes its management output 1 KiB per
@@ -77,9 +65,11 @@ pub const TERMINAL_ENV_FILTER: &str = "env-filter 2";
 
 pub enum Control {
     Stop,
-    /// Kill every live session of this credential; answers how many were killed.
+    /// Kill every live session of this credential; answers how many were killed. `cut`: how many of its relays
+    /// the front has just cut (`relays`), which ended the transport of its sessions through the front.
     Kill {
         name: Name,
+        cut: usize,
         reply: oneshot::Sender<usize>,
     },
     /// Send every terminal session on to the client's next `remote` (the node drains); answers how many.
@@ -111,7 +101,7 @@ pub struct Instance {
     store: Store,
     /// This node: its name (sessions carry it) and whether it is draining.
     node: Arc<Local>,
-    real_addrs: RealAddrs,
+    relays: Relays,
     origin: TokioInstant,
     machine: Machine,
     child: Option<Child>,
@@ -175,7 +165,7 @@ impl Instance {
         spec: InstanceSpec,
         store: Store,
         node: Arc<Local>,
-        real_addrs: RealAddrs,
+        relays: Relays,
         ready: watch::Sender<bool>,
         writes: SessionWriter,
     ) -> Instance {
@@ -185,7 +175,7 @@ impl Instance {
             spec,
             store,
             node,
-            real_addrs,
+            relays,
             takeovers: TakeoverWatch::default(),
             origin: TokioInstant::now(),
             machine: Machine::default(),
@@ -232,13 +222,13 @@ impl Instance {
                 }
                 ctl = control.recv() => match ctl {
                     None | Some(Control::Stop) => self.event(Event::Stop).await,
-                    Some(Control::Kill { name, reply }) => {
+                    Some(Control::Kill { name, cut, reply }) => {
                         if self.in_flight > 0 {
                             self.kills += 1;
                             self.killed.insert(name.clone(), self.kills);
                         }
                         let started = TokioInstant::now();
-                        let n = self.kill_sessions_of(&name).await;
+                        let n = self.kill_sessions_of(&name, cut > 0).await;
                         self.reply_when_written(reply, n, "kill", started);
                     }
                     Some(Control::Drain { reply }) => {
@@ -597,9 +587,9 @@ impl Instance {
     fn real_addr(&self, env: &Env, name: &Name) -> String {
         let ip = env.get("untrusted_ip").unwrap_or("");
         if ip.starts_with("127.")
-            && let Some(real) = self.real_addrs.lock().ok().and_then(|m| m.get(name).copied())
+            && let Some(real) = self.relays.real_addr(name)
         {
-            return real.peer.to_string();
+            return real.to_string();
         }
         match env.get("untrusted_port") {
             Some(port) => format!("{ip}:{port}"),
@@ -707,9 +697,43 @@ impl Instance {
         self.end_sessions(cids, true).await
     }
 
-    async fn kill_sessions_of(&mut self, name: &Name) -> usize {
+    /// Ends every session of `name` here. `relays_cut`: the front cut the terminal's relays, so the sessions of a
+    /// terminal instance carry nothing any more; openvpn is still told, but its answer is not waited for (an
+    /// openvpn busy with a fleet's handshakes gives it seconds later, and a kill of an already gone client fails).
+    async fn kill_sessions_of(&mut self, name: &Name, relays_cut: bool) -> usize {
         let cids: Vec<u64> = self.sessions.iter().filter(|(_, s)| &s.name == name).map(|(c, _)| *c).collect();
-        self.end_sessions(cids, false).await
+        if relays_cut && self.spec.role.kind == Kind::Terminal {
+            self.end_cut_sessions(cids).await
+        } else {
+            self.end_sessions(cids, false).await
+        }
+    }
+
+    /// Forgets the sessions `cids`, whose relays were cut, and queues their kills at openvpn, logging its answers
+    /// apart; returns how many.
+    async fn end_cut_sessions(&mut self, cids: Vec<u64>) -> usize {
+        let mut answers = Vec::with_capacity(cids.len());
+        if let Some(mgmt) = self.mgmt() {
+            for &cid in &cids {
+                match mgmt.client_kill_queued(cid).await {
+                    Ok(answer) => answers.push((cid, answer)),
+                    Err(e) => tracing::debug!(instance = %self.spec.name, cid, error = %e, "client-kill not sent"),
+                }
+            }
+        }
+        for &cid in &cids {
+            self.forget(cid).await;
+        }
+        let instance = self.spec.name.clone();
+        tokio::spawn(async move {
+            for (cid, answer) in answers {
+                // Refused is the usual answer: openvpn saw the cut connection close and dropped the client first.
+                if let Err(e) = answer.success().await {
+                    tracing::debug!(%instance, cid, error = %e, "client-kill after the relay's cut");
+                }
+            }
+        });
+        cids.len()
     }
 
     /// Ends the sessions `cids` (`to_next_remote`: with openvpn's `RESTART,[N]`, so the client tries its next

@@ -5,6 +5,7 @@
 //! - `auth`: the pure answer to a CONNECT from store rows.
 //! - `mgmt`: the management protocol and client.
 //! - `front`: the terminal front port (7742), relaying each terminal to its home instance.
+//! - `relay`: one relay's byte pump; `relays`: the open relays by terminal (real addresses, and a kill's cut).
 //! - `control`: the server side of the control socket (`crate::control`) other cas-vpn processes use.
 //! - `writer`: the one task that writes every instance's session rows to the store, batched.
 //! - `service`: wires it all together with graceful shutdown (interfaces and the firewall belong to `serve net`,
@@ -16,6 +17,7 @@ pub mod front;
 pub mod instance;
 pub mod mgmt;
 pub mod relay;
+pub mod relays;
 pub mod service;
 pub mod writer;
 
@@ -30,7 +32,8 @@ use crate::app::instances::InstanceSpec;
 use crate::cluster::Local;
 use crate::db::Store;
 use crate::domain::Name;
-use instance::{Control, Instance, InstanceStatus, RealAddrs};
+use instance::{Control, Instance, InstanceStatus};
+use relays::Relays;
 
 /// How long `apply` waits for the instances it started to be ready. They start all at once: the front port
 /// holds a terminal until its own instance listens, so nothing is gained by starting them one after another, and on
@@ -50,11 +53,13 @@ struct Handle {
 /// seconds.
 ///
 /// It also holds the front's home cache, so that a killed credential (a revocation) is looked up afresh by the
-/// front at its next connection, and refused there, instead of being relayed on what the front learned before.
+/// front at its next connection, and refused there, instead of being relayed on what the front learned before;
+/// and the front's open relays, which a kill cuts first (`relays`).
 #[derive(Clone, Default)]
 pub struct Registry {
     ctls: Arc<RwLock<HashMap<Name, mpsc::Sender<Control>>>>,
     homes: front::Homes,
+    relays: Relays,
 }
 
 impl Registry {
@@ -75,23 +80,37 @@ impl Registry {
     }
 
     /// Kills every live session of `name` on every instance; returns how many.
+    ///
+    /// A terminal's relays through the front are cut first: that ends its sessions' transport at once. An
+    /// instance then drops the sessions and asks openvpn to kill them, and waits for openvpn's answer only when
+    /// nothing was cut (an admin's session, or one that did not come through the front), since openvpn busy with
+    /// a fleet's handshakes answers in seconds.
     pub async fn kill(&self, name: &Name) -> usize {
-        self.homes.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         let started = std::time::Instant::now();
-        let total = self.ask_all(|reply| Control::Kill { name: name.clone(), reply }).await;
+        let cut = self.forget_and_cut(name);
+        let total = self.ask_all(|reply| Control::Kill { name: name.clone(), cut, reply }).await;
         // One line per revocation (or other kill) in the service log, whatever it found.
-        tracing::info!(credential = %name, sessions = total, ms = started.elapsed().as_millis(), "kill: live sessions ended");
+        tracing::info!(credential = %name, sessions = total, relays_cut = cut, ms = started.elapsed().as_millis(), "kill: live sessions ended");
         total
+    }
+
+    /// The front forgets `name`'s home (its next connection asks the store, which refuses a revoked one) and cuts
+    /// its open relays; returns how many relays were cut.
+    fn forget_and_cut(&self, name: &Name) -> usize {
+        self.homes.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.relays.cut(name)
     }
 
     /// Kills every live session of each of `names` (a bulk revocation): each instance is fed the kills by a task
     /// of its own, all at once, and the answers are summed.
     pub async fn kill_many(&self, names: &[Name]) -> usize {
+        let cuts: Vec<usize> = names.iter().map(|n| self.forget_and_cut(n)).collect();
+        let cuts = &cuts;
         let per_instance = self.senders().into_iter().map(|ctl| async move {
             let mut waits = Vec::with_capacity(names.len());
-            for name in names {
+            for (name, &cut) in names.iter().zip(cuts) {
                 let (reply, rx) = oneshot::channel();
-                if ctl.send(Control::Kill { name: name.clone(), reply }).await.is_err() {
+                if ctl.send(Control::Kill { name: name.clone(), cut, reply }).await.is_err() {
                     break;
                 }
                 waits.push(rx);
@@ -149,21 +168,22 @@ impl Registry {
 pub struct Supervisor {
     store: Store,
     node: Arc<Local>,
-    real_addrs: RealAddrs,
+    relays: Relays,
     instances: HashMap<Name, Handle>,
     registry: Registry,
     writes: writer::SessionWriter,
 }
 
 impl Supervisor {
-    /// `homes`: the front's home cache, which kills clear (see `Registry`).
-    pub fn new(store: Store, node: Arc<Local>, real_addrs: RealAddrs, homes: front::Homes) -> Supervisor {
-        let registry = Registry { ctls: Default::default(), homes };
+    /// `homes`: the front's home cache, which kills clear; `relays`: the front's open relays, which kills cut
+    /// (see `Registry`).
+    pub fn new(store: Store, node: Arc<Local>, relays: Relays, homes: front::Homes) -> Supervisor {
+        let registry = Registry { ctls: Default::default(), homes, relays: relays.clone() };
         // Ends by itself once the supervisor and every instance are gone, each instance having flushed its rows.
         // On a connection of its own: behind the shared pool, a kill's flush waited seconds for the CONNECT lookups
         // of a fleet coming back.
         let writes = writer::SessionWriter::spawn(store.dedicated(), node.name.to_string());
-        Supervisor { store, node, real_addrs, instances: HashMap::new(), registry, writes }
+        Supervisor { store, node, relays, instances: HashMap::new(), registry, writes }
     }
 
     /// The handle the control socket uses for kills and status.
@@ -209,7 +229,7 @@ impl Supervisor {
             spec,
             self.store.clone(),
             self.node.clone(),
-            self.real_addrs.clone(),
+            self.relays.clone(),
             ready_tx,
             self.writes.clone(),
         );

@@ -2,8 +2,7 @@
 //! `select!` with graceful shutdown. The service interface and the isolation rules belong to `serve net`, the
 //! CRLs to `serve signer`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -48,10 +47,10 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
     ctx.store.clear_sessions(local.name.as_str(), None).await?;
     crate::app::pending::recover_pending(&ctx).await?;
 
-    let real_addrs = Arc::new(StdMutex::new(HashMap::new()));
+    let relays = super::relays::Relays::default();
     // Owned by this loop alone: kills and status go through its registry, never through `apply`.
     let homes = super::front::Homes::default();
-    let mut supervisor = Supervisor::new(ctx.store.clone(), local.clone(), real_addrs.clone(), homes.clone());
+    let mut supervisor = Supervisor::new(ctx.store.clone(), local.clone(), relays.clone(), homes.clone());
     let start = std::time::Instant::now();
     let accounts = crate::app::accounts::lookup(&crate::app::accounts::UserMode::from_env()?)?;
     // openvpn runs as its own user with CAP_NET_ADMIN only, where that user exists and we may switch to it.
@@ -84,7 +83,7 @@ pub async fn run_vpn(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>, node: O
         store: ctx.store.clone(),
         instance_ports: ports.clone(),
         instance_ip: vpn.instance_listen_ip,
-        real_addrs,
+        relays,
         homes,
     });
     front.preload().await;

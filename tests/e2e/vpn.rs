@@ -241,6 +241,59 @@ fn revoke_ends_the_session_within_a_second_and_it_never_returns() {
     assert!(tcp_connect(d.lan.client(1), MASTER_IP, 7741, PROBE), "atm-1 is still connected");
 }
 
+/// Continues a stopped process when dropped (also when the test fails halfway).
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn stop(pid: i32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A revocation does not depend on the terminal's openvpn server answering: the front cuts the terminal's relay,
+/// which ends the session's transport at once (an openvpn server busy with a fleet's handshakes answers a
+/// `client-kill` seconds late; a stopped one never does).
+#[test]
+#[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
+fn a_revocation_ends_a_terminal_session_while_its_openvpn_server_does_not_answer() {
+    require_root();
+    let (d, clients) = Deployment::with_connected_terminals(1);
+    let c = &clients[0];
+    wait_until("the session is recorded", CONNECT, || d.sessions_of("atm-0") == 1);
+    let home = format!("terminal-{}", d.json(&["terminal", "show", "atm-0"])["home_instance"]);
+    let pid = d.instance(&home)["pid"].as_u64().unwrap() as i32;
+
+    let stopped = Stopped::stop(pid);
+    let mark = c.mark();
+    let t0 = Instant::now();
+    let r = d.json(&["revoke", "atm-0"]);
+    let returned = t0.elapsed();
+    assert_eq!(r["killed_sessions"], 1, "{r}");
+    let (_, line) = c.wait_for_line_from(mark, refused, Duration::from_secs(1));
+    let gone = t0.elapsed();
+    eprintln!("openvpn stopped: revoke returned after {returned:?}; the client saw `{line}` after {gone:?}");
+    // openvpn's own answer would have taken the management timeout (5 s), and the command would have failed.
+    assert!(returned <= Duration::from_secs(2), "revoke waited on the stopped openvpn: {returned:?}");
+    assert_eq!(d.sessions_of("atm-0"), 0);
+
+    // openvpn goes on: it finds the connection closed, and the terminal is refused from then on.
+    drop(stopped);
+    wait_until("three refused reconnection attempts", CONNECT, || {
+        c.lines()[mark..].iter().filter(|l| l.contains("TCP connection established")).count() >= 3
+    });
+    assert!(!c.lines()[mark..].iter().any(|l| l.contains(INIT_COMPLETED)), "a revoked terminal never gets back in");
+    assert_eq!(d.instance(&home)["pid"].as_u64(), Some(pid as u64), "the instance's openvpn was not restarted");
+    assert_eq!(d.sessions_of("atm-0"), 0);
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and openvpn: scripts/test runs it with --include-ignored"]
 fn a_killed_instance_is_back_within_two_seconds_and_its_clients_return() {

@@ -133,7 +133,12 @@ impl Mgmt {
     /// Ends a session now (the client may reconnect; it is then asked again, and denied if revoked). Goes to
     /// openvpn ahead of every answer still waiting here: a revocation does not wait for a fleet's CONNECTs.
     pub async fn client_kill(&self, cid: u64) -> Result<(), MgmtError> {
-        self.submit(format!("client-kill {cid}"), false, Priority::First).await?.success().await.map(drop)
+        self.client_kill_queued(cid).await?.success().await.map(drop)
+    }
+
+    /// [`Mgmt::client_kill`], queued (ahead of the answers, as it): its acknowledgement to be awaited apart.
+    pub async fn client_kill_queued(&self, cid: u64) -> Result<Answer, MgmtError> {
+        self.submit(format!("client-kill {cid}"), false, Priority::First).await
     }
 
     /// Ends a session and sends the client on to its next `remote` (openvpn's `RESTART,[N]`): a drain.
