@@ -479,6 +479,9 @@ impl Store {
             .bind(credential.id)
             .execute(&mut *tx)
             .await?;
+            // Its sessions are over: the rows go with this commit (the kill that follows ends the connections, and
+            // the session writer never records a session of a revoked credential).
+            sqlx::query("DELETE FROM sessions WHERE credential_id = $1").bind(credential.id).execute(&mut *tx).await?;
             let detail = format!("{} credential; reason: {reason}; serials: {}", credential.kind, serials.join(","));
             sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, 'revoke', $3, $4)")
                 .bind(now)

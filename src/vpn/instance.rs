@@ -65,11 +65,12 @@ pub const TERMINAL_ENV_FILTER: &str = "env-filter 2";
 
 pub enum Control {
     Stop,
-    /// Kill every live session of this credential; answers how many were killed. `cut`: how many of its relays
-    /// the front has just cut (`relays`), which ended the transport of its sessions through the front.
+    /// Kill every live session of this credential; answers how many were killed. `relayed`: the front relays
+    /// it, and cuts those relays once every instance has answered (`Registry::kill`), which ends the transport of
+    /// its sessions through the front.
     Kill {
         name: Name,
-        cut: usize,
+        relayed: bool,
         reply: oneshot::Sender<usize>,
     },
     /// Send every terminal session on to the client's next `remote` (the node drains); answers how many.
@@ -222,14 +223,22 @@ impl Instance {
                 }
                 ctl = control.recv() => match ctl {
                     None | Some(Control::Stop) => self.event(Event::Stop).await,
-                    Some(Control::Kill { name, cut, reply }) => {
+                    Some(Control::Kill { name, relayed, reply }) => {
                         if self.in_flight > 0 {
                             self.kills += 1;
                             self.killed.insert(name.clone(), self.kills);
                         }
                         let started = TokioInstant::now();
-                        let n = self.kill_sessions_of(&name, cut > 0).await;
-                        self.reply_when_written(reply, n, "kill", started);
+                        let relays_cut = relayed && self.spec.role.kind == Kind::Terminal;
+                        let had = self.sessions.values().any(|s| s.name == name);
+                        let n = self.kill_sessions_of(&name, relays_cut).await;
+                        if had && !relays_cut {
+                            self.reply_when_written(reply, n, "kill", started);
+                        } else {
+                            // Nothing of it here, or its relays cut: no row to wait for (a revocation removes its
+                            // credential's rows in its own transaction, and the writer never records them again).
+                            let _ = reply.send(n);
+                        }
                     }
                     Some(Control::Drain { reply }) => {
                         let started = TokioInstant::now();
@@ -697,12 +706,12 @@ impl Instance {
         self.end_sessions(cids, true).await
     }
 
-    /// Ends every session of `name` here. `relays_cut`: the front cut the terminal's relays, so the sessions of a
-    /// terminal instance carry nothing any more; openvpn is still told, but its answer is not waited for (an
+    /// Ends every session of `name` here. `relays_cut`: this is a terminal instance and the front cuts the
+    /// terminal's relays right after, so its sessions carry nothing any more; openvpn is still told, but its answer is not waited for (an
     /// openvpn busy with a fleet's handshakes gives it seconds later, and a kill of an already gone client fails).
     async fn kill_sessions_of(&mut self, name: &Name, relays_cut: bool) -> usize {
         let cids: Vec<u64> = self.sessions.iter().filter(|(_, s)| &s.name == name).map(|(c, _)| *c).collect();
-        if relays_cut && self.spec.role.kind == Kind::Terminal {
+        if relays_cut {
             self.end_cut_sessions(cids).await
         } else {
             self.end_sessions(cids, false).await

@@ -81,36 +81,38 @@ impl Registry {
 
     /// Kills every live session of `name` on every instance; returns how many.
     ///
-    /// A terminal's relays through the front are cut first: that ends its sessions' transport at once. An
-    /// instance then drops the sessions and asks openvpn to kill them, and waits for openvpn's answer only when
-    /// nothing was cut (an admin's session, or one that did not come through the front), since openvpn busy with
-    /// a fleet's handshakes answers in seconds.
+    /// A terminal the front relays has its relays cut as soon as every instance has dropped its sessions (each
+    /// counts what it dropped; cut first, openvpn could report them gone before the kill reached the instance):
+    /// that ends the sessions' transport at once. An instance told that the name is relayed asks openvpn to kill
+    /// its sessions without waiting for the answer (openvpn busy with a fleet's handshakes answers in seconds);
+    /// it waits for it only otherwise (an admin's session, or one that did not come through the front).
     pub async fn kill(&self, name: &Name) -> usize {
         let started = std::time::Instant::now();
-        let cut = self.forget_and_cut(name);
-        let total = self.ask_all(|reply| Control::Kill { name: name.clone(), cut, reply }).await;
+        let relayed = self.forget_home(name);
+        let total = self.ask_all(|reply| Control::Kill { name: name.clone(), relayed, reply }).await;
+        let cut = self.relays.cut(name);
         // One line per revocation (or other kill) in the service log, whatever it found.
         tracing::info!(credential = %name, sessions = total, relays_cut = cut, ms = started.elapsed().as_millis(), "kill: live sessions ended");
         total
     }
 
-    /// The front forgets `name`'s home (its next connection asks the store, which refuses a revoked one) and cuts
-    /// its open relays; returns how many relays were cut.
-    fn forget_and_cut(&self, name: &Name) -> usize {
+    /// The front forgets `name`'s home (its next connection asks the store, which refuses a revoked one); returns
+    /// whether the front relays `name` now (its relays are to be cut).
+    fn forget_home(&self, name: &Name) -> bool {
         self.homes.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-        self.relays.cut(name)
+        self.relays.count(name) > 0
     }
 
     /// Kills every live session of each of `names` (a bulk revocation): each instance is fed the kills by a task
     /// of its own, all at once, and the answers are summed.
     pub async fn kill_many(&self, names: &[Name]) -> usize {
-        let cuts: Vec<usize> = names.iter().map(|n| self.forget_and_cut(n)).collect();
-        let cuts = &cuts;
+        let relayed: Vec<bool> = names.iter().map(|n| self.forget_home(n)).collect();
+        let relayed = &relayed;
         let per_instance = self.senders().into_iter().map(|ctl| async move {
             let mut waits = Vec::with_capacity(names.len());
-            for (name, &cut) in names.iter().zip(cuts) {
+            for (name, &relayed) in names.iter().zip(relayed) {
                 let (reply, rx) = oneshot::channel();
-                if ctl.send(Control::Kill { name: name.clone(), cut, reply }).await.is_err() {
+                if ctl.send(Control::Kill { name: name.clone(), relayed, reply }).await.is_err() {
                     break;
                 }
                 waits.push(rx);
@@ -122,6 +124,9 @@ impl Registry {
             n
         });
         let total: usize = futures_util::future::join_all(per_instance).await.into_iter().sum();
+        for name in names {
+            self.relays.cut(name);
+        }
         tracing::info!(credentials = names.len(), sessions = total, "kill: live sessions ended (bulk)");
         total
     }

@@ -65,6 +65,11 @@ impl Relays {
         cut.len()
     }
 
+    /// How many relays of `name` are open.
+    pub fn count(&self, name: &Name) -> usize {
+        self.map().get(name).map_or(0, Vec::len)
+    }
+
     /// How many relays are open (all terminals).
     pub fn len(&self) -> usize {
         self.map().values().map(Vec::len).sum()
@@ -111,7 +116,7 @@ mod tests {
         let newer = relays.open(&a, addr(1001));
         let other = relays.open(&b, addr(2000));
         assert_eq!(relays.real_addr(&a), Some(addr(1001)), "the newest relay's address");
-        assert_eq!(relays.len(), 3);
+        assert_eq!((relays.len(), relays.count(&a), relays.count(&b)), (3, 2, 1));
 
         // Cut before either relay waits: the wake-up is kept for it.
         assert_eq!(relays.cut(&a), 2);

@@ -37,6 +37,7 @@ store_on_both_backends!(
     concurrent_redeems_pair_once,
     crl_numbers_increase,
     sessions_crud_and_heartbeat,
+    a_revocation_takes_its_sessions_and_none_is_recorded_after,
     bans_and_pairing_window,
     grouped_gate_writes_count_exactly_and_give_back_with_the_pairing,
     audit_rows,
@@ -187,8 +188,8 @@ async fn story(store: Store) {
     assert_eq!(names, ["alice", "atm-lisbon-1", "atm-lisbon-2", "atm-porto-1"]);
     assert_eq!(store.list_credentials(Some(Kind::Admin), false).await.unwrap(), std::slice::from_ref(&alice));
 
-    // A terminal is stolen: revoke it; its certificate goes on the CRL, its session is still listed until the
-    // supervisor kills it.
+    // A terminal is stolen: revoke it; its certificate goes on the CRL, and its session row goes with the
+    // revocation's commit (the supervisor's kill ends the connection; removing the row again is harmless).
     let (revoked, serials, _) =
         store.revoke(&name("atm-lisbon-1"), KeyCompromise, &web("operator"), now + 3600).await.unwrap();
     assert_eq!(serials, [serial(1)]);
@@ -199,7 +200,7 @@ async fn story(store: Store) {
     );
     assert!(store.revoked_certificates(Kind::Admin).await.unwrap().is_empty());
     assert_eq!(store.next_crl_number(Kind::Terminal, now + 3600, now + 3600 + 7 * DAY).await.unwrap(), 1);
-    assert_eq!(store.sessions_of(revoked.id).await.unwrap().len(), 1);
+    assert!(store.sessions_of(revoked.id).await.unwrap().is_empty());
     store.remove_session("n1", "terminal-0", 4).await.unwrap();
     assert!(store.list_sessions().await.unwrap().is_empty());
     let audit = store.list_audit(10).await.unwrap();
@@ -761,6 +762,57 @@ async fn sessions_crud_and_heartbeat(store: Store) {
         .await
         .unwrap();
     assert!(matches!(store.touch_terminal(adm.id, "1", T0).await, Err(DbError::NotFound { .. })));
+}
+
+/// A revocation removes its credential's session rows in its own transaction (single and bulk, every node's), and
+/// a session the writer records after it (queued a moment before) is not written: `revoke` returns with the store
+/// holding no session of the revoked credential, without waiting on the session writer.
+async fn a_revocation_takes_its_sessions_and_none_is_recorded_after(store: Store) {
+    let ids: Vec<i64> = store
+        .create_terminals(&[terminal("r1"), terminal("r2"), terminal("r3")], SMALL, T0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    let session = |node: &str, cid: i64, who: usize| NewSession {
+        node: node.into(),
+        instance: "term-0".into(),
+        credential_id: ids[who],
+        common_name: format!("r{}", who + 1),
+        tunnel_ip: format!("198.18.0.{}", 10 + cid),
+        real_addr: "203.0.113.9:5555".into(),
+        since: T0,
+        client_id: cid,
+    };
+    let names = |store_rows: Vec<cas_vpn::db::SessionRow>| {
+        let mut v: Vec<String> = store_rows.into_iter().map(|s| s.common_name).collect();
+        v.sort();
+        v
+    };
+    for (node, cid, who) in [("n1", 1, 0), ("n2", 1, 0), ("n1", 2, 1), ("n1", 3, 2), ("n2", 3, 2)] {
+        store.upsert_session(&session(node, cid, who)).await.unwrap();
+    }
+    store.revoke(&name("r1"), Unspecified, &root(), T0 + 1).await.unwrap();
+    assert_eq!(names(store.list_sessions().await.unwrap()), ["r2", "r3", "r3"], "r1's rows on both nodes are gone");
+    // Recorded after the revocation (the writer had it queued): not written; counters for it change nothing.
+    store.upsert_session(&session("n1", 4, 0)).await.unwrap();
+    let late = cas_vpn::db::SessionChange::Bytes { instance: "term-0".into(), client_id: 1, bytes_in: 5, bytes_out: 5 };
+    store.apply_session_changes("n1", &[late]).await.unwrap();
+    assert_eq!(names(store.list_sessions().await.unwrap()), ["r2", "r3", "r3"]);
+
+    store
+        .revoke_many(&[name("r2"), name("r3")], Unspecified, &root(), T0 + 2, false)
+        .await
+        .unwrap();
+    assert!(store.list_sessions().await.unwrap().is_empty(), "a bulk revocation takes every listed one's rows");
+    store.upsert_session(&session("n2", 5, 2)).await.unwrap();
+    assert!(store.list_sessions().await.unwrap().is_empty());
+
+    // An active credential's session is recorded as before.
+    let r4 = one_terminal(&store, "r4", None, None).await;
+    store.upsert_session(&NewSession { credential_id: r4, common_name: "r4".into(), ..session("n1", 6, 0) }).await.unwrap();
+    assert_eq!(names(store.list_sessions().await.unwrap()), ["r4"]);
 }
 
 /// The gate's grouped writes (`Store::gate_writes`): one transaction does what the writes would do one after
