@@ -96,11 +96,32 @@ macro_rules! reserve_in_tx {
 pub(crate) use reserve_in_tx;
 
 /// Gives back one attempt of every key of `$keys` inside an open transaction `$tx` (a success's reservation).
-/// Evaluates to `Result<(), DbError>`.
+/// Evaluates to `Result<(), DbError>`. Distinct keys (an address and its network, the usual case) take one
+/// statement when every row held only that attempt ([`give_back_sql`]): each statement is a round trip to the
+/// SQLite connection's thread, and a successful pairing gives back in the group commit. Repeated keys are given
+/// back one at a time, as many times as they appear.
 macro_rules! give_back_in_tx {
     ($tx:ident, $keys:expr) => {
         async {
             let keys: &[$crate::db::BanKey] = $keys;
+            let distinct = keys.iter().enumerate().all(|(i, k)| keys[..i].iter().all(|o| o.key != k.key));
+            if !keys.is_empty() && distinct {
+                let (delete, update) = $crate::db::bans::give_back_sql(keys.len());
+                let mut q = sqlx::query(&delete);
+                for k in keys {
+                    q = q.bind(&k.key);
+                }
+                let gone = q.execute(&mut *$tx).await?.rows_affected();
+                if gone < keys.len() as u64 {
+                    // Rows that held more than this attempt (or a ban): one fewer; the deleted ones are not there.
+                    let mut q = sqlx::query(&update);
+                    for k in keys {
+                        q = q.bind(&k.key);
+                    }
+                    q.execute(&mut *$tx).await?;
+                }
+                return Ok(());
+            }
             for k in keys {
                 if sqlx::query($crate::db::bans::GIVE_BACK_LAST).bind(&k.key).execute(&mut *$tx).await?.rows_affected()
                     == 0
@@ -114,6 +135,16 @@ macro_rules! give_back_in_tx {
     };
 }
 pub(crate) use give_back_in_tx;
+
+/// [`GIVE_BACK_LAST`] and [`GIVE_BACK_ONE`] for `n` distinct keys at once (`$1`…`$n`): the rows that held only
+/// this attempt go, the others hold one fewer. Built per call (`n` is 1 or 2: a few statements in the cache).
+pub(crate) fn give_back_sql(n: usize) -> (String, String) {
+    let list = (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+    (
+        format!("DELETE FROM ip_bans WHERE ip IN ({list}) AND banned_until IS NULL AND failures <= 1"),
+        format!("UPDATE ip_bans SET failures = failures - 1 WHERE ip IN ({list}) AND banned_until IS NULL"),
+    )
+}
 
 /// Takes one attempt of key `$1` at `$2` (window `$3`): see `reserve_in_tx!`.
 pub(crate) static RESERVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {

@@ -137,7 +137,7 @@ pub use pairing_ext::{PendingPairing, Submitted};
 pub use renewals::{RenewalCandidate, RenewalFailure};
 pub use revocations::{BulkRefusal, BulkRevocation, BulkRevoked};
 pub use sessions::{NewSession, SessionChange, SessionRow};
-pub use tokens::{NewToken, Redeemed, TokenRefusal, TokenRow};
+pub use tokens::{NewToken, PairingLookup, Redeemed, TokenRefusal, TokenRow};
 pub use views::{AuditQuery, CredentialCounts, ExpiringCert, TerminalFilter, TerminalListRow, TerminalQuery};
 pub use web::{ApiToken, Download, Scope, Stage, WebSession, WebUser};
 

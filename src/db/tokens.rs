@@ -46,8 +46,9 @@ macro_rules! redeem_prechecks {
 pub(crate) use redeem_prechecks;
 
 /// The body of a redemption inside an open transaction `$tx` (see [`Store::redeem_token`]; the gate's grouped
-/// writes run it too, `Store::gate_writes`): prechecks, the terminal still active, the conditional UPDATE that takes
-/// the token, the certificate, the terminal marked paired (with the hardware serial it reported, if any).
+/// writes run it too, `Store::gate_writes`): the conditional UPDATE that takes the token of an active terminal (when
+/// it takes nothing, the prechecks say why), the certificate, the terminal marked paired (with the hardware serial
+/// it reported, if any).
 /// Evaluates to `Result<Result<Redeemed, TokenRefusal>, DbError>`; refusals are the inner `Err`, so that the
 /// transaction still commits the lock of a mismatch. A macro because `in_tx!` expands its body once per backend.
 macro_rules! redeem_in_tx {
@@ -55,40 +56,44 @@ macro_rules! redeem_in_tx {
         async {
             let (id, pubkey_sha256, cert, hw, now): (&str, &str, &$crate::db::NewCert, Option<&str>, i64) =
                 ($id, $pubkey, $cert, $hw, $now);
-            let token = $crate::db::tokens::redeem_prechecks!($tx, id, pubkey_sha256, now);
-            let active: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM credentials WHERE id = $1 AND kind = 'terminal' AND revoked_at IS NULL",
-            )
-            .bind(token.credential_id)
-            .fetch_optional(&mut *$tx)
-            .await?;
-            if active.is_none() {
-                return Ok(Err($crate::db::TokenRefusal::Revoked));
-            }
-            // The guard that matters: whatever was read above, only one UPDATE can find the token unused.
-            let took = sqlx::query($crate::db::tokens::TAKE_TOKEN)
+            // The common path is one statement: the guard that matters (whatever was read before, only one UPDATE
+            // can find the token unused, unlocked, unexpired) with the terminal still active, returning the
+            // terminal. Each statement is a round trip to the SQLite connection's thread, so the reads that explain
+            // a refusal run only when it took nothing.
+            let took: Option<i64> = sqlx::query_scalar($crate::db::tokens::TAKE_TOKEN_OF_ACTIVE)
                 .bind(now)
                 .bind(pubkey_sha256)
                 .bind(cert.serial.as_str())
                 .bind(id)
-                .execute(&mut *$tx)
-                .await?
-                .rows_affected();
-            if took != 1 {
-                return Ok(Err($crate::db::TokenRefusal::Used));
-            }
-            $crate::db::certificates::insert_cert($crate::domain::Kind::Terminal, Some(token.credential_id), cert, now)
+                .fetch_optional(&mut *$tx)
+                .await?;
+            let Some(credential_id) = took else {
+                // Why not, in the order every redemption checks (nothing was changed above).
+                let token = $crate::db::tokens::redeem_prechecks!($tx, id, pubkey_sha256, now);
+                let active: Option<i64> = sqlx::query_scalar(
+                    "SELECT id FROM credentials WHERE id = $1 AND kind = 'terminal' AND revoked_at IS NULL",
+                )
+                .bind(token.credential_id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+                return Ok(Err(if active.is_none() {
+                    $crate::db::TokenRefusal::Revoked
+                } else {
+                    $crate::db::TokenRefusal::Used
+                }));
+            };
+            $crate::db::certificates::insert_cert($crate::domain::Kind::Terminal, Some(credential_id), cert, now)
                 .execute(&mut *$tx)
                 .await
                 .map_err(|e| $crate::db::certificates::cert_err(e, cert))?;
             sqlx::query("UPDATE credentials SET paired_at = $1, hw_serial = COALESCE($2, hw_serial) WHERE id = $3")
                 .bind(now)
                 .bind(hw)
-                .bind(token.credential_id)
+                .bind(credential_id)
                 .execute(&mut *$tx)
                 .await?;
             Ok::<_, $crate::db::DbError>(Ok($crate::db::Redeemed::Fresh {
-                credential_id: token.credential_id,
+                credential_id,
                 cert_serial: cert.serial.clone(),
             }))
         }
@@ -195,10 +200,85 @@ pub enum Redeemed {
 pub(crate) const TAKE_TOKEN: &str = "UPDATE pairing_tokens SET used_at = $1, pubkey_sha256 = $2, cert_serial = $3 \
                                      WHERE id = $4 AND used_at IS NULL AND locked_at IS NULL AND expires_at > $1";
 
+/// [`TAKE_TOKEN`] for a redemption that records a new certificate: also requires the token's terminal to be an
+/// active terminal, and returns its credential id (no row: refused, and nothing changed). A correlated `EXISTS`
+/// (one primary-key lookup), not `credential_id IN (SELECT …)`: SQLite runs that one as a scan of every active
+/// credential, per redemption.
+pub(crate) const TAKE_TOKEN_OF_ACTIVE: &str = "UPDATE pairing_tokens SET used_at = $1, pubkey_sha256 = $2, cert_serial = $3 \
+     WHERE id = $4 AND used_at IS NULL AND locked_at IS NULL AND expires_at > $1 \
+     AND EXISTS (SELECT 1 FROM credentials c WHERE c.id = pairing_tokens.credential_id \
+                 AND c.kind = 'terminal' AND c.revoked_at IS NULL) \
+     RETURNING credential_id";
+
 pub(crate) const TOKEN_BY_ID: &str = "SELECT id, credential_id, secret_hash, created_at, expires_at, used_at, pubkey_sha256, \
                            cert_serial, locked_at FROM pairing_tokens WHERE id = $1";
 
+/// What the gate reads before it evaluates a token request ([`Store::pairing_lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingLookup {
+    /// When the pairing window closes (`None`: closed), as [`Store::pairing_window`].
+    pub window_until: Option<i64>,
+    /// The token asked for and its credential, when a token has that id.
+    pub token: Option<(TokenRow, Option<super::Credential>)>,
+}
+
+/// The window, the token and its credential in one query. The token's columns are renamed `t_…` (they share names
+/// with the credential's, which keep theirs for [`CredRow`]); no token leaves them and the credential's NULL.
+const LOOKUP: &str = concat!(
+    "SELECT w.open_until AS window_until, t.id AS t_id, t.credential_id AS t_credential_id, \
+     t.secret_hash AS t_secret_hash, t.created_at AS t_created_at, t.expires_at AS t_expires_at, \
+     t.used_at AS t_used_at, t.pubkey_sha256 AS t_pubkey_sha256, t.cert_serial AS t_cert_serial, \
+     t.locked_at AS t_locked_at, ",
+    "c.id, c.name, c.kind, c.created_at, c.revoked_at, c.revoke_reason, c.home_instance, c.host_index, \
+     c.admin_port, c.hw_serial, c.version, c.last_seen, c.paired_at, c.suspended_at \
+     FROM pairing_window w LEFT JOIN pairing_tokens t ON t.id = $1 \
+     LEFT JOIN credentials c ON c.id = t.credential_id WHERE w.id = 1"
+);
+
+/// Decodes a [`LOOKUP`] row (once per backend: the body of `on_pool!`).
+macro_rules! lookup_from_row {
+    ($row:expr) => {{
+        use sqlx::Row as _;
+        let row = $row;
+        let window_until: Option<i64> = row.try_get("window_until")?;
+        let t_id: Option<String> = row.try_get("t_id")?;
+        let token = match t_id {
+            None => None,
+            Some(id) => {
+                let token = TokenRow {
+                    id,
+                    credential_id: row.try_get("t_credential_id")?,
+                    secret_hash: row.try_get("t_secret_hash")?,
+                    created_at: row.try_get("t_created_at")?,
+                    expires_at: row.try_get("t_expires_at")?,
+                    used_at: row.try_get("t_used_at")?,
+                    pubkey_sha256: row.try_get("t_pubkey_sha256")?,
+                    cert_serial: row.try_get("t_cert_serial")?,
+                    locked_at: row.try_get("t_locked_at")?,
+                };
+                let cred_id: Option<i64> = row.try_get("id")?;
+                let cred = match cred_id {
+                    None => None,
+                    Some(_) => Some(<CredRow as sqlx::FromRow<'_, _>>::from_row(&row)?.into_credential()?),
+                };
+                Some((token, cred))
+            }
+        };
+        PairingLookup { window_until, token }
+    }};
+}
+
 impl Store {
+    /// The pairing window and, when `token_id` is given, that token with its credential: what the gate reads
+    /// before evaluating a token request, in one query (each query is a round trip to a SQLite connection's
+    /// thread; under a burst of pairings those hand-offs were most of the gate's work).
+    pub async fn pairing_lookup(&self, token_id: Option<&str>) -> Result<PairingLookup, DbError> {
+        Ok(on_pool!(self, pool => {
+            let row = sqlx::query(LOOKUP).bind(token_id).fetch_one(pool).await?;
+            lookup_from_row!(row)
+        }))
+    }
+
     pub async fn token(&self, id: &str) -> Result<Option<TokenRow>, DbError> {
         Ok(on_pool!(self, pool => sqlx::query_as(TOKEN_BY_ID).bind(id).fetch_optional(pool).await?))
     }

@@ -65,13 +65,23 @@ pub async fn pair(
     let now = st.ctx().clock.now();
     let attempt = Attempt::new(&ip);
     guarded_attempt(&st, &attempt, now, Request::Pair, async {
-        if !window_open(&st, now).await? {
+        // The body is read first so that the window, the token and its terminal come from the store in one query
+        // (each query is a round trip to a SQLite connection's thread); the answers keep their order: window,
+        // body, version, token.
+        let req: Result<PairRequest, ApiError> = read_json(&headers, body).await;
+        let token = req.as_ref().ok().and_then(|r| r.token.as_deref()).map(str::parse::<PairingToken>);
+        let token_id = token.as_ref().and_then(|t| t.as_ref().ok()).map(PairingToken::id);
+        let lookup = st.ctx().store.pairing_lookup(token_id).await?;
+        if !lookup.window_until.is_some_and(|until| until > now) {
             return Err(ApiError::WindowClosed);
         }
-        let req: PairRequest = read_json(&headers, body).await?;
+        let req = req?;
         check_terminal_info(&st, &req)?;
-        match req.token.as_deref() {
-            Some(token) => token_flow(&st, &req, token, &attempt, now).await,
+        match token {
+            Some(token) => {
+                let token = token.map_err(|_| ApiError::InvalidToken("malformed"))?;
+                token_flow(&st, &req, &token, lookup.token, &attempt, now).await
+            }
             None => approval_flow(&st, &req, &ip, now).await,
         }
     })
@@ -255,10 +265,6 @@ fn log_outcome<T>(ip: &str, what: &'static str, result: &Result<T, ApiError>, ba
     }
 }
 
-async fn window_open(st: &GateState, now: i64) -> Result<bool, ApiError> {
-    Ok(st.ctx().store.pairing_window().await?.is_some_and(|until| until > now))
-}
-
 fn check_terminal_info(st: &GateState, req: &PairRequest) -> Result<(), ApiError> {
     let v = &req.terminal.version;
     let Some(date) = version_date(v) else {
@@ -288,29 +294,25 @@ fn check_terminal_info(st: &GateState, req: &PairRequest) -> Result<(), ApiError
     Ok(())
 }
 
-/// The token flow (zero-touch).
+/// The token flow (zero-touch). `found`: the token's row and its credential, read with the window.
 async fn token_flow(
     st: &GateState,
     req: &PairRequest,
-    text: &str,
+    token: &PairingToken,
+    found: Option<(crate::db::TokenRow, Option<Credential>)>,
     attempt: &Attempt,
     now: i64,
 ) -> Result<Outcome, ApiError> {
     let store = &st.ctx().store;
-    let token: PairingToken = text.parse().map_err(|_| ApiError::InvalidToken("malformed"))?;
-    let row = store.token(token.id()).await?;
     // An unknown id and a wrong secret look the same from outside.
-    let Some(row) = row.filter(|r| token.matches_hash(&r.secret_hash)) else {
+    let Some((row, cred)) = found.filter(|(r, _)| token.matches_hash(&r.secret_hash)) else {
         return Err(ApiError::InvalidToken("unknown token"));
     };
     tracing::info!(token_id = token.id(), "pairing token presented");
     if token.pin() != &st.0.pin {
         return Err(ApiError::InvalidToken("made for another gate key"));
     }
-    let cred = store
-        .credential_by_id(row.credential_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("token of a missing credential"))?;
+    let cred = cred.ok_or_else(|| ApiError::internal("token of a missing credential"))?;
     if cred.kind != Kind::Terminal {
         return Err(ApiError::internal("token of a non-terminal credential"));
     }
@@ -326,7 +328,7 @@ async fn token_flow(
     let pending = pending_profile(st, &cred.name);
     let keygen_used = row.pubkey_sha256.as_deref().is_some_and(|k| k.starts_with(KEYGEN_PREFIX));
     if keygen_used || (row.used_at.is_none() && pending.is_file()) {
-        return keygen_flow(st, &token, &row, &cred, checked.as_ref(), hw, now).await;
+        return keygen_flow(st, token, &row, &cred, checked.as_ref(), hw, now).await;
     }
 
     let checked = checked.ok_or_else(|| ApiError::InvalidRequest("missing field `csr`".into()))?;

@@ -39,6 +39,7 @@ store_on_both_backends!(
     sessions_crud_and_heartbeat,
     a_revocation_takes_its_sessions_and_none_is_recorded_after,
     bans_and_pairing_window,
+    pairing_lookup_reads_the_window_the_token_and_its_terminal_at_once,
     grouped_gate_writes_count_exactly_and_give_back_with_the_pairing,
     audit_rows,
     web_tables,
@@ -876,6 +877,26 @@ async fn grouped_gate_writes_count_exactly_and_give_back_with_the_pairing(store:
         [GateWritten::Reserved(Reserved::Busy { key: "192.0.2.0/24".into() })],
         "the failed redemption gave nothing back"
     );
+}
+
+async fn pairing_lookup_reads_the_window_the_token_and_its_terminal_at_once(store: Store) {
+    let id = one_terminal(&store, "pl", None, Some("tokpl")).await;
+    // Closed (never opened): no end, and a token is still found (the gate answers `window_closed` first).
+    let l = store.pairing_lookup(None).await.unwrap();
+    assert_eq!((l.window_until, l.token), (None, None));
+    store.set_pairing_window(Some(T0 + 3600)).await.unwrap();
+    let l = store.pairing_lookup(Some("tokpl")).await.unwrap();
+    assert_eq!(l.window_until, Some(T0 + 3600));
+    let (row, cred) = l.token.expect("the token is found");
+    assert_eq!(row, store.token("tokpl").await.unwrap().unwrap(), "the same row as a lookup of its own");
+    assert_eq!(cred, store.credential_by_id(id).await.unwrap(), "with its terminal");
+    // An unknown id: the window, no token.
+    let l = store.pairing_lookup(Some("nope")).await.unwrap();
+    assert_eq!((l.window_until, l.token), (Some(T0 + 3600), None));
+    // A revoked terminal still comes with its token (the gate refuses it by its credential).
+    store.revoke(&name("pl"), Superseded, &root(), T0 + 5).await.unwrap();
+    let (_, cred) = store.pairing_lookup(Some("tokpl")).await.unwrap().token.unwrap();
+    assert!(cred.unwrap().is_revoked());
 }
 
 async fn bans_and_pairing_window(store: Store) {
