@@ -37,6 +37,8 @@ pub enum AppError {
     #[error(transparent)]
     Fs(#[from] crate::sys::fs::FsError),
     #[error(transparent)]
+    Bulk(#[from] crate::sys::bulk::BulkError),
+    #[error(transparent)]
     Render(#[from] crate::ovpn::RenderError),
     #[error("{0}")]
     Pem(#[from] crate::ovpn::PemError),

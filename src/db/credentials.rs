@@ -189,7 +189,10 @@ impl Store {
         self.create_terminals_audited(new, layout, now, None).await
     }
 
-    /// As [`Store::create_terminals`], with the audit row of the change in the same transaction.
+    /// As [`Store::create_terminals`], with the audit row of the change in the same transaction. Durable at its
+    /// commit on SQLite too (`in_durable_tx!`): once it returns, the caller hands out tokens and profiles (an
+    /// import marks its journal committed and publishes keys), and a power cut must not take back terminals whose
+    /// credentials are already out.
     pub async fn create_terminals_audited(
         &self,
         new: &[NewTerminal],
@@ -200,7 +203,7 @@ impl Store {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let result = in_tx!(self, tx => async {
+        let result = in_durable_tx!(self, tx => async {
             if let Some(a) = audit {
                 sqlx::query(
                     "INSERT INTO audit (at, actor, action, subject, detail, source) VALUES ($1, $2, $3, $4, $5, $6)",

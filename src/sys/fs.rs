@@ -129,7 +129,8 @@ impl Drop for Staged {
     }
 }
 
-fn temp_name(path: &Path) -> io::Result<PathBuf> {
+/// A fresh hidden temp name beside `path` (in its directory), which [`temp_target`] maps back to `path`.
+pub fn temp_name(path: &Path) -> io::Result<PathBuf> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let file_name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
     let mut tmp_name = std::ffi::OsString::from(".");

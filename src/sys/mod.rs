@@ -4,6 +4,7 @@
 //! Keeping these here means the rest of the crate can be read (and tested) as plain logic, and every command
 //! cas-vpn runs goes through one helper that logs its argv and keeps its stderr.
 
+pub mod bulk;
 pub mod cmd;
 pub mod firewall;
 pub mod fs;
