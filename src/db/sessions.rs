@@ -60,12 +60,13 @@ pub enum SessionChange {
 
 /// Records a session, unless its credential is revoked: a revocation removes its credential's rows in its own
 /// transaction (`Store::revoke`), and a session the writer had queued before it (an ESTABLISHED a moment earlier)
-/// is never written after it. Each value is cast to its column's type: in `INSERT … SELECT` PostgreSQL does not
+/// is never written after it. (`NOT EXISTS … revoked`, not `EXISTS … active`: a credential that does not exist
+/// still fails the foreign key, and with it the writer's whole batch, as any broken change does.) Each value is cast to its column's type: in `INSERT … SELECT` PostgreSQL does not
 /// take a parameter's type from the target column.
 const UPSERT_SESSION: &str = "INSERT INTO sessions (instance, credential_id, common_name, tunnel_ip, real_addr, since, client_id, node) \
      SELECT CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS TEXT), CAST($4 AS TEXT), CAST($5 AS TEXT), \
      CAST($6 AS BIGINT), CAST($7 AS BIGINT), CAST($8 AS TEXT) \
-     WHERE EXISTS (SELECT 1 FROM credentials WHERE id = $2 AND revoked_at IS NULL) \
+     WHERE NOT EXISTS (SELECT 1 FROM credentials WHERE id = $2 AND revoked_at IS NOT NULL) \
      ON CONFLICT (node, instance, client_id) DO UPDATE SET credential_id = excluded.credential_id, \
      common_name = excluded.common_name, tunnel_ip = excluded.tunnel_ip, \
      real_addr = excluded.real_addr, since = excluded.since, bytes_in = 0, bytes_out = 0";
