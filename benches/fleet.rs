@@ -520,7 +520,10 @@ fn main() {
     let total = n + 2 * REVOKED;
     let sources = total.div_ceil(per_source);
     println!("fleet_terminals={n} (+{} revoked during the run)", 2 * REVOKED);
-    println!("fleet_clients_per_source_address={per_source} source_addresses={sources} client_sched={}", if idle { "idle" } else { "normal" });
+    println!(
+        "fleet_clients_per_source_address={per_source} source_addresses={sources} client_sched={}",
+        if idle { "idle" } else { "normal" }
+    );
     println!("load_average_at_start={}", load_average());
 
     let mut d = Deployment::new(sources, &[]);

@@ -72,7 +72,7 @@ pub async fn pair(
         let token = req.as_ref().ok().and_then(|r| r.token.as_deref()).map(str::parse::<PairingToken>);
         let token_id = token.as_ref().and_then(|t| t.as_ref().ok()).map(PairingToken::id);
         let lookup = st.ctx().store.pairing_lookup(token_id).await?;
-        if !lookup.window_until.is_some_and(|until| until > now) {
+        if lookup.window_until.is_none_or(|until| until <= now) {
             return Err(ApiError::WindowClosed);
         }
         let req = req?;

@@ -15,8 +15,8 @@ use tokio::time::Instant as TokioInstant;
 
 use super::auth::{Claim, Decision, decide, normalise_serial};
 use super::mgmt::{ClientEvent, Env, Mgmt, MgmtError};
-use super::writer::SessionWriter;
 use super::relays::Relays;
+use super::writer::SessionWriter;
 use crate::app::instances::InstanceSpec;
 use crate::cluster::Local;
 pub use crate::control::InstanceStatus;
@@ -711,11 +711,7 @@ impl Instance {
     /// openvpn busy with a fleet's handshakes gives it seconds later, and a kill of an already gone client fails).
     async fn kill_sessions_of(&mut self, name: &Name, relays_cut: bool) -> usize {
         let cids: Vec<u64> = self.sessions.iter().filter(|(_, s)| &s.name == name).map(|(c, _)| *c).collect();
-        if relays_cut {
-            self.end_cut_sessions(cids).await
-        } else {
-            self.end_sessions(cids, false).await
-        }
+        if relays_cut { self.end_cut_sessions(cids).await } else { self.end_sessions(cids, false).await }
     }
 
     /// Forgets the sessions `cids`, whose relays were cut, and queues their kills at openvpn, logging its answers

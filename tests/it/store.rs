@@ -802,17 +802,17 @@ async fn a_revocation_takes_its_sessions_and_none_is_recorded_after(store: Store
     store.apply_session_changes("n1", &[late]).await.unwrap();
     assert_eq!(names(store.list_sessions().await.unwrap()), ["r2", "r3", "r3"]);
 
-    store
-        .revoke_many(&[name("r2"), name("r3")], Unspecified, &root(), T0 + 2, false)
-        .await
-        .unwrap();
+    store.revoke_many(&[name("r2"), name("r3")], Unspecified, &root(), T0 + 2, false).await.unwrap();
     assert!(store.list_sessions().await.unwrap().is_empty(), "a bulk revocation takes every listed one's rows");
     store.upsert_session(&session("n2", 5, 2)).await.unwrap();
     assert!(store.list_sessions().await.unwrap().is_empty());
 
     // An active credential's session is recorded as before.
     let r4 = one_terminal(&store, "r4", None, None).await;
-    store.upsert_session(&NewSession { credential_id: r4, common_name: "r4".into(), ..session("n1", 6, 0) }).await.unwrap();
+    store
+        .upsert_session(&NewSession { credential_id: r4, common_name: "r4".into(), ..session("n1", 6, 0) })
+        .await
+        .unwrap();
     assert_eq!(names(store.list_sessions().await.unwrap()), ["r4"]);
 }
 
