@@ -482,9 +482,13 @@ impl Store {
             .bind(credential.id)
             .execute(&mut *tx)
             .await?;
-            // Its sessions are over: the rows go with this commit (the kill that follows ends the connections, and
-            // the session writer never records a session of a revoked credential).
-            sqlx::query("DELETE FROM sessions WHERE credential_id = $1").bind(credential.id).execute(&mut *tx).await?;
+            // On SQLite (one node, whose `serve vpn` this revocation's kill reaches next) its session rows go with this
+            // commit, and the session writer never records a session of a revoked credential: the kill need not
+            // wait for the writer. On PostgreSQL each node removes its own rows when it has ended the sessions (a
+            // node cut off keeps its row, which is the truth: its openvpn still holds the session).
+            if matches!(self, Store::Sqlite(_)) {
+                sqlx::query("DELETE FROM sessions WHERE credential_id = $1").bind(credential.id).execute(&mut *tx).await?;
+            }
             let detail = format!("{} credential; reason: {reason}; serials: {}", credential.kind, serials.join(","));
             sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, 'revoke', $3, $4)")
                 .bind(now)

@@ -162,10 +162,12 @@ impl Store {
                 in_list(&mut q);
                 q.build().execute(&mut *tx).await?;
 
-                // Their session rows go with this commit, as with a single revocation.
-                let mut q = QueryBuilder::new("DELETE FROM sessions WHERE credential_id");
-                in_list(&mut q);
-                q.build().execute(&mut *tx).await?;
+                // On SQLite their session rows go with this commit, as with a single revocation.
+                if matches!(self, Store::Sqlite(_)) {
+                    let mut q = QueryBuilder::new("DELETE FROM sessions WHERE credential_id");
+                    in_list(&mut q);
+                    q.build().execute(&mut *tx).await?;
+                }
             }
             for r in out.iter_mut().filter(|r| !r.already) {
                 let mut s = serials.remove(&r.credential.id).unwrap_or_default();

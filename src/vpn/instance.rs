@@ -232,11 +232,13 @@ impl Instance {
                         let relays_cut = relayed && self.spec.role.kind == Kind::Terminal;
                         let had = self.sessions.values().any(|s| s.name == name);
                         let n = self.kill_sessions_of(&name, relays_cut).await;
-                        if had && !relays_cut {
+                        // Nothing of it here, or its relays cut on SQLite: no row to wait for (there a revocation
+                        // removes its credential's rows in its own transaction, and the writer never records them
+                        // again). On PostgreSQL each node removes its own rows: the answer waits for them.
+                        let rows_gone = relays_cut && matches!(self.store, Store::Sqlite(_));
+                        if had && !rows_gone {
                             self.reply_when_written(reply, n, "kill", started);
                         } else {
-                            // Nothing of it here, or its relays cut: no row to wait for (a revocation removes its
-                            // credential's rows in its own transaction, and the writer never records them again).
                             let _ = reply.send(n);
                         }
                     }
